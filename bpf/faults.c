@@ -1,0 +1,261 @@
+/* Probe area "faults": vfio-pci BAR mmap faults, remap_pfn_range, PAT untrack.
+ * Python side: vfiomond/faults.py.  Kernel facts (-D, see vfiomond/probes.py):
+ *   VFIO_PGOFF_IS_PFN   vm_pgoff of a BAR vma is the BAR's PFN (up to 6.9)
+ *   VFIO_PCI_MMAP_OPS   address of vfio_pci_mmap_ops (to recognise BAR vmas)
+ */
+#include <linux/mm.h>
+#include <linux/pci.h>
+#include <linux/vfio_pci_core.h>
+
+#ifndef VFIO_PCI_OFFSET_SHIFT
+#define VFIO_PCI_OFFSET_SHIFT 40
+#endif
+#define REGION_UNKNOWN 255
+#define DEVICE_LEN 16
+
+struct device_key {
+    char device[DEVICE_LEN]; /* PCI address, e.g. "0000:00:03.0" */
+};
+
+struct bar_fault_key {
+    char device[DEVICE_LEN];
+    u32 ret;    /* vm_fault_t as returned; classified in Python */
+    u8 region;  /* region index: 0-5 BARs, 6 ROM, ... */
+    u8 order;   /* fault order: 0 = page, 9 = PMD, 18 = PUD */
+    u8 slot;    /* log2 latency slot; 0 in bar_fault_sum keys */
+    u8 pad;
+};
+
+struct bar_fault_inflight {
+    u64 ts;
+    u64 vma;
+    char device[DEVICE_LEN];
+    u32 depth;  /* nested VFIO fault handlers on this thread */
+    u8 region;
+    u8 order;
+};
+
+BPF_HASH(bar_fault_hist, struct bar_fault_key, u64, 8192);
+BPF_HASH(bar_fault_sum, struct bar_fault_key, u64, 1024);
+BPF_HASH(bar_faults_concurrent, struct device_key, u64, 256);
+BPF_HASH(bar_fault_by_tid, u32, struct bar_fault_inflight, 4096);
+BPF_TABLE("lru_hash", u64, s64, bar_faults_by_vma, 4096);
+
+/* device and region of a VFIO BAR vma; vm_private_data is the
+ * struct vfio_pci_core_device * (5.15+). */
+static __always_inline void vma_device(struct vm_area_struct *vma, char *device, u8 *region)
+{
+    struct vfio_pci_core_device *vdev = NULL;
+    struct pci_dev *pdev = NULL;
+    const char *name = NULL;
+    unsigned long pgoff = 0;
+
+    bpf_probe_read_kernel(&vdev, sizeof(vdev), &vma->vm_private_data);
+    if (vdev)
+        bpf_probe_read_kernel(&pdev, sizeof(pdev), &vdev->pdev);
+    if (pdev)
+        bpf_probe_read_kernel(&name, sizeof(name), &pdev->dev.kobj.name);
+    if (name)
+        bpf_probe_read_kernel_str(device, DEVICE_LEN, name);
+
+    bpf_probe_read_kernel(&pgoff, sizeof(pgoff), &vma->vm_pgoff);
+    *region = REGION_UNKNOWN;
+#ifdef VFIO_PGOFF_IS_PFN
+    if (!pdev)
+        return;
+    u64 addr = (u64)pgoff << PAGE_SHIFT;
+#pragma unroll
+    for (int i = 0; i <= PCI_ROM_RESOURCE; i++) {
+        resource_size_t start = 0, end = 0;
+        bpf_probe_read_kernel(&start, sizeof(start), &pdev->resource[i].start);
+        bpf_probe_read_kernel(&end, sizeof(end), &pdev->resource[i].end);
+        if (start && addr >= start && addr <= end) {
+            *region = i;
+            return;
+        }
+    }
+#else
+    u64 index = (u64)pgoff >> (VFIO_PCI_OFFSET_SHIFT - PAGE_SHIFT);
+    if (index < REGION_UNKNOWN)
+        *region = index;
+#endif
+}
+
+static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
+{
+    u64 zero = 0;
+    u32 tid = current_tid();
+    u64 now = bpf_ktime_get_ns();
+    struct bar_fault_inflight *cur = bar_fault_by_tid.lookup(&tid);
+    if (cur) {
+        if (now - cur->ts < STALE_NS) {
+            cur->depth++; /* vfio_pci_mmap_page_fault -> huge_fault(vmf, 0) */
+            return 0;
+        }
+        count_lost(); /* a kretprobe was missed: drop the stale entry */
+    }
+
+    struct bar_fault_inflight f = {};
+    struct vm_area_struct *vma = NULL;
+    bpf_probe_read_kernel(&vma, sizeof(vma), &vmf->vma);
+    if (!vma)
+        return 0;
+    f.ts = now;
+    f.vma = (u64)vma;
+    f.depth = 1;
+    f.order = order;
+    vma_device(vma, f.device, &f.region);
+
+    /* A fault entering while another fault on the same vma is in flight is
+     * concurrent (seeds/001: the whole-vma remap of 5.8-5.13 BUGs on it). */
+    s64 *inflight = bar_faults_by_vma.lookup(&f.vma);
+    if (inflight) {
+        if (*inflight > 0) {
+            struct device_key dk = {};
+            __builtin_memcpy(dk.device, f.device, DEVICE_LEN);
+            add_or_lost(bar_faults_concurrent.lookup_or_try_init(&dk, &zero), 1);
+        }
+        __sync_fetch_and_add(inflight, 1);
+    } else {
+        s64 one = 1;
+        if (bar_faults_by_vma.insert(&f.vma, &one) != 0) {
+            inflight = bar_faults_by_vma.lookup(&f.vma);
+            if (inflight)
+                __sync_fetch_and_add(inflight, 1);
+        }
+    }
+    if (bar_fault_by_tid.update(&tid, &f) != 0)
+        count_lost();
+    return 0;
+}
+
+int on_bar_fault(struct pt_regs *ctx)
+{
+    return bar_fault_enter((struct vm_fault *)PT_REGS_PARM1(ctx), 0);
+}
+
+int on_bar_huge_fault(struct pt_regs *ctx)
+{
+    return bar_fault_enter((struct vm_fault *)PT_REGS_PARM1(ctx), (u8)PT_REGS_PARM2(ctx));
+}
+
+int on_bar_fault_return(struct pt_regs *ctx)
+{
+    u64 zero = 0;
+    u32 tid = current_tid();
+    struct bar_fault_inflight *f = bar_fault_by_tid.lookup(&tid);
+    if (!f)
+        return 0;
+    if (f->depth > 1) {
+        f->depth--;
+        return 0;
+    }
+    u64 delta = bpf_ktime_get_ns() - f->ts;
+    struct bar_fault_key key = {};
+    __builtin_memcpy(key.device, f->device, DEVICE_LEN);
+    key.ret = (u32)PT_REGS_RC(ctx);
+    key.region = f->region;
+    key.order = f->order;
+    add_or_lost(bar_fault_sum.lookup_or_try_init(&key, &zero), delta);
+    key.slot = bpf_log2l(delta);
+    add_or_lost(bar_fault_hist.lookup_or_try_init(&key, &zero), 1);
+
+    s64 *inflight = bar_faults_by_vma.lookup(&f->vma);
+    if (inflight)
+        __sync_fetch_and_add(inflight, -1);
+    bar_fault_by_tid.delete(&tid);
+    return 0;
+}
+
+/* remap_pfn_range(vma, addr, pfn, size, prot), split by whether the thread
+ * is inside a VFIO BAR fault (the pattern of seeds/001 and seeds/002). */
+#define CONTEXT_OTHER 0
+#define CONTEXT_VFIO_FAULT 1
+
+struct remap_inflight {
+    u64 ts;
+    u64 size;
+    u8 context;
+};
+
+struct remap_key {
+    u8 context;
+    u8 slot;
+    u8 pad[2];
+    s32 err; /* errno (positive) in remap_errors, 0 elsewhere */
+};
+
+BPF_HASH(remap_by_tid, u32, struct remap_inflight, 4096);
+BPF_HASH(remap_hist, struct remap_key, u64, 256);
+BPF_HASH(remap_sum, struct remap_key, u64, 4);
+BPF_HASH(remap_bytes, struct remap_key, u64, 4);
+BPF_HASH(remap_errors, struct remap_key, u64, 64);
+
+int on_remap_pfn_range(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct remap_inflight r = {};
+    r.ts = bpf_ktime_get_ns();
+    r.size = PT_REGS_PARM4(ctx);
+    r.context = bar_fault_by_tid.lookup(&tid) ? CONTEXT_VFIO_FAULT : CONTEXT_OTHER;
+    if (remap_by_tid.update(&tid, &r) != 0)
+        count_lost();
+    return 0;
+}
+
+int on_remap_pfn_range_return(struct pt_regs *ctx)
+{
+    u64 zero = 0;
+    u32 tid = current_tid();
+    struct remap_inflight *r = remap_by_tid.lookup(&tid);
+    if (!r)
+        return 0;
+    u64 delta = bpf_ktime_get_ns() - r->ts;
+    int ret = (int)PT_REGS_RC(ctx);
+    struct remap_key key = {};
+    key.context = r->context;
+    add_or_lost(remap_sum.lookup_or_try_init(&key, &zero), delta);
+    if (ret == 0) {
+        add_or_lost(remap_bytes.lookup_or_try_init(&key, &zero), r->size);
+    } else {
+        key.err = -ret;
+        add_or_lost(remap_errors.lookup_or_try_init(&key, &zero), 1);
+        key.err = 0;
+    }
+    key.slot = bpf_log2l(delta);
+    add_or_lost(remap_hist.lookup_or_try_init(&key, &zero), 1);
+    remap_by_tid.delete(&tid);
+    return 0;
+}
+
+/* PAT untracking: untrack_pfn(vma, pfn, size[, mm_wr_locked]) fires for every
+ * VM_PFNMAP vma; count those of VFIO BARs (seeds/000). */
+BPF_HASH(pat_untrack, struct device_key, u64, 256);
+
+int on_untrack_pfn(struct pt_regs *ctx)
+{
+    u64 zero = 0;
+#ifdef VFIO_PCI_MMAP_OPS
+    struct vm_area_struct *vma = (struct vm_area_struct *)PT_REGS_PARM1(ctx);
+    const void *ops = NULL;
+    if (!vma)
+        return 0;
+    bpf_probe_read_kernel(&ops, sizeof(ops), &vma->vm_ops);
+    if ((u64)ops != (u64)VFIO_PCI_MMAP_OPS)
+        return 0;
+    struct device_key dk = {};
+    u8 region;
+    vma_device(vma, dk.device, &region);
+    add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1);
+#endif
+    return 0;
+}
+
+/* pfnmap_untrack(pfn, size), 6.16+: no vma, so no device. */
+int on_pfnmap_untrack(struct pt_regs *ctx)
+{
+    u64 zero = 0;
+    struct device_key dk = {};
+    add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1);
+    return 0;
+}

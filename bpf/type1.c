@@ -1,0 +1,216 @@
+/* Probe area "type1": VFIO type1 DMA map/unmap, GUP pinning, locked_vm charges.
+ * Python side: vfiomond/type1.py (the TYPE1_* indices are mirrored there and
+ * checked by tests/unit/test_type1.py).
+ */
+#include <linux/vfio.h>
+
+enum type1_counter {
+    TYPE1_MAP_BYTES = 0,
+    TYPE1_UNMAP_BYTES = 1,
+    TYPE1_PINNED_PAGES = 2,
+    TYPE1_UNPINNED_PAGES = 3,
+    TYPE1_CHARGED_PAGES = 4,
+    TYPE1_UNCHARGED_PAGES = 5,
+    TYPE1_CHARGE_FAILURES = 6,
+    TYPE1_MAP_SUM_NS = 7,
+    TYPE1_UNMAP_SUM_NS = 8,
+    TYPE1_COUNTERS = 9,
+};
+
+BPF_ARRAY(type1_counters, u64, TYPE1_COUNTERS);
+
+static __always_inline void type1_add(int index, u64 n)
+{
+    u64 *v = type1_counters.lookup(&index);
+    if (v)
+        __sync_fetch_and_add(v, n);
+}
+
+#define OP_MAP 0
+#define OP_UNMAP 1
+
+struct dma_inflight {
+    u64 ts;
+    u64 size;
+    u64 unmap;  /* struct vfio_iommu_type1_dma_unmap *: the kernel writes the unmapped size back */
+    u8 op;
+    u8 user;    /* unmap points to user memory (ioctl fallback) */
+};
+
+struct dma_key {
+    u8 op;
+    u8 slot;
+    u8 pad[2];
+    s32 err;  /* errno (positive) in dma_errors, 0 in dma_hist */
+};
+
+BPF_HASH(dma_by_tid, u32, struct dma_inflight, 4096);
+BPF_HASH(dma_hist, struct dma_key, u64, 256);
+BPF_HASH(dma_errors, struct dma_key, u64, 128);
+
+static __always_inline int dma_enter(u8 op, u64 size, u64 unmap, u8 user)
+{
+    u32 tid = current_tid();
+    struct dma_inflight d = {};
+    d.ts = bpf_ktime_get_ns();
+    d.size = size;
+    d.unmap = unmap;
+    d.op = op;
+    d.user = user;
+    if (dma_by_tid.update(&tid, &d) != 0)
+        count_lost();
+    return 0;
+}
+
+static __always_inline int dma_return(struct pt_regs *ctx)
+{
+    u64 zero = 0;
+    u32 tid = current_tid();
+    struct dma_inflight *d = dma_by_tid.lookup(&tid);
+    if (!d)
+        return 0;
+    u64 delta = bpf_ktime_get_ns() - d->ts;
+    int ret = (int)PT_REGS_RC(ctx);
+    struct dma_key key = {};
+    key.op = d->op;
+    if (ret == 0) {
+        u64 size = d->size;
+        if (d->op == OP_UNMAP) {
+            struct vfio_iommu_type1_dma_unmap *unmap = (void *)d->unmap;
+            if (d->user)
+                bpf_probe_read_user(&size, sizeof(size), &unmap->size);
+            else
+                bpf_probe_read_kernel(&size, sizeof(size), &unmap->size);
+        }
+        type1_add(d->op == OP_MAP ? TYPE1_MAP_BYTES : TYPE1_UNMAP_BYTES, size);
+    } else {
+        key.err = -ret;
+        add_or_lost(dma_errors.lookup_or_try_init(&key, &zero), 1);
+        key.err = 0;
+    }
+    type1_add(d->op == OP_MAP ? TYPE1_MAP_SUM_NS : TYPE1_UNMAP_SUM_NS, delta);
+    key.slot = bpf_log2l(delta);
+    add_or_lost(dma_hist.lookup_or_try_init(&key, &zero), 1);
+    dma_by_tid.delete(&tid);
+    return 0;
+}
+
+/* vfio_dma_do_map(iommu, struct vfio_iommu_type1_dma_map *map): map is the
+ * kernel's copy of the ioctl argument. */
+int on_dma_map(struct pt_regs *ctx)
+{
+    struct vfio_iommu_type1_dma_map *map = (void *)PT_REGS_PARM2(ctx);
+    u64 size = 0;
+    bpf_probe_read_kernel(&size, sizeof(size), &map->size);
+    return dma_enter(OP_MAP, size, 0, 0);
+}
+
+/* vfio_dma_do_unmap(iommu, struct vfio_iommu_type1_dma_unmap *unmap, bitmap) */
+int on_dma_unmap(struct pt_regs *ctx)
+{
+    return dma_enter(OP_UNMAP, 0, PT_REGS_PARM2(ctx), 0);
+}
+
+int on_dma_return(struct pt_regs *ctx)
+{
+    return dma_return(ctx);
+}
+
+/* Fallback where vfio_dma_do_map/unmap are inlined (Debian's 6.1):
+ * vfio_iommu_type1_ioctl(iommu_data, unsigned int cmd, unsigned long arg) is
+ * in the driver ops table, so it always exists; arg is the user's struct.
+ * TYPE1_IOCTL_MAP / TYPE1_IOCTL_UNMAP are defined by the probe selection. */
+int on_type1_ioctl(struct pt_regs *ctx)
+{
+    unsigned int cmd = (unsigned int)PT_REGS_PARM2(ctx);
+    u64 arg = PT_REGS_PARM3(ctx);
+#ifdef TYPE1_IOCTL_MAP
+    if (cmd == VFIO_IOMMU_MAP_DMA) {
+        struct vfio_iommu_type1_dma_map *map = (void *)arg;
+        u64 size = 0;
+        bpf_probe_read_user(&size, sizeof(size), &map->size);
+        return dma_enter(OP_MAP, size, 0, 1);
+    }
+#endif
+#ifdef TYPE1_IOCTL_UNMAP
+    if (cmd == VFIO_IOMMU_UNMAP_DMA)
+        return dma_enter(OP_UNMAP, 0, arg, 1);
+#endif
+    return 0;
+}
+
+/* vfio_pin_pages_remote returns the pages pinned: one physically contiguous
+ * run starting at *pfn_base (or a negative errno). */
+int on_pin_pages_return(struct pt_regs *ctx)
+{
+    long pinned = (long)PT_REGS_RC(ctx);
+    if (pinned > 0)
+        type1_add(TYPE1_PINNED_PAGES, pinned);
+    return 0;
+}
+
+/* vfio_unpin_pages_remote(dma, iova, pfn, long npage, bool do_accounting) */
+int on_unpin_pages(struct pt_regs *ctx)
+{
+    long npage = (long)PT_REGS_PARM4(ctx);
+    if (npage > 0)
+        type1_add(TYPE1_UNPINNED_PAGES, npage);
+    return 0;
+}
+
+/* locked_vm: __account_locked_vm(mm, pages, inc, task, bypass_rlim) called
+ * while the thread is inside vfio_lock_acct is a type1 charge. */
+struct acct_inflight {
+    u64 pages;
+    u8 in_lock_acct;
+    u8 inc;
+    u8 armed; /* __account_locked_vm entered inside vfio_lock_acct */
+};
+
+BPF_HASH(acct_by_tid, u32, struct acct_inflight, 4096);
+
+int on_lock_acct(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct acct_inflight a = {};
+    a.in_lock_acct = 1;
+    if (acct_by_tid.update(&tid, &a) != 0)
+        count_lost();
+    return 0;
+}
+
+int on_lock_acct_return(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    acct_by_tid.delete(&tid);
+    return 0;
+}
+
+int on_account_locked_vm(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct acct_inflight *a = acct_by_tid.lookup(&tid);
+    if (!a)
+        return 0;
+    a->pages = PT_REGS_PARM2(ctx);
+    a->inc = (u8)PT_REGS_PARM3(ctx);
+    a->armed = 1;
+    return 0;
+}
+
+int on_account_locked_vm_return(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct acct_inflight *a = acct_by_tid.lookup(&tid);
+    if (!a || !a->armed)
+        return 0;
+    int ret = (int)PT_REGS_RC(ctx);
+    if (ret != 0)
+        type1_add(TYPE1_CHARGE_FAILURES, 1);
+    else if (a->inc)
+        type1_add(TYPE1_CHARGED_PAGES, a->pages);
+    else
+        type1_add(TYPE1_UNCHARGED_PAGES, a->pages);
+    a->armed = 0;
+    return 0;
+}

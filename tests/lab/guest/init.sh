@@ -1,0 +1,80 @@
+#!/bin/sh
+# The lab guest's job, started by /sbin/vfiomond-lab-init (see tests/lab/image.sh)
+# with the checkout at /lab/src (read-only), results at /lab/out, and the
+# user's EXTRA folder at /lab/extra.  Parameters come on the kernel command line:
+#   vfiomond.scenario=NAME vfiomond.port=PORT vfiomond.demo=0|1
+# Every step leaves a line in /lab/out/steps; the host reads the files here.
+set -u
+src=/lab/src
+out=/lab/out
+param() { tr ' ' '\n' </proc/cmdline | sed -n "s/^vfiomond\.$1=//p"; }
+scenario=$(param scenario)
+port=$(param port)
+demo=$(param demo)
+step() { echo "lab: $*"; echo "$*" >>"$out/steps"; }
+fail() { step "FAILED: $*"; echo "$*" >"$out/failed"; exit 1; }
+
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+hostname vfiomond-lab
+ip link set lo up
+modprobe virtio_net
+nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+[ -n "$nic" ] && ip link set "$nic" up && ip addr add 10.0.2.15/24 dev "$nic" || fail "no network interface"
+step "booted $(uname -r)"
+
+modprobe vfio_iommu_type1 && modprobe vfio-pci || fail "modprobe vfio-pci"
+for dev in /sys/bus/pci/devices/*; do
+    case "$(cat "$dev/vendor"):$(cat "$dev/device")" in
+        0x1234:0x11e8|0x1af4:0x1110) ;;
+        *) continue ;;
+    esac
+    bdf=${dev##*/}
+    [ -e "$dev/driver" ] && echo "$bdf" >"$dev/driver/unbind"
+    echo vfio-pci >"$dev/driver_override"
+    echo "$bdf" >/sys/bus/pci/drivers_probe
+    [ "$(basename "$(readlink "$dev/driver")")" = vfio-pci ] || fail "binding $bdf to vfio-pci"
+    step "bound $bdf to vfio-pci, IOMMU group $(basename "$(readlink "$dev/iommu_group")")"
+done
+
+export PYTHONPATH=$src PYTHONUNBUFFERED=1
+python3 -m vfiomond check >"$out/check.txt" 2>&1
+# The symbols vfiomond looks for, as this kernel has them (for diagnosis).
+grep -E ' (vfio|iommufd|iopt|__account_locked_vm|remap_pfn_range|untrack_pfn|pfnmap_untrack)' /proc/kallsyms \
+    | cut -d' ' -f2- | sort >"$out/kallsyms.txt"
+python3 -m vfiomond run --listen ":$port" >"$out/vfiomond.log" 2>&1 &
+daemon=$!
+step "started vfiomond (pid $daemon)"
+i=0
+until grep -q "serving /metrics" "$out/vfiomond.log"; do
+    kill -0 "$daemon" 2>/dev/null || fail "vfiomond exited: $(tail -n 1 "$out/vfiomond.log")"
+    i=$((i + 1))
+    [ $i -lt 600 ] || fail "vfiomond not ready after 300 s"
+    sleep 0.5
+done
+step "vfiomond ready"
+
+python3 "$src/tests/lab/scenarios/$scenario.py" >"$out/scenario.json" 2>"$out/scenario.log"
+echo $? >"$out/scenario.rc"
+step "scenario $scenario exit $(cat "$out/scenario.rc")"
+if [ -x /lab/extra/run ]; then
+    (cd /lab/extra && ./run) >"$out/extra.log" 2>&1
+    echo $? >"$out/extra.rc"
+    step "EXTRA run exit $(cat "$out/extra.rc")"
+fi
+
+touch "$out/ready"
+# The host scrapes now; it then creates "scraped" (or "stop" in demo mode).
+i=0
+until [ -e "$out/scraped" ] || [ -e "$out/stop" ]; do
+    i=$((i + 1))
+    [ "$demo" = 1 ] || [ $i -lt 600 ] || fail "no scrape from the host after 300 s"
+    sleep 0.5
+done
+kill -TERM "$daemon"
+wait "$daemon"
+echo $? >"$out/vfiomond.rc"
+step "vfiomond stopped, exit $(cat "$out/vfiomond.rc")"
+touch "$out/done"

@@ -1,0 +1,83 @@
+#!/bin/bash
+# Build (or reuse) the cached guest image for one lab suite.
+#
+#   tests/lab/image.sh SUITE        -> prints the cache directory holding
+#                                      rootfs.img, vmlinuz, initrd.img
+#
+# The cache lives outside the repository (VFIOMOND_LAB_CACHE, default
+# /var/cache/vfiomond-lab) and is keyed by the suite and a hash of this
+# script, so changing the package list or the bootstrap rebuilds it.
+set -euo pipefail
+
+suite=${1:?usage: image.sh SUITE}
+case "$suite" in
+    bookworm|trixie) ;;
+    *) echo "image.sh: unknown suite '$suite' (bookworm, trixie)" >&2; exit 2 ;;
+esac
+
+packages=linux-image-amd64,linux-headers-amd64,python3,python3-bpfcc,bpfcc-tools,\
+python3-prometheus-client,python3-pyudev,python3-systemd,kmod,pciutils,iproute2,\
+udev,systemd-sysv,procps,initramfs-tools,xz-utils
+
+cache_root=${VFIOMOND_LAB_CACHE:-/var/cache/vfiomond-lab}
+key=$(sha256sum "$0" | cut -c1-12)
+dir="$cache_root/$suite-$key"
+
+if [ -f "$dir/complete" ]; then
+    echo "$dir"
+    exit 0
+fi
+
+for tool in debootstrap mkfs.ext4; do
+    command -v "$tool" >/dev/null || { echo "image.sh: $tool is missing (make deps)" >&2; exit 1; }
+done
+
+rm -rf "$dir"
+mkdir -p "$dir"
+rootfs="$dir/rootfs"
+echo "image.sh: debootstrap $suite into $rootfs (a few minutes)" >&2
+debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" >"$dir/debootstrap.log" 2>&1 || {
+    tail -20 "$dir/debootstrap.log" >&2
+    echo "image.sh: debootstrap $suite failed; full log in $dir/debootstrap.log" >&2
+    exit 1
+}
+
+# The guest's first process: mount the checkout and the output folder that the
+# host shares over virtio-9p, then hand over to the init script in the checkout,
+# so that changes to the lab need no image rebuild.
+cat >"$rootfs/sbin/vfiomond-lab-init" <<'INIT'
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sys /sys
+mountpoint -q /dev || mount -t devtmpfs dev /dev
+modprobe 9pnet_virtio && modprobe 9p
+mkdir -p /lab/src /lab/out /lab/extra
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 src /lab/src
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /lab/out
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 extra /lab/extra 2>/dev/null
+if [ -x /lab/src/tests/lab/guest/init.sh ]; then
+    /lab/src/tests/lab/guest/init.sh
+else
+    echo "vfiomond-lab-init: /lab/src/tests/lab/guest/init.sh not found"
+fi
+sync
+echo o >/proc/sysrq-trigger
+sleep 60
+INIT
+chmod 755 "$rootfs/sbin/vfiomond-lab-init"
+echo vfiomond-lab >"$rootfs/etc/hostname"
+
+cp "$(ls "$rootfs"/boot/vmlinuz-* | sort -V | tail -1)" "$dir/vmlinuz"
+cp "$(ls "$rootfs"/boot/initrd.img-* | sort -V | tail -1)" "$dir/initrd.img"
+rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+
+truncate -s 4G "$dir/rootfs.img"
+mkfs.ext4 -q -F -d "$rootfs" "$dir/rootfs.img"
+rm -rf "$rootfs"
+touch "$dir/complete"
+# Older builds of this suite are superseded.
+for old in "$cache_root/$suite"-*; do
+    [ "$old" = "$dir" ] || rm -rf "$old"
+done
+echo "$dir"

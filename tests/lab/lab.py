@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""The VFIO lab: boot a cached Debian guest under QEMU (q35, emulated Intel IOMMU,
+edu + ivshmem-plain bound to vfio-pci), run vfiomond and a scenario inside,
+scrape /metrics from the host through a forwarded loopback port, power off.
+
+    lab.py --suite bookworm --metrics-out /tmp/m.prom [--scenario standard] [--extra DIR]
+    lab.py --suite trixie --demo        # stays up until Ctrl-C
+
+The guest image comes from tests/lab/image.sh (cached outside the repository).
+The checkout is shared read-only over virtio-9p; the guest writes its results
+(steps, scenario.json, vfiomond.log, ...) into a host folder, printed at the end.
+User networking is restrict=on: the guest reaches nothing outside.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import NamedTuple, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GUEST_PORT = 10119
+SUITES = ("bookworm", "trixie")
+
+
+class LabRun(NamedTuple):
+    suite: str
+    out: str  # the folder the guest wrote into
+    metrics: str  # the scrape, as text
+    scenario: dict  # the scenario's JSON summary
+    daemon_rc: Optional[int]  # vfiomond's exit status after SIGTERM
+
+
+class LabError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print("lab: " + msg, file=sys.stderr, flush=True)
+
+
+def image(suite: str) -> str:
+    proc = subprocess.run([os.path.join(REPO, "tests/lab/image.sh"), suite], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise LabError("building the %s guest image failed" % suite)
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def free_port(preferred: int = 0) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise LabError("no free loopback port")
+
+
+def qemu_command(img: str, out: str, extra: str, host_port: int, scenario: str, demo: bool):
+    append = " ".join([
+        "console=ttyS0", "root=/dev/vda", "rw", "intel_iommu=on", "init=/sbin/vfiomond-lab-init", "panic=-1",
+        "vfiomond.scenario=" + scenario, "vfiomond.port=%d" % GUEST_PORT, "vfiomond.demo=%d" % demo,
+    ])
+    return [
+        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
+        "-machine", "q35,kernel-irqchip=split", "-smp", "2", "-m", "3G",
+        "-device", "intel-iommu,intremap=on,caching-mode=on",
+        "-device", "edu",
+        "-object", "memory-backend-ram,id=shm,size=256M", "-device", "ivshmem-plain,memdev=shm",
+        "-drive", "file=%s/rootfs.img,if=virtio,format=raw,cache=unsafe" % img, "-snapshot",
+        "-kernel", img + "/vmlinuz", "-initrd", img + "/initrd.img", "-append", append,
+        "-virtfs", "local,path=%s,mount_tag=src,security_model=none,readonly=on" % REPO,
+        "-virtfs", "local,path=%s,mount_tag=out,security_model=none" % out,
+        "-virtfs", "local,path=%s,mount_tag=extra,security_model=none,readonly=on" % extra,
+        "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d" % (host_port, GUEST_PORT),
+        "-device", "virtio-net-pci,netdev=n0",
+        "-display", "none", "-monitor", "none", "-serial", "file:" + os.path.join(out, "console.log"),
+        "-no-reboot",
+    ]
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _wait_for(out: str, name: str, qemu: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(os.path.join(out, name)):
+        if os.path.exists(os.path.join(out, "failed")):
+            raise LabError("guest: " + _read(os.path.join(out, "failed")).strip())
+        if qemu.poll() is not None:
+            raise LabError("the guest powered off before '%s' (qemu exit %s)" % (name, qemu.returncode))
+        if time.monotonic() > deadline:
+            raise LabError("timed out after %d s waiting for '%s'" % (timeout, name))
+        time.sleep(0.5)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=30) as r:
+        return r.read().decode()
+
+
+def run(suite: str, scenario: str = "standard", extra: Optional[str] = None, demo: bool = False,
+        out: Optional[str] = None, timeout: float = 600) -> LabRun:
+    if suite not in SUITES:
+        raise LabError("unknown suite %r (%s)" % (suite, ", ".join(SUITES)))
+    if not os.path.isfile(os.path.join(REPO, "tests/lab/scenarios", scenario + ".py")):
+        raise LabError("unknown scenario %r" % scenario)
+    if extra and not os.access(os.path.join(extra, "run"), os.X_OK):
+        raise LabError("EXTRA=%s has no executable 'run'" % extra)
+    img = image(suite)
+    out = out or tempfile.mkdtemp(prefix="vfiomond-lab-%s-" % suite)
+    os.makedirs(out, exist_ok=True)
+    empty = tempfile.mkdtemp(prefix="vfiomond-lab-noextra-")
+    port = free_port(GUEST_PORT if demo else 0)
+    cmd = qemu_command(img, out, os.path.abspath(extra) if extra else empty, port, scenario, demo)
+    log("booting %s (logs in %s)" % (suite, out))
+    start = time.monotonic()
+    qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "qemu.log"), "w"))
+    try:
+        _wait_for(out, "ready", qemu, timeout)
+        log("scenario done after %.0f s; scraping 127.0.0.1:%d" % (time.monotonic() - start, port))
+        metrics = scrape(port)
+        if demo:
+            log("vfiomond is up: open http://127.0.0.1:%d/ (metrics at /metrics); Ctrl-C powers the guest off" % port)
+            try:
+                while qemu.poll() is None:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+            open(os.path.join(out, "stop"), "w").close()
+        else:
+            open(os.path.join(out, "scraped"), "w").close()
+        _wait_for(out, "done", qemu, 120)
+        qemu.wait(timeout=60)
+        log("guest powered off after %.0f s" % (time.monotonic() - start))
+    except (LabError, OSError, subprocess.TimeoutExpired) as e:
+        tail = _read(os.path.join(out, "console.log")).splitlines()[-25:]
+        raise LabError("%s\n--- guest console (last lines) ---\n%s" % (e, "\n".join(tail))) from None
+    finally:
+        if qemu.poll() is None:
+            qemu.send_signal(signal.SIGTERM)
+            try:
+                qemu.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                qemu.kill()
+        shutil.rmtree(empty, ignore_errors=True)
+    try:
+        summary = json.loads(_read(os.path.join(out, "scenario.json")) or "{}")
+    except ValueError:
+        summary = {}
+    rc = _read(os.path.join(out, "vfiomond.rc")).strip()
+    return LabRun(suite, out, metrics, summary, int(rc) if rc else None)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", default="bookworm", choices=SUITES)
+    p.add_argument("--scenario", default="standard")
+    p.add_argument("--metrics-out", metavar="FILE")
+    p.add_argument("--extra", metavar="DIR", help="folder copied into the guest; its ./run runs after the scenario")
+    p.add_argument("--demo", action="store_true", help="keep the guest up until Ctrl-C")
+    p.add_argument("--out", metavar="DIR", help="folder for the guest's logs (default: a new temporary one)")
+    args = p.parse_args()
+    if not args.demo and not args.metrics_out:
+        p.error("--metrics-out FILE is required (or --demo)")
+    if os.geteuid() != 0:
+        print("lab: needs root (debootstrap, mkfs)", file=sys.stderr)
+        return 1
+    try:
+        result = run(args.suite, args.scenario, args.extra, args.demo, args.out)
+    except LabError as e:
+        print("lab: error: %s" % e, file=sys.stderr)
+        return 1
+    if args.metrics_out:
+        with open(args.metrics_out, "w") as f:
+            f.write(result.metrics)
+        log("scrape written to %s" % args.metrics_out)
+    problems = []
+    if not result.scenario.get("ok"):
+        problems.append("scenario failed: %s" % result.scenario.get("error", "no summary"))
+    if result.daemon_rc != 0:
+        problems.append("vfiomond did not stop cleanly (exit %s)" % result.daemon_rc)
+    if os.path.exists(os.path.join(result.out, "extra.rc")) and _read(os.path.join(result.out, "extra.rc")).strip() != "0":
+        problems.append("EXTRA run failed; see %s/extra.log" % result.out)
+    for problem in problems:
+        print("lab: error: " + problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from vfiomond.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The prometheus_client collector: fresh metric families on every scrape.
+
+It only reads BPF maps (through the areas' ``read``) and formats; a failing
+area costs its own ``vfiomond_scrape_collector_success`` 0, not the scrape.
+"""
+
+import logging
+import time
+from typing import Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from vfiomond import __version__
+from vfiomond.bpfload import AREAS, Program, ProbeStatus
+
+log = logging.getLogger("vfiomond")
+
+
+class VfiomondCollector:
+    def __init__(self, program: Program, statuses: Sequence[ProbeStatus], kernel: str):
+        self.program = program
+        self.statuses = list(statuses)
+        self.kernel = kernel
+        self.attached = {s.name for s in statuses if s.attached}
+        self._failed_before = set()
+
+    def collect(self) -> Iterator:
+        info = GaugeMetricFamily("vfiomond_build_info", "vfiomond version and kernel release.", labels=["version", "kernel"])
+        info.add_metric([__version__, self.kernel], 1)
+        yield info
+        attached = GaugeMetricFamily(
+            "vfiomond_probe_attached", "1 if the probe is attached to the running kernel, else 0.", labels=["probe"]
+        )
+        symbols = GaugeMetricFamily(
+            "vfiomond_probe_info", "Kernel symbols an attached probe uses.", labels=["probe", "symbols"]
+        )
+        for s in self.statuses:
+            attached.add_metric([s.name], 1 if s.attached else 0)
+            if s.attached:
+                symbols.add_metric([s.name, s.detail], 1)
+        yield attached
+        yield symbols
+
+        success = GaugeMetricFamily(
+            "vfiomond_scrape_collector_success", "1 if the area's maps were read.", labels=["collector"]
+        )
+        duration = GaugeMetricFamily(
+            "vfiomond_scrape_collector_duration_seconds", "Time to read the area's maps.", labels=["collector"]
+        )
+        for area in self.program.areas():
+            start = time.monotonic()
+            ok = 1
+            try:
+                module = AREAS[area]
+                fams = list(module.families(module.read(self.program.tables(area)), self.attached))
+            except Exception as e:  # one area must not fail the scrape
+                ok, fams = 0, []
+                if area not in self._failed_before:
+                    log.error("reading the maps of area %s failed: %s", area, e)
+                    self._failed_before.add(area)
+            yield from fams
+            success.add_metric([area], ok)
+            duration.add_metric([area], time.monotonic() - start)
+        yield success
+        yield duration
+
+        lost = CounterMetricFamily(
+            "vfiomond_events_lost_total",
+            "Kernel-side events not recorded: a bounded map was full, or a kretprobe was missed.",
+        )
+        lost.add_metric([], self.program.lost_events())
+        yield lost

@@ -1,0 +1,98 @@
+"""vfiomond's configuration: a TOML file (systemd/vfiomond.toml is the default).
+
+Every key is validated; an unknown key or a bad value is a one-line
+ConfigError naming the key.
+"""
+
+import socket
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+from vfiomond.errors import ConfigError
+from vfiomond.probes import PROBES
+
+DEFAULT_PORT = 10119  # 9100-9999 (the Prometheus exporter range) is fully allocated
+DEFAULT_LISTEN = ":%d" % DEFAULT_PORT
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Config(NamedTuple):
+    listen: str = DEFAULT_LISTEN
+    log_level: str = "info"
+    strict: bool = False  # exit if any probe cannot be attached
+    disable: Tuple[str, ...] = ()  # probe names not to attach
+
+
+# section -> key -> (type, validator or None)
+_SCHEMA = {
+    "daemon": {"listen": str, "log_level": str},
+    "probes": {"strict": bool, "disable": list},
+}
+
+
+def parse_listen(value: str) -> Tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``[V6]:PORT`` -> (host, port); "" means every address."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("listen address %r: expected HOST:PORT, e.g. :%d" % (value, DEFAULT_PORT))
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host and ":" not in host:
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            raise ConfigError("listen address %r: unknown host %r" % (value, host)) from None
+    return host, int(port)
+
+
+def from_dict(data: Dict[str, Any], origin: str) -> Config:
+    values: Dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError("%s: unknown section [%s]" % (origin, section))
+        if not isinstance(body, dict):
+            raise ConfigError("%s: [%s] must be a table" % (origin, section))
+        for key, value in body.items():
+            name = "%s.%s" % (section, key)
+            expected = _SCHEMA[section].get(key)
+            if expected is None:
+                raise ConfigError("%s: unknown key %s" % (origin, name))
+            if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+                raise ConfigError("%s: %s must be a %s" % (origin, name, expected.__name__))
+            values[key] = value
+    config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return validate(config, origin)
+
+
+def validate(config: Config, origin: str) -> Config:
+    parse_listen(config.listen)
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError("%s: daemon.log_level must be one of %s" % (origin, ", ".join(LOG_LEVELS)))
+    known = {p.name for p in PROBES}
+    for name in config.disable:
+        if name not in known:
+            raise ConfigError("%s: probes.disable: unknown probe %r (known: %s)" % (origin, name, ", ".join(sorted(known))))
+    return config
+
+
+def _toml():
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:
+        try:
+            import tomli as tomllib  # python3-tomli on Python 3.9 / 3.10
+        except ImportError:
+            raise ConfigError("reading a TOML config needs Python 3.11+ or python3-tomli") from None
+    return tomllib
+
+
+def load(path: Optional[str]) -> Config:
+    if path is None:
+        return Config()
+    tomllib = _toml()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("config %s: %s" % (path, e.strerror)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config %s: %s" % (path, e)) from None
+    return from_dict(data, "config " + path)

@@ -1,0 +1,174 @@
+"""The probe table: which kernel functions each probe hooks, per kernel shape.
+
+Kernel differences live here, as data (kernel-facts.md sections 1-5).  A probe
+(the value of the ``probe`` label of ``vfiomond_probe_attached``) has variants in
+order of preference; the first variant whose required hooks all resolve in
+/proc/kallsyms is used.  Nothing here looks at the kernel version.
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from vfiomond.kernel import Kallsyms, Symbol
+
+
+class Hook(NamedTuple):
+    """A kprobe (``entry``) and/or kretprobe (``ret``) on the first of ``symbols`` found.
+
+    ``reads_args``: the BPF function reads the call's arguments, so a GCC
+    ``.isra``/``.constprop`` copy (whose arguments may differ) is not accepted;
+    list such a copy explicitly in ``symbols`` when its arguments are known.
+    """
+
+    symbols: Tuple[str, ...]
+    entry: Optional[str] = None
+    ret: Optional[str] = None
+    reads_args: bool = True
+    optional: bool = False
+
+
+class Variant(NamedTuple):
+    label: str  # what this variant measures, for logs and the coverage table
+    hooks: Tuple[Hook, ...]
+    requires: Tuple[str, ...] = ()  # kernel facts (see kernel_facts) that must be known
+    defines: Tuple[str, ...] = ()  # -D flags the BPF program needs for this variant
+
+
+class Probe(NamedTuple):
+    name: str
+    area: str  # the bpf/<area>.c program and vfiomond/<area>.py module
+    variants: Tuple[Variant, ...]
+
+
+# Kernel facts handed to the BPF programs as -D defines, derived from kallsyms.
+#   VFIO_PGOFF_IS_PFN: vfio-pci rewrites a BAR vma's vm_pgoff to the BAR's PFN
+#     (up to 6.9, while vfio_pci_mmap_open exists); from 6.10 it is the file offset.
+#   VFIO_PCI_MMAP_OPS: address of vfio_pci_mmap_ops, to recognise VFIO BAR vmas.
+FACT_SYMBOLS = ("vfio_pci_mmap_open", "vfio_pci_mmap_ops")
+
+
+def kernel_facts(syms: Kallsyms) -> Dict[str, int]:
+    facts = {}
+    if syms.has("vfio_pci_mmap_open"):
+        facts["VFIO_PGOFF_IS_PFN"] = 1
+    ops = syms.address("vfio_pci_mmap_ops")
+    if ops:
+        facts["VFIO_PCI_MMAP_OPS"] = ops
+    return facts
+
+
+_FAULT_RET = "on_bar_fault_return"
+
+PROBES: Tuple[Probe, ...] = (
+    Probe("bar_fault", "faults", (
+        # 6.12+: .huge_fault(vmf, order); .fault = vfio_pci_mmap_page_fault ->
+        # huge_fault(vmf, 0), which may be inlined, so hook both (nesting is
+        # counted once, in the BPF program).
+        Variant("vfio_pci_mmap_huge_fault (6.12+)", (
+            Hook(("vfio_pci_mmap_huge_fault",), "on_bar_huge_fault", _FAULT_RET),
+            Hook(("vfio_pci_mmap_page_fault",), "on_bar_fault", _FAULT_RET, optional=True),
+        )),
+        Variant("vfio_pci_mmap_fault (up to 6.11)", (
+            Hook(("vfio_pci_mmap_fault",), "on_bar_fault", _FAULT_RET),
+        )),
+    )),
+    Probe("remap_pfn_range", "faults", (
+        Variant("remap_pfn_range", (
+            Hook(("remap_pfn_range",), "on_remap_pfn_range", "on_remap_pfn_range_return"),
+        )),
+    )),
+    Probe("pat_untrack", "faults", (
+        Variant("pfnmap_untrack (6.16+, no vma)", (
+            Hook(("pfnmap_untrack",), "on_pfnmap_untrack"),
+        )),
+        Variant("untrack_pfn on VFIO vmas (up to 6.15)", (
+            Hook(("untrack_pfn",), "on_untrack_pfn"),
+        ), requires=("VFIO_PCI_MMAP_OPS",)),
+    )),
+    # vfio_dma_do_map/unmap are inlined on some builds (Debian 6.1); the type1
+    # ioctl handler is in the driver ops table and always exists.
+    Probe("dma_map", "type1", (
+        Variant("vfio_dma_do_map", (
+            Hook(("vfio_dma_do_map",), "on_dma_map", "on_dma_return"),
+        )),
+        Variant("vfio_iommu_type1_ioctl(VFIO_IOMMU_MAP_DMA)", (
+            Hook(("vfio_iommu_type1_ioctl",), "on_type1_ioctl", "on_dma_return", reads_args=True),
+        ), defines=("TYPE1_IOCTL_MAP",)),
+    )),
+    Probe("dma_unmap", "type1", (
+        Variant("vfio_dma_do_unmap", (
+            Hook(("vfio_dma_do_unmap",), "on_dma_unmap", "on_dma_return"),
+        )),
+        Variant("vfio_iommu_type1_ioctl(VFIO_IOMMU_UNMAP_DMA)", (
+            Hook(("vfio_iommu_type1_ioctl",), "on_type1_ioctl", "on_dma_return", reads_args=True),
+        ), defines=("TYPE1_IOCTL_UNMAP",)),
+    )),
+    Probe("pin_pages", "type1", (
+        Variant("vfio_pin_pages_remote return value", (
+            Hook(("vfio_pin_pages_remote",), ret="on_pin_pages_return", reads_args=False),
+        )),
+    )),
+    Probe("unpin_pages", "type1", (
+        Variant("vfio_unpin_pages_remote npage", (
+            Hook(("vfio_unpin_pages_remote",), "on_unpin_pages"),
+        )),
+    )),
+    Probe("locked_vm_charge", "type1", (
+        # vfio_lock_acct marks the thread; __account_locked_vm inside it is a
+        # type1 charge (directly, or through mm_lock_acct from 6.2 / 6.1.20).
+        Variant("__account_locked_vm inside vfio_lock_acct", (
+            Hook(("vfio_lock_acct",), "on_lock_acct", "on_lock_acct_return", reads_args=False),
+            Hook(("__account_locked_vm",), "on_account_locked_vm", "on_account_locked_vm_return"),
+        )),
+    )),
+)
+
+
+class Selected(NamedTuple):
+    """The outcome for one probe on this kernel."""
+
+    probe: Probe
+    variant: Optional[Variant]  # None: not available
+    hooks: Tuple[Tuple[Hook, Symbol], ...]
+    reason: str  # why not available ("" when available)
+
+    @property
+    def available(self) -> bool:
+        return self.variant is not None
+
+
+def wanted_symbols(probes: Tuple[Probe, ...] = PROBES) -> set:
+    names = set(FACT_SYMBOLS)
+    for probe in probes:
+        for variant in probe.variants:
+            for hook in variant.hooks:
+                names.update(s.split(".", 1)[0] for s in hook.symbols)
+    return names
+
+
+def _resolve(hook: Hook, syms: Kallsyms) -> Optional[Symbol]:
+    for name in hook.symbols:
+        sym = syms.function(name, allow_variants=not hook.reads_args)
+        if sym is not None:
+            return sym
+    return None
+
+
+def select(syms: Kallsyms, facts: Dict[str, int], probes: Tuple[Probe, ...] = PROBES) -> List[Selected]:
+    """Pick, for every probe, the first variant this kernel can serve."""
+    out = []
+    for probe in probes:
+        missing: List[str] = []
+        chosen = None
+        for variant in probe.variants:
+            absent_facts = [f for f in variant.requires if f not in facts]
+            resolved = [(hook, _resolve(hook, syms)) for hook in variant.hooks]
+            absent = [h.symbols[0] for h, s in resolved if s is None and not h.optional]
+            if absent or absent_facts:
+                missing.extend(absent + ["fact " + f for f in absent_facts])
+                continue
+            chosen = Selected(probe, variant, tuple((h, s) for h, s in resolved if s is not None), "")
+            break
+        if chosen is None:
+            chosen = Selected(probe, None, (), "not in kallsyms: " + ", ".join(dict.fromkeys(missing)))
+        out.append(chosen)
+    return out
