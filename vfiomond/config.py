@@ -63,7 +63,10 @@ def from_dict(data: Dict[str, Any], origin: str) -> Config:
 
 
 def validate(config: Config, origin: str) -> Config:
-    parse_listen(config.listen)
+    try:
+        parse_listen(config.listen)
+    except ConfigError as e:
+        raise ConfigError("%s: daemon.listen: %s" % (origin, e)) from None
     if config.log_level not in LOG_LEVELS:
         raise ConfigError("%s: daemon.log_level must be one of %s" % (origin, ", ".join(LOG_LEVELS)))
     known = {p.name for p in PROBES}

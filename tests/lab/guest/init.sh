@@ -43,7 +43,7 @@ export PYTHONPATH=$src PYTHONUNBUFFERED=1
 python3 -m vfiomond check >"$out/check.txt" 2>&1
 # The symbols vfiomond looks for, as this kernel has them (for diagnosis).
 grep -E ' (vfio|iommufd|iopt|__account_locked_vm|remap_pfn_range|untrack_pfn|pfnmap_untrack)' /proc/kallsyms \
-    | cut -d' ' -f2- | sort >"$out/kallsyms.txt"
+    | sort -k3 >"$out/kallsyms.txt"
 python3 -m vfiomond run --listen ":$port" >"$out/vfiomond.log" 2>&1 &
 daemon=$!
 step "started vfiomond (pid $daemon)"

@@ -1,0 +1,36 @@
+# vfiomond: see README.md.  Everything runs with the distribution's Python,
+# whose BCC bindings (python3-bpfcc) vfiomond uses.
+PYTHON ?= /usr/bin/python3
+SUITE ?= bookworm
+SCENARIO ?= standard
+METRICS_OUT ?=
+EXTRA ?=
+LAB = $(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario $(SCENARIO) $(if $(EXTRA),--extra $(EXTRA))
+
+.PHONY: deps demo lab test unit lab-images clean
+
+deps:
+	@scripts/install-deps.sh
+
+# The main job: the standard scenario in the lab, VM kept up for a browser.
+demo: deps
+	$(LAB) --demo
+
+lab: deps
+	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie METRICS_OUT=FILE [SCENARIO=standard] [EXTRA=DIR]"; exit 2; }
+	$(LAB) --metrics-out $(METRICS_OUT)
+
+# Unit tests, then the lab tests on both guest kernels.
+test: deps
+	$(PYTHON) -m pytest -v tests/unit tests/lab
+
+unit: deps
+	$(PYTHON) -m pytest -q tests/unit
+
+lab-images: deps
+	tests/lab/image.sh bookworm
+	tests/lab/image.sh trixie
+
+clean:
+	rm -rf .pytest_cache build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,19 @@
+#!/bin/sh
+# Install, from the distribution, what vfiomond's tests and lab need on a
+# Debian-like host (root). Already installed packages are left alone.
+set -eu
+packages="python3 python3-prometheus-client python3-pytest qemu-system-x86 qemu-utils debootstrap e2fsprogs zstd"
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing packages:$missing (run as root to install them)" >&2
+    exit 1
+fi
+echo "install-deps: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing

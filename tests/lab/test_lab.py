@@ -1,0 +1,170 @@
+"""End to end on real kernels: the standard scenario in the lab guest, scraped over HTTP.
+
+Each suite boots once (module-scoped fixture, about 1.5 min from a cached
+image); every test then compares the scrape with what the scenario did.
+Needs root, QEMU and debootstrap (``make deps``).
+"""
+
+import os
+import shutil
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import lab
+
+MIB = 1 << 20
+PAGE = 4096
+
+# What each guest kernel offers (kernel-facts.md; checked against kallsyms there).
+EXPECTED_SYMBOLS = {
+    "bookworm": {  # Debian 12, 6.1: whole-vma remap in the fault, do_map/do_unmap inlined
+        "bar_fault": "vfio_pci_mmap_fault",
+        "remap_pfn_range": "remap_pfn_range",
+        "pat_untrack": "untrack_pfn",
+        "dma_map": "vfio_iommu_type1_ioctl",
+        "dma_unmap": "vfio_iommu_type1_ioctl",
+        "pin_pages": "vfio_pin_pages_remote",
+        "unpin_pages": "vfio_unpin_pages_remote",
+        "locked_vm_charge": "vfio_lock_acct.part.0,__account_locked_vm",
+    },
+    "trixie": {  # Debian 13, 6.12: huge faults, no remap_pfn_range for VFIO
+        "bar_fault": "vfio_pci_mmap_huge_fault,vfio_pci_mmap_page_fault",
+        "remap_pfn_range": "remap_pfn_range",
+        "pat_untrack": "untrack_pfn",
+        "dma_map": "vfio_iommu_type1_ioctl",
+        "dma_unmap": "vfio_iommu_type1_ioctl",
+        "pin_pages": "vfio_pin_pages_remote",
+        "unpin_pages": "vfio_unpin_pages_remote",
+        "locked_vm_charge": "vfio_lock_acct.part.0,__account_locked_vm",
+    },
+}
+REMAP_IN_FAULT = {"bookworm": True, "trixie": False}
+
+
+class Scrape:
+    def __init__(self, text):
+        self.samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+    def values(self, name, **labels):
+        return [s.value for s in self.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+    def total(self, name, **labels):
+        return sum(self.values(name, **labels))
+
+    def one(self, name, **labels):
+        found = self.values(name, **labels)
+        assert len(found) == 1, "%s%r: %d samples" % (name, labels, len(found))
+        return found[0]
+
+    def series(self, name):
+        """Label sets (without le) of a histogram family."""
+        return {tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")) for s in self.samples if s.name == name + "_count"}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPECTED_SYMBOLS))
+def run(request):
+    suite = request.param
+    result = lab.run(suite, "standard")
+    artifacts = os.environ.get("VFIOMOND_LAB_ARTIFACTS")
+    if artifacts:
+        shutil.copytree(result.out, os.path.join(artifacts, suite), dirs_exist_ok=True)
+        with open(os.path.join(artifacts, suite, "metrics.prom"), "w") as f:
+            f.write(result.metrics)
+    return result
+
+
+@pytest.fixture(scope="module")
+def scrape(run):
+    return Scrape(run.metrics)
+
+
+def test_every_step_ran(run):
+    assert run.scenario.get("ok") is True, run.scenario
+    assert run.daemon_rc == 0, "vfiomond did not stop cleanly on SIGTERM; see %s/vfiomond.log" % run.out
+    assert len(run.scenario["devices"]) == 2
+
+
+def test_probes_attached_match_the_kernel(run, scrape):
+    for probe, symbols in EXPECTED_SYMBOLS[run.suite].items():
+        assert scrape.one("vfiomond_probe_attached", probe=probe) == 1, probe
+        assert scrape.one("vfiomond_probe_info", probe=probe, symbols=symbols) == 1, probe
+
+
+def test_build_info_names_the_kernel(run, scrape):
+    assert scrape.one("vfiomond_build_info", kernel=run.scenario["kernel"]) == 1
+
+
+def test_dma_bytes_match_the_scenario(run, scrape):
+    mapped = run.scenario["dma_mapped_bytes"]
+    assert mapped == 16 * MIB
+    assert scrape.one("vfiomond_dma_map_bytes_total", backend="type1") == mapped
+    assert scrape.one("vfiomond_dma_unmap_bytes_total", backend="type1") == run.scenario["dma_unmapped_bytes"] == mapped
+    assert scrape.one("vfiomond_dma_map_duration_seconds_count", backend="type1") == 4
+    assert scrape.one("vfiomond_dma_unmap_duration_seconds_count", backend="type1") == 4
+    assert scrape.total("vfiomond_dma_map_errors_total") == 0
+
+
+def test_pinned_pages_match_the_mapped_size(run, scrape):
+    assert scrape.one("vfiomond_pinned_pages_total", backend="type1") == 16 * MIB // PAGE
+    assert scrape.one("vfiomond_unpinned_pages_total", backend="type1") == 16 * MIB // PAGE
+
+
+def test_locked_vm_charges_balance_after_unmap(scrape):
+    charged = scrape.one("vfiomond_locked_vm_charged_pages_total", backend="type1")
+    assert charged > 0
+    assert scrape.one("vfiomond_locked_vm_uncharged_pages_total", backend="type1") == charged
+    assert scrape.one("vfiomond_locked_vm_charge_failures_total", backend="type1") == 0
+
+
+def test_every_device_faulted_on_its_bar(run, scrape):
+    for dev in run.scenario["devices"]:
+        n = scrape.total("vfiomond_bar_fault_duration_seconds_count", device=dev["device"], region=dev["region"])
+        assert n >= 1, "no fault seen on %s %s" % (dev["device"], dev["region"])
+    devices = {dict(s)["device"] for s in scrape.series("vfiomond_bar_fault_duration_seconds")}
+    assert devices == {dev["device"] for dev in run.scenario["devices"]}
+
+
+@pytest.mark.parametrize(
+    "family",
+    ["vfiomond_bar_fault_duration_seconds", "vfiomond_remap_pfn_range_duration_seconds", "vfiomond_dma_map_duration_seconds"],
+)
+def test_histograms_are_consistent(scrape, family):
+    for labels in scrape.series(family):
+        labels = dict(labels)
+        buckets = sorted(
+            (float(s.labels["le"]), s.value)
+            for s in scrape.samples
+            if s.name == family + "_bucket" and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+        counts = [n for _, n in buckets]
+        assert counts == sorted(counts), (family, labels)
+        assert buckets[-1][0] == float("inf")
+        count = scrape.one(family + "_count", **labels)
+        assert buckets[-1][1] == count
+        total = scrape.one(family + "_sum", **labels)
+        assert (total > 0) == (count > 0), (family, labels)
+
+
+def test_remap_in_fault_and_concurrency_by_kernel(run, scrape):
+    in_fault = scrape.one("vfiomond_remap_pfn_range_duration_seconds_count", context="vfio_fault")
+    if REMAP_IN_FAULT[run.suite]:
+        # 6.1: the fault handler remaps the whole vma; racing threads fault concurrently.
+        assert in_fault >= 2  # at least one per device
+        assert scrape.one("vfiomond_remap_pfn_range_bytes_total", context="vfio_fault") >= 1 * MIB
+        assert scrape.total("vfiomond_bar_faults_concurrent_total") >= 1
+    else:
+        # 6.12: vmf_insert_pfn* per fault; VFIO never calls remap_pfn_range.
+        assert in_fault == 0
+
+
+def test_pat_untrack_counted_for_vfio_vmas(run, scrape):
+    assert {s.labels["device"] for s in scrape.samples if s.name == "vfiomond_pfnmap_untrack_total"} <= {
+        d["device"] for d in run.scenario["devices"]
+    }
+    assert scrape.total("vfiomond_pfnmap_untrack_total") >= 1
+
+
+def test_nothing_lost_and_every_collector_succeeded(scrape):
+    assert scrape.one("vfiomond_events_lost_total") == 0
+    assert set(scrape.values("vfiomond_scrape_collector_success")) == {1.0}

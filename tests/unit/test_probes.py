@@ -1,0 +1,115 @@
+"""Probe selection from kallsyms text, on the symbol sets the lab's kernels showed."""
+
+from vfiomond.kernel import Kallsyms
+from vfiomond.probes import PROBES, kernel_facts, select, wanted_symbols
+
+# The relevant lines of /proc/kallsyms in the lab guests (addresses made up;
+# names, types and modules as seen there).
+DEBIAN_6_1 = """\
+ffffffff81000010 T __account_locked_vm
+ffffffff81000020 T remap_pfn_range
+ffffffff81000030 T untrack_pfn
+ffffffffc0000100 r vfio_pci_mmap_ops\t[vfio_pci_core]
+ffffffffc0000200 t vfio_pci_mmap_fault\t[vfio_pci_core]
+ffffffffc0000300 t vfio_pci_mmap_open\t[vfio_pci_core]
+ffffffffc0000400 t vfio_iommu_type1_ioctl\t[vfio_iommu_type1]
+ffffffffc0000500 t vfio_lock_acct.part.0\t[vfio_iommu_type1]
+ffffffffc0000600 t vfio_pin_pages_remote\t[vfio_iommu_type1]
+ffffffffc0000700 t vfio_pin_pages_remote.cold\t[vfio_iommu_type1]
+ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
+"""
+
+DEBIAN_6_12 = """\
+ffffffff81000010 T __account_locked_vm
+ffffffff81000020 T remap_pfn_range
+ffffffff81000030 T untrack_pfn
+ffffffffc0000100 r vfio_pci_mmap_ops\t[vfio_pci_core]
+ffffffffc0000200 t vfio_pci_mmap_huge_fault\t[vfio_pci_core]
+ffffffffc0000210 t vfio_pci_mmap_page_fault\t[vfio_pci_core]
+ffffffffc0000400 t vfio_iommu_type1_ioctl\t[vfio_iommu_type1]
+ffffffffc0000410 t vfio_iommu_type1_ioctl.cold\t[vfio_iommu_type1]
+ffffffffc0000500 t vfio_lock_acct.part.0\t[vfio_iommu_type1]
+ffffffffc0000600 t vfio_pin_pages_remote\t[vfio_iommu_type1]
+ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
+"""
+
+# 6.16+ shape (kernel-facts.md 3): pfnmap_untrack replaces untrack_pfn;
+# vfio_dma_do_map/unmap not inlined.
+NEWER = DEBIAN_6_12.replace("T untrack_pfn", "T pfnmap_untrack") + (
+    "ffffffffc0000900 t vfio_dma_do_map\t[vfio_iommu_type1]\n"
+    "ffffffffc0000910 t vfio_dma_do_unmap\t[vfio_iommu_type1]\n"
+)
+
+
+def selection(text):
+    syms = Kallsyms.parse(text.splitlines(), wanted_symbols())
+    facts = kernel_facts(syms)
+    return {s.probe.name: s for s in select(syms, facts)}, facts
+
+
+def symbols(sel):
+    return ",".join(sym.name for _, sym in sel.hooks)
+
+
+def test_debian_6_1():
+    sel, facts = selection(DEBIAN_6_1)
+    assert facts == {"VFIO_PGOFF_IS_PFN": 1, "VFIO_PCI_MMAP_OPS": 0xFFFFFFFFC0000100}
+    assert all(s.available for s in sel.values())
+    assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_fault"
+    assert symbols(sel["dma_map"]) == "vfio_iommu_type1_ioctl"
+    assert sel["dma_map"].variant.defines == ("TYPE1_IOCTL_MAP",)
+    assert sel["dma_unmap"].variant.defines == ("TYPE1_IOCTL_UNMAP",)
+    assert symbols(sel["locked_vm_charge"]) == "vfio_lock_acct.part.0,__account_locked_vm"
+    assert symbols(sel["pat_untrack"]) == "untrack_pfn"
+
+
+def test_debian_6_12():
+    sel, facts = selection(DEBIAN_6_12)
+    assert "VFIO_PGOFF_IS_PFN" not in facts  # 6.10+: vm_pgoff is the file offset
+    assert all(s.available for s in sel.values())
+    assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_huge_fault,vfio_pci_mmap_page_fault"
+
+
+def test_newer_kernel_prefers_direct_symbols():
+    sel, _ = selection(NEWER)
+    assert symbols(sel["pat_untrack"]) == "pfnmap_untrack"
+    assert symbols(sel["dma_map"]) == "vfio_dma_do_map" and sel["dma_map"].variant.defines == ()
+    assert symbols(sel["dma_unmap"]) == "vfio_dma_do_unmap"
+
+
+def test_huge_fault_without_page_fault_is_enough():
+    sel, _ = selection(DEBIAN_6_12.replace("vfio_pci_mmap_page_fault", "something_else"))
+    assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_huge_fault"
+
+
+def test_vfio_modules_not_loaded():
+    sel, facts = selection("ffffffff81000010 T __account_locked_vm\nffffffff81000020 T remap_pfn_range\nffffffff81000030 T untrack_pfn\n")
+    assert facts == {}
+    assert sel["remap_pfn_range"].available
+    for name in ("bar_fault", "dma_map", "pin_pages", "locked_vm_charge"):
+        assert not sel[name].available
+        assert sel[name].reason.startswith("not in kallsyms: ")
+    assert "vfio_pci_mmap_huge_fault" in sel["bar_fault"].reason and "vfio_pci_mmap_fault" in sel["bar_fault"].reason
+    # untrack_pfn exists, but without vfio_pci_mmap_ops VFIO vmas cannot be recognised.
+    assert not sel["pat_untrack"].available
+    assert "fact VFIO_PCI_MMAP_OPS" in sel["pat_untrack"].reason
+
+
+def test_hidden_addresses_disable_the_vma_filter():
+    hidden = "\n".join("0000000000000000" + line[16:] for line in DEBIAN_6_1.splitlines())
+    sel, facts = selection(hidden)
+    assert "VFIO_PCI_MMAP_OPS" not in facts
+    assert not sel["pat_untrack"].available
+    assert sel["bar_fault"].available
+
+
+def test_isra_copy_is_refused_where_arguments_are_read():
+    text = DEBIAN_6_1.replace("t vfio_unpin_pages_remote\t", "t vfio_unpin_pages_remote.isra.0\t")
+    sel, _ = selection(text)
+    assert not sel["unpin_pages"].available  # it reads npage, which an .isra copy may move
+
+
+def test_every_probe_has_a_unique_name_and_known_area():
+    names = [p.name for p in PROBES]
+    assert len(names) == len(set(names))
+    assert {p.area for p in PROBES} == {"faults", "type1"}

@@ -1,0 +1,35 @@
+import pathlib
+import re
+
+from vfiomond import type1
+from vfiomond.histogram import Histogram
+from vfiomond.type1 import DmaRow, decode
+
+from test_faults import exposition
+
+BPF = pathlib.Path(__file__).resolve().parents[2] / "bpf" / "type1.c"
+
+
+def test_counter_indices_match_the_bpf_enum():
+    enum = dict((m.group(1), int(m.group(2))) for m in re.finditer(r"(TYPE1_\w+) = (\d+)", BPF.read_text()))
+    assert enum.pop("TYPE1_COUNTERS") == len(type1.COUNTERS)
+    assert enum == type1.COUNTERS
+
+
+def test_decode_splits_map_and_unmap():
+    counters = {name: 0 for name in type1.COUNTERS}
+    counters.update(TYPE1_MAP_SUM_NS=900, TYPE1_UNMAP_SUM_NS=100)
+    snap = decode(counters, [DmaRow(0, 15, 0, 3), DmaRow(1, 12, 0, 2), DmaRow(9, 1, 0, 1)], [DmaRow(0, 0, 12, 2), DmaRow(0, 0, 17, 1)])
+    assert snap.latency == {"map": Histogram({15: 3}, 900), "unmap": Histogram({12: 2}, 100)}
+    assert snap.errors == {"map": {"ENOMEM": 2, "EEXIST": 1}, "unmap": {}}
+
+
+def test_families_carry_backend_and_skip_unattached():
+    counters = {name: i * 10 for i, name in enumerate(type1.COUNTERS)}
+    snap = decode(counters, [], [DmaRow(0, 0, 28, 1)])
+    s = exposition(type1.families(snap, {"dma_map", "pin_pages"}))
+    assert s["vfiomond_dma_map_bytes_total[('backend', 'type1')]"] == 0
+    assert s["vfiomond_pinned_pages_total[('backend', 'type1')]"] == 20
+    assert s["vfiomond_dma_map_errors_total[('backend', 'type1'), ('errno', 'ENOSPC')]"] == 1
+    assert s["vfiomond_dma_map_duration_seconds_count[('backend', 'type1')]"] == 0
+    assert not any("unmap" in k or "unpinned" in k or "locked_vm" in k for k in s)
