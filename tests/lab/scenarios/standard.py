@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Scenario "standard": the lab's reference VFIO workload (README, "The standard scenario").
+
+For each device (edu BAR0, ivshmem BAR2): type1v2 container; MAP_DMA 4 MiB
+read-write (touched) at IOVA 0x1000000 and 4 MiB read-only (never touched) at
+0x2000000; mmap the BAR; 4 threads touch it at once; a forked child touches
+it; PCI_COMMAND memory decode off/on; touch again; munmap; UNMAP_DMA both;
+close.  Prints one JSON line describing what was done; exit 0 only if all ran.
+"""
+
+import argparse
+import json
+import os
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vfiolib as v  # noqa: E402
+
+MIB = 1 << 20
+BUFFER = 4 * MIB
+RW_IOVA = 0x1000000
+RO_IOVA = 0x2000000
+THREADS = 4
+BAR_NAMES = {0: "bar0", 1: "bar1", 2: "bar2", 3: "bar3", 4: "bar4", 5: "bar5"}
+
+
+def log(msg):
+    print("standard: " + msg, file=sys.stderr, flush=True)
+
+
+def touch_bar_concurrently(addr, size, step):
+    barrier = threading.Barrier(THREADS)
+    reads, errors = [], []
+
+    def worker():
+        try:
+            barrier.wait()
+            reads.append(v.read_strided(addr, size, step))
+        except Exception as e:  # reported in the summary
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=worker) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError("touch thread: " + errors[0])
+    return reads[0]
+
+
+def touch_bar_in_child(addr, size, step):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            v.read_strided(addr, size, step)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def exercise(dev):
+    record = {
+        "device": dev.bdf, "name": dev.name, "vendor_id": dev.vendor_id, "device_id": dev.device_id,
+        "iommu_group": dev.iommu_group, "region": BAR_NAMES[dev.bar], "region_index": dev.bar,
+        "threads": THREADS, "mappings": [],
+    }
+    container = v.Container(dev.iommu_group)
+    rw = v.mmap_anonymous(BUFFER)
+    ro = v.mmap_anonymous(BUFFER)
+    v.touch_pages(rw, BUFFER)
+    maps = [
+        (rw, RW_IOVA, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE, True),
+        (ro, RO_IOVA, v.VFIO_DMA_MAP_FLAG_READ, False),
+    ]
+    for vaddr, iova, flags, touched in maps:
+        container.map_dma(vaddr, iova, BUFFER, flags)
+        record["mappings"].append({"iova": iova, "size": BUFFER, "flags": flags, "touched": touched})
+    log("%s: mapped 2 x 4 MiB" % dev.bdf)
+
+    device_fd = container.device(dev.bdf)
+    bar = v.region(device_fd, dev.bar)
+    config = v.region(device_fd, v.VFIO_PCI_CONFIG_REGION_INDEX)
+    record["region_size"] = bar.size
+    command = v.pci_command(device_fd, config)
+    if not command & v.PCI_COMMAND_MEMORY:
+        v.set_pci_command(device_fd, config, command | v.PCI_COMMAND_MEMORY)
+
+    addr = v.mmap_device(device_fd, bar.size, bar.offset)
+    step = max(v.PAGE, bar.size // 256)
+    record["touches_per_thread"] = touch_bar_concurrently(addr, bar.size, step)
+    record["fork_child_status"] = touch_bar_in_child(addr, bar.size, step)
+    if record["fork_child_status"] != 0:
+        raise RuntimeError("the forked child failed to touch the BAR")
+    command = v.pci_command(device_fd, config)
+    v.set_pci_command(device_fd, config, command & ~v.PCI_COMMAND_MEMORY)
+    v.set_pci_command(device_fd, config, command | v.PCI_COMMAND_MEMORY)
+    record["command_toggled"] = True
+    v.read_strided(addr, bar.size, step)
+    v.munmap(addr, bar.size)
+    log("%s: touched %s (%d bytes) from %d threads, a child, and after a decode toggle"
+        % (dev.bdf, record["region"], bar.size, THREADS))
+
+    for mapping in record["mappings"]:
+        mapping["unmapped"] = container.unmap_dma(mapping["iova"], mapping["size"])
+    v.munmap(rw, BUFFER)
+    v.munmap(ro, BUFFER)
+    os.close(device_fd)
+    container.close()
+    return record
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", default="edu,ivshmem", help="comma-separated: edu, ivshmem")
+    p.add_argument("--sysfs", default="/sys")
+    args = p.parse_args()
+    summary = {"scenario": "standard", "pid": os.getpid(), "kernel": os.uname().release, "devices": []}
+    try:
+        wanted = args.devices.split(",")
+        devices = [d for d in v.find_devices(args.sysfs) if d.name in wanted]
+        if sorted(d.name for d in devices) != sorted(wanted):
+            raise RuntimeError("devices bound to vfio-pci: %s; wanted %s" % ([d.name for d in devices], wanted))
+        for dev in devices:
+            summary["devices"].append(exercise(dev))
+        maps = [m for d in summary["devices"] for m in d["mappings"]]
+        summary["dma_mapped_bytes"] = sum(m["size"] for m in maps)
+        summary["dma_unmapped_bytes"] = sum(m["unmapped"] for m in maps)
+        summary["ok"] = True
+    except Exception as e:
+        summary.update(ok=False, error="%s: %s" % (type(e).__name__, e))
+    print(json.dumps(summary))
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""A small VFIO user in pure Python: type1 container, group, device, DMA, BAR mmap.
+
+ioctl numbers and struct layouts from include/uapi/linux/vfio.h (stable ABI,
+kernel-facts.md section 7).  Addresses come from libc mmap through ctypes so
+that they can be handed to MAP_DMA and touched outside the GIL.
+"""
+
+import ctypes
+import fcntl
+import os
+import struct
+from typing import List, NamedTuple
+
+VFIO_GET_API_VERSION = 0x3B64
+VFIO_CHECK_EXTENSION = 0x3B65
+VFIO_SET_IOMMU = 0x3B66
+VFIO_GROUP_GET_STATUS = 0x3B67
+VFIO_GROUP_SET_CONTAINER = 0x3B68
+VFIO_GROUP_GET_DEVICE_FD = 0x3B6A
+VFIO_DEVICE_GET_REGION_INFO = 0x3B6C
+VFIO_IOMMU_MAP_DMA = 0x3B71
+VFIO_IOMMU_UNMAP_DMA = 0x3B72
+
+VFIO_API_VERSION = 0
+VFIO_TYPE1v2_IOMMU = 3
+VFIO_GROUP_FLAGS_VIABLE = 1
+VFIO_DMA_MAP_FLAG_READ = 1
+VFIO_DMA_MAP_FLAG_WRITE = 2
+VFIO_PCI_CONFIG_REGION_INDEX = 7
+PCI_COMMAND = 4
+PCI_COMMAND_MEMORY = 0x2
+
+GROUP_STATUS = struct.Struct("<II")  # argsz, flags
+DMA_MAP = struct.Struct("<IIQQQ")  # argsz, flags, vaddr, iova, size
+DMA_UNMAP = struct.Struct("<IIQQ")  # argsz, flags, iova, size
+REGION_INFO = struct.Struct("<IIIIQQ")  # argsz, flags, index, cap_offset, size, offset
+
+# The lab's devices: (vendor, device) -> (name, BAR index used).
+KNOWN_DEVICES = {("0x1234", "0x11e8"): ("edu", 0), ("0x1af4", "0x1110"): ("ivshmem", 2)}
+
+PAGE = 4096
+PROT_READ, PROT_WRITE = 1, 2
+MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS = 0x01, 0x02, 0x20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class PciDevice(NamedTuple):
+    bdf: str
+    name: str
+    vendor_id: str
+    device_id: str
+    iommu_group: str
+    bar: int
+
+
+def find_devices(sysfs: str = "/sys") -> List[PciDevice]:
+    """The lab's known devices bound to vfio-pci, in PCI address order."""
+    root = os.path.join(sysfs, "bus/pci/devices")
+    found = []
+    for bdf in sorted(os.listdir(root)):
+        path = os.path.join(root, bdf)
+
+        def attr(name):
+            with open(os.path.join(path, name)) as f:
+                return f.read().strip()
+
+        known = KNOWN_DEVICES.get((attr("vendor"), attr("device")))
+        driver = os.path.join(path, "driver")
+        if known is None or not os.path.islink(driver) or os.path.basename(os.readlink(driver)) != "vfio-pci":
+            continue
+        group = os.path.basename(os.readlink(os.path.join(path, "iommu_group")))
+        found.append(PciDevice(bdf, known[0], attr("vendor"), attr("device"), group, known[1]))
+    return found
+
+
+def _check_addr(addr, what: str) -> int:
+    if addr is None or addr == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, "%s: %s" % (what, os.strerror(err)))
+    return addr
+
+
+def mmap_anonymous(size: int) -> int:
+    return _check_addr(_libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), "mmap anonymous")
+
+
+def mmap_device(fd: int, size: int, offset: int) -> int:
+    return _check_addr(_libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset), "mmap BAR")
+
+
+def munmap(addr: int, size: int) -> None:
+    if _libc.munmap(addr, size) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "munmap: " + os.strerror(err))
+
+
+def touch_pages(addr: int, size: int) -> None:
+    """Write one byte in every page (anonymous memory)."""
+    for off in range(0, size, PAGE):
+        ctypes.memset(addr + off, 0x5A, 1)
+
+
+def read_strided(addr: int, size: int, step: int) -> int:
+    """Read 4 bytes at every ``step``; ctypes releases the GIL during each read,
+    so several threads fault for real at the same time. Returns reads done."""
+    sink = ctypes.create_string_buffer(4)
+    n = 0
+    for off in range(0, size, step):
+        ctypes.memmove(sink, addr + off, 4)
+        n += 1
+    return n
+
+
+def dma_map_args(vaddr: int, iova: int, size: int, flags: int) -> bytes:
+    return DMA_MAP.pack(DMA_MAP.size, flags, vaddr, iova, size)
+
+
+def dma_unmap_args(iova: int, size: int) -> bytearray:
+    return bytearray(DMA_UNMAP.pack(DMA_UNMAP.size, 0, iova, size))
+
+
+def region_info_args(index: int) -> bytearray:
+    return bytearray(REGION_INFO.pack(REGION_INFO.size, 0, index, 0, 0, 0))
+
+
+class Region(NamedTuple):
+    flags: int
+    index: int
+    size: int
+    offset: int
+
+
+def parse_region_info(buf) -> Region:
+    _argsz, flags, index, _cap, size, offset = REGION_INFO.unpack(bytes(buf))
+    return Region(flags, index, size, offset)
+
+
+class Container:
+    """A type1 (v2) container with one group attached."""
+
+    def __init__(self, group: str):
+        self.fd = os.open("/dev/vfio/vfio", os.O_RDWR)
+        self.group_fd = -1
+        if fcntl.ioctl(self.fd, VFIO_GET_API_VERSION) != VFIO_API_VERSION:
+            raise RuntimeError("unexpected VFIO API version")
+        if not fcntl.ioctl(self.fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU):
+            raise RuntimeError("the container does not offer TYPE1v2")
+        self.group_fd = os.open("/dev/vfio/" + group, os.O_RDWR)
+        status = bytearray(GROUP_STATUS.pack(GROUP_STATUS.size, 0))
+        fcntl.ioctl(self.group_fd, VFIO_GROUP_GET_STATUS, status, True)
+        if not GROUP_STATUS.unpack(bytes(status))[1] & VFIO_GROUP_FLAGS_VIABLE:
+            raise RuntimeError("IOMMU group %s is not viable" % group)
+        fcntl.ioctl(self.group_fd, VFIO_GROUP_SET_CONTAINER, struct.pack("i", self.fd))
+        fcntl.ioctl(self.fd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU)
+
+    def map_dma(self, vaddr: int, iova: int, size: int, flags: int) -> None:
+        fcntl.ioctl(self.fd, VFIO_IOMMU_MAP_DMA, dma_map_args(vaddr, iova, size, flags))
+
+    def unmap_dma(self, iova: int, size: int) -> int:
+        """Returns the size the kernel reports unmapped."""
+        buf = dma_unmap_args(iova, size)
+        fcntl.ioctl(self.fd, VFIO_IOMMU_UNMAP_DMA, buf, True)
+        return DMA_UNMAP.unpack(bytes(buf))[3]
+
+    def device(self, bdf: str) -> int:
+        return fcntl.ioctl(self.group_fd, VFIO_GROUP_GET_DEVICE_FD, bytearray(bdf.encode() + b"\0"), True)
+
+    def close(self) -> None:
+        if self.group_fd >= 0:
+            os.close(self.group_fd)
+        os.close(self.fd)
+
+
+def region(device_fd: int, index: int) -> Region:
+    buf = region_info_args(index)
+    fcntl.ioctl(device_fd, VFIO_DEVICE_GET_REGION_INFO, buf, True)
+    return parse_region_info(buf)
+
+
+def pci_command(device_fd: int, config: Region) -> int:
+    return int.from_bytes(os.pread(device_fd, 2, config.offset + PCI_COMMAND), "little")
+
+
+def set_pci_command(device_fd: int, config: Region, value: int) -> None:
+    os.pwrite(device_fd, value.to_bytes(2, "little"), config.offset + PCI_COMMAND)
