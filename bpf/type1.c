@@ -14,7 +14,8 @@ enum type1_counter {
     TYPE1_CHARGE_FAILURES = 6,
     TYPE1_MAP_SUM_NS = 7,
     TYPE1_UNMAP_SUM_NS = 8,
-    TYPE1_COUNTERS = 9,
+    TYPE1_ZERO_PAGE_PINS = 9,
+    TYPE1_COUNTERS = 10,
 };
 
 BPF_ARRAY(type1_counters, u64, TYPE1_COUNTERS);
@@ -31,11 +32,41 @@ static __always_inline void type1_add(int index, u64 n)
 
 struct dma_inflight {
     u64 ts;
+    u64 vaddr;  /* map: the user's buffer */
+    u64 iova;   /* map: the IOVA asked for */
     u64 size;
     u64 unmap;  /* struct vfio_iommu_type1_dma_unmap *: the kernel writes the unmapped size back */
     u8 op;
     u8 user;    /* unmap points to user memory (ioctl fallback) */
 };
+
+/* Events for pin verification (vfiomond/pins.py), in order on one ring
+ * buffer: MAP_BEGIN, the sampled PIN runs of that map, MAP_END; UNMAP. */
+#define EV_MAP_BEGIN 1
+#define EV_MAP_END 2
+#define EV_PIN 3
+#define EV_UNMAP 4
+
+struct pin_event {
+    u32 type;
+    u32 pid;
+    s32 ret;
+    u32 pad;
+    u64 vaddr;
+    u64 iova;
+    u64 size;   /* bytes (map, unmap) */
+    u64 npage;  /* pin: pages in the physically contiguous run */
+    u64 pfn;    /* pin: PFN of the run's first page */
+};
+
+BPF_RINGBUF_OUTPUT(pin_events, 64);
+
+static __always_inline void emit(struct pin_event *ev)
+{
+    ev->pid = bpf_get_current_pid_tgid() >> 32;
+    if (pin_events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
+        count_lost();
+}
 
 struct dma_key {
     u8 op;
@@ -48,15 +79,21 @@ BPF_HASH(dma_by_tid, u32, struct dma_inflight, 4096);
 BPF_HASH(dma_hist, struct dma_key, u64, 256);
 BPF_HASH(dma_errors, struct dma_key, u64, 128);
 
-static __always_inline int dma_enter(u8 op, u64 size, u64 unmap, u8 user)
+static __always_inline int dma_enter(u8 op, struct vfio_iommu_type1_dma_map *map, u64 unmap, u8 user)
 {
     u32 tid = current_tid();
     struct dma_inflight d = {};
     d.ts = bpf_ktime_get_ns();
-    d.size = size;
     d.unmap = unmap;
     d.op = op;
     d.user = user;
+    if (map) {
+        d.vaddr = map->vaddr;
+        d.iova = map->iova;
+        d.size = map->size;
+        struct pin_event ev = {.type = EV_MAP_BEGIN, .vaddr = d.vaddr, .iova = d.iova, .size = d.size};
+        emit(&ev);
+    }
     if (dma_by_tid.update(&tid, &d) != 0)
         count_lost();
     return 0;
@@ -73,16 +110,21 @@ static __always_inline int dma_return(struct pt_regs *ctx)
     int ret = (int)PT_REGS_RC(ctx);
     struct dma_key key = {};
     key.op = d->op;
+    struct pin_event ev = {.type = EV_MAP_END, .ret = ret, .vaddr = d->vaddr, .iova = d->iova, .size = d->size};
+    if (d->op == OP_UNMAP) {
+        struct vfio_iommu_type1_dma_unmap u = {};
+        if (d->user)
+            bpf_probe_read_user(&u, sizeof(u), (void *)d->unmap);
+        else
+            bpf_probe_read_kernel(&u, sizeof(u), (void *)d->unmap);
+        ev.type = EV_UNMAP;
+        ev.iova = u.iova;
+        ev.size = u.size; /* on success: the size the kernel unmapped */
+    }
+    if (ev.type == EV_MAP_END || ret == 0)
+        emit(&ev);
     if (ret == 0) {
-        u64 size = d->size;
-        if (d->op == OP_UNMAP) {
-            struct vfio_iommu_type1_dma_unmap *unmap = (void *)d->unmap;
-            if (d->user)
-                bpf_probe_read_user(&size, sizeof(size), &unmap->size);
-            else
-                bpf_probe_read_kernel(&size, sizeof(size), &unmap->size);
-        }
-        type1_add(d->op == OP_MAP ? TYPE1_MAP_BYTES : TYPE1_UNMAP_BYTES, size);
+        type1_add(d->op == OP_MAP ? TYPE1_MAP_BYTES : TYPE1_UNMAP_BYTES, ev.size);
     } else {
         key.err = -ret;
         add_or_lost(dma_errors.lookup_or_try_init(&key, &zero), 1);
@@ -99,16 +141,15 @@ static __always_inline int dma_return(struct pt_regs *ctx)
  * kernel's copy of the ioctl argument. */
 int on_dma_map(struct pt_regs *ctx)
 {
-    struct vfio_iommu_type1_dma_map *map = (void *)PT_REGS_PARM2(ctx);
-    u64 size = 0;
-    bpf_probe_read_kernel(&size, sizeof(size), &map->size);
-    return dma_enter(OP_MAP, size, 0, 0);
+    struct vfio_iommu_type1_dma_map map = {};
+    bpf_probe_read_kernel(&map, sizeof(map), (void *)PT_REGS_PARM2(ctx));
+    return dma_enter(OP_MAP, &map, 0, 0);
 }
 
 /* vfio_dma_do_unmap(iommu, struct vfio_iommu_type1_dma_unmap *unmap, bitmap) */
 int on_dma_unmap(struct pt_regs *ctx)
 {
-    return dma_enter(OP_UNMAP, 0, PT_REGS_PARM2(ctx), 0);
+    return dma_enter(OP_UNMAP, NULL, PT_REGS_PARM2(ctx), 0);
 }
 
 int on_dma_return(struct pt_regs *ctx)
@@ -126,26 +167,84 @@ int on_type1_ioctl(struct pt_regs *ctx)
     u64 arg = PT_REGS_PARM3(ctx);
 #ifdef TYPE1_IOCTL_MAP
     if (cmd == VFIO_IOMMU_MAP_DMA) {
-        struct vfio_iommu_type1_dma_map *map = (void *)arg;
-        u64 size = 0;
-        bpf_probe_read_user(&size, sizeof(size), &map->size);
-        return dma_enter(OP_MAP, size, 0, 1);
+        struct vfio_iommu_type1_dma_map map = {};
+        bpf_probe_read_user(&map, sizeof(map), (void *)arg);
+        return dma_enter(OP_MAP, &map, 0, 1);
     }
 #endif
 #ifdef TYPE1_IOCTL_UNMAP
     if (cmd == VFIO_IOMMU_UNMAP_DMA)
-        return dma_enter(OP_UNMAP, 0, arg, 1);
+        return dma_enter(OP_UNMAP, NULL, arg, 1);
 #endif
     return 0;
 }
 
-/* vfio_pin_pages_remote returns the pages pinned: one physically contiguous
- * run starting at *pfn_base (or a negative errno). */
+/* vfio_pin_pages_remote(dma, vaddr, npage, unsigned long *pfn_base, limit[, batch])
+ * returns the pages pinned: one physically contiguous run starting at
+ * *pfn_base (5.10 .. 6.18).  A run is sent to user space only if it holds a
+ * sample point of the MAP_DMA in flight on this thread (PIN_SAMPLES points:
+ * first page, last page, an even stride): events per mapping stay bounded
+ * whatever its size. */
+#ifndef PIN_SAMPLES
+#define PIN_SAMPLES 16
+#endif
+#define PAGE_4K 4096ULL
+
+struct pin_inflight {
+    u64 vaddr;
+    u64 pfn_base;  /* unsigned long * (kernel) */
+};
+
+BPF_HASH(pin_by_tid, u32, struct pin_inflight, 4096);
+
+int on_pin_pages(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct pin_inflight p = {.vaddr = PT_REGS_PARM2(ctx), .pfn_base = PT_REGS_PARM4(ctx)};
+    if (pin_by_tid.update(&tid, &p) != 0)
+        count_lost();
+    return 0;
+}
+
+/* Does [off, off + len) of a mapping of `size` bytes hold a sample point? */
+static __always_inline int holds_sample(u64 off, u64 len, u64 size)
+{
+    u64 stride = (size / (PIN_SAMPLES - 1)) & ~(PAGE_4K - 1);
+    if (stride < PAGE_4K)
+        stride = PAGE_4K;
+    u64 next = (off + stride - 1) / stride * stride;
+    u64 last = size - PAGE_4K;
+    return (next < off + len && next < size) || (last >= off && last < off + len);
+}
+
 int on_pin_pages_return(struct pt_regs *ctx)
 {
+    u32 tid = current_tid();
+    struct pin_inflight *p = pin_by_tid.lookup(&tid);
+    if (!p)
+        return 0;
     long pinned = (long)PT_REGS_RC(ctx);
-    if (pinned > 0)
-        type1_add(TYPE1_PINNED_PAGES, pinned);
+    if (pinned <= 0) {
+        pin_by_tid.delete(&tid);
+        return 0;
+    }
+    type1_add(TYPE1_PINNED_PAGES, pinned);
+    u64 pfn = 0;
+    bpf_probe_read_kernel(&pfn, sizeof(pfn), (void *)p->pfn_base);
+#ifdef ZERO_PFN
+    if (pfn == ZERO_PFN)
+        type1_add(TYPE1_ZERO_PAGE_PINS, pinned);
+#endif
+    struct dma_inflight *d = dma_by_tid.lookup(&tid);
+    if (d && d->op == OP_MAP && p->vaddr >= d->vaddr && d->size >= PAGE_4K) {
+        u64 off = p->vaddr - d->vaddr;
+        if (holds_sample(off, (u64)pinned * PAGE_4K, d->size)) {
+            struct pin_event ev = {.type = EV_PIN, .vaddr = p->vaddr, .iova = d->iova + off,
+                                   .npage = pinned, .pfn = pfn};
+            emit(&ev);
+        }
+    }
+    pin_by_tid.delete(&tid);
     return 0;
 }
 

@@ -69,6 +69,26 @@ class Program:
     def areas(self) -> List[str]:
         return list(self._programs)
 
+    def open_ring_buffer(self, area: str, table: str, callback: Callable[[bytes], None]) -> None:
+        """Call ``callback(raw bytes)`` for each record of a BPF_RINGBUF_OUTPUT table."""
+        import ctypes
+
+        def on_record(_ctx, data, size):
+            try:
+                callback(ctypes.string_at(data, size))
+            except Exception:  # a bad record must not stop the loop
+                log.exception("handling a %s record failed", table)
+            return 0
+
+        self._programs[area][table].open_ring_buffer(on_record)
+        self._polled = self._programs[area]
+
+    def poll(self, timeout_ms: int) -> None:
+        """Deliver ring-buffer records (waits up to ``timeout_ms``)."""
+        bpf = getattr(self, "_polled", None)
+        if bpf is not None:
+            bpf.ring_buffer_poll(timeout_ms)
+
     def close(self) -> None:
         seen = set()
         for bpf in self._programs.values():

@@ -17,8 +17,10 @@ log = logging.getLogger("vfiomond")
 
 
 class VfiomondCollector:
-    def __init__(self, program: Program, statuses: Sequence[ProbeStatus], kernel: str):
+    def __init__(self, program: Program, statuses: Sequence[ProbeStatus], kernel: str, pin_watch=None, alerts=None):
         self.program = program
+        self.pin_watch = pin_watch
+        self.alerts = alerts
         self.statuses = list(statuses)
         self.kernel = kernel
         self.attached = {s.name for s in statuses if s.attached}
@@ -63,6 +65,19 @@ class VfiomondCollector:
             duration.add_metric([area], time.monotonic() - start)
         yield success
         yield duration
+
+        if self.pin_watch is not None:
+            yield from self.pin_watch.families()
+        if self.alerts is not None:
+            sent = CounterMetricFamily("vfiomond_alerts_total", "Alerts written to the journal.", labels=["kind"])
+            dropped = CounterMetricFamily(
+                "vfiomond_alerts_suppressed_total", "Alerts not written: over the kind's rate limit.", labels=["kind"]
+            )
+            for kind in sorted(self.alerts.sent):
+                sent.add_metric([kind], self.alerts.sent[kind])
+                dropped.add_metric([kind], self.alerts.suppressed[kind])
+            yield sent
+            yield dropped
 
         lost = CounterMetricFamily(
             "vfiomond_events_lost_total",

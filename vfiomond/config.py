@@ -20,13 +20,19 @@ class Config(NamedTuple):
     log_level: str = "info"
     strict: bool = False  # exit if any probe cannot be attached
     disable: Tuple[str, ...] = ()  # probe names not to attach
+    pin_verify: bool = True  # verify pinned pages against the process mapping
+    pin_verify_interval: float = 30.0  # seconds between verification passes
+    pin_samples: int = 16  # sampled pages per DMA mapping (plus its last page)
 
 
 # section -> key -> (type, validator or None)
 _SCHEMA = {
     "daemon": {"listen": str, "log_level": str},
     "probes": {"strict": bool, "disable": list},
+    "pins": {"verify": bool, "verify_interval": (int, float), "samples": int},
 }
+# TOML key -> Config field, where they differ
+_FIELDS = {("pins", "verify"): "pin_verify", ("pins", "verify_interval"): "pin_verify_interval", ("pins", "samples"): "pin_samples"}
 
 
 def parse_listen(value: str) -> Tuple[str, int]:
@@ -56,8 +62,9 @@ def from_dict(data: Dict[str, Any], origin: str) -> Config:
             if expected is None:
                 raise ConfigError("%s: unknown key %s" % (origin, name))
             if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-                raise ConfigError("%s: %s must be a %s" % (origin, name, expected.__name__))
-            values[key] = value
+                kind = expected.__name__ if isinstance(expected, type) else "number"
+                raise ConfigError("%s: %s must be a %s" % (origin, name, kind))
+            values[_FIELDS.get((section, key), key)] = value
     config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     return validate(config, origin)
 
@@ -69,6 +76,10 @@ def validate(config: Config, origin: str) -> Config:
         raise ConfigError("%s: daemon.listen: %s" % (origin, e)) from None
     if config.log_level not in LOG_LEVELS:
         raise ConfigError("%s: daemon.log_level must be one of %s" % (origin, ", ".join(LOG_LEVELS)))
+    if not 0.1 <= config.pin_verify_interval <= 86400:
+        raise ConfigError("%s: pins.verify_interval must be between 0.1 and 86400 seconds" % origin)
+    if not 2 <= config.pin_samples <= 1024:
+        raise ConfigError("%s: pins.samples must be between 2 and 1024" % origin)
     known = {p.name for p in PROBES}
     for name in config.disable:
         if name not in known:

@@ -3,27 +3,56 @@
 import logging
 import signal
 import threading
+import time
 
 from prometheus_client.core import CollectorRegistry
 
-from vfiomond import __version__, bpfload, kernel, privileges
+from vfiomond import __version__, bpfload, kernel, pagemap, privileges
+from vfiomond.alerts import AlertSink
 from vfiomond.collector import VfiomondCollector
 from vfiomond.config import Config, parse_listen
 from vfiomond.errors import VfiomondError
-from vfiomond.probes import kernel_facts, select, wanted_symbols
 from vfiomond.exposition import serve
+from vfiomond.pins import PinTracker, PinWatch
+from vfiomond.probes import kernel_facts, select, wanted_symbols
+
+# Probes pin verification stands on.
+PIN_VERIFY_NEEDS = ("dma_map", "dma_unmap", "pin_pages")
 
 log = logging.getLogger("vfiomond")
 
 
-def probe_kernel():
-    """(selections, facts) for the running kernel, from /proc/kallsyms."""
+def probe_kernel(pin_samples: int = Config().pin_samples):
+    """(selections, facts) for the running kernel: /proc/kallsyms, and the zero
+    page's PFN as this process sees it (needs CAP_SYS_ADMIN)."""
     try:
         syms = kernel.Kallsyms.read(wanted_symbols())
     except OSError as e:
         raise VfiomondError("cannot read %s: %s" % (kernel.KALLSYMS, e.strerror)) from None
     facts = kernel_facts(syms)
+    facts["PIN_SAMPLES"] = pin_samples
+    zero_pfn = pagemap.learn_zero_pfn()
+    if zero_pfn is not None:
+        facts["ZERO_PFN"] = zero_pfn
     return select(syms, facts), facts
+
+
+def _pin_watch(config: Config, program, statuses, facts, sink):
+    if not config.pin_verify:
+        log.info("pin verification disabled in the configuration")
+        return None
+    attached = {s.name for s in statuses if s.attached}
+    missing = [p for p in PIN_VERIFY_NEEDS if p not in attached]
+    if missing:
+        log.warning("pin verification off: probes not attached: %s", ", ".join(missing))
+        return None
+    if "ZERO_PFN" not in facts:
+        log.warning("pin verification off: PFNs are hidden in pagemap (needs CAP_SYS_ADMIN)")
+        return None
+    watch = PinWatch(PinTracker(config.pin_samples, facts["ZERO_PFN"]), sink, pagemap.read_pfns)
+    program.open_ring_buffer("type1", "pin_events", watch.on_raw_event)
+    log.info("pin verification every %gs, %d samples per mapping", config.pin_verify_interval, config.pin_samples)
+    return watch
 
 
 def run(config: Config) -> int:
@@ -32,7 +61,7 @@ def run(config: Config) -> int:
     release = kernel.release()
     log.info("vfiomond %s on kernel %s", __version__, release)
 
-    selections, facts = probe_kernel()
+    selections, facts = probe_kernel(config.pin_samples)
     log.info("compiling BPF programs (kernel facts: %s)", ", ".join(sorted(facts)) or "none")
     program, statuses = bpfload.load(selections, facts, config.disable)
     for s in statuses:
@@ -45,8 +74,10 @@ def run(config: Config) -> int:
         program.close()
         raise VfiomondError("strict mode: probes not attached: " + ", ".join(missing))
 
+    sink = AlertSink()
+    watch = _pin_watch(config, program, statuses, facts, sink)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(VfiomondCollector(program, statuses, release))
+    registry.register(VfiomondCollector(program, statuses, release, watch, sink))
     try:
         server = serve(host, port, registry)
     except OSError as e:
@@ -62,8 +93,16 @@ def run(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(1.0):
-        pass
+    next_verify = time.monotonic() + config.pin_verify_interval
+    while not stop.is_set():
+        if watch is None:
+            stop.wait(1.0)
+            continue
+        program.poll(500)
+        if time.monotonic() >= next_verify:
+            program.poll(0)  # drain: an UNMAP still queued must not look like a mismatch
+            watch.verify_all()
+            next_verify = time.monotonic() + config.pin_verify_interval
     server.shutdown()
     server.server_close()
     program.close()

@@ -103,9 +103,16 @@ PROBES: Tuple[Probe, ...] = (
         ), defines=("TYPE1_IOCTL_UNMAP",)),
     )),
     Probe("pin_pages", "type1", (
-        Variant("vfio_pin_pages_remote return value", (
-            Hook(("vfio_pin_pages_remote",), ret="on_pin_pages_return", reads_args=False),
+        Variant("vfio_pin_pages_remote return value and *pfn_base", (
+            Hook(("vfio_pin_pages_remote",), "on_pin_pages", "on_pin_pages_return"),
         )),
+    )),
+    # The zero page's PFN is learned at start (vfiomond/pagemap.py, needs
+    # CAP_SYS_ADMIN); pins of it are counted in the kernel.
+    Probe("zero_page_pins", "type1", (
+        Variant("vfio_pin_pages_remote *pfn_base == zero page PFN", (
+            Hook(("vfio_pin_pages_remote",), "on_pin_pages", "on_pin_pages_return"),
+        ), requires=("ZERO_PFN",)),
     )),
     Probe("unpin_pages", "type1", (
         Variant("vfio_unpin_pages_remote npage", (
@@ -157,18 +164,25 @@ def select(syms: Kallsyms, facts: Dict[str, int], probes: Tuple[Probe, ...] = PR
     """Pick, for every probe, the first variant this kernel can serve."""
     out = []
     for probe in probes:
-        missing: List[str] = []
+        absent_symbols: List[str] = []
+        absent_facts: List[str] = []
         chosen = None
         for variant in probe.variants:
-            absent_facts = [f for f in variant.requires if f not in facts]
             resolved = [(hook, _resolve(hook, syms)) for hook in variant.hooks]
-            absent = [h.symbols[0] for h, s in resolved if s is None and not h.optional]
-            if absent or absent_facts:
-                missing.extend(absent + ["fact " + f for f in absent_facts])
+            symbols = [h.symbols[0] for h, s in resolved if s is None and not h.optional]
+            facts_missing = [f for f in variant.requires if f not in facts]
+            if symbols or facts_missing:
+                absent_symbols += symbols
+                absent_facts += facts_missing
                 continue
             chosen = Selected(probe, variant, tuple((h, s) for h, s in resolved if s is not None), "")
             break
         if chosen is None:
-            chosen = Selected(probe, None, (), "not in kallsyms: " + ", ".join(dict.fromkeys(missing)))
+            reasons = []
+            if absent_symbols:
+                reasons.append("not in kallsyms: " + ", ".join(dict.fromkeys(absent_symbols)))
+            if absent_facts:
+                reasons.append("unknown kernel fact: " + ", ".join(dict.fromkeys(absent_facts)))
+            chosen = Selected(probe, None, (), "; ".join(reasons))
         out.append(chosen)
     return out

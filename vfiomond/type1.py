@@ -16,7 +16,7 @@ from vfiomond.histogram import Histogram
 from vfiomond.metricsutil import histogram_family_add
 
 SOURCE = "type1.c"
-PROBES = ("dma_map", "dma_unmap", "pin_pages", "unpin_pages", "locked_vm_charge")
+PROBES = ("dma_map", "dma_unmap", "pin_pages", "zero_page_pins", "unpin_pages", "locked_vm_charge")
 BACKEND = "type1"
 
 # Indices of type1_counters, mirrored from enum type1_counter in bpf/type1.c.
@@ -30,6 +30,7 @@ COUNTERS = {
     "TYPE1_CHARGE_FAILURES": 6,
     "TYPE1_MAP_SUM_NS": 7,
     "TYPE1_UNMAP_SUM_NS": 8,
+    "TYPE1_ZERO_PAGE_PINS": 9,
 }
 OPS = {0: "map", 1: "unmap"}
 
@@ -107,6 +108,13 @@ def families(snap: Type1Snapshot, attached: Set[str]) -> Iterator:
         yield e
     if "pin_pages" in attached:
         yield _counter("vfiomond_pinned_pages_total", "Pages pinned for DMA (GUP).", c["TYPE1_PINNED_PAGES"])
+    if "zero_page_pins" in attached:
+        yield _counter(
+            "vfiomond_zero_page_pins_total",
+            "Pins of the shared zero page (read-only DMA maps of never-touched memory): not charged to locked_vm "
+            "by older kernels, and not the page the process sees once it writes.",
+            c["TYPE1_ZERO_PAGE_PINS"],
+        )
     if "unpin_pages" in attached:
         yield _counter("vfiomond_unpinned_pages_total", "Pages unpinned after DMA unmap.", c["TYPE1_UNPINNED_PAGES"])
     if "locked_vm_charge" in attached:

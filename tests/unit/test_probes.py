@@ -41,9 +41,11 @@ NEWER = DEBIAN_6_12.replace("T untrack_pfn", "T pfnmap_untrack") + (
 )
 
 
-def selection(text):
+def selection(text, zero_pfn=0x1234):
     syms = Kallsyms.parse(text.splitlines(), wanted_symbols())
     facts = kernel_facts(syms)
+    if zero_pfn:
+        facts["ZERO_PFN"] = zero_pfn  # learned at run time from pagemap
     return {s.probe.name: s for s in select(syms, facts)}, facts
 
 
@@ -53,7 +55,7 @@ def symbols(sel):
 
 def test_debian_6_1():
     sel, facts = selection(DEBIAN_6_1)
-    assert facts == {"VFIO_PGOFF_IS_PFN": 1, "VFIO_PCI_MMAP_OPS": 0xFFFFFFFFC0000100}
+    assert facts == {"VFIO_PGOFF_IS_PFN": 1, "VFIO_PCI_MMAP_OPS": 0xFFFFFFFFC0000100, "ZERO_PFN": 0x1234}
     assert all(s.available for s in sel.values())
     assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_fault"
     assert symbols(sel["dma_map"]) == "vfio_iommu_type1_ioctl"
@@ -83,7 +85,7 @@ def test_huge_fault_without_page_fault_is_enough():
 
 
 def test_vfio_modules_not_loaded():
-    sel, facts = selection("ffffffff81000010 T __account_locked_vm\nffffffff81000020 T remap_pfn_range\nffffffff81000030 T untrack_pfn\n")
+    sel, facts = selection("ffffffff81000010 T __account_locked_vm\nffffffff81000020 T remap_pfn_range\nffffffff81000030 T untrack_pfn\n", None)
     assert facts == {}
     assert sel["remap_pfn_range"].available
     for name in ("bar_fault", "dma_map", "pin_pages", "locked_vm_charge"):
@@ -92,7 +94,7 @@ def test_vfio_modules_not_loaded():
     assert "vfio_pci_mmap_huge_fault" in sel["bar_fault"].reason and "vfio_pci_mmap_fault" in sel["bar_fault"].reason
     # untrack_pfn exists, but without vfio_pci_mmap_ops VFIO vmas cannot be recognised.
     assert not sel["pat_untrack"].available
-    assert "fact VFIO_PCI_MMAP_OPS" in sel["pat_untrack"].reason
+    assert "unknown kernel fact: VFIO_PCI_MMAP_OPS" in sel["pat_untrack"].reason
 
 
 def test_hidden_addresses_disable_the_vma_filter():
@@ -101,6 +103,13 @@ def test_hidden_addresses_disable_the_vma_filter():
     assert "VFIO_PCI_MMAP_OPS" not in facts
     assert not sel["pat_untrack"].available
     assert sel["bar_fault"].available
+
+
+def test_zero_page_pins_need_the_zero_pfn():
+    sel, _ = selection(DEBIAN_6_1, zero_pfn=None)
+    assert sel["pin_pages"].available
+    assert not sel["zero_page_pins"].available
+    assert sel["zero_page_pins"].reason == "unknown kernel fact: ZERO_PFN"
 
 
 def test_isra_copy_is_refused_where_arguments_are_read():

@@ -39,12 +39,24 @@ for dev in /sys/bus/pci/devices/*; do
     step "bound $bdf to vfio-pci, IOMMU group $(basename "$(readlink "$dev/iommu_group")")"
 done
 
+# A real journal for vfiomond's alerts (no systemd as PID 1 here).
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mkdir -p /run/systemd/journal /var/log/journal
+/lib/systemd/systemd-journald >"$out/journald.log" 2>&1 &
+i=0
+until [ -S /run/systemd/journal/socket ]; do
+    i=$((i + 1))
+    [ $i -lt 100 ] || fail "systemd-journald did not start"
+    sleep 0.1
+done
+step "systemd-journald running"
+
 export PYTHONPATH=$src PYTHONUNBUFFERED=1
 python3 -m vfiomond check >"$out/check.txt" 2>&1
 # The symbols vfiomond looks for, as this kernel has them (for diagnosis).
 grep -E ' (vfio|iommufd|iopt|__account_locked_vm|remap_pfn_range|untrack_pfn|pfnmap_untrack)' /proc/kallsyms \
     | sort -k3 >"$out/kallsyms.txt"
-python3 -m vfiomond run --listen ":$port" >"$out/vfiomond.log" 2>&1 &
+python3 -m vfiomond run --config "$src/tests/lab/guest/vfiomond.toml" --listen ":$port" >"$out/vfiomond.log" 2>&1 &
 daemon=$!
 step "started vfiomond (pid $daemon)"
 i=0
@@ -65,6 +77,8 @@ if [ -x /lab/extra/run ]; then
     step "EXTRA run exit $(cat "$out/extra.rc")"
 fi
 
+journalctl -o json SYSLOG_IDENTIFIER=vfiomond >"$out/journal.json" 2>"$out/journalctl.log"
+step "journal: $(wc -l <"$out/journal.json") vfiomond entries"
 touch "$out/ready"
 # The host scrapes now; it then creates "scraped" (or "stop" in demo mode).
 i=0

@@ -189,3 +189,37 @@ def pci_command(device_fd: int, config: Region) -> int:
 
 def set_pci_command(device_fd: int, config: Region, value: int) -> None:
     os.pwrite(device_fd, value.to_bytes(2, "little"), config.offset + PCI_COMMAND)
+
+
+# QEMU's edu device (hw/misc/edu.c): DMA registers in BAR0, 64-bit.  Its 4 KiB
+# buffer sits at device address 0x40000; DMA addresses are masked to 28 bits.
+EDU_DMA_SRC, EDU_DMA_DST, EDU_DMA_COUNT, EDU_DMA_CMD = 0x80, 0x88, 0x90, 0x98
+EDU_DMA_RUN, EDU_DMA_TO_RAM = 0x1, 0x2
+EDU_BUFFER = 0x40000
+PCI_COMMAND_MASTER = 0x4
+
+
+def _reg(bar: int, offset: int) -> ctypes.c_uint64:
+    return ctypes.c_uint64.from_address(bar + offset)
+
+
+def edu_dma(bar: int, src: int, dst: int, count: int, to_ram: bool, timeout: float = 10.0) -> None:
+    """Run one edu DMA and wait for it (about 100 ms of guest time)."""
+    import time
+
+    _reg(bar, EDU_DMA_SRC).value = src
+    _reg(bar, EDU_DMA_DST).value = dst
+    _reg(bar, EDU_DMA_COUNT).value = count
+    _reg(bar, EDU_DMA_CMD).value = EDU_DMA_RUN | (EDU_DMA_TO_RAM if to_ram else 0)
+    deadline = time.monotonic() + timeout
+    while _reg(bar, EDU_DMA_CMD).value & EDU_DMA_RUN:
+        if time.monotonic() > deadline:
+            raise RuntimeError("edu DMA did not finish in %g s" % timeout)
+        time.sleep(0.01)
+
+
+def own_pfn(vaddr: int):
+    """PFN mapped at vaddr in this process (None if not present); needs root."""
+    with open("/proc/self/pagemap", "rb", buffering=0) as f:
+        entry = struct.unpack("<Q", os.pread(f.fileno(), 8, (vaddr // PAGE) * 8))[0]
+    return entry & ((1 << 55) - 1) if entry >> 63 else None

@@ -1,0 +1,85 @@
+"""Pin integrity on real kernels: the pin-mismatch scenario with real edu DMA.
+
+Debian 12 (6.1) pins the shared zero page for a read-only MAP_DMA of untouched
+memory; after the process writes, the device still reads zeros
+(kernel-facts.md, known issue 8).  vfiomond must see that divergence within a
+verification interval and write a journal entry; on Debian 13 (6.12) the
+same steps stay consistent and vfiomond must stay quiet.
+"""
+
+import json
+import os
+
+import pytest
+
+from test_lab import Scrape, boot
+
+PIN_MISMATCH_ID = "3f1c2a9e7b5d4c0e8a6f1b2d3c4e5f60"
+VERIFY_INTERVAL = 1.0  # tests/lab/guest/vfiomond.toml
+RO_IOVA, SIZE = 0x2000000, 2 << 20
+
+
+@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+def pin_run(request):
+    return boot(request.param, "pin-mismatch")
+
+
+@pytest.fixture(scope="module")
+def device(pin_run):
+    assert pin_run.scenario.get("ok") is True, pin_run.scenario
+    return pin_run.scenario["devices"][0]
+
+
+@pytest.fixture(scope="module")
+def scrape(pin_run):
+    return Scrape(pin_run.metrics)
+
+
+@pytest.fixture(scope="module")
+def journal(pin_run):
+    with open(os.path.join(pin_run.out, "journal.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_device_read_matches_the_kernel(pin_run, device):
+    if pin_run.suite == "bookworm":
+        assert device["zero_page_pinned_pages"] > 0
+        assert device["pfn_after_write"] != device["pfn_before_write"]
+        assert device["stale"] is True, "the device was expected to read the zero page"
+    else:
+        assert device["zero_page_pinned_pages"] == 0
+        assert device["pfn_after_write"] == device["pfn_before_write"]
+        assert device["stale"] is False
+
+
+def test_metrics_report_the_divergence(pin_run, scrape):
+    mismatches = scrape.one("vfiomond_pin_mismatches_total")
+    zero_pins = scrape.one("vfiomond_zero_page_pins_total", backend="type1")
+    assert scrape.one("vfiomond_pin_verifications_total") > 0
+    if pin_run.suite == "bookworm":
+        assert mismatches >= 1 and zero_pins >= 1
+        assert scrape.one("vfiomond_alerts_total", kind="pin_mismatch") == mismatches
+    else:
+        assert mismatches == 0 and zero_pins == 0
+        assert scrape.one("vfiomond_alerts_total", kind="pin_mismatch") == 0
+    assert scrape.one("vfiomond_events_lost_total") == 0
+
+
+def test_journal_entry_within_one_verification_interval(pin_run, device, journal):
+    alerts = [e for e in journal if e.get("MESSAGE_ID") == PIN_MISMATCH_ID]
+    if pin_run.suite == "trixie":
+        assert alerts == []
+        return
+    assert alerts, "no pin_mismatch entry in the guest's journal"
+    ro = next(m for m in device["mappings"] if m["iova"] == RO_IOVA)
+    for e in alerts:
+        assert e["PID"] == str(pin_run.scenario["pid"]) and e["COMM"] == "python3"
+        assert e["DEVICES"] == device["device"]
+        assert RO_IOVA <= int(e["IOVA"], 16) < RO_IOVA + SIZE
+        assert int(e["VADDR"], 16) - ro["vaddr"] == int(e["IOVA"], 16) - RO_IOVA
+        assert e["PINNED_PFN"] != e["CURRENT_PFN"] and e["ZERO_PAGE"] == "1"
+        assert e["PRIORITY"] == "2" and e["SYSLOG_IDENTIFIER"] == "vfiomond"
+    first = min(int(e["_SOURCE_REALTIME_TIMESTAMP"]) for e in alerts) / 1e6
+    # Found by the periodic pass while the mapping lived, not only at unmap.
+    assert device["wrote_at"] < first < device["unmap_at"]
+    assert first - device["wrote_at"] <= 2 * VERIFY_INTERVAL

@@ -1,0 +1,166 @@
+import pytest
+
+from vfiomond.pins import (
+    EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EVENT, PAGE, Mismatch, PinEvent, PinTracker, PinWatch,
+    parse_event, sample_offsets,
+)
+
+MIB = 1 << 20
+
+
+def holds_sample(off, length, size, samples):
+    """holds_sample() of bpf/type1.c, line by line (u64 arithmetic)."""
+    stride = (size // (samples - 1)) & ~(PAGE - 1)
+    if stride < PAGE:
+        stride = PAGE
+    nxt = (off + stride - 1) // stride * stride
+    last = size - PAGE
+    return (nxt < off + length and nxt < size) or (last >= off and last < off + length)
+
+
+@pytest.mark.parametrize("size", [PAGE, 3 * PAGE, 64 * PAGE, 2 * MIB, 4 * MIB + 3 * PAGE, 1 << 30])
+@pytest.mark.parametrize("samples", [2, 16, 1024])
+def test_kernel_and_daemon_agree_on_sample_pages(size, samples):
+    offsets = sample_offsets(size, samples)
+    assert offsets[0] == 0 and offsets[-1] == size - PAGE
+    assert len(offsets) <= max(samples + 1, 2) or len(offsets) <= size // PAGE
+    # Every sample page is sent by the kernel, and one-page runs elsewhere are not.
+    probe = set(offsets) | {o + PAGE for o in offsets if o + PAGE < size} | {max(0, o - PAGE) for o in offsets}
+    for off in sorted(probe):
+        assert holds_sample(off, PAGE, size, samples) == (off in offsets), off
+
+
+def test_samples_are_bounded_whatever_the_size():
+    assert len(sample_offsets(1 << 40, 16)) <= 17
+    assert len(sample_offsets(3 * PAGE, 16)) == 3
+
+
+def ev(t, pid=10, ret=0, vaddr=0, iova=0, size=0, npage=0, pfn=0):
+    return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn)
+
+
+def test_parse_event_layout():
+    raw = EVENT.pack(EV_PIN, 42, -12, 0, 0x7F0000000000, 0x1000000, 0, 3, 0x1234)
+    assert EVENT.size == 56
+    assert parse_event(raw) == PinEvent(EV_PIN, 42, -12, 0x7F0000000000, 0x1000000, 0, 3, 0x1234)
+
+
+VADDR = 0x7F0000000000
+
+
+def mapped(tracker, size=16 * PAGE, runs=((0, 16, 0x1000),), iova=0x100000, pid=10):
+    tracker.on_event(ev(EV_MAP_BEGIN, pid, vaddr=VADDR, iova=iova, size=size))
+    for off_pages, npage, pfn in runs:
+        tracker.on_event(ev(EV_PIN, pid, vaddr=VADDR + off_pages * PAGE, iova=iova + off_pages * PAGE, npage=npage, pfn=pfn))
+    tracker.on_event(ev(EV_MAP_END, pid, vaddr=VADDR, iova=iova, size=size))
+
+
+def reader(current):
+    calls = []
+
+    def read(pid, vaddrs):
+        calls.append((pid, list(vaddrs)))
+        return {va: current.get(va, 0x1000 + (va - VADDR) // PAGE) for va in calls[-1][1]}
+
+    read.calls = calls
+    return read
+
+
+def test_pinned_pfns_follow_the_contiguous_runs():
+    t = PinTracker(samples=4)
+    mapped(t, size=16 * PAGE, runs=((0, 10, 0x1000), (10, 6, 0x9000)))
+    m = t.mappings[(10, 0x100000)]
+    assert m.offsets == [0, 5 * PAGE, 10 * PAGE, 15 * PAGE]
+    assert m.pinned == {0: 0x1000, 5 * PAGE: 0x1005, 10 * PAGE: 0x9000, 15 * PAGE: 0x9005}
+
+
+def test_consistent_mapping_has_no_mismatch():
+    t = PinTracker(samples=16)
+    mapped(t)
+    read = reader({})
+    assert t.verify(t.mappings.values(), read) == []
+    assert t.verifications == 16 and t.mismatches == 0
+    assert read.calls == [(10, [VADDR + i * PAGE for i in range(16)])]
+
+
+def test_divergence_is_reported_once_and_clears():
+    t = PinTracker(samples=16, zero_pfn=0x77)
+    mapped(t, runs=((0, 16, 0x1000),))
+    moved = {VADDR + 3 * PAGE: 0x5555}
+    assert t.verify(t.mappings.values(), reader(moved)) == [Mismatch(10, VADDR + 3 * PAGE, 0x100000 + 3 * PAGE, 0x1003, 0x5555)]
+    assert t.verify(t.mappings.values(), reader(moved)) == []  # still diverged, not new
+    assert t.mismatches == 1 and t.mismatched_pages() == {10: 1}
+    t.verify(t.mappings.values(), reader({}))
+    assert t.mismatched_pages() == {10: 0}
+
+
+def test_page_not_present_is_not_a_mismatch():
+    t = PinTracker(samples=16)
+    mapped(t)
+    assert t.verify(t.mappings.values(), reader({VADDR: None})) == []
+
+
+def test_failed_map_and_unmap_drop_samples():
+    t = PinTracker(samples=16)
+    t.on_event(ev(EV_MAP_BEGIN, vaddr=VADDR, iova=0x1000, size=16 * PAGE))
+    t.on_event(ev(EV_MAP_END, ret=-12, vaddr=VADDR, iova=0x1000))
+    assert t.mappings == {}
+    mapped(t, iova=0x100000)
+    mapped(t, iova=0x200000)
+    mapped(t, iova=0x100000, pid=11)
+    gone = t.on_event(ev(EV_UNMAP, iova=0x100000, size=16 * PAGE))
+    assert [(m.pid, m.iova) for m in gone] == [(10, 0x100000)]
+    assert set(t.mappings) == {(10, 0x200000), (11, 0x100000)}
+    assert t.samples_tracked() == 32
+
+
+def test_incomplete_mapping_is_not_verified():
+    t = PinTracker(samples=16)
+    t.on_event(ev(EV_MAP_BEGIN, vaddr=VADDR, iova=0x1000, size=16 * PAGE))
+    read = reader({})
+    assert t.verify(t.mappings.values(), read) == [] and read.calls == []
+
+
+class Sink:
+    def __init__(self):
+        self.alerts = []
+
+    def alert(self, kind, message, **fields):
+        self.alerts.append((kind.name, message, fields))
+
+
+def test_watch_alerts_with_fields_and_drops_vanished_processes():
+    t = PinTracker(samples=16, zero_pfn=0x1003)
+    sink = Sink()
+    devices = {10: ["0000:00:02.0"]}
+    watch = PinWatch(t, sink, reader({VADDR + 3 * PAGE: 0x5555}), devices=lambda pid: devices.get(pid))
+    mapped(t)
+    mapped(t, pid=99)  # a process that is gone
+    watch.verify_all()
+    assert (99, 0x100000) not in t.mappings
+    assert len(sink.alerts) == 1
+    kind, message, fields = sink.alerts[0]
+    assert kind == "pin_mismatch" and "zero page" in message
+    assert fields["PID"] == 10 and fields["PINNED_PFN"] == "0x1003" and fields["CURRENT_PFN"] == "0x5555"
+    assert fields["IOVA"] == "0x103000" and fields["ZERO_PAGE"] == 1 and fields["DEVICES"] == "0000:00:02.0"
+
+
+def test_watch_verifies_at_unmap():
+    t = PinTracker(samples=16)
+    sink = Sink()
+    watch = PinWatch(t, sink, reader({VADDR: 0x4242}), devices=lambda pid: ["0000:00:02.0"])
+    mapped(t)
+    watch.on_raw_event(EVENT.pack(EV_UNMAP, 10, 0, 0, 0, 0x100000, 16 * PAGE, 0, 0))
+    assert t.mappings == {} and len(sink.alerts) == 1
+
+
+def test_watch_survives_a_process_exiting_mid_read():
+    t = PinTracker(samples=16)
+
+    def gone(pid, vaddrs):
+        raise ProcessLookupError(pid)
+
+    watch = PinWatch(t, Sink(), gone, devices=lambda pid: ["0000:00:02.0"])
+    mapped(t)
+    watch.verify_all()
+    assert t.mappings == {}

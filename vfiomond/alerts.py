@@ -1,0 +1,74 @@
+"""The one alert sink: structured journal entries, each kind with its own
+MESSAGE_ID (see systemd/vfiomond.catalog), priority and rate limit.
+
+Without systemd-python or a journal, entries go to stderr as one line each.
+"""
+
+import logging
+import sys
+import time
+from typing import Callable, Dict, NamedTuple, Optional
+
+log = logging.getLogger("vfiomond")
+
+LOG_CRIT, LOG_ERR, LOG_WARNING, LOG_NOTICE = 2, 3, 4, 5
+
+
+class AlertKind(NamedTuple):
+    name: str
+    message_id: str  # 128-bit, lower-case hex, never reused
+    priority: int  # syslog priority
+    per_minute: int  # entries allowed per minute; the rest are counted, not sent
+
+
+PIN_MISMATCH = AlertKind("pin_mismatch", "3f1c2a9e7b5d4c0e8a6f1b2d3c4e5f60", LOG_CRIT, 10)
+
+KINDS = (PIN_MISMATCH,)
+
+
+def _journal_sender() -> Optional[Callable]:
+    try:
+        from systemd import journal
+    except ImportError:
+        return None
+    return journal.send
+
+
+class AlertSink:
+    def __init__(self, send: Optional[Callable] = None, clock: Callable[[], float] = time.monotonic):
+        self._send = send if send is not None else _journal_sender()
+        self._clock = clock
+        self._tokens: Dict[str, float] = {}
+        self._last: Dict[str, float] = {}
+        self.sent: Dict[str, int] = {k.name: 0 for k in KINDS}
+        self.suppressed: Dict[str, int] = {k.name: 0 for k in KINDS}
+
+    def _allow(self, kind: AlertKind) -> bool:
+        now = self._clock()
+        tokens = self._tokens.get(kind.name, float(kind.per_minute))
+        tokens = min(float(kind.per_minute), tokens + (now - self._last.get(kind.name, now)) * kind.per_minute / 60.0)
+        self._last[kind.name] = now
+        if tokens < 1.0:
+            self._tokens[kind.name] = tokens
+            return False
+        self._tokens[kind.name] = tokens - 1.0
+        return True
+
+    def alert(self, kind: AlertKind, message: str, **fields) -> bool:
+        """Send one entry; upper-case ``fields`` become journal fields. False if rate-limited."""
+        if not self._allow(kind):
+            self.suppressed[kind.name] += 1
+            return False
+        self.sent[kind.name] += 1
+        entry = {k: str(v) for k, v in fields.items()}
+        if self._send is not None:
+            try:
+                self._send(message, MESSAGE_ID=kind.message_id, PRIORITY=str(kind.priority),
+                           SYSLOG_IDENTIFIER="vfiomond", VFIOMOND_ALERT=kind.name, **entry)
+                return True
+            except OSError as e:  # no journal socket
+                log.warning("journal unavailable (%s); alerts go to stderr", e)
+                self._send = None
+        details = " ".join("%s=%s" % kv for kv in sorted(entry.items()))
+        print("vfiomond alert %s: %s %s" % (kind.name, message, details), file=sys.stderr, flush=True)
+        return True

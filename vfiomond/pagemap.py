@@ -1,0 +1,72 @@
+"""What a process maps at an address now: /proc/PID/pagemap and /proc/kpageflags.
+
+pagemap entries are 64-bit: bit 63 present, bits 0-54 the PFN (zero unless the
+reader has CAP_SYS_ADMIN).  kpageflags bit 24 is KPF_ZERO_PAGE (the shared zero
+page and the huge zero page).  Documentation/admin-guide/mm/pagemap.rst, 4.2+.
+"""
+
+import ctypes
+import os
+import struct
+from typing import Dict, Iterable, Optional
+
+PAGE = 4096
+PRESENT = 1 << 63
+PFN_MASK = (1 << 55) - 1
+KPF_ZERO_PAGE = 1 << 24
+_ENTRY = struct.Struct("<Q")
+
+
+def pfn_of(entry: int) -> Optional[int]:
+    """PFN of a pagemap entry; None when no page is present (or PFNs are hidden)."""
+    if not entry & PRESENT:
+        return None
+    return (entry & PFN_MASK) or None
+
+
+def read_pfns(pid: int, vaddrs: Iterable[int]) -> Dict[int, Optional[int]]:
+    """Current PFN at each page-aligned vaddr of process ``pid``.
+
+    Raises ProcessLookupError / FileNotFoundError when the process is gone,
+    PermissionError without the rights to read its pagemap.
+    """
+    out = {}
+    with open("/proc/%d/pagemap" % pid, "rb", buffering=0) as f:
+        fd = f.fileno()
+        for vaddr in vaddrs:
+            raw = os.pread(fd, 8, (vaddr // PAGE) * 8)
+            out[vaddr] = pfn_of(_ENTRY.unpack(raw)[0]) if len(raw) == 8 else None
+    return out
+
+
+def is_zero_page(pfn: int, path: str = "/proc/kpageflags") -> Optional[bool]:
+    """kpageflags ZERO_PAGE bit for ``pfn``; None when kpageflags cannot be read."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            raw = os.pread(f.fileno(), 8, pfn * 8)
+    except OSError:
+        return None
+    return bool(_ENTRY.unpack(raw)[0] & KPF_ZERO_PAGE) if len(raw) == 8 else None
+
+
+def learn_zero_pfn() -> Optional[int]:
+    """The PFN of the shared zero page, as a read fault on fresh anonymous memory
+    maps it in this process.  None without CAP_SYS_ADMIN (PFNs hidden)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    prot_read, map_private_anonymous = 1, 0x22
+    addr = libc.mmap(None, PAGE, prot_read, map_private_anonymous, -1, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        return None
+    try:
+        ctypes.c_char.from_address(addr).value  # read fault: maps the zero page
+        pfn = read_pfns(os.getpid(), [addr]).get(addr)
+    except OSError:
+        pfn = None
+    finally:
+        libc.munmap(addr, PAGE)
+    if pfn is None or is_zero_page(pfn) is False:
+        return None
+    return pfn
