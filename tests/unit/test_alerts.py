@@ -40,3 +40,15 @@ def test_no_journal_falls_back_to_stderr(capsys):
     assert sink.alert(PIN_MISMATCH, "second", PID=2)
     err = capsys.readouterr().err
     assert "vfiomond alert pin_mismatch: lost? PID=1" in err and "second PID=2" in err
+
+
+def test_every_alert_kind_has_a_catalog_entry():
+    import pathlib
+
+    from vfiomond.alerts import KINDS
+
+    catalog = (pathlib.Path(__file__).resolve().parents[2] / "systemd" / "vfiomond.catalog").read_text()
+    ids = [kind.message_id for kind in KINDS]
+    assert len(set(ids)) == len(ids)
+    for kind in KINDS:
+        assert "-- %s\n" % kind.message_id in catalog, kind.name

@@ -61,3 +61,23 @@ def test_listen_forms(text, expected):
 def test_bad_listen(text):
     with pytest.raises(ConfigError):
         parse_listen(text)
+
+
+def test_shipped_default_config_is_valid_and_default():
+    import pathlib
+
+    shipped = pathlib.Path(__file__).resolve().parents[2] / "systemd" / "vfiomond.toml"
+    assert load(str(shipped)) == Config()
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"pins": {"samples": 1}}, "pins.samples must be between 2 and 1024"),
+        ({"pins": {"verify_interval": 0}}, "pins.verify_interval must be between"),
+        ({"pins": {"verify_interval": "1s"}}, "pins.verify_interval must be a number"),
+    ],
+)
+def test_bad_pin_settings(data, words):
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        from_dict(data, "config f.toml")
