@@ -3,6 +3,7 @@
  * checked by tests/unit/test_type1.py).
  */
 #include <linux/vfio.h>
+#include <linux/sched/signal.h>
 
 enum type1_counter {
     TYPE1_MAP_BYTES = 0,
@@ -46,6 +47,7 @@ struct dma_inflight {
 #define EV_MAP_END 2
 #define EV_PIN 3
 #define EV_UNMAP 4
+#define EV_MEMLOCK 5  /* pinning refused: RLIMIT_MEMLOCK (or an -ENOMEM charge) */
 
 struct pin_event {
     u32 type;
@@ -57,6 +59,8 @@ struct pin_event {
     u64 size;   /* bytes (map, unmap) */
     u64 npage;  /* pin: pages in the physically contiguous run */
     u64 pfn;    /* pin: PFN of the run's first page */
+    u64 locked; /* memlock: the mm's locked_vm, pages */
+    u64 limit;  /* memlock: RLIMIT_MEMLOCK soft limit, bytes */
 };
 
 BPF_RINGBUF_OUTPUT(pin_events, 64);
@@ -78,6 +82,52 @@ struct dma_key {
 BPF_HASH(dma_by_tid, u32, struct dma_inflight, 4096);
 BPF_HASH(dma_hist, struct dma_key, u64, 256);
 BPF_HASH(dma_errors, struct dma_key, u64, 128);
+
+/* Per process (tgid): what the VFIO user has mapped, pinned and had charged.
+ * Entries of processes that are gone are deleted by the daemon. */
+struct proc_acct {
+    s64 mapped_bytes;
+    s64 pinned_pages;
+    s64 charged_pages;
+    u64 charge_failures;
+};
+
+BPF_HASH(proc_acct, u32, struct proc_acct, 4096);
+
+static __always_inline struct proc_acct *proc_entry(void)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_acct zero = {};
+    struct proc_acct *a = proc_acct.lookup_or_try_init(&pid, &zero);
+    if (!a)
+        count_lost();
+    return a;
+}
+
+static __always_inline void proc_add(s64 *field, s64 n)
+{
+    __sync_fetch_and_add(field, n);
+}
+
+/* The MAP_DMA was refused: report the process's locked_vm and RLIMIT_MEMLOCK. */
+static __always_inline void memlock_refused(u64 request, int err)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    struct signal_struct *sig = NULL;
+    struct mm_struct *mm = NULL;
+    struct pin_event ev = {.type = EV_MEMLOCK, .ret = err, .size = request};
+    bpf_probe_read_kernel(&sig, sizeof(sig), &task->signal);
+    bpf_probe_read_kernel(&mm, sizeof(mm), &task->mm);
+    if (sig)
+        bpf_probe_read_kernel(&ev.limit, sizeof(ev.limit), &sig->rlim[RLIMIT_MEMLOCK].rlim_cur);
+    if (mm)
+        bpf_probe_read_kernel(&ev.locked, sizeof(ev.locked), &mm->locked_vm);
+    struct proc_acct *a = proc_entry();
+    if (a)
+        __sync_fetch_and_add(&a->charge_failures, 1);
+    type1_add(TYPE1_CHARGE_FAILURES, 1);
+    emit(&ev);
+}
 
 static __always_inline int dma_enter(u8 op, struct vfio_iommu_type1_dma_map *map, u64 unmap, u8 user)
 {
@@ -125,6 +175,9 @@ static __always_inline int dma_return(struct pt_regs *ctx)
         emit(&ev);
     if (ret == 0) {
         type1_add(d->op == OP_MAP ? TYPE1_MAP_BYTES : TYPE1_UNMAP_BYTES, ev.size);
+        struct proc_acct *a = proc_entry();
+        if (a)
+            proc_add(&a->mapped_bytes, d->op == OP_MAP ? (s64)ev.size : -(s64)ev.size);
     } else {
         key.err = -ret;
         add_or_lost(dma_errors.lookup_or_try_init(&key, &zero), 1);
@@ -224,18 +277,25 @@ int on_pin_pages_return(struct pt_regs *ctx)
     if (!p)
         return 0;
     long pinned = (long)PT_REGS_RC(ctx);
+    struct dma_inflight *d = dma_by_tid.lookup(&tid);
     if (pinned <= 0) {
+        /* Type1 checks RLIMIT_MEMLOCK itself before charging (and says
+         * "RLIMIT_MEMLOCK ... exceeded" in the kernel log): -ENOMEM. */
+        if (pinned == -ENOMEM)
+            memlock_refused(d ? d->size : 0, (int)pinned);
         pin_by_tid.delete(&tid);
         return 0;
     }
     type1_add(TYPE1_PINNED_PAGES, pinned);
+    struct proc_acct *a = proc_entry();
+    if (a)
+        proc_add(&a->pinned_pages, pinned);
     u64 pfn = 0;
     bpf_probe_read_kernel(&pfn, sizeof(pfn), (void *)p->pfn_base);
 #ifdef ZERO_PFN
     if (pfn == ZERO_PFN)
         type1_add(TYPE1_ZERO_PAGE_PINS, pinned);
 #endif
-    struct dma_inflight *d = dma_by_tid.lookup(&tid);
     if (d && d->op == OP_MAP && p->vaddr >= d->vaddr && d->size >= PAGE_4K) {
         u64 off = p->vaddr - d->vaddr;
         if (holds_sample(off, (u64)pinned * PAGE_4K, d->size)) {
@@ -252,8 +312,12 @@ int on_pin_pages_return(struct pt_regs *ctx)
 int on_unpin_pages(struct pt_regs *ctx)
 {
     long npage = (long)PT_REGS_PARM4(ctx);
-    if (npage > 0)
+    if (npage > 0) {
         type1_add(TYPE1_UNPINNED_PAGES, npage);
+        struct proc_acct *a = proc_entry();
+        if (a)
+            proc_add(&a->pinned_pages, -npage);
+    }
     return 0;
 }
 
@@ -304,12 +368,18 @@ int on_account_locked_vm_return(struct pt_regs *ctx)
     if (!a || !a->armed)
         return 0;
     int ret = (int)PT_REGS_RC(ctx);
-    if (ret != 0)
-        type1_add(TYPE1_CHARGE_FAILURES, 1);
-    else if (a->inc)
+    struct proc_acct *p = proc_entry();
+    if (ret != 0) {
+        memlock_refused(a->pages * PAGE_4K, ret);
+    } else if (a->inc) {
         type1_add(TYPE1_CHARGED_PAGES, a->pages);
-    else
+        if (p)
+            proc_add(&p->charged_pages, a->pages);
+    } else {
         type1_add(TYPE1_UNCHARGED_PAGES, a->pages);
+        if (p)
+            proc_add(&p->charged_pages, -(s64)a->pages);
+    }
     a->armed = 0;
     return 0;
 }

@@ -22,8 +22,9 @@ class AlertKind(NamedTuple):
 
 
 PIN_MISMATCH = AlertKind("pin_mismatch", "3f1c2a9e7b5d4c0e8a6f1b2d3c4e5f60", LOG_CRIT, 10)
+MEMLOCK_REFUSED = AlertKind("memlock_refused", "8b0e5d4c2a1f4e3d9c7b6a5f4e3d2c1b", LOG_ERR, 10)
 
-KINDS = (PIN_MISMATCH,)
+KINDS = (PIN_MISMATCH, MEMLOCK_REFUSED)
 
 
 def _journal_sender() -> Optional[Callable]:

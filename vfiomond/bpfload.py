@@ -83,6 +83,17 @@ class Program:
         self._programs[area][table].open_ring_buffer(on_record)
         self._polled = self._programs[area]
 
+    def forget_exited(self, area: str, table: str) -> int:
+        """Delete the entries of a pid-keyed table whose process is gone."""
+        t = self._programs[area][table]
+        gone = [k for k in list(t.keys()) if not os.path.exists("/proc/%d" % k.value)]
+        for k in gone:
+            try:
+                del t[k]
+            except KeyError:
+                pass
+        return len(gone)
+
     def poll(self, timeout_ms: int) -> None:
         """Deliver ring-buffer records (waits up to ``timeout_ms``)."""
         bpf = getattr(self, "_polled", None)

@@ -13,7 +13,8 @@ from vfiomond.collector import VfiomondCollector
 from vfiomond.config import Config, parse_listen
 from vfiomond.errors import VfiomondError
 from vfiomond.exposition import serve
-from vfiomond.pins import PinTracker, PinWatch
+from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
+from vfiomond.processes import memlock_alert
 from vfiomond.probes import kernel_facts, select, wanted_symbols
 
 # Probes pin verification stands on.
@@ -37,7 +38,11 @@ def probe_kernel(pin_samples: int = Config().pin_samples):
     return select(syms, facts), facts
 
 
-def _pin_watch(config: Config, program, statuses, facts, sink):
+# Seconds between deleting the per-process BPF entries of processes that are gone.
+HOUSEKEEPING_INTERVAL = 30.0
+
+
+def _pin_watch(config: Config, statuses, facts, sink):
     if not config.pin_verify:
         log.info("pin verification disabled in the configuration")
         return None
@@ -50,9 +55,15 @@ def _pin_watch(config: Config, program, statuses, facts, sink):
         log.warning("pin verification off: PFNs are hidden in pagemap (needs CAP_SYS_ADMIN)")
         return None
     watch = PinWatch(PinTracker(config.pin_samples, facts["ZERO_PFN"]), sink, pagemap.read_pfns)
-    program.open_ring_buffer("type1", "pin_events", watch.on_raw_event)
     log.info("pin verification every %gs, %d samples per mapping", config.pin_verify_interval, config.pin_samples)
     return watch
+
+
+def _dispatch(ev, watch, sink) -> None:
+    if ev.type == EV_MEMLOCK:
+        memlock_alert(sink, ev)
+    elif watch is not None:
+        watch.on_event(ev)
 
 
 def run(config: Config) -> int:
@@ -75,7 +86,10 @@ def run(config: Config) -> int:
         raise VfiomondError("strict mode: probes not attached: " + ", ".join(missing))
 
     sink = AlertSink()
-    watch = _pin_watch(config, program, statuses, facts, sink)
+    watch = _pin_watch(config, statuses, facts, sink)
+    events = "type1" in program.areas()
+    if events:
+        program.open_ring_buffer("type1", "pin_events", lambda raw: _dispatch(parse_event(raw), watch, sink))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(VfiomondCollector(program, statuses, release, watch, sink))
     try:
@@ -94,15 +108,20 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     next_verify = time.monotonic() + config.pin_verify_interval
+    next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
     while not stop.is_set():
-        if watch is None:
+        if events:
+            program.poll(500)
+        else:
             stop.wait(1.0)
-            continue
-        program.poll(500)
-        if time.monotonic() >= next_verify:
+        now = time.monotonic()
+        if watch is not None and now >= next_verify:
             program.poll(0)  # drain: an UNMAP still queued must not look like a mismatch
             watch.verify_all()
             next_verify = time.monotonic() + config.pin_verify_interval
+        if events and now >= next_housekeeping:
+            program.forget_exited("type1", "proc_acct")
+            next_housekeeping = now + HOUSEKEEPING_INTERVAL
     server.shutdown()
     server.server_close()
     program.close()

@@ -18,9 +18,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 PAGE = 4096
 
-EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP = 1, 2, 3, 4
-# struct pin_event in bpf/type1.c: type, pid, ret, pad, vaddr, iova, size, npage, pfn
-EVENT = struct.Struct("<IIiIQQQQQ")
+EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EV_MEMLOCK = 1, 2, 3, 4, 5
+# struct pin_event in bpf/type1.c: type, pid, ret, pad, vaddr, iova, size, npage, pfn, locked, limit
+EVENT = struct.Struct("<IIiIQQQQQQQ")
 
 
 class PinEvent(NamedTuple):
@@ -32,11 +32,13 @@ class PinEvent(NamedTuple):
     size: int
     npage: int
     pfn: int
+    locked: int = 0  # EV_MEMLOCK: the mm's locked_vm, pages
+    limit: int = 0  # EV_MEMLOCK: RLIMIT_MEMLOCK soft limit, bytes
 
 
 def parse_event(raw: bytes) -> PinEvent:
-    t, pid, ret, _pad, vaddr, iova, size, npage, pfn = EVENT.unpack_from(raw)
-    return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn)
+    t, pid, ret, _pad, vaddr, iova, size, npage, pfn, locked, limit = EVENT.unpack_from(raw)
+    return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn, locked, limit)
 
 
 def sample_offsets(size: int, samples: int) -> List[int]:
@@ -225,9 +227,9 @@ class PinWatch:
         self._devices = devices
         self._lock = threading.Lock()
 
-    def on_raw_event(self, raw: bytes) -> None:
+    def on_event(self, ev: PinEvent) -> None:
         with self._lock:
-            removed = self.tracker.on_event(parse_event(raw))
+            removed = self.tracker.on_event(ev)
             if removed:
                 self._verify(removed[0].pid, removed)
 

@@ -7,13 +7,15 @@ return value, ``vfio_unpin_pages_remote`` npage, ``__account_locked_vm`` inside
 """
 
 import ctypes
-from typing import Dict, Iterable, Iterator, NamedTuple, Set
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Set
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from vfiomond import processes
 from vfiomond.faults import errno_name
 from vfiomond.histogram import Histogram
 from vfiomond.metricsutil import histogram_family_add
+from vfiomond.processes import ProcAcct, ProcessInfo
 
 SOURCE = "type1.c"
 PROBES = ("dma_map", "dma_unmap", "pin_pages", "zero_page_pins", "unpin_pages", "locked_vm_charge")
@@ -46,6 +48,8 @@ class Type1Snapshot(NamedTuple):
     counters: Dict[str, int]  # COUNTERS name -> value
     latency: Dict[str, Histogram]  # "map" / "unmap" -> latency histogram
     errors: Dict[str, Dict[str, int]]  # "map" / "unmap" -> errno name -> calls
+    acct: Dict[int, ProcAcct] = {}  # pid -> proc_acct entry
+    users: List[ProcessInfo] = []  # live VFIO users (/proc)
 
 
 def decode(counters: Dict[str, int], hist: Iterable[DmaRow], errors: Iterable[DmaRow]) -> Type1Snapshot:
@@ -72,7 +76,12 @@ def read(tables) -> Type1Snapshot:
     array = tables("type1_counters")
     counters = {name: array[ctypes.c_int(i)].value for name, i in COUNTERS.items()}
     rows = lambda name: [DmaRow(k.op, k.slot, k.err, v.value) for k, v in tables(name).items()]  # noqa: E731
-    return decode(counters, rows("dma_hist"), rows("dma_errors"))
+    acct = {
+        k.value: ProcAcct(v.mapped_bytes, v.pinned_pages, v.charged_pages, v.charge_failures)
+        for k, v in tables("proc_acct").items()
+    }
+    users = [info for info in map(processes.read_process, processes.vfio_users()) if info is not None]
+    return decode(counters, rows("dma_hist"), rows("dma_errors"))._replace(acct=acct, users=users)
 
 
 def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
@@ -117,6 +126,8 @@ def families(snap: Type1Snapshot, attached: Set[str]) -> Iterator:
         )
     if "unpin_pages" in attached:
         yield _counter("vfiomond_unpinned_pages_total", "Pages unpinned after DMA unmap.", c["TYPE1_UNPINNED_PAGES"])
+    if "dma_map" in attached:
+        yield from processes.families(snap.users, snap.acct, BACKEND)
     if "locked_vm_charge" in attached:
         yield _counter(
             "vfiomond_locked_vm_charged_pages_total",
@@ -130,6 +141,7 @@ def families(snap: Type1Snapshot, attached: Set[str]) -> Iterator:
         )
         yield _counter(
             "vfiomond_locked_vm_charge_failures_total",
-            "locked_vm charges refused (RLIMIT_MEMLOCK exceeded): the MAP_DMA fails.",
+            "Pinning refused for RLIMIT_MEMLOCK (vfio_pin_pages_remote -ENOMEM) or a failed __account_locked_vm "
+            "charge: the MAP_DMA fails.",
             c["TYPE1_CHARGE_FAILURES"],
         )

@@ -185,6 +185,12 @@ def test_pins_verified_without_false_positives(run, scrape):
         assert zero_pins == 0
 
 
+def test_no_series_for_processes_that_exited(run, scrape):
+    # The scenario used VFIO and exited before the scrape: its series must be gone.
+    assert not [s for s in scrape.samples if s.name.startswith("vfiomond_process_")]
+    assert str(run.scenario["pid"]) not in {s.labels.get("pid") for s in scrape.samples}
+
+
 def test_nothing_lost_and_every_collector_succeeded(scrape):
     assert scrape.one("vfiomond_events_lost_total") == 0
     assert set(scrape.values("vfiomond_scrape_collector_success")) == {1.0}

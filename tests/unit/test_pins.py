@@ -40,9 +40,9 @@ def ev(t, pid=10, ret=0, vaddr=0, iova=0, size=0, npage=0, pfn=0):
 
 
 def test_parse_event_layout():
-    raw = EVENT.pack(EV_PIN, 42, -12, 0, 0x7F0000000000, 0x1000000, 0, 3, 0x1234)
-    assert EVENT.size == 56
-    assert parse_event(raw) == PinEvent(EV_PIN, 42, -12, 0x7F0000000000, 0x1000000, 0, 3, 0x1234)
+    raw = EVENT.pack(EV_PIN, 42, -12, 0, 0x7F0000000000, 0x1000000, 0, 3, 0x1234, 5, 6)
+    assert EVENT.size == 72
+    assert parse_event(raw) == PinEvent(EV_PIN, 42, -12, 0x7F0000000000, 0x1000000, 0, 3, 0x1234, 5, 6)
 
 
 VADDR = 0x7F0000000000
@@ -150,7 +150,7 @@ def test_watch_verifies_at_unmap():
     sink = Sink()
     watch = PinWatch(t, sink, reader({VADDR: 0x4242}), devices=lambda pid: ["0000:00:02.0"])
     mapped(t)
-    watch.on_raw_event(EVENT.pack(EV_UNMAP, 10, 0, 0, 0, 0x100000, 16 * PAGE, 0, 0))
+    watch.on_event(ev(EV_UNMAP, 10, iova=0x100000, size=16 * PAGE))
     assert t.mappings == {} and len(sink.alerts) == 1
 
 

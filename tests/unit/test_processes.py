@@ -1,0 +1,63 @@
+import math
+
+import pytest
+
+from vfiomond.processes import ProcAcct, ProcessInfo, families, parse_memlock_limit, parse_status, vm_name
+
+from test_faults import exposition, key
+
+STATUS = """Name:\tqemu-system-x86
+VmPeak:\t 9436124 kB
+VmLck:\t 4194304 kB
+VmPin:\t       8 kB
+VmRSS:\t 4300000 kB
+"""
+
+LIMITS = """Limit                     Soft Limit           Hard Limit           Units
+Max cpu time              unlimited            unlimited            seconds
+Max locked memory         16777216             33554432             bytes
+Max address space         unlimited            unlimited            bytes
+"""
+
+
+def test_status_in_bytes():
+    assert parse_status(STATUS) == {"VmLck": 4194304 * 1024, "VmPin": 8 * 1024}
+    assert parse_status("Name:\tx\n") == {"VmLck": 0, "VmPin": 0}  # kernel threads
+
+
+def test_memlock_soft_limit():
+    assert parse_memlock_limit(LIMITS) == 16777216
+    assert parse_memlock_limit(LIMITS.replace("16777216    ", "unlimited   ")) == math.inf
+    assert math.isnan(parse_memlock_limit(""))
+
+
+@pytest.mark.parametrize(
+    "cmdline, cgroup, name",
+    [
+        (b"/usr/bin/qemu-system-x86_64\0-name\0guest=web01,debug-threads=on\0-m\x004096\0", "", "web01"),
+        (b"qemu-system-x86_64\0-name\0db,,primary\0", "", "db,primary"),
+        (b"qemu-system-x86_64\0-name\0guest=a,,b,debug-threads=on\0", "", "a,b"),
+        (b"qemu-system-x86_64\0-m\x002048\0", "0::/machine.slice/machine-qemu\\x2d3\\x2dwin\\x2d11.scope/libvirt/emulator\n", "win-11"),
+        (b"dpdk-testpmd\0-l\x000-3\0", "0::/system.slice/dpdk.service\n", ""),
+        (b"qemu\0-name\0", "", ""),
+    ],
+)
+def test_vm_name(cmdline, cgroup, name):
+    assert vm_name(cmdline, cgroup) == name
+
+
+def test_families_per_process():
+    infos = [ProcessInfo(42, "qemu", "web01", 8 << 20, 0, 16 << 20), ProcessInfo(43, "testpmd", "", 0, 4096, math.inf)]
+    acct = {42: ProcAcct(12 << 20, 3072, 2048, 1), 99: ProcAcct(1, 1, 1, 1)}  # 99: gone, no series
+    s = exposition(families(infos, acct))
+    web = dict(pid="42", comm="qemu", vm="web01")
+    assert s[key("vfiomond_process_locked_vm_bytes", **web)] == 8 << 20
+    assert s[key("vfiomond_process_memlock_limit_bytes", **web)] == 16 << 20
+    assert s[key("vfiomond_process_dma_mapped_bytes", backend="type1", **web)] == 12 << 20
+    assert s[key("vfiomond_process_charged_bytes", backend="type1", **web)] == 2048 * 4096
+    assert s[key("vfiomond_process_uncharged_pinned_bytes", backend="type1", **web)] == 1024 * 4096
+    assert s[key("vfiomond_process_locked_vm_charge_failures_total", backend="type1", **web)] == 1
+    pmd = dict(pid="43", comm="testpmd", vm="")
+    assert s[key("vfiomond_process_memlock_limit_bytes", **pmd)] == math.inf
+    assert s[key("vfiomond_process_dma_mapped_bytes", backend="type1", **pmd)] == 0
+    assert not any('"99"' in k or "'99'" in k for k in s)

@@ -1,0 +1,181 @@
+"""VFIO users and their memory accounting, from /proc and the type1 area's per-process map.
+
+A VFIO user is a process with /dev/vfio/vfio, /dev/vfio/N, /dev/vfio/devices/vfioN or
+/dev/iommu open.  Its series exist only while it lives.
+"""
+
+import math
+import os
+import re
+from typing import Dict, Iterable, Iterator, NamedTuple, Optional
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+PAGE = 4096
+_VFIO_PATHS = ("/dev/vfio/", "/dev/iommu")
+_LIBVIRT_SCOPE = re.compile(r"machine-qemu\\x2d\d+\\x2d(.+?)\.scope")
+
+
+def parse_status(text: str) -> Dict[str, int]:
+    """VmLck and VmPin of /proc/PID/status, in bytes (0 when absent)."""
+    out = {"VmLck": 0, "VmPin": 0}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in out:
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def parse_memlock_limit(text: str) -> float:
+    """Soft "Max locked memory" of /proc/PID/limits, bytes; +Inf when unlimited."""
+    for line in text.splitlines():
+        if line.startswith("Max locked memory"):
+            soft = line[len("Max locked memory"):].split()[0]
+            return math.inf if soft == "unlimited" else float(soft)
+    return math.nan
+
+
+def _qemu_options(value: str):
+    """Split a QEMU option string on single commas (",," is an escaped comma)."""
+    parts, current, i = [], [], 0
+    while i < len(value):
+        if value[i] == ",":
+            if value[i + 1:i + 2] == ",":
+                current.append(",")
+                i += 2
+                continue
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(value[i])
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def vm_name(cmdline: bytes, cgroup: str) -> str:
+    """The guest's name for a QEMU process: ``-name guest=X`` or ``-name X`` on its
+    command line, else the libvirt machine scope of its cgroup; "" otherwise."""
+    args = cmdline.split(b"\0")
+    for i, arg in enumerate(args[:-1]):
+        if arg == b"-name":
+            options = _qemu_options(args[i + 1].decode(errors="replace"))
+            for option in options:
+                if option.startswith("guest="):
+                    return option[len("guest="):]
+            return "" if "=" in options[0] else options[0]
+    m = _LIBVIRT_SCOPE.search(cgroup)
+    if m:
+        return m.group(1).replace("\\x2d", "-")
+    return ""
+
+
+def is_vfio_user(pid: int, proc: str = "/proc") -> bool:
+    fd_dir = "%s/%d/fd" % (proc, pid)
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:
+            continue
+        if target.startswith(_VFIO_PATHS):
+            return True
+    return False
+
+
+def vfio_users(proc: str = "/proc") -> Iterator[int]:
+    for entry in os.listdir(proc):
+        if entry.isdigit() and is_vfio_user(int(entry), proc):
+            yield int(entry)
+
+
+class ProcessInfo(NamedTuple):
+    pid: int
+    comm: str
+    vm: str
+    locked_vm_bytes: int
+    pinned_vm_bytes: int
+    memlock_limit_bytes: float
+
+
+def _read(path: str, mode: str = "r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def read_process(pid: int, proc: str = "/proc") -> Optional[ProcessInfo]:
+    """None when the process vanished while being read."""
+    base = "%s/%d/" % (proc, pid)
+    try:
+        status = parse_status(_read(base + "status"))
+        limit = parse_memlock_limit(_read(base + "limits"))
+        comm = _read(base + "comm").strip()
+        vm = vm_name(_read(base + "cmdline", "rb"), _read(base + "cgroup"))
+    except (OSError, ValueError):
+        return None
+    return ProcessInfo(pid, comm, vm, status["VmLck"], status["VmPin"], limit)
+
+
+class ProcAcct(NamedTuple):
+    """One entry of proc_acct (bpf/type1.c)."""
+
+    mapped_bytes: int
+    pinned_pages: int
+    charged_pages: int
+    charge_failures: int
+
+
+def families(infos: Iterable[ProcessInfo], acct: Dict[int, ProcAcct], backend: str = "type1") -> Iterator:
+    """Per-process gauges for live VFIO users; labels pid, comm, vm (+ backend)."""
+    labels = ["pid", "comm", "vm"]
+    g = {
+        name: GaugeMetricFamily("vfiomond_process_" + name, doc, labels=labels + extra)
+        for name, doc, extra in (
+            ("locked_vm_bytes", "locked_vm of the VFIO user (VmLck in /proc/PID/status).", []),
+            ("pinned_vm_bytes", "pinned_vm of the VFIO user (VmPin in /proc/PID/status).", []),
+            ("memlock_limit_bytes", "RLIMIT_MEMLOCK soft limit of the VFIO user (+Inf: unlimited).", []),
+            ("dma_mapped_bytes", "Bytes the process has DMA-mapped now.", ["backend"]),
+            ("charged_bytes", "Bytes the VFIO backend has charged to the process's locked_vm now.", ["backend"]),
+            ("uncharged_pinned_bytes",
+             "Pinned bytes not charged to locked_vm (zero pages, reserved PFNs): the accounting gap.", ["backend"]),
+        )
+    }
+    failures = CounterMetricFamily(
+        "vfiomond_process_locked_vm_charge_failures_total",
+        "MAP_DMA pinning refused for RLIMIT_MEMLOCK (or a failed locked_vm charge).",
+        labels=labels + ["backend"],
+    )
+    for info in sorted(infos):
+        base = [str(info.pid), info.comm, info.vm]
+        g["locked_vm_bytes"].add_metric(base, info.locked_vm_bytes)
+        g["pinned_vm_bytes"].add_metric(base, info.pinned_vm_bytes)
+        g["memlock_limit_bytes"].add_metric(base, info.memlock_limit_bytes)
+        a = acct.get(info.pid, ProcAcct(0, 0, 0, 0))
+        g["dma_mapped_bytes"].add_metric(base + [backend], a.mapped_bytes)
+        g["charged_bytes"].add_metric(base + [backend], a.charged_pages * PAGE)
+        g["uncharged_pinned_bytes"].add_metric(base + [backend], max(0, a.pinned_pages - a.charged_pages) * PAGE)
+        failures.add_metric(base + [backend], a.charge_failures)
+    yield from g.values()
+    yield failures
+
+
+RLIM_INFINITY = (1 << 64) - 1
+
+
+def memlock_alert(sink, ev) -> None:
+    """Journal alert for an EV_MEMLOCK event of bpf/type1.c."""
+    from vfiomond.alerts import MEMLOCK_REFUSED
+
+    info = read_process(ev.pid)
+    comm, vm = (info.comm, info.vm) if info else ("", "")
+    limit = "unlimited" if ev.limit == RLIM_INFINITY else str(ev.limit)
+    sink.alert(
+        MEMLOCK_REFUSED,
+        "VFIO DMA mapping of %d bytes refused for %s[%d]: locked_vm %d bytes, RLIMIT_MEMLOCK %s bytes"
+        % (ev.size, comm, ev.pid, ev.locked * PAGE, limit),
+        PID=ev.pid, COMM=comm, VM=vm, REQUEST_BYTES=ev.size, LOCKED_BYTES=ev.locked * PAGE,
+        LIMIT_BYTES=limit, ERRNO=-ev.ret, BACKEND="type1",
+    )
