@@ -16,6 +16,8 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tu
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vfiomond.processes import vfio_files
+
 PAGE = 4096
 
 EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EV_MEMLOCK = 1, 2, 3, 4, 5
@@ -170,21 +172,12 @@ def comm(pid: int) -> str:
 def vfio_devices(pid: int) -> Optional[List[str]]:
     """PCI addresses of the IOMMU groups process ``pid`` has open (/dev/vfio/N);
     None when the process is gone."""
-    fd_dir = "/proc/%d/fd" % pid
-    groups = set()
-    try:
-        names = os.listdir(fd_dir)
-    except OSError:
+    files = vfio_files(pid)
+    if files is None:
         return None
-    for name in names:
-        try:
-            target = os.readlink(os.path.join(fd_dir, name))
-        except OSError:
-            continue
-        if target.startswith("/dev/vfio/") and target[len("/dev/vfio/"):].isdigit():
-            groups.add(target[len("/dev/vfio/"):])
+    groups = sorted({f[len("/dev/vfio/"):] for f in files if f[len("/dev/vfio/"):].isdigit()})
     devices = []
-    for group in sorted(groups):
+    for group in groups:
         try:
             devices += sorted(os.listdir("/sys/kernel/iommu_groups/%s/devices" % group))
         except OSError:

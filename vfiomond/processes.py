@@ -7,7 +7,7 @@ A VFIO user is a process with /dev/vfio/vfio, /dev/vfio/N, /dev/vfio/devices/vfi
 import math
 import os
 import re
-from typing import Dict, Iterable, Iterator, NamedTuple, Optional
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -70,20 +70,27 @@ def vm_name(cmdline: bytes, cgroup: str) -> str:
     return ""
 
 
-def is_vfio_user(pid: int, proc: str = "/proc") -> bool:
+def vfio_files(pid: int, proc: str = "/proc") -> Optional[List[str]]:
+    """Paths of the VFIO / iommufd character devices process ``pid`` has open;
+    None when the process is gone."""
     fd_dir = "%s/%d/fd" % (proc, pid)
     try:
         names = os.listdir(fd_dir)
     except OSError:
-        return False
+        return None
+    found = []
     for name in names:
         try:
             target = os.readlink(os.path.join(fd_dir, name))
         except OSError:
             continue
         if target.startswith(_VFIO_PATHS):
-            return True
-    return False
+            found.append(target)
+    return found
+
+
+def is_vfio_user(pid: int, proc: str = "/proc") -> bool:
+    return bool(vfio_files(pid, proc))
 
 
 def vfio_users(proc: str = "/proc") -> Iterator[int]:

@@ -61,3 +61,17 @@ def test_families_per_process():
     assert s[key("vfiomond_process_memlock_limit_bytes", **pmd)] == math.inf
     assert s[key("vfiomond_process_dma_mapped_bytes", backend="type1", **pmd)] == 0
     assert not any('"99"' in k or "'99'" in k for k in s)
+
+
+def test_vfio_files_from_a_proc_tree(tmp_path):
+    from vfiomond.processes import is_vfio_user, vfio_files
+
+    fd = tmp_path / "7" / "fd"
+    fd.mkdir(parents=True)
+    (fd / "3").symlink_to("/dev/vfio/vfio")
+    (fd / "4").symlink_to("/dev/vfio/12")
+    (fd / "5").symlink_to("/dev/null")
+    (tmp_path / "8" / "fd").mkdir(parents=True)
+    assert sorted(vfio_files(7, str(tmp_path))) == ["/dev/vfio/12", "/dev/vfio/vfio"]
+    assert is_vfio_user(7, str(tmp_path)) and not is_vfio_user(8, str(tmp_path))
+    assert vfio_files(9, str(tmp_path)) is None  # gone
