@@ -165,7 +165,14 @@ def run(suite: str, scenario: str = "standard", extra: Optional[str] = None, dem
     return LabRun(suite, out, metrics, summary, int(rc) if rc else None)
 
 
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # SIGTERM / SIGHUP end a run like Ctrl-C: the guest is powered off, never left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", default="bookworm", choices=SUITES)
     p.add_argument("--scenario", default="standard")
@@ -184,6 +191,9 @@ def main() -> int:
     except LabError as e:
         print("lab: error: %s" % e, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("lab: interrupted; the guest was powered off", file=sys.stderr)
+        return 130
     if args.metrics_out:
         with open(args.metrics_out, "w") as f:
             f.write(result.metrics)
