@@ -23,8 +23,10 @@ class AlertKind(NamedTuple):
 
 PIN_MISMATCH = AlertKind("pin_mismatch", "3f1c2a9e7b5d4c0e8a6f1b2d3c4e5f60", LOG_CRIT, 10)
 MEMLOCK_REFUSED = AlertKind("memlock_refused", "8b0e5d4c2a1f4e3d9c7b6a5f4e3d2c1b", LOG_ERR, 10)
+KERNEL_SPLAT = AlertKind("kernel_splat", "c4d2e8f1a9b7460e8d3c5b2a1f0e9d8c", LOG_ERR, 10)
+KERNEL_ADVISORY = AlertKind("kernel_advisory", "5e7a9c1b3d2f4a6e8c0b1d3f5a7c9e2b", LOG_WARNING, 20)
 
-KINDS = (PIN_MISMATCH, MEMLOCK_REFUSED)
+KINDS = (PIN_MISMATCH, MEMLOCK_REFUSED, KERNEL_SPLAT, KERNEL_ADVISORY)
 
 
 def _journal_sender() -> Optional[Callable]:

@@ -21,13 +21,47 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=configmod.LOG_LEVELS)
     check = sub.add_parser("check", help="show which probes this kernel offers (reads /proc/kallsyms; attaches nothing)")
     check.add_argument("--json", action="store_true", help="print JSON")
+    scan = sub.add_parser("scan-log", help="find and attribute kernel splats in a saved kernel log")
+    scan.add_argument("file", metavar="FILE", help="dmesg or journalctl -k output; - for standard input")
+    scan.add_argument("--json", action="store_true", help="one JSON object per splat")
+    scan.add_argument("--kernel", metavar="VERSION", help="kernel version of the log, for splats that do not say")
     return p
+
+
+def _scan_log(path: str, as_json: bool, kernel: Optional[str]) -> int:
+    from vfiomond import advisories, splats
+
+    issues = advisories.load()
+    running = advisories.parse_version(kernel) if kernel else None
+    try:
+        stream = sys.stdin if path == "-" else open(path, errors="replace")
+    except OSError as e:
+        raise VfiomondError("cannot read %s: %s" % (path, e.strerror)) from None
+    with stream:
+        found = list(splats.scan(stream))
+    for s in found:
+        issue = splats.match(s, issues, running)
+        record = {
+            "kind": s.kind, "site": s.site, "function": s.function, "vfio": s.vfio, "pfnmap": s.pfnmap,
+            "known_issue": issue, "kernel": ".".join(map(str, s.kernel)) if s.kernel else None,
+            "header": s.header, "frames": list(s.frames),
+        }
+        if as_json:
+            print(json.dumps(record))
+        else:
+            tags = [t for t, on in (("VFIO", s.vfio), ("pfnmap", s.pfnmap)) if on]
+            print("%-11s %-34s %-24s %-10s %s" % (s.kind, s.site or "-", s.function or "-", ",".join(tags) or "-", issue or "-"))
+            print("            " + s.header)
+    if not as_json:
+        print("%d splat(s), %d VFIO-related, %d matching a known issue" % (
+            len(found), sum(s.vfio for s in found), sum(1 for s in found if splats.match(s, issues, running))))
+    return 0
 
 
 def _check(as_json: bool) -> int:
     from vfiomond.daemon import probe_kernel
 
-    selections, facts = probe_kernel()
+    selections, facts, _ = probe_kernel()
     rows = [
         {
             "probe": s.probe.name,
@@ -55,6 +89,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "check":
             return _check(args.json)
+        if args.command == "scan-log":
+            return _scan_log(args.file, args.json, args.kernel)
         cfg = configmod.load(args.config)
         overrides = {}
         if args.listen:

@@ -17,9 +17,10 @@ log = logging.getLogger("vfiomond")
 
 
 class VfiomondCollector:
-    def __init__(self, program: Program, statuses: Sequence[ProbeStatus], kernel: str, pin_watch=None, alerts=None):
+    def __init__(self, program: Program, statuses: Sequence[ProbeStatus], kernel: str, detectors=(), alerts=None):
+        """``detectors``: objects whose ``families()`` yield their own metric families."""
         self.program = program
-        self.pin_watch = pin_watch
+        self.detectors = list(detectors)
         self.alerts = alerts
         self.statuses = list(statuses)
         self.kernel = kernel
@@ -66,8 +67,8 @@ class VfiomondCollector:
         yield success
         yield duration
 
-        if self.pin_watch is not None:
-            yield from self.pin_watch.families()
+        for detector in self.detectors:
+            yield from detector.families()
         if self.alerts is not None:
             sent = CounterMetricFamily("vfiomond_alerts_total", "Alerts written to the journal.", labels=["kind"])
             dropped = CounterMetricFamily(

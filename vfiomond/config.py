@@ -18,6 +18,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class Config(NamedTuple):
     listen: str = DEFAULT_LISTEN
     log_level: str = "info"
+    watch_kernel_log: bool = True  # splats from the journal or /dev/kmsg
     strict: bool = False  # exit if any probe cannot be attached
     disable: Tuple[str, ...] = ()  # probe names not to attach
     pin_verify: bool = True  # verify pinned pages against the process mapping
@@ -27,7 +28,7 @@ class Config(NamedTuple):
 
 # section -> key -> (type, validator or None)
 _SCHEMA = {
-    "daemon": {"listen": str, "log_level": str},
+    "daemon": {"listen": str, "log_level": str, "watch_kernel_log": bool},
     "probes": {"strict": bool, "disable": list},
     "pins": {"verify": bool, "verify_interval": (int, float), "samples": int},
 }

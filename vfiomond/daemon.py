@@ -7,12 +7,13 @@ import time
 
 from prometheus_client.core import CollectorRegistry
 
-from vfiomond import __version__, bpfload, kernel, pagemap, privileges
+from vfiomond import __version__, advisories, bpfload, kernel, pagemap, privileges
 from vfiomond.alerts import AlertSink
 from vfiomond.collector import VfiomondCollector
 from vfiomond.config import Config, parse_listen
 from vfiomond.errors import VfiomondError
 from vfiomond.exposition import serve
+from vfiomond.kernellog import KernelLogWatcher
 from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
 from vfiomond.processes import memlock_alert
 from vfiomond.probes import kernel_facts, select, wanted_symbols
@@ -23,11 +24,11 @@ PIN_VERIFY_NEEDS = ("dma_map", "dma_unmap", "pin_pages")
 log = logging.getLogger("vfiomond")
 
 
-def probe_kernel(pin_samples: int = Config().pin_samples):
-    """(selections, facts) for the running kernel: /proc/kallsyms, and the zero
-    page's PFN as this process sees it (needs CAP_SYS_ADMIN)."""
+def probe_kernel(pin_samples: int = Config().pin_samples, extra_symbols=()):
+    """(selections, facts, kallsyms) for the running kernel: /proc/kallsyms, and
+    the zero page's PFN as this process sees it (needs CAP_SYS_ADMIN)."""
     try:
-        syms = kernel.Kallsyms.read(wanted_symbols())
+        syms = kernel.Kallsyms.read(wanted_symbols(extra=tuple(extra_symbols)))
     except OSError as e:
         raise VfiomondError("cannot read %s: %s" % (kernel.KALLSYMS, e.strerror)) from None
     facts = kernel_facts(syms)
@@ -35,7 +36,30 @@ def probe_kernel(pin_samples: int = Config().pin_samples):
     zero_pfn = pagemap.learn_zero_pfn()
     if zero_pfn is not None:
         facts["ZERO_PFN"] = zero_pfn
-    return select(syms, facts), facts
+    return select(syms, facts), facts, syms
+
+
+def _advisories(issues, syms, sink) -> advisories.AdvisoryReport:
+    version, source = advisories.running_kernel()
+    if version is None:
+        log.warning("kernel advisories: cannot tell the kernel version")
+        return advisories.AdvisoryReport([])
+    # Symbol evidence only once the vfio modules are loaded; else versions alone.
+    symbols = None
+    if syms.has("vfio_pci_mmap_ops"):
+        symbols = {n for n in advisories.symbol_names(issues) if syms.has(n) or syms.function(n, True)}
+    found = advisories.evaluate(issues, version, symbols)
+    text = ".".join(map(str, version))
+    for a in found:
+        log.warning("kernel %s (%s) %s known issue %s: %s", text, source, a.status, a.id, a.title)
+        from vfiomond.alerts import KERNEL_ADVISORY
+
+        sink.alert(
+            KERNEL_ADVISORY, "kernel %s is %s exposed to %s: %s" % (text, "possibly" if a.status == "possibly" else "", a.id, a.title),
+            ADVISORY_ID=a.id, SEVERITY=a.severity, STATUS=a.status, TITLE=a.title, KERNEL_VERSION=text,
+            VERSION_SOURCE=source, FIXED_BY="; ".join(a.fixed_by),
+        )
+    return advisories.AdvisoryReport(found)
 
 
 # Seconds between deleting the per-process BPF entries of processes that are gone.
@@ -72,7 +96,8 @@ def run(config: Config) -> int:
     release = kernel.release()
     log.info("vfiomond %s on kernel %s", __version__, release)
 
-    selections, facts = probe_kernel(config.pin_samples)
+    issues = advisories.load()
+    selections, facts, syms = probe_kernel(config.pin_samples, advisories.symbol_names(issues))
     log.info("compiling BPF programs (kernel facts: %s)", ", ".join(sorted(facts)) or "none")
     program, statuses = bpfload.load(selections, facts, config.disable)
     for s in statuses:
@@ -86,12 +111,25 @@ def run(config: Config) -> int:
         raise VfiomondError("strict mode: probes not attached: " + ", ".join(missing))
 
     sink = AlertSink()
+    report = _advisories(issues, syms, sink)
+    detectors = [report]
+    watcher = None
+    if config.watch_kernel_log:
+        watcher = KernelLogWatcher(issues, sink, advisories.running_kernel()[0])
+        try:
+            watcher.start()
+            detectors.append(watcher)
+        except OSError as e:
+            log.warning("kernel log not watched: %s", e)
+            watcher = None
     watch = _pin_watch(config, statuses, facts, sink)
+    if watch is not None:
+        detectors.append(watch)
     events = "type1" in program.areas()
     if events:
         program.open_ring_buffer("type1", "pin_events", lambda raw: _dispatch(parse_event(raw), watch, sink))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(VfiomondCollector(program, statuses, release, watch, sink))
+    registry.register(VfiomondCollector(program, statuses, release, detectors, sink))
     try:
         server = serve(host, port, registry)
     except OSError as e:
@@ -124,6 +162,8 @@ def run(config: Config) -> int:
             next_housekeeping = now + HOUSEKEEPING_INTERVAL
     server.shutdown()
     server.server_close()
+    if watcher is not None:
+        watcher.stop()
     program.close()
     log.info("stopped")
     return 0

@@ -143,8 +143,8 @@ class Selected(NamedTuple):
         return self.variant is not None
 
 
-def wanted_symbols(probes: Tuple[Probe, ...] = PROBES) -> set:
-    names = set(FACT_SYMBOLS)
+def wanted_symbols(probes: Tuple[Probe, ...] = PROBES, extra: Tuple[str, ...] = ()) -> set:
+    names = set(FACT_SYMBOLS) | set(extra)
     for probe in probes:
         for variant in probe.variants:
             for hook in variant.hooks:

@@ -12,7 +12,7 @@ def test_defaults_without_a_file():
 def test_full_file(tmp_path):
     path = tmp_path / "vfiomond.toml"
     path.write_text('[daemon]\nlisten = "127.0.0.1:9999"\nlog_level = "debug"\n[probes]\nstrict = true\ndisable = ["pat_untrack"]\n')
-    assert load(str(path)) == Config("127.0.0.1:9999", "debug", True, ("pat_untrack",))
+    assert load(str(path)) == Config(listen="127.0.0.1:9999", log_level="debug", strict=True, disable=("pat_untrack",))
 
 
 @pytest.mark.parametrize(

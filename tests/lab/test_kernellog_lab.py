@@ -1,0 +1,58 @@
+"""The kernel-log watcher on real kernels: splat texts written to /dev/kmsg in the guest
+must show up in vfiomond_kernel_events_total and as journal alerts, attributed."""
+
+import json
+import os
+
+import pytest
+
+from test_lab import Scrape, boot
+
+KERNEL_SPLAT_ID = "c4d2e8f1a9b7460e8d3c5b2a1f0e9d8c"
+KERNEL_ADVISORY_ID = "5e7a9c1b3d2f4a6e8c0b1d3f5a7c9e2b"
+# What the knowledge base says of each lab kernel (Debian 6.1.176 / 6.12.107).
+ADVISORIES = {
+    "bookworm": {"pat-failed-fork-warn": "affected", "ro-longterm-pin-divergence": "affected"},
+    "trixie": {"pat-failed-fork-warn": "possibly", "huge-pfnmap-unaligned-pfn": "possibly", "huge-fault-oom-race": "possibly"},
+}
+
+
+@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+def log_run(request):
+    result = boot(request.param, "kernel-log")
+    assert result.scenario.get("ok") is True, result.scenario
+    return result
+
+
+@pytest.fixture(scope="module")
+def scrape(log_run):
+    return Scrape(log_run.metrics)
+
+
+@pytest.fixture(scope="module")
+def journal(log_run):
+    with open(os.path.join(log_run.out, "journal.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_splats_are_counted_and_attributed(scrape):
+    assert scrape.one("vfiomond_kernel_events_total", kind="bug", site="mm/memory.c", known_issue="vfio-concurrent-bar-fault") == 1
+    assert scrape.one("vfiomond_kernel_events_total", kind="oops", site="none", known_issue="none") == 1
+    assert scrape.one("vfiomond_kernel_events_total", kind="memlock", site="none", known_issue="none") == 1
+
+
+def test_splat_alerts_carry_the_attribution(journal):
+    alerts = {e["KIND"]: e for e in journal if e.get("MESSAGE_ID") == KERNEL_SPLAT_ID}
+    assert set(alerts) == {"bug", "oops", "memlock"}
+    bug = alerts["bug"]
+    assert bug["VFIO"] == "1" and bug["PFNMAP"] == "1" and bug["KNOWN_ISSUE"] == "vfio-concurrent-bar-fault"
+    assert bug["SITE"] == "mm/memory.c:2177" and bug["FRAMES"].startswith("remap_pfn_range vfio_pci_mmap_fault")
+    assert "kernel BUG at mm/memory.c:2177!" in bug["SPLAT"] and "Call trace:" in bug["SPLAT"]
+    assert alerts["oops"]["VFIO"] == "0" and alerts["oops"]["KNOWN_ISSUE"] == ""
+
+
+def test_advisories_for_the_running_kernel(log_run, scrape, journal):
+    found = {s.labels["id"]: s.labels["status"] for s in scrape.samples if s.name == "vfiomond_kernel_advisory_info"}
+    assert found == ADVISORIES[log_run.suite]
+    announced = {e["ADVISORY_ID"] for e in journal if e.get("MESSAGE_ID") == KERNEL_ADVISORY_ID}
+    assert announced == set(ADVISORIES[log_run.suite])

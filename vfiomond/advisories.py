@@ -1,0 +1,111 @@
+"""Which known VFIO kernel issues apply to a kernel (vfiomond/known_issues.json).
+
+Distribution kernels hide the upstream stable release (Debian's "6.1.0-50-amd64"
+is 6.1.176), so the version comes from where the distribution states it, and
+symbol evidence (kallsyms) can rule an issue out when its code is absent.
+"""
+
+import json
+import os
+import re
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+Version = Tuple[int, int, int]
+
+_KB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "known_issues.json")
+_NUMBERS = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_version(text: str) -> Optional[Version]:
+    """(major, minor, patch) of the first version in ``text``: "6.12.0-rc5+" -> (6, 12, 0)."""
+    m = _NUMBERS.search(text)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def running_version(release: str, uname_version: str, version_signature: str = "") -> Tuple[Optional[Version], str]:
+    """The upstream version of the running kernel and where it was read.
+
+    Debian puts it in ``uname -v`` ("... Debian 6.1.176-1 ..."), Ubuntu in
+    /proc/version_signature ("Ubuntu 5.15.0-91.101-generic 5.15.131"); else the release.
+    """
+    m = re.search(r"Debian (\d+\.\d+\.\d+)", uname_version)
+    if m:
+        return parse_version(m.group(1)), "uname -v"
+    if version_signature.strip():
+        return parse_version(version_signature.split()[-1]), "/proc/version_signature"
+    return parse_version(release), "uname -r"
+
+
+def load(path: str = _KB) -> List[dict]:
+    with open(path) as f:
+        return json.load(f)["issues"]
+
+
+def _in(version: Version, ranges: Sequence[Sequence[str]]) -> bool:
+    return any(parse_version(lo) <= version < parse_version(hi) for lo, hi in ranges)
+
+
+def _line(version: Version, lines: Sequence[str]) -> bool:
+    return any(version[:2] == parse_version(line)[:2] for line in lines)
+
+
+class Advisory(NamedTuple):
+    id: str
+    severity: str
+    status: str  # "affected" or "possibly" (a stable fix exists, its release is not pinned)
+    title: str
+    fixed_by: Tuple[str, ...]
+
+
+def evaluate(issues: List[dict], version: Version, symbols: Optional[Set[str]] = None) -> List[Advisory]:
+    """Issues that apply to ``version``; with ``symbols`` (names known to be in
+    kallsyms), an issue whose code is absent is ruled out."""
+    out = []
+    for issue in issues:
+        if not _in(version, issue["affected"]):
+            continue
+        needed = issue.get("requires_symbols")
+        if symbols is not None and needed and not symbols.intersection(needed):
+            continue
+        status = "possibly" if _line(version, issue.get("possibly_fixed_in", ())) else "affected"
+        out.append(Advisory(issue["id"], issue["severity"], status, issue["title"], tuple(issue["fixed_by"])))
+    return out
+
+
+def by_id(issues: List[dict]) -> Dict[str, dict]:
+    return {i["id"]: i for i in issues}
+
+
+def running_kernel() -> Tuple[Optional[Version], str]:
+    """running_version() of this host (reads uname and /proc/version_signature)."""
+    try:
+        with open("/proc/version_signature") as f:
+            signature = f.read()
+    except OSError:
+        signature = ""
+    return running_version(os.uname().release, os.uname().version, signature)
+
+
+def symbol_names(issues: List[dict]) -> Set[str]:
+    return {name for issue in issues for name in issue.get("requires_symbols", ())}
+
+
+class AdvisoryReport:
+    """The advisories of the running kernel, as evaluated once at start."""
+
+    def __init__(self, advisories: List[Advisory]):
+        self.advisories = advisories
+
+    def families(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        g = GaugeMetricFamily(
+            "vfiomond_kernel_advisory_info",
+            "Known VFIO kernel issues that apply to the running kernel (status affected or possibly).",
+            labels=["id", "severity", "status"],
+        )
+        for a in self.advisories:
+            g.add_metric([a.id, a.severity, a.status], 1)
+        yield g

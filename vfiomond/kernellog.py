@@ -1,0 +1,149 @@
+"""Watch the kernel log for splats: the journal's kernel transport (systemd-python),
+or /dev/kmsg where there is no journal.  Each complete splat is counted in
+``vfiomond_kernel_events_total{kind,site,known_issue}`` and raised as one journal
+alert with its text and attribution.  Only new lines are read (from the end).
+"""
+
+import logging
+import os
+import select
+import threading
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from prometheus_client.core import CounterMetricFamily
+
+from vfiomond import splats
+
+log = logging.getLogger("vfiomond")
+
+IDLE_FLUSH = 2.0  # seconds without a line after which a splat in progress is complete
+
+
+def parse_kmsg(record: bytes) -> str:
+    """The message of one /dev/kmsg record: "PRI,SEQ,TS,FLAGS[,..];MESSAGE\\n KEY=VALUE..."."""
+    text = record.decode("utf-8", "replace")
+    _, _, rest = text.partition(";")
+    return rest.split("\n", 1)[0]
+
+
+def kmsg_lines(stop: threading.Event, path: str = "/dev/kmsg") -> Iterator[Optional[str]]:
+    """New kernel log lines; None when idle for IDLE_FLUSH seconds."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while not stop.is_set():
+            if not poller.poll(IDLE_FLUSH * 1000):
+                yield None
+                continue
+            try:
+                yield parse_kmsg(os.read(fd, 8192))
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:  # overwritten before we read it
+                continue
+    finally:
+        os.close(fd)
+
+
+def journal_line(entry) -> str:
+    """The log line of a journal entry of the kernel transport.
+
+    For records that user space wrote to /dev/kmsg (a facility other than 0,
+    kern), journald splits a leading "WORD:" off as SYSLOG_IDENTIFIER ("BUG:
+    unable to handle..." -> "BUG" + "unable to handle..."); put it back.
+    Records of the kernel itself (facility 0) are never split.
+    """
+    message = str(entry.get("MESSAGE", ""))
+    ident = entry.get("SYSLOG_IDENTIFIER")
+    if ident and str(entry.get("SYSLOG_FACILITY", "0")) != "0":
+        return "%s: %s" % (ident, message)
+    return message
+
+
+def journal_lines(stop: threading.Event) -> Iterator[Optional[str]]:
+    from systemd import journal
+
+    reader = journal.Reader()
+    reader.add_match(_TRANSPORT="kernel")
+    reader.seek_tail()
+    reader.get_previous()
+    while not stop.is_set():
+        if reader.wait(IDLE_FLUSH) == journal.NOP:  # seconds
+            yield None
+            continue
+        for entry in reader:
+            yield journal_line(entry)
+
+
+def choose_source() -> Tuple[str, Callable[[threading.Event], Iterator[Optional[str]]]]:
+    """The journal if systemd-python is there and the journal has kernel messages, else /dev/kmsg."""
+    try:
+        from systemd import journal
+
+        reader = journal.Reader()
+        reader.add_match(_TRANSPORT="kernel")
+        if reader.get_next():
+            return "journal", journal_lines
+    except Exception:  # no systemd-python, or no journal
+        pass
+    return "/dev/kmsg", kmsg_lines
+
+
+class KernelLogWatcher:
+    """Counts and alerts splats; runs its reader in a daemon thread."""
+
+    def __init__(self, issues: List[dict], sink, running: Optional[Tuple[int, int, int]]):
+        self.issues = issues
+        self.sink = sink
+        self.running = running
+        self.counts: Dict[Tuple[str, str, str], int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.source = ""
+
+    def start(self) -> None:
+        self.source, lines = choose_source()
+        threading.Thread(target=self._run, args=(lines,), name="kernellog", daemon=True).start()
+        log.info("watching the kernel log through %s", self.source)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self, lines) -> None:
+        assembler = splats.Assembler()
+        try:
+            for line in lines(self._stop):
+                for splat in assembler.feed(line) if line is not None else assembler.flush():
+                    self.on_splat(splat)
+        except OSError as e:
+            log.error("kernel log watch stopped: %s", e)
+
+    def on_splat(self, splat: splats.Splat) -> None:
+        from vfiomond.alerts import KERNEL_SPLAT
+
+        issue = splats.match(splat, self.issues, self.running)
+        key = (splat.kind, splat.site_file or "none", issue or "none")
+        with self._lock:
+            self.counts[key] = self.counts.get(key, 0) + 1
+        if splat.kind == "vfio":
+            return  # informational vfio-pci messages are counted, not alerted
+        self.sink.alert(
+            KERNEL_SPLAT,
+            "kernel %s%s%s: %s" % (splat.kind, " in VFIO" if splat.vfio else "", " (known issue %s)" % issue if issue else "", splat.header),
+            KIND=splat.kind, SITE=splat.site or "", FUNCTION=splat.function, FRAMES=" ".join(splat.frames[:16]),
+            VFIO=int(splat.vfio), PFNMAP=int(splat.pfnmap), KNOWN_ISSUE=issue or "", SPLAT=splat.text,
+        )
+
+    def families(self):
+        c = CounterMetricFamily(
+            "vfiomond_kernel_events_total",
+            "Kernel log events: splats (warning, bug, oops, lockdep, rcu_stall, soft_lockup), IOMMU faults, "
+            "RLIMIT_MEMLOCK and vfio-pci messages.",
+            labels=["kind", "site", "known_issue"],
+        )
+        with self._lock:
+            for key, n in sorted(self.counts.items()):
+                c.add_metric(list(key), n)
+        yield c

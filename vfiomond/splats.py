@@ -1,0 +1,209 @@
+"""Kernel splats: assemble multi-line reports from kernel log lines, attribute
+them by the frames of their call trace and the file:line of their header, and
+match them to known issues (vfiomond/known_issues.json).
+
+Lines may come from dmesg ("[  45.23] ..."), ``journalctl -k`` ("Nov 22 10:00:00
+host kernel: ..."), /dev/kmsg records or the journal's MESSAGE field.
+"""
+
+import re
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Tuple
+
+from vfiomond.advisories import Version, parse_version
+
+_PREFIXES = (
+    re.compile(r"^\[\s*\d+\.\d+\]\s?"),  # dmesg
+    re.compile(r"^\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ kernel: "),  # journalctl -k (short)
+    re.compile(r"^\d{4}-\d\d-\d\dT\S+ \S+ kernel: "),  # journalctl -k -o short-iso
+)
+
+# Header patterns, in order: (kind, regex). Multi-line kinds collect lines
+# until "---[ end trace", the next header, or MAX_LINES.
+_HEADERS = (
+    ("warning", re.compile(r"^WARNING: CPU: \d+ PID: \d+ at (?P<site>[\w./-]+:\d+)(?: (?P<func>[\w.]+)\+0x)?")),
+    ("lockdep", re.compile(r"^WARNING: (?:possible (?:circular|recursive) locking|suspicious RCU usage|inconsistent lock state|held lock freed|lock held when returning)")),
+    ("bug", re.compile(r"^kernel BUG at (?P<site>[\w./-]+:\d+)!")),
+    ("soft_lockup", re.compile(r"^(?:watchdog: )?BUG: soft lockup")),
+    ("oops", re.compile(r"^(?:BUG: (?:unable to handle|kernel NULL pointer)|Unable to handle kernel |Oops[: ])")),
+    ("bug", re.compile(r"^BUG: ")),
+    ("rcu_stall", re.compile(r"^rcu: INFO: rcu_\w+ (?:self-)?detected stall")),
+)
+# One-line events.
+_SINGLE = (
+    ("iommu_fault", re.compile(r"^DMAR: \[DMA (?:Read|Write)|^AMD-Vi: Event logged \[IO_PAGE_FAULT|io_page_fault|Unhandled context fault")),
+    ("memlock", re.compile(r"RLIMIT_MEMLOCK \(\d+\) exceeded")),
+    ("vfio", re.compile(r"^vfio-pci \S+: |^vfio: ")),
+)
+# A header that continues a BUG/oops in progress instead of starting one
+# ("Oops: 0000 [#1]" follows "BUG: unable to handle", arm64 prints
+# "Internal error: Oops - BUG" right after "kernel BUG at").
+_CONTINUES = re.compile(r"^(?:Internal error: )?Oops")
+_END = re.compile(r"^---\[ end trace")
+_FRAME = re.compile(r"^\s*(?P<unreliable>\? )?(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[(?P<mod>\w+)\])?")
+_INLINE = re.compile(r"^\s*(?P<func>[A-Za-z_]\w*) [\w./-]+\.[ch]:\d+ \[inline\]")
+_IP = re.compile(r"^(?:RIP: \w+:|pc : |IP: \[<[0-9a-f]+>\] )(?P<func>[\w.]+)\+0x")
+_TAINT = re.compile(r"(?:Not tainted|Tainted: [A-Z ]*) (\d+\.\d+[\w.+-]*)")
+MAX_LINES = 400
+
+# Frames of the reporting machinery, never the culprit.
+_REPORTING = frozenset({
+    "__dump_stack", "dump_stack", "dump_stack_lvl", "show_stack", "__warn", "report_bug", "handle_bug",
+    "exc_invalid_op", "asm_exc_invalid_op", "check_noncircular", "check_prev_add", "__lock_acquire", "lock_acquire",
+    "print_circular_bug", "lockdep_rcu_suspicious", "panic", "die",
+})
+
+PFNMAP_FUNCTIONS = frozenset({
+    "remap_pfn_range", "remap_pfn_range_notrack", "remap_pfn_range_internal", "io_remap_pfn_range",
+    "untrack_pfn", "untrack_pfn_copy", "track_pfn_copy", "track_pfn_remap", "track_pfn_insert", "get_pat_info",
+    "follow_phys", "pfnmap_track", "pfnmap_untrack", "vmf_insert_pfn", "vmf_insert_pfn_prot", "vmf_insert_pfn_pmd",
+    "vmf_insert_pfn_pud", "reserve_pfn_range", "free_pfn_range",
+})
+
+
+def strip_prefix(line: str) -> str:
+    line = line.rstrip("\n")
+    for prefix in _PREFIXES:
+        m = prefix.match(line)
+        if m:
+            return line[m.end():]
+    return line
+
+
+class Splat(NamedTuple):
+    kind: str  # warning, lockdep, bug, oops, soft_lockup, rcu_stall, iommu_fault, memlock, vfio
+    header: str
+    site: str  # "file:line" of the header, "" if none
+    function: str  # the function the header or the instruction pointer names
+    frames: Tuple[str, ...]  # call-trace functions, innermost first, unreliable "?" frames left out
+    modules: Tuple[str, ...]
+    kernel: Optional[Version]  # from "Not tainted 6.12.0-rc5+", when the splat says
+    lines: Tuple[str, ...]
+
+    @property
+    def site_file(self) -> str:
+        return self.site.rsplit(":", 1)[0]
+
+    @property
+    def vfio(self) -> bool:
+        names = self.frames + (self.function,)
+        return (
+            self.kind in ("vfio", "memlock")
+            or any(f.startswith("vfio") for f in names)
+            or any(m.startswith("vfio") for m in self.modules)
+        )
+
+    @property
+    def pfnmap(self) -> bool:
+        return self.site_file == "arch/x86/mm/pat/memtype.c" or bool(
+            PFNMAP_FUNCTIONS.intersection(self.frames + (self.function,))
+        )
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _finish(kind: str, header: str, site: str, lines: List[str]) -> Splat:
+    frames, modules, function, kernel = [], [], "", None
+    for line in lines:
+        m = _FRAME.match(line) or _INLINE.match(line)
+        if m and not m.groupdict().get("unreliable"):
+            frames.append(m.group("func"))
+            if m.groupdict().get("mod"):
+                modules.append(m.group("mod"))
+        ip = _IP.match(line)
+        if ip and not function:
+            function = ip.group("func")
+        taint = _TAINT.search(line)
+        if taint and kernel is None:
+            kernel = parse_version(taint.group(1))
+    header_func = next((h.match(header).groupdict().get("func") for k, h in _HEADERS if k == kind and h.match(header)), None)
+    culprit = next((f for f in frames if f not in _REPORTING), "")
+    return Splat(kind, header, site, header_func or function or culprit,
+                 tuple(frames), tuple(dict.fromkeys(modules)), kernel, tuple(lines))
+
+
+class Assembler:
+    """Feed log lines one by one; complete splats come out of ``feed`` and ``flush``."""
+
+    def __init__(self):
+        self._kind: Optional[str] = None
+        self._header = ""
+        self._site = ""
+        self._lines: List[str] = []
+
+    def _start(self, line: str) -> Optional[Tuple[str, str]]:
+        for kind, pattern in _HEADERS:
+            m = pattern.match(line)
+            if m:
+                return kind, m.groupdict().get("site") or ""
+        return None
+
+    def feed(self, raw: str) -> List[Splat]:
+        line = strip_prefix(raw)
+        out: List[Splat] = []
+        for kind, pattern in _SINGLE:
+            if pattern.search(line):
+                out.append(Splat(kind, line, "", "", (), (), None, (line,)))
+                return out
+        if self._kind in ("bug", "oops") and _CONTINUES.match(line):
+            self._lines.append(line)
+            return out
+        started = self._start(line)
+        if started:
+            out += self.flush()
+            self._kind, self._site = started
+            self._header = line
+            self._lines = [line]
+            return out
+        if self._kind is None:
+            return out
+        self._lines.append(line)
+        if _END.match(line) or len(self._lines) >= MAX_LINES:
+            out += self.flush()
+        return out
+
+    def flush(self) -> List[Splat]:
+        if self._kind is None:
+            return []
+        splat = _finish(self._kind, self._header, self._site, self._lines)
+        self._kind, self._lines = None, []
+        return [splat]
+
+
+def scan(lines: Iterable[str]) -> Iterator[Splat]:
+    a = Assembler()
+    for line in lines:
+        yield from a.feed(line)
+    yield from a.flush()
+
+
+def match(splat: Splat, issues: List[dict], running: Optional[Version] = None) -> Optional[str]:
+    """The id of the known issue whose signature the splat fits, else None.
+
+    A version-gated signature (one that also fits unrelated splats) needs the
+    splat's kernel, or else the running kernel, to be in the issue's range.
+    """
+    from vfiomond.advisories import _in
+
+    frames = set(splat.frames) | {splat.function}
+    for issue in issues:
+        sig = issue.get("signature")
+        if not sig or splat.kind not in sig["kinds"]:
+            continue
+        if sig.get("site_file") and splat.site_file != sig["site_file"]:
+            continue
+        if not set(sig.get("frames_all", ())) <= frames:
+            continue
+        if sig.get("frames_any") and not frames.intersection(sig["frames_any"]):
+            continue
+        if sig.get("frames_some") and not frames.intersection(sig["frames_some"]):
+            continue
+        if frames.intersection(sig.get("frames_none", ())):
+            continue
+        if sig.get("version_gated"):
+            version = splat.kernel or running
+            if version is None or not _in(version, issue["affected"]):
+                continue
+        return issue["id"]
+    return None
