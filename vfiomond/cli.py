@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -25,7 +26,24 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("file", metavar="FILE", help="dmesg or journalctl -k output; - for standard input")
     scan.add_argument("--json", action="store_true", help="one JSON object per splat")
     scan.add_argument("--kernel", metavar="VERSION", help="kernel version of the log, for splats that do not say")
+    doctor = sub.add_parser("doctor", help="report on this host for a person; exit 1 if anything needs attention")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
     return p
+
+
+def _doctor(as_json: bool) -> int:
+    from vfiomond import doctor
+
+    checks = doctor.run_checks()
+    if as_json:
+        print(json.dumps({"checks": [c._asdict() for c in checks], "root": os.geteuid() == 0}, indent=2))
+    else:
+        marks = {doctor.OK: "ok", doctor.ATTENTION: "!!", doctor.UNKNOWN: "??"}
+        for c in checks:
+            print("[%s] %-22s %s" % (marks[c.status], c.name, c.detail))
+        if os.geteuid() != 0:
+            print("(not root: some checks could not see everything)")
+    return doctor.exit_status(checks)
 
 
 def _scan_log(path: str, as_json: bool, kernel: Optional[str]) -> int:
@@ -89,6 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "check":
             return _check(args.json)
+        if args.command == "doctor":
+            return _doctor(args.json)
         if args.command == "scan-log":
             return _scan_log(args.file, args.json, args.kernel)
         cfg = configmod.load(args.config)

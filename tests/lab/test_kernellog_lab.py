@@ -56,3 +56,28 @@ def test_advisories_for_the_running_kernel(log_run, scrape, journal):
     assert found == ADVISORIES[log_run.suite]
     announced = {e["ADVISORY_ID"] for e in journal if e.get("MESSAGE_ID") == KERNEL_ADVISORY_ID}
     assert announced == set(ADVISORIES[log_run.suite])
+
+
+def doctor_report(run, name):
+    with open(os.path.join(run.out, name)) as f:
+        return {c["name"]: c for c in json.load(f)["checks"]}
+
+
+def test_doctor_in_the_guest_tells_the_truth(log_run):
+    checks = doctor_report(log_run, "doctor.json")
+    assert checks["iommu"]["status"] == "ok" and "dmar" in checks["iommu"]["detail"]
+    assert checks["interrupt remapping"]["status"] == "ok"  # intel-iommu,intremap=on
+    assert checks["vfio modules"]["status"] == "ok" and "vfio_iommu_type1" in checks["vfio modules"]["detail"]
+    assert checks["vfio devices"]["detail"].count("vfio-pci group") == 2
+    assert checks["kprobes"]["status"] == "ok"
+    assert checks["bcc"]["status"] == "ok"
+    assert checks["probes"]["status"] == "ok"
+    assert set(ADVISORIES[log_run.suite]) <= set(checks["advisories"]["detail"].replace(";", " ").replace("(", " ").split())
+    with open(os.path.join(log_run.out, "doctor.rc")) as f:
+        assert f.read().strip() == "1"  # the advisories need attention
+
+
+def test_doctor_without_root_says_what_it_could_not_see(log_run):
+    checks = doctor_report(log_run, "doctor-nobody.json")
+    assert checks["memlock"]["status"] == "unknown" and "root" in checks["memlock"]["detail"]
+    assert checks["iommu"]["status"] == "ok"

@@ -53,6 +53,9 @@ step "systemd-journald running"
 
 export PYTHONPATH=$src PYTHONUNBUFFERED=1
 python3 -m vfiomond check >"$out/check.txt" 2>&1
+python3 -m vfiomond doctor --json >"$out/doctor.json" 2>"$out/doctor.err"
+echo $? >"$out/doctor.rc"
+setpriv --reuid=65534 --regid=65534 --clear-groups python3 -m vfiomond doctor --json >"$out/doctor-nobody.json" 2>"$out/doctor-nobody.err"
 # The symbols vfiomond looks for, as this kernel has them (for diagnosis).
 grep -E ' (vfio|iommufd|iopt|__account_locked_vm|remap_pfn_range|untrack_pfn|pfnmap_untrack)' /proc/kallsyms \
     | sort -k3 >"$out/kallsyms.txt"
