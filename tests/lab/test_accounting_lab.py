@@ -5,12 +5,9 @@ until the host has scraped, so the per-process gauges are compared with what
 its own /proc said after its last MAP_DMA.
 """
 
-import json
-import os
-
 import pytest
 
-from test_lab import Scrape, boot
+from test_lab import Scrape, boot, journal_entries
 
 MEMLOCK_REFUSED_ID = "8b0e5d4c2a1f4e3d9c7b6a5f4e3d2c1b"
 ENOMEM = 12
@@ -63,9 +60,7 @@ def test_refusal_is_counted(holder, scrape):
 
 
 def test_refusal_alert_has_the_numbers(memlock_run, holder):
-    with open(os.path.join(memlock_run.out, "journal.json")) as f:
-        entries = [json.loads(line) for line in f if line.strip()]
-    alerts = [e for e in entries if e.get("MESSAGE_ID") == MEMLOCK_REFUSED_ID]
+    alerts = journal_entries(memlock_run, MEMLOCK_REFUSED_ID)
     assert len(alerts) == 1, alerts
     a = alerts[0]
     assert a["PID"] == str(holder["pid"]) and a["COMM"] == "python3" and a["BACKEND"] == "type1"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from test_lab import Scrape, boot
+from test_lab import Scrape, boot, journal_entries
 
 KERNEL_SPLAT_ID = "c4d2e8f1a9b7460e8d3c5b2a1f0e9d8c"
 KERNEL_ADVISORY_ID = "5e7a9c1b3d2f4a6e8c0b1d3f5a7c9e2b"
@@ -29,20 +29,14 @@ def scrape(log_run):
     return Scrape(log_run.metrics)
 
 
-@pytest.fixture(scope="module")
-def journal(log_run):
-    with open(os.path.join(log_run.out, "journal.json")) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def test_splats_are_counted_and_attributed(scrape):
     assert scrape.one("vfiomond_kernel_events_total", kind="bug", site="mm/memory.c", known_issue="vfio-concurrent-bar-fault") == 1
     assert scrape.one("vfiomond_kernel_events_total", kind="oops", site="none", known_issue="none") == 1
     assert scrape.one("vfiomond_kernel_events_total", kind="memlock", site="none", known_issue="none") == 1
 
 
-def test_splat_alerts_carry_the_attribution(journal):
-    alerts = {e["KIND"]: e for e in journal if e.get("MESSAGE_ID") == KERNEL_SPLAT_ID}
+def test_splat_alerts_carry_the_attribution(log_run):
+    alerts = {e["KIND"]: e for e in journal_entries(log_run, KERNEL_SPLAT_ID)}
     assert set(alerts) == {"bug", "oops", "memlock"}
     bug = alerts["bug"]
     assert bug["VFIO"] == "1" and bug["PFNMAP"] == "1" and bug["KNOWN_ISSUE"] == "vfio-concurrent-bar-fault"
@@ -51,10 +45,10 @@ def test_splat_alerts_carry_the_attribution(journal):
     assert alerts["oops"]["VFIO"] == "0" and alerts["oops"]["KNOWN_ISSUE"] == ""
 
 
-def test_advisories_for_the_running_kernel(log_run, scrape, journal):
+def test_advisories_for_the_running_kernel(log_run, scrape):
     found = {s.labels["id"]: s.labels["status"] for s in scrape.samples if s.name == "vfiomond_kernel_advisory_info"}
     assert found == ADVISORIES[log_run.suite]
-    announced = {e["ADVISORY_ID"] for e in journal if e.get("MESSAGE_ID") == KERNEL_ADVISORY_ID}
+    announced = {e["ADVISORY_ID"] for e in journal_entries(log_run, KERNEL_ADVISORY_ID)}
     assert announced == set(ADVISORIES[log_run.suite])
 
 

@@ -5,6 +5,7 @@ image); every test then compares the scrape with what the scenario did.
 Needs root, QEMU and debootstrap (``make deps``).
 """
 
+import json
 import os
 import shutil
 
@@ -67,6 +68,13 @@ def boot(suite, scenario):
         with open(os.path.join(dest, "metrics.prom"), "w") as f:
             f.write(result.metrics)
     return result
+
+
+def journal_entries(run, message_id):
+    """The guest's journal entries from vfiomond with this MESSAGE_ID (journalctl -o json)."""
+    with open(os.path.join(run.out, "journal.json")) as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    return [e for e in entries if e.get("MESSAGE_ID") == message_id]
 
 
 @pytest.fixture(scope="module", params=sorted(EXPECTED_SYMBOLS))
