@@ -17,7 +17,7 @@ demo: deps
 	$(LAB) --demo
 
 lab: deps
-	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie METRICS_OUT=FILE [SCENARIO=standard] [EXTRA=DIR]"; exit 2; }
+	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie METRICS_OUT=FILE [SCENARIO=standard|pin-mismatch|memlock|kernel-log|idle] [EXTRA=DIR]"; exit 2; }
 	$(LAB) --metrics-out $(METRICS_OUT)
 
 # Unit tests, then the lab tests on both guest kernels.

@@ -83,23 +83,31 @@ def kprobes() -> Check:
     return Check("kprobes", ATTENTION, "not available: no kprobe PMU and no kprobe_events (kernel without CONFIG_KPROBES?); vfiomond can attach nothing")
 
 
+# Facts that read as unknown without root: kallsyms addresses and pagemap PFNs are hidden.
+_HIDDEN_FROM_USERS = ("VFIO_PCI_MMAP_OPS", "ZERO_PFN")
+
+
 def probes() -> Check:
     from vfiomond.daemon import probe_kernel
+    from vfiomond.probes import select
 
     try:
-        selections, _, _ = probe_kernel()
+        selections, facts, syms = probe_kernel()
     except Exception as e:  # kallsyms unreadable
         return Check("probes", UNKNOWN, str(e))
     have = [s.probe.name for s in selections if s.available]
-    missing = ["%s (%s)" % (s.probe.name, s.reason) for s in selections if not s.available]
+    missing = [s for s in selections if not s.available]
     status = OK if not missing else ATTENTION
-    only_hidden_facts = all(s.reason.startswith("unknown kernel fact") for s in selections if not s.available)
-    if missing and os.geteuid() != 0 and only_hidden_facts:
-        # Without root, kallsyms addresses and pagemap PFNs read as zero.
-        status = UNKNOWN
+    if missing and os.geteuid() != 0:
+        assumed = dict(facts, **{f: facts.get(f, 1) for f in _HIDDEN_FROM_USERS})
+        with_root = {s.probe.name for s in select(syms, assumed) if s.available}
+        if all(s.probe.name in with_root for s in missing):
+            status = UNKNOWN  # only what root could see stands in the way
     detail = "kernel symbols found for: %s" % (", ".join(have) or "none")
     if missing:
-        detail += "; not for: " + "; ".join(missing)
+        detail += "; not for: " + "; ".join("%s (%s)" % (s.probe.name, s.reason) for s in missing)
+    if status == UNKNOWN:
+        detail += " (not root: addresses and PFNs are hidden)"
     return Check("probes", status, detail)
 
 
