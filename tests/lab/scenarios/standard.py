@@ -3,7 +3,8 @@
 
 For each device (edu BAR0, ivshmem BAR2): type1v2 container; MAP_DMA 4 MiB
 read-write (touched) at IOVA 0x1000000 and 4 MiB read-only (never touched) at
-0x2000000; mmap the BAR; 4 threads touch it at once; a forked child touches
+0x2000000; mmap the BAR; 4 threads touch it at once (4 rounds, memory decode
+toggled between them); a forked child touches
 it; PCI_COMMAND memory decode off/on; touch again; munmap; UNMAP_DMA both;
 close.  Prints one JSON line describing what was done; exit 0 only if all ran.
 """
@@ -22,6 +23,10 @@ BUFFER = 4 * MIB
 RW_IOVA = 0x1000000
 RO_IOVA = 0x2000000
 THREADS = 4
+# Rounds of the 4-thread touch, memory decode toggled between them (vfio zaps
+# the BAR mapping, so each round faults again): one round alone does not always
+# overlap two faults under TCG.
+ROUNDS = 4
 BAR_NAMES = {0: "bar0", 1: "bar1", 2: "bar2", 3: "bar3", 4: "bar4", 5: "bar5"}
 
 
@@ -62,6 +67,13 @@ def touch_bar_in_child(addr, size, step):
     return os.waitstatus_to_exitcode(status)
 
 
+def toggle_memory_decode(device_fd, config):
+    """PCI_COMMAND memory decode off, then on: vfio zaps the BAR mappings."""
+    command = v.pci_command(device_fd, config)
+    v.set_pci_command(device_fd, config, command & ~v.PCI_COMMAND_MEMORY)
+    v.set_pci_command(device_fd, config, command | v.PCI_COMMAND_MEMORY)
+
+
 def exercise(dev):
     record = {
         "device": dev.bdf, "name": dev.name, "vendor_id": dev.vendor_id, "device_id": dev.device_id,
@@ -91,13 +103,15 @@ def exercise(dev):
 
     addr = v.mmap_device(device_fd, bar.size, bar.offset)
     step = max(v.PAGE, bar.size // 256)
-    record["touches_per_thread"] = touch_bar_concurrently(addr, bar.size, step)
+    for round_ in range(ROUNDS):
+        if round_:
+            toggle_memory_decode(device_fd, config)
+        record["touches_per_thread"] = touch_bar_concurrently(addr, bar.size, step)
+    record["concurrent_rounds"] = ROUNDS
     record["fork_child_status"] = touch_bar_in_child(addr, bar.size, step)
     if record["fork_child_status"] != 0:
         raise RuntimeError("the forked child failed to touch the BAR")
-    command = v.pci_command(device_fd, config)
-    v.set_pci_command(device_fd, config, command & ~v.PCI_COMMAND_MEMORY)
-    v.set_pci_command(device_fd, config, command | v.PCI_COMMAND_MEMORY)
+    toggle_memory_decode(device_fd, config)
     record["command_toggled"] = True
     v.read_strided(addr, bar.size, step)
     v.munmap(addr, bar.size)
