@@ -49,7 +49,10 @@ def test_metrics_report_the_divergence(pin_run, scrape):
     assert scrape.one("vfiomond_pin_verifications_total") > 0
     if pin_run.suite == "bookworm":
         assert mismatches >= 1 and zero_pins >= 1
-        assert scrape.one("vfiomond_alerts_total", kind="pin_mismatch") == mismatches
+        # One alert per newly diverged sample, 10 a minute at most: the rest are counted.
+        sent = scrape.one("vfiomond_alerts_total", kind="pin_mismatch")
+        assert sent >= 1
+        assert sent + scrape.one("vfiomond_alerts_suppressed_total", kind="pin_mismatch") == mismatches
     else:
         assert mismatches == 0 and zero_pins == 0
         assert scrape.one("vfiomond_alerts_total", kind="pin_mismatch") == 0
