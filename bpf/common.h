@@ -13,6 +13,24 @@
 
 BPF_ARRAY(lost_events, u64, 1);
 
+/* Kernel facts that change when the vfio modules load or unload, written by
+ * the daemon (RUNTIME_FACTS in vfiomond/bpfload.py, same order). */
+enum kernel_fact {
+    FACT_VFIO_PCI_MMAP_OPS = 0,  /* address of vfio_pci_mmap_ops, 0 if not loaded */
+    FACT_VFIO_PGOFF_IS_PFN = 1,  /* a BAR vma's vm_pgoff is the BAR's PFN (up to 6.9) */
+    FACT_TYPE1_IOCTL_MAP = 2,    /* the type1 ioctl hook measures MAP_DMA */
+    FACT_TYPE1_IOCTL_UNMAP = 3,  /* ... and UNMAP_DMA */
+    KERNEL_FACTS = 4,
+};
+
+BPF_ARRAY(kernel_facts, u64, KERNEL_FACTS);
+
+static __always_inline u64 kernel_fact(int index)
+{
+    u64 *v = kernel_facts.lookup(&index);
+    return v ? *v : 0;
+}
+
 static __always_inline void count_lost(void)
 {
     int zero = 0;

@@ -1,7 +1,7 @@
 /* Probe area "faults": vfio-pci BAR mmap faults, remap_pfn_range, PAT untrack.
- * Python side: vfiomond/faults.py.  Kernel facts (-D, see vfiomond/probes.py):
- *   VFIO_PGOFF_IS_PFN   vm_pgoff of a BAR vma is the BAR's PFN (up to 6.9)
- *   VFIO_PCI_MMAP_OPS   address of vfio_pci_mmap_ops (to recognise BAR vmas)
+ * Python side: vfiomond/faults.py.  Kernel facts (kernel_facts map, common.h):
+ *   FACT_VFIO_PGOFF_IS_PFN   vm_pgoff of a BAR vma is the BAR's PFN (up to 6.9)
+ *   FACT_VFIO_PCI_MMAP_OPS   address of vfio_pci_mmap_ops (to recognise BAR vmas)
  */
 #include <linux/mm.h>
 #include <linux/pci.h>
@@ -60,7 +60,12 @@ static __always_inline void vma_device(struct vm_area_struct *vma, char *device,
 
     bpf_probe_read_kernel(&pgoff, sizeof(pgoff), &vma->vm_pgoff);
     *region = REGION_UNKNOWN;
-#ifdef VFIO_PGOFF_IS_PFN
+    if (!kernel_fact(FACT_VFIO_PGOFF_IS_PFN)) {
+        u64 index = (u64)pgoff >> (VFIO_PCI_OFFSET_SHIFT - PAGE_SHIFT);
+        if (index < REGION_UNKNOWN)
+            *region = index;
+        return;
+    }
     if (!pdev)
         return;
     u64 addr = (u64)pgoff << PAGE_SHIFT;
@@ -74,11 +79,6 @@ static __always_inline void vma_device(struct vm_area_struct *vma, char *device,
             return;
         }
     }
-#else
-    u64 index = (u64)pgoff >> (VFIO_PCI_OFFSET_SHIFT - PAGE_SHIFT);
-    if (index < REGION_UNKNOWN)
-        *region = index;
-#endif
 }
 
 static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
@@ -235,19 +235,18 @@ BPF_HASH(pat_untrack, struct device_key, u64, 256);
 int on_untrack_pfn(struct pt_regs *ctx)
 {
     u64 zero = 0;
-#ifdef VFIO_PCI_MMAP_OPS
+    u64 vfio_ops = kernel_fact(FACT_VFIO_PCI_MMAP_OPS);
     struct vm_area_struct *vma = (struct vm_area_struct *)PT_REGS_PARM1(ctx);
     const void *ops = NULL;
-    if (!vma)
+    if (!vma || !vfio_ops)
         return 0;
     bpf_probe_read_kernel(&ops, sizeof(ops), &vma->vm_ops);
-    if ((u64)ops != (u64)VFIO_PCI_MMAP_OPS)
+    if ((u64)ops != vfio_ops)
         return 0;
     struct device_key dk = {};
     u8 region;
     vma_device(vma, dk.device, &region);
     add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1);
-#endif
     return 0;
 }
 

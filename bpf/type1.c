@@ -213,22 +213,19 @@ int on_dma_return(struct pt_regs *ctx)
 /* Fallback where vfio_dma_do_map/unmap are inlined (Debian's 6.1):
  * vfio_iommu_type1_ioctl(iommu_data, unsigned int cmd, unsigned long arg) is
  * in the driver ops table, so it always exists; arg is the user's struct.
- * TYPE1_IOCTL_MAP / TYPE1_IOCTL_UNMAP are defined by the probe selection. */
+ * The kernel facts FACT_TYPE1_IOCTL_MAP / _UNMAP say which commands it measures
+ * (the variants chosen by the probe selection). */
 int on_type1_ioctl(struct pt_regs *ctx)
 {
     unsigned int cmd = (unsigned int)PT_REGS_PARM2(ctx);
     u64 arg = PT_REGS_PARM3(ctx);
-#ifdef TYPE1_IOCTL_MAP
-    if (cmd == VFIO_IOMMU_MAP_DMA) {
+    if (cmd == VFIO_IOMMU_MAP_DMA && kernel_fact(FACT_TYPE1_IOCTL_MAP)) {
         struct vfio_iommu_type1_dma_map map = {};
         bpf_probe_read_user(&map, sizeof(map), (void *)arg);
         return dma_enter(OP_MAP, &map, 0, 1);
     }
-#endif
-#ifdef TYPE1_IOCTL_UNMAP
-    if (cmd == VFIO_IOMMU_UNMAP_DMA)
+    if (cmd == VFIO_IOMMU_UNMAP_DMA && kernel_fact(FACT_TYPE1_IOCTL_UNMAP))
         return dma_enter(OP_UNMAP, NULL, arg, 1);
-#endif
     return 0;
 }
 

@@ -7,11 +7,11 @@ turns that into an error.
 
 import logging
 import os
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from vfiomond import faults, type1
 from vfiomond.errors import VfiomondError
-from vfiomond.probes import Selected
+from vfiomond.probes import PROBES, Selected
 
 log = logging.getLogger("vfiomond")
 
@@ -45,29 +45,125 @@ class ProbeStatus(NamedTuple):
     detail: str  # symbols attached, or why not
 
 
+# Kernel facts the BPF programs read at run time from the kernel_facts array
+# (enum kernel_fact in bpf/common.h): they change when vfio modules load.
+RUNTIME_FACTS = ("VFIO_PCI_MMAP_OPS", "VFIO_PGOFF_IS_PFN", "TYPE1_IOCTL_MAP", "TYPE1_IOCTL_UNMAP")
+
+HookKey = Tuple[str, str, str]  # (area, "k" or "r", symbol)
+
+
+class _Attached(NamedTuple):
+    fn: str
+    module: str
+    address: int
+
+
 class Program:
-    """The compiled BCC programs (one, or one per area after a compile failure)."""
+    """The compiled BCC programs (one, or one per area after a compile failure),
+    and which probes are attached to them now.
+
+    ``apply`` makes the attachments match a probe selection, so the daemon calls
+    it again whenever kernel modules come or go.
+    """
 
     def __init__(self, programs: Dict[str, object]):
         self._programs = programs  # area -> BPF object
+        self._hooks: Dict[HookKey, _Attached] = {}
+        self.statuses: List[ProbeStatus] = []  # replaced by apply; read by the HTTP thread
 
     def tables(self, area: str) -> Callable[[str], object]:
         bpf = self._programs[area]
         return lambda name: bpf.get_table(name)
 
+    def _distinct(self) -> List[object]:
+        return list({id(b): b for b in self._programs.values()}.values())
+
     def lost_events(self) -> int:
         import ctypes
 
-        seen, total = set(), 0
-        for bpf in self._programs.values():
-            if id(bpf) in seen:
-                continue
-            seen.add(id(bpf))
-            total += bpf.get_table("lost_events")[ctypes.c_int(0)].value
-        return total
+        return sum(bpf.get_table("lost_events")[ctypes.c_int(0)].value for bpf in self._distinct())
 
     def areas(self) -> List[str]:
         return list(self._programs)
+
+    def attached(self) -> Set[str]:
+        return {s.name for s in self.statuses if s.attached}
+
+    def apply(self, selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str],
+              gone_modules: Iterable[str] = ()) -> List[ProbeStatus]:
+        """Attach the selected probes and detach what no selection wants any more.
+
+        A hook into a module named in ``gone_modules`` (unloaded since the last
+        call) is detached and attached again, even when the module came back
+        at the same address: the kernel drops kprobes of an unloaded module.
+        Returns the statuses in probe-table order (also kept in ``statuses``).
+        """
+        gone = set(gone_modules)
+        usable = [s for s in selections if s.available and s.probe.name not in disabled and s.probe.area in self._programs]
+        wanted = {key: att for s in usable for key, att in _hook_keys(s)}
+        for key, att in list(self._hooks.items()):
+            if wanted.get(key) != att or att.module in gone:
+                self._detach(key)
+        self._set_facts(facts, usable)
+        statuses = []
+        for sel in selections:
+            name = sel.probe.name
+            if name in disabled:
+                statuses.append(ProbeStatus(name, False, "disabled in the configuration"))
+            elif not sel.available:
+                statuses.append(ProbeStatus(name, False, sel.reason))
+            elif sel.probe.area not in self._programs:
+                statuses.append(ProbeStatus(name, False, "BPF program of area %s did not compile" % sel.probe.area))
+            else:
+                err = self._attach(sel)
+                if err:
+                    statuses.append(ProbeStatus(name, False, "attach failed: " + err))
+                else:
+                    statuses.append(ProbeStatus(name, True, ",".join(dict.fromkeys(sym.name for _, sym in sel.hooks))))
+        self.statuses = statuses
+        return statuses
+
+    def _set_facts(self, facts: Dict[str, int], usable: Sequence[Selected]) -> None:
+        import ctypes
+
+        values = dict(facts)
+        for sel in usable:
+            values.update((d, 1) for d in sel.variant.defines)
+        for bpf in self._distinct():
+            table = bpf.get_table("kernel_facts")
+            for i, name in enumerate(RUNTIME_FACTS):
+                table[ctypes.c_int(i)] = ctypes.c_ulonglong(values.get(name, 0))
+
+    def _attach(self, sel: Selected) -> Optional[str]:
+        """Attach every hook of a probe not attached yet; None on success, else the
+        error (and the hooks attached by this call are detached again)."""
+        bpf = self._programs[sel.probe.area]
+        new = []
+        try:
+            for key, att in _hook_keys(sel):
+                if key in self._hooks:
+                    continue  # shared: the type1 ioctl serves map and unmap
+                _, kind, symbol = key
+                if kind == "k":
+                    bpf.attach_kprobe(event=symbol, fn_name=att.fn)
+                else:
+                    bpf.attach_kretprobe(event=symbol, fn_name=att.fn)
+                self._hooks[key] = att
+                new.append(key)
+        except Exception as e:
+            for key in new:
+                self._detach(key)
+            return _first_line(e)
+        return None
+
+    def _detach(self, key: HookKey) -> None:
+        area, kind, symbol = key
+        att = self._hooks.pop(key)
+        bpf = self._programs[area]
+        try:
+            (bpf.detach_kprobe if kind == "k" else bpf.detach_kretprobe)(event=symbol, fn_name=att.fn)
+        except Exception as e:  # the kernel may have dropped it with its module
+            log.debug("detaching %s %s: %s", kind, symbol, _first_line(e))
 
     def open_ring_buffer(self, area: str, table: str, callback: Callable[[bytes], None]) -> None:
         """Call ``callback(raw bytes)`` for each record of a BPF_RINGBUF_OUTPUT table."""
@@ -94,6 +190,10 @@ class Program:
                 pass
         return len(gone)
 
+    def forget_device(self, device: str) -> int:
+        """Delete the map entries of a PCI device that left its VFIO driver."""
+        return faults.forget_device(self.tables("faults"), device)
+
     def poll(self, timeout_ms: int) -> None:
         """Deliver ring-buffer records (waits up to ``timeout_ms``)."""
         bpf = getattr(self, "_polled", None)
@@ -101,11 +201,15 @@ class Program:
             bpf.ring_buffer_poll(timeout_ms)
 
     def close(self) -> None:
-        seen = set()
-        for bpf in self._programs.values():
-            if id(bpf) not in seen:
-                seen.add(id(bpf))
-                bpf.cleanup()
+        for bpf in self._distinct():
+            bpf.cleanup()
+
+
+def _hook_keys(sel: Selected) -> Iterator[Tuple[HookKey, _Attached]]:
+    for hook, sym in sel.hooks:
+        for kind, fn in (("k", hook.entry), ("r", hook.ret)):
+            if fn:
+                yield (sel.probe.area, kind, sym.name), _Attached(fn, sym.module, sym.address)
 
 
 def _source(areas: Sequence[str]) -> str:
@@ -115,9 +219,8 @@ def _source(areas: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
-def _cflags(facts: Dict[str, int], defines: Sequence[str]) -> List[str]:
-    flags = ["-D%s=%#x" % (k, v) for k, v in sorted(facts.items())]
-    return flags + ["-D%s=1" % d for d in sorted(set(defines))] + ["-Wno-macro-redefined"]
+def _cflags(facts: Dict[str, int]) -> List[str]:
+    return ["-D%s=%#x" % (k, v) for k, v in sorted(facts.items())] + ["-Wno-macro-redefined"]
 
 
 def _compile(BPF, areas: Sequence[str], cflags: List[str]) -> Dict[str, object]:
@@ -141,58 +244,16 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _attach(bpf, sel: Selected, shared: set) -> Optional[str]:
-    """Attach every hook of a selected probe; None on success, else the error.
+def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str]) -> Program:
+    """Compile every area that has a probe not disabled, whatever this kernel
+    offers now (modules may load later), and attach the selected probes.
 
-    ``shared`` holds the (kind, symbol) pairs already attached in this program:
-    two probes may share a hook (the type1 ioctl fallback serves map and unmap).
+    ``facts``: RUNTIME_FACTS go to the kernel_facts map, the others (ZERO_PFN,
+    PIN_SAMPLES) are compiled in as -D defines.
     """
-    done = []
-    try:
-        for hook, sym in sel.hooks:
-            for kind, fn in (("k", hook.entry), ("r", hook.ret)):
-                if not fn or (kind, sym.name) in shared:
-                    continue
-                if kind == "k":
-                    bpf.attach_kprobe(event=sym.name, fn_name=fn)
-                else:
-                    bpf.attach_kretprobe(event=sym.name, fn_name=fn)
-                done.append((kind, sym.name))
-                shared.add((kind, sym.name))
-    except Exception as e:
-        for kind, name in done:
-            shared.discard((kind, name))
-            try:
-                (bpf.detach_kprobe if kind == "k" else bpf.detach_kretprobe)(event=name)
-            except Exception:
-                pass
-        return _first_line(e)
-    return None
-
-
-def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str]):
-    """Compile and attach. Returns (Program, [ProbeStatus]) in probe-table order."""
     BPF = import_bcc()
-    wanted = [s for s in selections if s.available and s.probe.name not in disabled]
-    areas = list(dict.fromkeys(s.probe.area for s in wanted))
-    defines = [d for s in wanted for d in s.variant.defines]
-    programs = _compile(BPF, areas, _cflags(facts, defines)) if areas else {}
-    shared: Dict[int, set] = {}
-    statuses = []
-    for sel in selections:
-        name = sel.probe.name
-        if name in disabled:
-            statuses.append(ProbeStatus(name, False, "disabled in the configuration"))
-        elif not sel.available:
-            statuses.append(ProbeStatus(name, False, sel.reason))
-        elif sel.probe.area not in programs:
-            statuses.append(ProbeStatus(name, False, "BPF program of area %s did not compile" % sel.probe.area))
-        else:
-            bpf = programs[sel.probe.area]
-            err = _attach(bpf, sel, shared.setdefault(id(bpf), set()))
-            if err:
-                statuses.append(ProbeStatus(name, False, "attach failed: " + err))
-            else:
-                symbols = ",".join(dict.fromkeys(sym.name for _, sym in sel.hooks))
-                statuses.append(ProbeStatus(name, True, symbols))
-    return Program(programs), statuses
+    areas = list(dict.fromkeys(p.area for p in PROBES if p.name not in disabled))
+    compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS}
+    program = Program(_compile(BPF, areas, _cflags(compiled)) if areas else {})
+    program.apply(selections, facts, disabled)
+    return program

@@ -6,25 +6,24 @@ area costs its own ``vfiomond_scrape_collector_success`` 0, not the scrape.
 
 import logging
 import time
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vfiomond import __version__
-from vfiomond.bpfload import AREAS, Program, ProbeStatus
+from vfiomond.bpfload import AREAS, Program
 
 log = logging.getLogger("vfiomond")
 
 
 class VfiomondCollector:
-    def __init__(self, program: Program, statuses: Sequence[ProbeStatus], kernel: str, detectors=(), alerts=None):
-        """``detectors``: objects whose ``families()`` yield their own metric families."""
+    def __init__(self, program: Program, kernel: str, detectors=(), alerts=None):
+        """``detectors``: objects whose ``families()`` yield their own metric families.
+        Probe statuses are read from ``program`` at each scrape: modules come and go."""
         self.program = program
         self.detectors = list(detectors)
         self.alerts = alerts
-        self.statuses = list(statuses)
         self.kernel = kernel
-        self.attached = {s.name for s in statuses if s.attached}
         self._failed_before = set()
 
     def collect(self) -> Iterator:
@@ -37,7 +36,8 @@ class VfiomondCollector:
         symbols = GaugeMetricFamily(
             "vfiomond_probe_info", "Kernel symbols an attached probe uses.", labels=["probe", "symbols"]
         )
-        for s in self.statuses:
+        statuses = self.program.statuses
+        for s in statuses:
             attached.add_metric([s.name], 1 if s.attached else 0)
             if s.attached:
                 symbols.add_metric([s.name, s.detail], 1)
@@ -55,7 +55,7 @@ class VfiomondCollector:
             ok = 1
             try:
                 module = AREAS[area]
-                fams = list(module.families(module.read(self.program.tables(area)), self.attached))
+                fams = list(module.families(module.read(self.program.tables(area)), {s.name for s in statuses if s.attached}))
             except Exception as e:  # one area must not fail the scrape
                 ok, fams = 0, []
                 if area not in self._failed_before:

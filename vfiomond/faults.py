@@ -199,3 +199,23 @@ def families(snap: FaultSnapshot, attached: Set[str]) -> Iterator:
         for device, n in sorted(snap.untrack.items()):
             c.add_metric([device], n)
         yield c
+
+
+# Maps whose keys carry a PCI address (struct device_key / bar_fault_key).
+DEVICE_TABLES = ("bar_fault_hist", "bar_fault_sum", "bar_faults_concurrent", "pat_untrack")
+
+
+def forget_device(tables, device: str) -> int:
+    """Delete every entry of ``device`` (a PCI address) from the area's maps, so
+    that a device unbound from its VFIO driver or removed leaves no series.
+    Returns the entries deleted."""
+    deleted = 0
+    for name in DEVICE_TABLES:
+        table = tables(name)
+        for k in [k for k in list(table.keys()) if _cstr(k.device) == device]:
+            try:
+                del table[k]
+                deleted += 1
+            except KeyError:
+                pass
+    return deleted

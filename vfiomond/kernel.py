@@ -11,6 +11,7 @@ import re
 from typing import Dict, Iterable, NamedTuple, Optional, Set
 
 KALLSYMS = "/proc/kallsyms"
+PROC_MODULES = "/proc/modules"
 
 # <name>.<suffix>.<N>, e.g. vfio_lock_acct.part.0; .cold is never an entry point.
 _VARIANT = re.compile(r"^(?P<base>[^.]+)\.(?:part|isra|constprop|lto_priv)\.\d+(?:\.(?:part|isra|constprop)\.\d+)*$")
@@ -30,12 +31,14 @@ class Kallsyms:
         self._symbols = symbols
 
     @classmethod
-    def parse(cls, lines: Iterable[str], wanted: Set[str]) -> "Kallsyms":
-        """Keep the lines whose name, or base name before a GCC suffix, is in ``wanted``.
+    def parse(cls, lines: Iterable[str], wanted: Set[str], skip_modules: Iterable[str] = ()) -> "Kallsyms":
+        """Keep the lines whose name, or base name before a GCC suffix, is in ``wanted``,
+        except those of ``skip_modules``.
 
         Lines look like ``ffffffffc0a01230 t vfio_pci_mmap_fault\\t[vfio_pci_core]``.
         Memory stays proportional to ``wanted``, not to the ~200k kernel symbols.
         """
+        skip = set(skip_modules)
         found: Dict[str, Symbol] = {}
         for line in lines:
             parts = line.split()
@@ -48,6 +51,8 @@ class Kallsyms:
             if name != base and not _VARIANT.match(name):
                 continue  # .cold and other non-entry parts
             module = parts[3].strip("[]") if len(parts) > 3 else ""
+            if module in skip:
+                continue
             try:
                 address = int(parts[0], 16)
             except ValueError:
@@ -57,9 +62,10 @@ class Kallsyms:
 
     @classmethod
     def read(cls, wanted: Set[str], path: str = KALLSYMS) -> "Kallsyms":
-        """Read ``path``; raises OSError when it cannot be read."""
+        """Read ``path``, leaving out modules being unloaded (their symbols go
+        last); raises OSError when it cannot be read."""
         with open(path, encoding="ascii", errors="replace") as f:
-            return cls.parse(f, wanted)
+            return cls.parse(f, wanted, unloading_modules())
 
     def function(self, name: str, allow_variants: bool) -> Optional[Symbol]:
         """The text symbol to attach to for ``name``: the exact one, else (when
@@ -81,6 +87,15 @@ class Kallsyms:
         """Address of a symbol (0 if absent or hidden by kptr_restrict)."""
         sym = self._symbols.get(name)
         return sym.address if sym else 0
+
+
+def unloading_modules(path: str = PROC_MODULES) -> Set[str]:
+    """Modules in state "Unloading" in /proc/modules (name size refs deps state address)."""
+    try:
+        with open(path) as f:
+            return {p[0] for p in (line.split() for line in f) if len(p) > 4 and p[4] == "Unloading"}
+    except OSError:
+        return set()
 
 
 def release() -> str:

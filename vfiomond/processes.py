@@ -7,7 +7,9 @@ A VFIO user is a process with /dev/vfio/vfio, /dev/vfio/N, /dev/vfio/devices/vfi
 import math
 import os
 import re
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional
+import threading
+import time
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -89,14 +91,39 @@ def vfio_files(pid: int, proc: str = "/proc") -> Optional[List[str]]:
     return found
 
 
-def is_vfio_user(pid: int, proc: str = "/proc") -> bool:
-    return bool(vfio_files(pid, proc))
-
-
-def vfio_users(proc: str = "/proc") -> Iterator[int]:
+def open_vfio_files(proc: str = "/proc") -> Dict[int, List[str]]:
+    """pid -> the VFIO / iommufd character devices it has open, for every VFIO user."""
+    out = {}
     for entry in os.listdir(proc):
-        if entry.isdigit() and is_vfio_user(int(entry), proc):
-            yield int(entry)
+        if entry.isdigit():
+            files = vfio_files(int(entry), proc)
+            if files:
+                out[int(entry)] = files
+    return out
+
+
+class _Recent:
+    """``fn()``'s result reused for ``max_age`` seconds: one /proc scan serves a
+    whole scrape (per-process series and device users both need it)."""
+
+    def __init__(self, fn: Callable[[], Dict[int, List[str]]], max_age: float):
+        self._fn, self._max_age = fn, max_age
+        self._lock = threading.Lock()
+        self._at, self._value = -math.inf, {}
+
+    def __call__(self) -> Dict[int, List[str]]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at > self._max_age:
+                self._value, self._at = self._fn(), now
+            return self._value
+
+
+recent_vfio_files = _Recent(open_vfio_files, 1.0)
+
+
+def vfio_users() -> List[int]:
+    return sorted(recent_vfio_files())
 
 
 class ProcessInfo(NamedTuple):

@@ -64,7 +64,7 @@ def test_families_per_process():
 
 
 def test_vfio_files_from_a_proc_tree(tmp_path):
-    from vfiomond.processes import is_vfio_user, vfio_files
+    from vfiomond.processes import open_vfio_files, vfio_files
 
     fd = tmp_path / "7" / "fd"
     fd.mkdir(parents=True)
@@ -73,5 +73,5 @@ def test_vfio_files_from_a_proc_tree(tmp_path):
     (fd / "5").symlink_to("/dev/null")
     (tmp_path / "8" / "fd").mkdir(parents=True)
     assert sorted(vfio_files(7, str(tmp_path))) == ["/dev/vfio/12", "/dev/vfio/vfio"]
-    assert is_vfio_user(7, str(tmp_path)) and not is_vfio_user(8, str(tmp_path))
+    assert open_vfio_files(str(tmp_path)) == {7: vfio_files(7, str(tmp_path))}  # 8 uses no VFIO
     assert vfio_files(9, str(tmp_path)) is None  # gone

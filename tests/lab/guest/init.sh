@@ -25,19 +25,20 @@ nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
 [ -n "$nic" ] && ip link set "$nic" up && ip addr add 10.0.2.15/24 dev "$nic" || fail "no network interface"
 step "booted $(uname -r)"
 
-modprobe vfio_iommu_type1 && modprobe vfio-pci || fail "modprobe vfio-pci"
-for dev in /sys/bus/pci/devices/*; do
-    case "$(cat "$dev/vendor"):$(cat "$dev/device")" in
-        0x1234:0x11e8|0x1af4:0x1110) ;;
-        *) continue ;;
-    esac
-    bdf=${dev##*/}
-    [ -e "$dev/driver" ] && echo "$bdf" >"$dev/driver/unbind"
-    echo vfio-pci >"$dev/driver_override"
-    echo "$bdf" >/sys/bus/pci/drivers_probe
-    [ "$(basename "$(readlink "$dev/driver")")" = vfio-pci ] || fail "binding $bdf to vfio-pci"
-    step "bound $bdf to vfio-pci, IOMMU group $(basename "$(readlink "$dev/iommu_group")")"
-done
+# Real udev: vfiomond follows devices and modules through its events.
+/lib/systemd/systemd-udevd --daemon >"$out/udevd.log" 2>&1 || fail "systemd-udevd did not start"
+udevadm trigger --type=subsystems --action=add
+udevadm trigger --type=devices --action=add
+udevadm settle --timeout=120 || step "udevadm settle timed out"
+step "systemd-udevd running"
+
+# The scenario "hotplug" loads the vfio modules and binds the devices itself,
+# after vfiomond has started.
+if [ "$scenario" = hotplug ]; then
+    step "vfio modules left unloaded for the scenario"
+else
+    "$src/tests/lab/guest/bind.sh" || fail "binding the lab devices to vfio-pci"
+fi
 
 # A real journal for vfiomond's alerts (no systemd as PID 1 here).
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -71,7 +72,7 @@ until grep -q "serving /metrics" "$out/vfiomond.log"; do
 done
 step "vfiomond ready"
 
-python3 "$src/tests/lab/scenarios/$scenario.py" >"$out/scenario.json" 2>"$out/scenario.log"
+VFIOMOND_PID=$daemon VFIOMOND_PORT=$port python3 "$src/tests/lab/scenarios/$scenario.py" >"$out/scenario.json" 2>"$out/scenario.log"
 echo $? >"$out/scenario.rc"
 step "scenario $scenario exit $(cat "$out/scenario.rc")"
 if [ -x /lab/extra/run ]; then
