@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install, from the distribution, what vfiomond's tests and lab need on a
-# Debian-like host (root). Already installed packages are left alone.
+# Debian-like host (root); prometheus brings promtool for the alert rules.
+# Already installed packages are left alone.
 set -eu
-packages="python3 python3-prometheus-client python3-pytest qemu-system-x86 qemu-utils debootstrap debian-archive-keyring e2fsprogs zstd"
+packages="python3 python3-prometheus-client python3-pytest prometheus qemu-system-x86 qemu-utils debootstrap debian-archive-keyring e2fsprogs zstd"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -11,7 +11,7 @@ hardware database properties ``ID_VENDOR_FROM_DATABASE`` / ``ID_MODEL_FROM_DATAB
 import logging
 import os
 import queue
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 from prometheus_client.core import GaugeMetricFamily
 
@@ -96,11 +96,12 @@ class Inventory:
 
     def __init__(self) -> None:
         self.devices: Dict[str, VfioDevice] = {}
+        self._names: Dict[Tuple[str, str], Tuple[str, str]] = {}  # (vendor, device) IDs -> hwdb names
 
     def apply(self, event: UdevEvent) -> Optional[Change]:
         if event.subsystem != "pci":
             return None
-        dev = None if event.action == "remove" else record(event.name, event.facts)
+        dev = None if event.action == "remove" else record(event.name, self._named(event.facts))
         old = self.devices.get(event.name)
         if dev is None:
             if old is None:
@@ -113,6 +114,17 @@ class Inventory:
             return None
         self.devices = dict(self.devices, **{event.name: dev})
         return Change("added" if old is None else "changed", dev)
+
+    def _named(self, facts: Mapping[str, str]) -> Mapping[str, str]:
+        """Hardware-database names come with some events only (not with unbind):
+        remember them per vendor and device ID so that labels never flap."""
+        ids = (facts.get("vendor", ""), facts.get("device", ""))
+        names = (facts.get("vendor_name", ""), facts.get("model_name", ""))
+        if any(names):
+            self._names[ids] = names
+            return facts
+        known = self._names.get(ids)
+        return dict(facts, vendor_name=known[0], model_name=known[1]) if known else facts
 
     def users(self, open_files: Mapping[int, Iterable[str]]) -> Dict[str, int]:
         """PCI address -> processes that have its IOMMU group or its cdev open."""
@@ -176,8 +188,11 @@ def read_facts(sys_path: str, properties: Mapping[str, str]) -> Dict[str, str]:
     if not os.path.isdir(sys_path):
         return {}
     group = _link_name(os.path.join(sys_path, "iommu_group"))
+    # vfio-dev/vfioN exists from 6.1; it is a character device (has "dev") only
+    # with CONFIG_VFIO_DEVICE_CDEV (6.6+).
     try:
-        cdevs = sorted(os.listdir(os.path.join(sys_path, "vfio-dev")))
+        cdevs = sorted(n for n in os.listdir(os.path.join(sys_path, "vfio-dev"))
+                       if os.path.exists(os.path.join(sys_path, "vfio-dev", n, "dev")))
     except OSError:
         cdevs = []
     return {

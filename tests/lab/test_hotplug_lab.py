@@ -1,0 +1,122 @@
+"""Scenario "hotplug" on both guest kernels: vfiomond starts before the vfio
+modules; they load, the devices bind, the standard workload runs; a device is
+unbound and bound again; the modules are removed and loaded again.  One daemon
+process throughout (tests/lab/scenarios/hotplug.py saves a scrape per phase).
+"""
+
+import os
+
+import pytest
+
+from test_lab import EXPECTED_SYMBOLS, MIB, PAGE, Scrape, boot
+
+VFIO_MODULE_PROBES = ("bar_fault", "pat_untrack", "dma_map", "dma_unmap", "pin_pages", "zero_page_pins", "unpin_pages",
+                      "locked_vm_charge")
+
+
+@pytest.fixture(scope="module", params=sorted(EXPECTED_SYMBOLS))
+def run(request):
+    return boot(request.param, "hotplug")
+
+
+@pytest.fixture(scope="module")
+def phase(run):
+    def read(name):
+        with open(os.path.join(run.out, "scrapes", name + ".prom")) as f:
+            return Scrape(f.read())
+
+    return read
+
+
+def devices(scrape):
+    return {s.labels["device"]: s.labels for s in scrape.samples if s.name == "vfiomond_device_info"}
+
+
+def fault_devices(scrape):
+    return {dict(labels)["device"] for labels in scrape.series("vfiomond_bar_fault_duration_seconds")}
+
+
+def attached(scrape):
+    return {s.labels["probe"] for s in scrape.samples if s.name == "vfiomond_probe_attached" and s.value == 1}
+
+
+def test_every_phase_ran_in_one_daemon(run):
+    assert run.scenario.get("ok") is True, run.scenario
+    assert run.scenario["daemon_alive"] is True
+    assert run.daemon_rc == 0
+    with open(os.path.join(run.out, "vfiomond.log")) as f:
+        log = f.read()
+    assert log.count("serving /metrics") == 1
+    assert "Traceback" not in log
+
+
+def test_before_the_modules_only_vmlinux_probes(phase):
+    before = phase("before")
+    assert attached(before) == {"remap_pfn_range"}
+    assert devices(before) == {}
+    for probe in VFIO_MODULE_PROBES:
+        assert before.one("vfiomond_probe_attached", probe=probe) == 0
+
+
+def test_loading_the_modules_attaches_what_the_kernel_offers(run, phase):
+    loaded = phase("loaded")
+    for probe, symbols in EXPECTED_SYMBOLS[run.suite].items():
+        assert loaded.one("vfiomond_probe_info", probe=probe, symbols=symbols) == 1, probe
+
+
+def test_the_inventory_names_the_bound_devices(run, phase):
+    found = devices(phase("loaded"))
+    assert set(found) == {d["device"] for d in run.scenario["devices"]}
+    for d in run.scenario["devices"]:
+        labels = found[d["device"]]
+        assert labels["vendor_id"] == d["vendor_id"][2:] and labels["device_id"] == d["device_id"][2:]
+        assert labels["iommu_group"] == d["iommu_group"] and labels["driver"] == "vfio-pci"
+    ivshmem = next(d for d in run.scenario["devices"] if d["name"] == "ivshmem")
+    assert found[ivshmem["device"]]["vendor"] == "Red Hat, Inc."  # udev's hardware database
+
+
+def test_the_workload_is_measured_after_a_late_load(run, phase):
+    s = phase("workload")
+    assert s.one("vfiomond_dma_map_bytes_total", backend="type1") == 16 * MIB
+    assert s.one("vfiomond_dma_unmap_bytes_total", backend="type1") == 16 * MIB
+    assert s.one("vfiomond_pinned_pages_total", backend="type1") == 16 * MIB // PAGE
+    assert fault_devices(s) == {d["device"] for d in run.scenario["devices"]}
+
+
+def test_users_follow_the_workload(run, phase):
+    # The scenario had closed its groups before each scrape.
+    assert {s.value for s in phase("workload").samples if s.name == "vfiomond_device_users"} == {0.0}
+
+
+def test_an_unbound_device_leaves_no_series(run, phase):
+    ivshmem = next(d["device"] for d in run.scenario["devices"] if d["name"] == "ivshmem")
+    edu = next(d["device"] for d in run.scenario["devices"] if d["name"] == "edu")
+    unbound = phase("unbound")
+    assert set(devices(unbound)) == {edu}
+    assert fault_devices(unbound) == {edu}
+    assert ivshmem not in {s.labels.get("device") for s in unbound.samples}
+    rebound = phase("rebound")
+    assert set(devices(rebound)) == {edu, ivshmem}
+    assert ivshmem in fault_devices(rebound)
+
+
+def test_removing_the_modules_detaches_their_probes(phase):
+    unloaded = phase("unloaded")
+    assert attached(unloaded) == {"remap_pfn_range"}
+    assert devices(unloaded) == {}
+    assert unloaded.one("vfiomond_events_lost_total") == 0
+
+
+def test_loading_again_attaches_again_and_measures(run, phase):
+    # While type1's probes are detached its series are not exported; the
+    # counters live on in the BPF maps and continue after the reload.
+    before, reloaded = phase("rebound"), phase("reloaded")
+    assert not phase("unloaded").values("vfiomond_dma_map_bytes_total")
+    assert attached(reloaded) == set(EXPECTED_SYMBOLS[run.suite])
+    mapped = run.scenario["reload_mapped_bytes"]
+    assert run.scenario["reload_unmapped_bytes"] == mapped
+    for name, delta in (("vfiomond_dma_map_bytes_total", mapped), ("vfiomond_pinned_pages_total", mapped // PAGE)):
+        assert reloaded.one(name, backend="type1") - before.one(name, backend="type1") == delta, name
+    edu = next(d["device"] for d in run.scenario["devices"] if d["name"] == "edu")
+    assert edu in fault_devices(reloaded)
+    assert set(reloaded.values("vfiomond_scrape_collector_success")) == {1.0}
