@@ -6,9 +6,14 @@ symbol evidence (kallsyms) can rule an issue out when its code is absent.
 """
 
 import json
+import logging
 import os
 import re
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+from vfiomond.alerts import KERNEL_ADVISORY
+
+log = logging.getLogger("vfiomond")
 
 Version = Tuple[int, int, int]
 
@@ -109,3 +114,40 @@ class AdvisoryReport:
         for a in self.advisories:
             g.add_metric([a.id, a.severity, a.status], 1)
         yield g
+
+
+class AdvisoryWatch:
+    """The known issues the running kernel is exposed to; a journal entry for each
+    one found, once.  Evaluated again when modules load: the symbol evidence
+    counts only while the vfio modules are loaded."""
+
+    def __init__(self, issues, sink, kernel=None):
+        """``kernel``: () -> (version, source), running_kernel by default."""
+        self.issues = issues
+        self.report = AdvisoryReport([])
+        self._sink = sink
+        self._kernel = kernel or running_kernel
+        self._alerted: Set[str] = set()
+
+    def evaluate(self, syms) -> None:
+        """``syms``: a vfiomond.kernel.Kallsyms holding the names of symbol_names()."""
+        version, source = self._kernel()
+        if version is None:
+            log.warning("kernel advisories: cannot tell the kernel version")
+            return
+        symbols = None
+        if syms.has("vfio_pci_mmap_ops"):
+            symbols = {n for n in symbol_names(self.issues) if syms.has(n) or syms.function(n, True)}
+        found = evaluate(self.issues, version, symbols)
+        self.report.advisories = found
+        text = ".".join(map(str, version))
+        for a in found:
+            if a.id in self._alerted:
+                continue
+            self._alerted.add(a.id)
+            log.warning("kernel %s (%s) %s known issue %s: %s", text, source, a.status, a.id, a.title)
+            self._sink.alert(
+                KERNEL_ADVISORY, "kernel %s is %sexposed to %s: %s" % (text, "possibly " if a.status == "possibly" else "", a.id, a.title),
+                ADVISORY_ID=a.id, SEVERITY=a.severity, STATUS=a.status, TITLE=a.title, KERNEL_VERSION=text,
+                VERSION_SOURCE=source, FIXED_BY="; ".join(a.fixed_by),
+            )

@@ -9,15 +9,15 @@ from typing import Dict, List, Sequence, Set, Tuple
 from prometheus_client.core import CollectorRegistry
 
 from vfiomond import __version__, advisories, bpfload, devices, kernel, pagemap, privileges
-from vfiomond.alerts import KERNEL_ADVISORY, AlertSink
+from vfiomond.alerts import AlertSink
 from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
 from vfiomond.config import Config, parse_listen
 from vfiomond.errors import VfiomondError
 from vfiomond.exposition import serve
 from vfiomond.kernellog import KernelLogWatcher
-from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
 from vfiomond.kernel import Kallsyms
+from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
 from vfiomond.processes import memlock_alert
 from vfiomond.probes import kernel_facts, select, wanted_symbols
 
@@ -51,40 +51,6 @@ def _fixed_facts(pin_samples: int) -> Dict[str, int]:
     if zero_pfn is not None:
         facts["ZERO_PFN"] = zero_pfn
     return facts
-
-
-class Advisories:
-    """The known issues the running kernel is exposed to; a journal entry for each
-    one found, once.  Evaluated again when modules load: the symbol evidence
-    counts only while the vfio modules are loaded."""
-
-    def __init__(self, issues, sink):
-        self.issues = issues
-        self.report = advisories.AdvisoryReport([])
-        self._sink = sink
-        self._alerted: Set[str] = set()
-
-    def evaluate(self, syms: Kallsyms) -> None:
-        version, source = advisories.running_kernel()
-        if version is None:
-            log.warning("kernel advisories: cannot tell the kernel version")
-            return
-        symbols = None
-        if syms.has("vfio_pci_mmap_ops"):
-            symbols = {n for n in advisories.symbol_names(self.issues) if syms.has(n) or syms.function(n, True)}
-        found = advisories.evaluate(self.issues, version, symbols)
-        self.report.advisories = found
-        text = ".".join(map(str, version))
-        for a in found:
-            if a.id in self._alerted:
-                continue
-            self._alerted.add(a.id)
-            log.warning("kernel %s (%s) %s known issue %s: %s", text, source, a.status, a.id, a.title)
-            self._sink.alert(
-                KERNEL_ADVISORY, "kernel %s is %s exposed to %s: %s" % (text, "possibly" if a.status == "possibly" else "", a.id, a.title),
-                ADVISORY_ID=a.id, SEVERITY=a.severity, STATUS=a.status, TITLE=a.title, KERNEL_VERSION=text,
-                VERSION_SOURCE=source, FIXED_BY="; ".join(a.fixed_by),
-            )
 
 
 # Seconds without module events before the kernel is probed again.
@@ -133,7 +99,7 @@ class Daemon:
     """What the main loop acts on: the BPF programs, the probe selection, the
     device inventory and the detectors."""
 
-    def __init__(self, config: Config, program: bpfload.Program, fixed_facts: Dict[str, int], advisories_: Advisories):
+    def __init__(self, config: Config, program: bpfload.Program, fixed_facts: Dict[str, int], advisories_: advisories.AdvisoryWatch):
         self.config = config
         self.program = program
         self.fixed_facts = fixed_facts
@@ -195,7 +161,7 @@ def run(config: Config) -> int:
         raise VfiomondError("strict mode: probes not attached: " + ", ".join(missing))
 
     sink = AlertSink()
-    advisories_ = Advisories(issues, sink)
+    advisories_ = advisories.AdvisoryWatch(issues, sink)
     advisories_.evaluate(syms)
     daemon = Daemon(config, program, fixed, advisories_)
     daemon.on_udev(udev.events(), time.monotonic())

@@ -83,8 +83,12 @@ def test_the_workload_is_measured_after_a_late_load(run, phase):
     assert fault_devices(s) == {d["device"] for d in run.scenario["devices"]}
 
 
-def test_users_follow_the_workload(run, phase):
-    # The scenario had closed its groups before each scrape.
+def test_users_follow_the_processes(run, phase):
+    edu = next(d["device"] for d in run.scenario["devices"] if d["name"] == "edu")
+    users = {s.labels["device"]: s.value for s in phase("in-use").samples if s.name == "vfiomond_device_users"}
+    assert users[edu] == 1  # the scenario held edu's group open
+    assert set(users.values()) == {0.0, 1.0} and sum(users.values()) == 1
+    # closed again before the next scrape
     assert {s.value for s in phase("workload").samples if s.name == "vfiomond_device_users"} == {0.0}
 
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from vfiomond.advisories import evaluate, load, parse_version, running_version
@@ -63,3 +65,33 @@ def test_every_issue_is_well_formed():
         assert issue["fixed_by"] and issue["title"]
         for lo, hi in issue["affected"]:
             assert parse_version(lo) < parse_version(hi), issue["id"]
+
+
+class RecordingSink:
+    def __init__(self):
+        self.entries = []
+
+    def alert(self, kind, message, **fields):
+        self.entries.append((kind.name, fields["ADVISORY_ID"], message))
+        return True
+
+
+def test_watch_alerts_once_and_follows_module_loads():
+    from vfiomond.advisories import AdvisoryWatch
+    from vfiomond.kernel import Kallsyms
+
+    sink = RecordingSink()
+    watch = AdvisoryWatch(KB, sink, kernel=lambda: (parse_version("6.12.5"), "test"))
+    no_modules = Kallsyms.parse([], set())
+    watch.evaluate(no_modules)  # versions alone
+    first = {a.id for a in watch.report.advisories}
+    assert first == {"pat-failed-fork-warn", "huge-pfnmap-unaligned-pfn", "huge-fault-oom-race"}
+    assert sorted(e[1] for e in sink.entries) == sorted(first)
+    assert all(re.match(r"kernel 6\.12\.5 is (possibly )?exposed to %s: " % e[1], e[2]) for e in sink.entries)
+
+    # vfio-pci loaded without the huge-fault code: those issues are ruled out, nothing is alerted again.
+    loaded = Kallsyms.parse(["ffffffffc0a09000 d vfio_pci_mmap_ops\t[vfio_pci_core]",
+                             "ffffffff81002000 T untrack_pfn"], {"vfio_pci_mmap_ops", "untrack_pfn"})
+    watch.evaluate(loaded)
+    assert {a.id for a in watch.report.advisories} < first
+    assert len(sink.entries) == len(first)

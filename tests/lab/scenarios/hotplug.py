@@ -5,6 +5,7 @@ Phases, each ending in a scrape of the running daemon saved as
 /lab/out/scrapes/PHASE.prom (the lab test reads them):
   before    nothing loaded, nothing bound
   loaded    vfio-pci and type1 loaded, edu and ivshmem bound (tests/lab/guest/bind.sh)
+  in-use    edu's group and device open in this process
   workload  the standard scenario's workload on both devices
   unbound   ivshmem unbound from vfio-pci
   rebound   ivshmem bound again and its BAR touched
@@ -173,10 +174,16 @@ def phases(summary):
     took["loaded"] = wait_for("loaded", "probes attached and both devices", lambda t: attached(t, "bar_fault")
                               and attached(t, "dma_map") and all(has_device(t, b) for b in bdfs))
 
+    edu, ivshmem = sorted(devices, key=lambda d: d.name)
+    container = v.Container(edu.iommu_group)
+    device_fd = container.device(edu.bdf)
+    took["in_use"] = wait_for("in-use", "edu in use", lambda t: sample(t, "vfiomond_device_users", device=edu.bdf) == [1.0])
+    os.close(device_fd)
+    container.close()
+
     summary["workload"] = [standard.exercise(d) for d in devices]
     took["workload"] = wait_for("workload", "faults on both devices", lambda t: all(has_fault_series(t, b) for b in bdfs))
 
-    edu, ivshmem = sorted(devices, key=lambda d: d.name)
     unbind(ivshmem.bdf)
     took["unbound"] = wait_for("unbound", "ivshmem gone", lambda t: not has_device(t, ivshmem.bdf)
                                and not has_fault_series(t, ivshmem.bdf))
