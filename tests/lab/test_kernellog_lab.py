@@ -10,7 +10,7 @@ from test_lab import Scrape, boot, journal_entries
 
 KERNEL_SPLAT_ID = "c4d2e8f1a9b7460e8d3c5b2a1f0e9d8c"
 KERNEL_ADVISORY_ID = "5e7a9c1b3d2f4a6e8c0b1d3f5a7c9e2b"
-# What the knowledge base says of each lab kernel (Debian 6.1.176 / 6.12.107).
+# What the knowledge base says of each lab kernel (Debian 6.1.176 / 6.12.107 and 6.12.117).
 ADVISORIES = {
     "bookworm": {"pat-failed-fork-warn": "affected", "ro-longterm-pin-divergence": "affected"},
     "trixie": {"pat-failed-fork-warn": "possibly", "huge-pfnmap-unaligned-pfn": "possibly", "huge-fault-oom-race": "possibly"},
