@@ -10,7 +10,7 @@ from typing import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from vfiomond import __version__
+from vfiomond import __version__, processes
 from vfiomond.bpfload import AREAS, Program
 
 log = logging.getLogger("vfiomond")
@@ -27,6 +27,7 @@ class VfiomondCollector:
         self._failed_before = set()
 
     def collect(self) -> Iterator:
+        processes.scraped_vfio_files.new_scrape()
         info = GaugeMetricFamily("vfiomond_build_info", "vfiomond version and kernel release.", labels=["version", "kernel"])
         info.add_metric([__version__, self.kernel], 1)
         yield info

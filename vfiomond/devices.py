@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple
 
 from prometheus_client.core import GaugeMetricFamily
 
-from vfiomond.processes import recent_vfio_files
+from vfiomond.processes import scraped_vfio_files
 
 log = logging.getLogger("vfiomond")
 
@@ -159,7 +159,7 @@ def families(devices: Mapping[str, VfioDevice], users: Mapping[str, int]) -> Ite
 class InventoryMetrics:
     """The inventory as metric families: a detector of the collector."""
 
-    def __init__(self, inventory: Inventory, open_files: Callable[[], Mapping[int, Iterable[str]]] = recent_vfio_files):
+    def __init__(self, inventory: Inventory, open_files: Callable[[], Mapping[int, Iterable[str]]] = scraped_vfio_files):
         self._inventory = inventory
         self._open_files = open_files
 

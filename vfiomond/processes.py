@@ -8,7 +8,6 @@ import math
 import os
 import re
 import threading
-import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -102,28 +101,32 @@ def open_vfio_files(proc: str = "/proc") -> Dict[int, List[str]]:
     return out
 
 
-class _Recent:
-    """``fn()``'s result reused for ``max_age`` seconds: one /proc scan serves a
-    whole scrape (per-process series and device users both need it)."""
+class _PerScrape:
+    """``fn()``'s result, computed once per scrape: the collector calls ``new_scrape()``
+    first, and the per-process series and the device users then share one /proc scan."""
 
-    def __init__(self, fn: Callable[[], Dict[int, List[str]]], max_age: float):
-        self._fn, self._max_age = fn, max_age
+    def __init__(self, fn: Callable[[], Dict[int, List[str]]]):
+        self._fn = fn
         self._lock = threading.Lock()
-        self._at, self._value = -math.inf, {}
+        self._value: Optional[Dict[int, List[str]]] = None
+
+    def new_scrape(self) -> None:
+        with self._lock:
+            self._value = None
 
     def __call__(self) -> Dict[int, List[str]]:
         with self._lock:
-            now = time.monotonic()
-            if now - self._at > self._max_age:
-                self._value, self._at = self._fn(), now
+            if self._value is None:
+                self._value = self._fn()
             return self._value
 
 
-recent_vfio_files = _Recent(open_vfio_files, 1.0)
+scraped_vfio_files = _PerScrape(open_vfio_files)
 
 
 def vfio_users() -> List[int]:
-    return sorted(recent_vfio_files())
+    """PIDs of the VFIO users, as this scrape's /proc scan found them."""
+    return sorted(scraped_vfio_files())
 
 
 class ProcessInfo(NamedTuple):

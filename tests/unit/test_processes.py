@@ -75,3 +75,14 @@ def test_vfio_files_from_a_proc_tree(tmp_path):
     assert sorted(vfio_files(7, str(tmp_path))) == ["/dev/vfio/12", "/dev/vfio/vfio"]
     assert open_vfio_files(str(tmp_path)) == {7: vfio_files(7, str(tmp_path))}  # 8 uses no VFIO
     assert vfio_files(9, str(tmp_path)) is None  # gone
+
+
+def test_one_proc_scan_per_scrape():
+    from vfiomond.processes import _PerScrape
+
+    scans = []
+    scan = _PerScrape(lambda: scans.append(1) or {len(scans): ["/dev/vfio/2"]})
+    assert scan() == scan() == {1: ["/dev/vfio/2"]}  # shared within a scrape
+    scan.new_scrape()
+    assert scan() == {2: ["/dev/vfio/2"]}  # never stale across scrapes
+    assert len(scans) == 2
