@@ -128,7 +128,7 @@ class Program:
 
         values = dict(facts)
         for sel in usable:
-            values.update((d, 1) for d in sel.variant.defines)
+            values.update((d, 1) for d in sel.variant.sets_facts)
         for bpf in self._distinct():
             table = bpf.get_table("kernel_facts")
             for i, name in enumerate(RUNTIME_FACTS):

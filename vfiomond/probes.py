@@ -30,7 +30,7 @@ class Variant(NamedTuple):
     label: str  # what this variant measures, for logs and the coverage table
     hooks: Tuple[Hook, ...]
     requires: Tuple[str, ...] = ()  # kernel facts (see kernel_facts) that must be known
-    defines: Tuple[str, ...] = ()  # -D flags the BPF program needs for this variant
+    sets_facts: Tuple[str, ...] = ()  # runtime kernel facts (bpfload.RUNTIME_FACTS) this variant sets to 1
 
 
 class Probe(NamedTuple):
@@ -39,7 +39,7 @@ class Probe(NamedTuple):
     variants: Tuple[Variant, ...]
 
 
-# Kernel facts handed to the BPF programs as -D defines, derived from kallsyms.
+# Kernel facts handed to the BPF programs (the kernel_facts map), derived from kallsyms.
 #   VFIO_PGOFF_IS_PFN: vfio-pci rewrites a BAR vma's vm_pgoff to the BAR's PFN
 #     (up to 6.9, while vfio_pci_mmap_open exists); from 6.10 it is the file offset.
 #   VFIO_PCI_MMAP_OPS: address of vfio_pci_mmap_ops, to recognise VFIO BAR vmas.
@@ -92,7 +92,7 @@ PROBES: Tuple[Probe, ...] = (
         )),
         Variant("vfio_iommu_type1_ioctl(VFIO_IOMMU_MAP_DMA)", (
             Hook(("vfio_iommu_type1_ioctl",), "on_type1_ioctl", "on_dma_return", reads_args=True),
-        ), defines=("TYPE1_IOCTL_MAP",)),
+        ), sets_facts=("TYPE1_IOCTL_MAP",)),
     )),
     Probe("dma_unmap", "type1", (
         Variant("vfio_dma_do_unmap", (
@@ -100,7 +100,7 @@ PROBES: Tuple[Probe, ...] = (
         )),
         Variant("vfio_iommu_type1_ioctl(VFIO_IOMMU_UNMAP_DMA)", (
             Hook(("vfio_iommu_type1_ioctl",), "on_type1_ioctl", "on_dma_return", reads_args=True),
-        ), defines=("TYPE1_IOCTL_UNMAP",)),
+        ), sets_facts=("TYPE1_IOCTL_UNMAP",)),
     )),
     Probe("pin_pages", "type1", (
         Variant("vfio_pin_pages_remote return value and *pfn_base", (

@@ -59,8 +59,8 @@ def test_debian_6_1():
     assert all(s.available for s in sel.values())
     assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_fault"
     assert symbols(sel["dma_map"]) == "vfio_iommu_type1_ioctl"
-    assert sel["dma_map"].variant.defines == ("TYPE1_IOCTL_MAP",)
-    assert sel["dma_unmap"].variant.defines == ("TYPE1_IOCTL_UNMAP",)
+    assert sel["dma_map"].variant.sets_facts == ("TYPE1_IOCTL_MAP",)
+    assert sel["dma_unmap"].variant.sets_facts == ("TYPE1_IOCTL_UNMAP",)
     assert symbols(sel["locked_vm_charge"]) == "vfio_lock_acct.part.0,__account_locked_vm"
     assert symbols(sel["pat_untrack"]) == "untrack_pfn"
 
@@ -75,7 +75,7 @@ def test_debian_6_12():
 def test_newer_kernel_prefers_direct_symbols():
     sel, _ = selection(NEWER)
     assert symbols(sel["pat_untrack"]) == "pfnmap_untrack"
-    assert symbols(sel["dma_map"]) == "vfio_dma_do_map" and sel["dma_map"].variant.defines == ()
+    assert symbols(sel["dma_map"]) == "vfio_dma_do_map" and sel["dma_map"].variant.sets_facts == ()
     assert symbols(sel["dma_unmap"]) == "vfio_dma_do_unmap"
 
 
