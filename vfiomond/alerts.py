@@ -25,8 +25,11 @@ PIN_MISMATCH = AlertKind("pin_mismatch", "3f1c2a9e7b5d4c0e8a6f1b2d3c4e5f60", LOG
 MEMLOCK_REFUSED = AlertKind("memlock_refused", "8b0e5d4c2a1f4e3d9c7b6a5f4e3d2c1b", LOG_ERR, 10)
 KERNEL_SPLAT = AlertKind("kernel_splat", "c4d2e8f1a9b7460e8d3c5b2a1f0e9d8c", LOG_ERR, 10)
 KERNEL_ADVISORY = AlertKind("kernel_advisory", "5e7a9c1b3d2f4a6e8c0b1d3f5a7c9e2b", LOG_WARNING, 20)
+ZERO_PAGE_PIN = AlertKind("zero_page_pin", "0179e5ffcd3b48f6a3e76e619fe9d7c7", LOG_WARNING, 10)
+PROBE_LOST = AlertKind("probe_lost", "286ab4a7fb4b451bbf7ab26f61586336", LOG_WARNING, 20)
+DEVICE_GONE_IN_USE = AlertKind("device_gone_in_use", "e596ff4670cd4258a1a919415499d840", LOG_ERR, 10)
 
-KINDS = (PIN_MISMATCH, MEMLOCK_REFUSED, KERNEL_SPLAT, KERNEL_ADVISORY)
+KINDS = (PIN_MISMATCH, ZERO_PAGE_PIN, MEMLOCK_REFUSED, KERNEL_SPLAT, KERNEL_ADVISORY, PROBE_LOST, DEVICE_GONE_IN_USE)
 
 
 def _journal_sender() -> Optional[Callable]:

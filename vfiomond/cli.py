@@ -111,7 +111,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _doctor(args.json)
         if args.command == "scan-log":
             return _scan_log(args.file, args.json, args.kernel)
-        cfg = configmod.load(args.config)
         overrides = {}
         if args.listen:
             overrides["listen"] = args.listen
@@ -119,13 +118,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             overrides["strict"] = True
         if args.log_level:
             overrides["log_level"] = args.log_level
-        cfg = configmod.validate(cfg._replace(**overrides), "command line")
+        load_config = configmod.loader(args.config, overrides)
+        cfg = load_config()
         logging.basicConfig(
             level=cfg.log_level.upper(), format="%(levelname)s %(message)s", stream=sys.stderr
         )
         from vfiomond.daemon import run
 
-        return run(cfg)
+        return run(cfg, load_config)
     except VfiomondError as e:
         print("vfiomond: error: %s" % e, file=sys.stderr)
         return e.exit_code

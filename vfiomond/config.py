@@ -5,7 +5,7 @@ ConfigError naming the key.
 """
 
 import socket
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from vfiomond.errors import ConfigError
 from vfiomond.probes import PROBES
@@ -26,7 +26,11 @@ class Config(NamedTuple):
     pin_samples: int = 16  # sampled pages per DMA mapping (plus its last page)
 
 
-# section -> key -> (type, validator or None)
+# Fields a reload (SIGHUP) cannot change in a running daemon: the listening
+# socket, what is compiled into the BPF programs, and the threads started once.
+RESTART_ONLY = ("listen", "strict", "watch_kernel_log", "pin_verify", "pin_samples")
+
+# section -> key -> type
 _SCHEMA = {
     "daemon": {"listen": str, "log_level": str, "watch_kernel_log": bool},
     "probes": {"strict": bool, "disable": list},
@@ -97,6 +101,16 @@ def _toml():
         except ImportError:
             raise ConfigError("reading a TOML config needs Python 3.11+ or python3-tomli") from None
     return tomllib
+
+
+def loader(path: Optional[str], overrides: Dict[str, Any], origin: str = "command line") -> Callable[[], Config]:
+    """A function that reads ``path`` and applies the command line's ``overrides``
+    (which win over the file), validated; raises ConfigError.  Called at start
+    and on every reload."""
+    def load_now() -> Config:
+        return validate(load(path)._replace(**overrides), origin)
+
+    return load_now
 
 
 def load(path: Optional[str]) -> Config:

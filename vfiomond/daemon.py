@@ -4,22 +4,23 @@ import logging
 import signal
 import threading
 import time
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from prometheus_client.core import CollectorRegistry
 
 from vfiomond import __version__, advisories, bpfload, devices, kernel, pagemap, privileges
-from vfiomond.alerts import AlertSink
+from vfiomond.alerts import PROBE_LOST, AlertSink
 from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
-from vfiomond.config import Config, parse_listen
-from vfiomond.errors import VfiomondError
+from vfiomond.config import RESTART_ONLY, Config, parse_listen
+from vfiomond.errors import ConfigError, VfiomondError
 from vfiomond.exposition import serve
 from vfiomond.kernellog import KernelLogWatcher
 from vfiomond.kernel import Kallsyms
 from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
 from vfiomond.processes import memlock_alert
 from vfiomond.probes import kernel_facts, select, wanted_symbols
+from vfiomond.service import Notifier
 
 # Probes pin verification stands on.
 PIN_VERIFY_NEEDS = ("dma_map", "dma_unmap", "pin_pages")
@@ -75,7 +76,9 @@ def _pin_watch(config: Config, facts, sink):
     return watch
 
 
-def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus]) -> None:
+def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], sink: Optional[AlertSink] = None) -> None:
+    """One log line per probe whose state changed; a probe_lost alert for each one
+    that was attached and is not any more."""
     old = {s.name: s for s in before}
     for s in after:
         if old.get(s.name) == s:
@@ -84,6 +87,9 @@ def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus]) ->
             log.info("probe %s attached: %s", s.name, s.detail)
         elif s.name in old and old[s.name].attached:
             log.warning("probe %s detached: %s", s.name, s.detail)
+            if sink is not None:
+                sink.alert(PROBE_LOST, "probe %s detached: %s" % (s.name, s.detail), PROBE=s.name, DETAIL=s.detail,
+                           SYMBOLS=old[s.name].detail)
         else:
             log.warning("probe %s not attached: %s", s.name, s.detail)
 
@@ -95,16 +101,49 @@ def _dispatch(ev, watch, sink) -> None:
         watch.on_event(ev)
 
 
+class ReloadStats:
+    """Configuration reloads, named as Prometheus names its own."""
+
+    def __init__(self) -> None:
+        self.last_successful = True
+        self.last_success_time = time.time()
+        self.counts = {"success": 0, "failure": 0}
+
+    def record(self, ok: bool) -> None:
+        self.last_successful = ok
+        self.counts["success" if ok else "failure"] += 1
+        if ok:
+            self.last_success_time = time.time()
+
+    def families(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("vfiomond_config_last_reload_successful",
+                                "Whether the last configuration reload (SIGHUP) succeeded (1) or kept the old one (0).",
+                                value=int(self.last_successful))
+        yield GaugeMetricFamily("vfiomond_config_last_reload_success_timestamp_seconds",
+                                "Unix time of the last successful configuration load (start-up or SIGHUP).",
+                                value=self.last_success_time)
+        c = CounterMetricFamily("vfiomond_config_reloads_total", "Configuration reloads (SIGHUP) by result.",
+                                labels=["result"])
+        for result, n in sorted(self.counts.items()):
+            c.add_metric([result], n)
+        yield c
+
+
 class Daemon:
     """What the main loop acts on: the BPF programs, the probe selection, the
     device inventory and the detectors."""
 
-    def __init__(self, config: Config, program: bpfload.Program, fixed_facts: Dict[str, int], advisories_: advisories.AdvisoryWatch):
+    def __init__(self, config: Config, program: bpfload.Program, fixed_facts: Dict[str, int],
+                 advisories_: advisories.AdvisoryWatch, sink: AlertSink):
         self.config = config
         self.program = program
         self.fixed_facts = fixed_facts
         self.advisories = advisories_
+        self.sink = sink
         self.inventory = devices.Inventory()
+        self.reloads = ReloadStats()
         self._module_events: List[devices.UdevEvent] = []
         self._last_module_event = 0.0
 
@@ -113,8 +152,31 @@ class Daemon:
         syms, facts = read_kernel(advisories.symbol_names(self.advisories.issues))
         facts.update(self.fixed_facts)
         before = self.program.statuses
-        _log_changes(before, self.program.apply(select(syms, facts), facts, self.config.disable, gone_modules))
+        _log_changes(before, self.program.apply(select(syms, facts), facts, self.config.disable, gone_modules), self.sink)
         self.advisories.evaluate(syms)
+
+    def reload(self, load: Callable[[], Config]) -> Optional[str]:
+        """SIGHUP: read and validate the configuration again and apply it; a bad
+        one is logged (one line) and the running configuration stays.  Returns
+        the error, or None."""
+        try:
+            new = load()
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            self.reloads.record(False)
+            return str(e)
+        old, self.config = self.config, new
+        for field in RESTART_ONLY:
+            if getattr(old, field) != getattr(new, field):
+                log.warning("reload: %s changed; it takes effect at the next restart", field)
+        if new.log_level != old.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
+        if new.disable != old.disable:
+            log.info("reload: disabled probes now: %s", ", ".join(new.disable) or "none")
+            self.reprobe(set())
+        self.reloads.record(True)
+        log.info("configuration reloaded")
+        return None
 
     def on_udev(self, events: Sequence[devices.UdevEvent], now: float) -> None:
         """Apply PCI events to the inventory; probe again once module events have
@@ -138,7 +200,10 @@ class Daemon:
             self.reprobe({e.name for e in modules if e.action == "remove"})
 
 
-def run(config: Config) -> int:
+def run(config: Config, load_config: Optional[Callable[[], Config]] = None, notifier: Optional[Notifier] = None) -> int:
+    """The daemon until SIGTERM/SIGINT.  SIGHUP calls ``load_config`` (the file
+    and command line again) and applies what can change without a restart."""
+    notifier = notifier or Notifier()
     host, port = parse_listen(config.listen)
     privileges.require_bpf()
     release = kernel.release()
@@ -146,11 +211,13 @@ def run(config: Config) -> int:
 
     issues = advisories.load()
     # Followed before the kernel is read: a module loading in between is probed again.
+    notifier.status("reading kernel symbols")
     udev = devices.DeviceWatcher()
     udev.start()
     syms, facts = read_kernel(advisories.symbol_names(issues))
     fixed = _fixed_facts(config.pin_samples)
     facts.update(fixed)
+    notifier.status("compiling BPF programs")
     log.info("compiling BPF programs (kernel facts: %s)", ", ".join(sorted(facts)) or "none")
     program = bpfload.load(select(syms, facts), facts, config.disable)
     _log_changes([], program.statuses)
@@ -160,12 +227,13 @@ def run(config: Config) -> int:
         program.close()
         raise VfiomondError("strict mode: probes not attached: " + ", ".join(missing))
 
+    notifier.status("starting detectors")
     sink = AlertSink()
     advisories_ = advisories.AdvisoryWatch(issues, sink)
     advisories_.evaluate(syms)
-    daemon = Daemon(config, program, fixed, advisories_)
+    daemon = Daemon(config, program, fixed, advisories_, sink)
     daemon.on_udev(udev.events(), time.monotonic())
-    detectors = [advisories_.report, devices.InventoryMetrics(daemon.inventory)]
+    detectors = [advisories_.report, devices.InventoryMetrics(daemon.inventory), daemon.reloads]
     watcher = None
     if config.watch_kernel_log:
         watcher = KernelLogWatcher(issues, sink, advisories.running_kernel()[0])
@@ -189,33 +257,50 @@ def run(config: Config) -> int:
         udev.stop()
         program.close()
         raise VfiomondError("cannot listen on %s: %s" % (config.listen, e.strerror)) from None
-    attached = len(program.attached())
-    log.info("serving /metrics on %s (%d of %d probes attached)", config.listen, attached, len(program.statuses))
+    log.info("serving /metrics on %s (%s)", config.listen, _summary(program))
+    notifier.ready(_status(config, program, daemon))
 
     stop = threading.Event()
+    reload_requested = threading.Event()
 
     def on_signal(signum, _frame):
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
+    def on_hup(_signum, _frame):
+        reload_requested.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     next_verify = time.monotonic() + config.pin_verify_interval
     next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+    statuses = program.statuses
     while not stop.is_set():
         if events:
             program.poll(500)
         else:
             stop.wait(0.5)
         daemon.on_udev(udev.events(), time.monotonic())
+        if reload_requested.is_set():
+            reload_requested.clear()
+            notifier.reloading()
+            error = daemon.reload(load_config) if load_config else "no configuration to reload"
+            notifier.ready(("reload failed, running with the previous configuration: %s; " % error if error else "")
+                           + _status(daemon.config, program, daemon))
         now = time.monotonic()
         if watch is not None and now >= next_verify:
             program.poll(0)  # drain: an UNMAP still queued must not look like a mismatch
             watch.verify_all()
-            next_verify = time.monotonic() + config.pin_verify_interval
+            next_verify = time.monotonic() + daemon.config.pin_verify_interval
         if events and now >= next_housekeeping:
             program.forget_exited("type1", "proc_acct")
             next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        if program.statuses != statuses:
+            statuses = program.statuses
+            notifier.status(_status(daemon.config, program, daemon))
+        notifier.progress(healthy=server.thread_alive())
+    notifier.stopping()
     server.shutdown()
     server.server_close()
     udev.stop()
@@ -224,3 +309,12 @@ def run(config: Config) -> int:
     program.close()
     log.info("stopped")
     return 0
+
+
+def _summary(program: bpfload.Program) -> str:
+    return "%d of %d probes attached" % (len(program.attached()), len(program.statuses))
+
+
+def _status(config: Config, program: bpfload.Program, daemon: Daemon) -> str:
+    """systemctl status's one line: what vfiomond is doing now."""
+    return "serving /metrics on %s; %s; %d VFIO devices" % (config.listen, _summary(program), len(daemon.inventory.devices))

@@ -21,6 +21,11 @@ LANDING = """<!DOCTYPE html>
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    thread: threading.Thread
+
+    def thread_alive(self) -> bool:
+        """Whether the accepting thread still runs (the watchdog pings only then)."""
+        return self.thread.is_alive()
 
 
 class _Server6(_Server):
@@ -58,7 +63,8 @@ def serve(host: str, port: int, registry):
     if ":" in bind:
         server_class = _Server6
     server = make_server(bind, port, app(registry), server_class, _QuietHandler)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    server.thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    server.thread.start()
     return server
 
 

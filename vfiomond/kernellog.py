@@ -6,6 +6,7 @@ alert with its text and attribution.  Only new lines are read (from the end).
 
 import logging
 import os
+import re
 import select
 import threading
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -17,6 +18,19 @@ from vfiomond import splats
 log = logging.getLogger("vfiomond")
 
 IDLE_FLUSH = 2.0  # seconds without a line after which a splat in progress is complete
+
+# vfio_pci_core_request() (vfio_pci_request() before 5.15): the kernel wants the
+# device back (unbind, hot-unplug) while a user still has it open; the removal
+# blocks until the user lets go.  "#0" is the first request of a removal.
+_REMOVAL_BLOCKED = re.compile(
+    r"^vfio-pci (\S+): (?:Relaying device request to user \(#0\)|No device request channel registered)")
+
+
+def blocked_removal(line: str) -> Optional[Tuple[str, bool]]:
+    """(PCI address, whether the user was told) if ``line`` says a device removal
+    waits for its VFIO user; None otherwise."""
+    m = _REMOVAL_BLOCKED.match(line)
+    return (m.group(1), "Relaying" in line) if m else None
 
 
 def parse_kmsg(record: bytes) -> str:
@@ -91,11 +105,20 @@ def choose_source() -> Tuple[str, Callable[[threading.Event], Iterator[Optional[
     return "/dev/kmsg", kmsg_lines
 
 
+def _holders_now(bdf: str) -> Dict[int, str]:
+    from vfiomond.devices import holders
+    from vfiomond.processes import open_vfio_files
+
+    return holders(bdf, open_vfio_files())
+
+
 class KernelLogWatcher:
     """Counts and alerts splats; runs its reader in a daemon thread."""
 
-    def __init__(self, issues: List[dict], sink, running: Optional[Tuple[int, int, int]]):
+    def __init__(self, issues: List[dict], sink, running: Optional[Tuple[int, int, int]],
+                 holders: Optional[Callable[[str], Dict[int, str]]] = None):
         self.issues = issues
+        self._holders = holders or _holders_now
         self.sink = sink
         self.running = running
         self.counts: Dict[Tuple[str, str, str], int] = {}
@@ -128,12 +151,30 @@ class KernelLogWatcher:
         with self._lock:
             self.counts[key] = self.counts.get(key, 0) + 1
         if splat.kind == "vfio":
-            return  # informational vfio-pci messages are counted, not alerted
+            self._check_removal(splat.header)
+            return  # other vfio-pci messages are counted, not alerted
         self.sink.alert(
             KERNEL_SPLAT,
             "kernel %s%s%s: %s" % (splat.kind, " in VFIO" if splat.vfio else "", " (known issue %s)" % issue if issue else "", splat.header),
             KIND=splat.kind, SITE=splat.site or "", FUNCTION=splat.function, FRAMES=" ".join(splat.frames[:16]),
             VFIO=int(splat.vfio), PFNMAP=int(splat.pfnmap), KNOWN_ISSUE=issue or "", SPLAT=splat.text,
+        )
+
+    def _check_removal(self, line: str) -> None:
+        found = blocked_removal(line)
+        if found is None:
+            return
+        from vfiomond.alerts import DEVICE_GONE_IN_USE
+
+        bdf, told = found
+        users = self._holders(bdf)
+        who = ", ".join("%s[%d]" % (comm, pid) for pid, comm in sorted(users.items())) or "a process that has since let go"
+        self.sink.alert(
+            DEVICE_GONE_IN_USE,
+            "PCI device %s is being removed from vfio-pci while in use by %s; the removal waits for the user%s"
+            % (bdf, who, "" if told else " (no device request channel: it is never told)"),
+            DEVICE=bdf, PIDS=",".join(str(p) for p in sorted(users)), COMMS=",".join(users[p] for p in sorted(users)),
+            REQUEST_CHANNEL=int(told),
         )
 
     def families(self):

@@ -151,6 +151,12 @@ class PinTracker:
                         new.append(Mismatch(pid, m.vaddr + off, m.iova + off, pinned, now))
         return new
 
+    def zero_page_samples(self, m: Mapping) -> int:
+        """Sample pages of ``m`` pinned at the shared zero page (0 when its PFN is unknown)."""
+        if self.zero_pfn is None:
+            return 0
+        return sum(1 for pfn in m.pinned.values() if pfn == self.zero_pfn)
+
     def samples_tracked(self) -> int:
         return sum(len(m.pinned) for m in self.mappings.values())
 
@@ -225,6 +231,25 @@ class PinWatch:
             removed = self.tracker.on_event(ev)
             if removed:
                 self._verify(removed[0].pid, removed)
+            elif ev.type == EV_MAP_END and ev.ret == 0:
+                self._check_zero_pins(self.tracker.mappings.get((ev.pid, ev.iova)))
+
+    def _check_zero_pins(self, m: Optional[Mapping]) -> None:
+        """A mapping pinned (partly) at the zero page: the device reads zeros, nothing
+        is charged to locked_vm for it, and the process's first write diverges."""
+        zero = self.tracker.zero_page_samples(m) if m is not None else 0
+        if not zero:
+            return
+        from vfiomond.alerts import ZERO_PAGE_PIN
+
+        name = comm(m.pid)
+        self.sink.alert(
+            ZERO_PAGE_PIN,
+            "DMA mapping pinned the shared zero page: %s[%d] vaddr %#x (IOVA %#x, %d bytes), %d of %d sampled pages"
+            % (name, m.pid, m.vaddr, m.iova, m.size, zero, len(m.pinned)),
+            PID=m.pid, COMM=name, VADDR="%#x" % m.vaddr, IOVA="%#x" % m.iova, SIZE_BYTES=m.size,
+            ZERO_SAMPLES=zero, SAMPLES=len(m.pinned), DEVICES=",".join(self._devices(m.pid) or []),
+        )
 
     def verify_all(self) -> None:
         with self._lock:

@@ -43,8 +43,9 @@ debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" >"$dir/de
 }
 
 # The guest's first process: mount the checkout and the output folder that the
-# host shares over virtio-9p, then hand over to the init script in the checkout,
-# so that changes to the lab need no image rebuild.
+# host shares over virtio-9p, then become the checkout's tests/lab/guest/pid1.sh
+# (which runs the lab itself or hands PID 1 over to systemd), so that changes to
+# the lab need no image rebuild.
 cat >"$rootfs/sbin/vfiomond-lab-init" <<'INIT'
 #!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -56,11 +57,8 @@ mkdir -p /lab/src /lab/out /lab/extra
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 src /lab/src
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out /lab/out
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 extra /lab/extra 2>/dev/null
-if [ -x /lab/src/tests/lab/guest/init.sh ]; then
-    /lab/src/tests/lab/guest/init.sh
-else
-    echo "vfiomond-lab-init: /lab/src/tests/lab/guest/init.sh not found"
-fi
+[ -x /lab/src/tests/lab/guest/pid1.sh ] && exec /lab/src/tests/lab/guest/pid1.sh
+echo "vfiomond-lab-init: /lab/src/tests/lab/guest/pid1.sh not found"
 sync
 echo o >/proc/sysrq-trigger
 sleep 60

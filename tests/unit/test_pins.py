@@ -164,3 +164,37 @@ def test_watch_survives_a_process_exiting_mid_read():
     mapped(t)
     watch.verify_all()
     assert t.mappings == {}
+
+
+def mapped_through(watch, pid=10, runs=((0, 16, 0x1000),), size=16 * PAGE, iova=0x100000):
+    watch.on_event(ev(EV_MAP_BEGIN, pid, vaddr=VADDR, iova=iova, size=size))
+    for off_pages, npage, pfn in runs:
+        watch.on_event(ev(EV_PIN, pid, vaddr=VADDR + off_pages * PAGE, iova=iova + off_pages * PAGE, npage=npage, pfn=pfn))
+    watch.on_event(ev(EV_MAP_END, pid, vaddr=VADDR, iova=iova, size=size))
+
+
+def test_zero_page_pin_is_alerted_once_at_map_end():
+    # A read-only MAP_DMA of untouched memory on 6.1: every page pins the zero page (one-page runs).
+    t = PinTracker(samples=4, zero_pfn=0x77)
+    sink = Sink()
+    watch = PinWatch(t, sink, reader({}), devices=lambda pid: ["0000:00:02.0"])
+    mapped_through(watch, runs=tuple((i, 1, 0x77) for i in range(8)) + ((8, 8, 0x2000),))
+    assert [(k, f["ZERO_SAMPLES"], f["SAMPLES"], f["SIZE_BYTES"]) for k, _, f in sink.alerts] == [("zero_page_pin", 2, 4, 16 * PAGE)]
+    assert sink.alerts[0][2]["IOVA"] == "0x100000" and sink.alerts[0][2]["DEVICES"] == "0000:00:02.0"
+
+
+def test_no_zero_page_alert_without_zero_pins_or_a_known_zero_pfn():
+    for zero_pfn in (0x77, None):
+        sink = Sink()
+        watch = PinWatch(PinTracker(samples=4, zero_pfn=zero_pfn), sink, reader({}), devices=lambda pid: [])
+        mapped_through(watch, runs=((0, 16, 0x1000 if zero_pfn else 0x77),))
+        assert sink.alerts == []
+
+
+def test_failed_map_raises_no_zero_page_alert():
+    sink = Sink()
+    watch = PinWatch(PinTracker(samples=4, zero_pfn=0x77), sink, reader({}), devices=lambda pid: [])
+    watch.on_event(ev(EV_MAP_BEGIN, 10, vaddr=VADDR, iova=0x1000, size=16 * PAGE))
+    watch.on_event(ev(EV_PIN, 10, vaddr=VADDR, iova=0x1000, npage=16, pfn=0x77))
+    watch.on_event(ev(EV_MAP_END, 10, ret=-12, vaddr=VADDR, iova=0x1000))
+    assert sink.alerts == []
