@@ -76,9 +76,10 @@ def _pin_watch(config: Config, facts, sink):
     return watch
 
 
-def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], sink: Optional[AlertSink] = None) -> None:
+def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], sink: Optional[AlertSink] = None,
+                 disabled: Sequence[str] = ()) -> None:
     """One log line per probe whose state changed; a probe_lost alert for each one
-    that was attached and is not any more."""
+    that was attached and is not any more, unless the configuration disabled it."""
     old = {s.name: s for s in before}
     for s in after:
         if old.get(s.name) == s:
@@ -87,7 +88,7 @@ def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], si
             log.info("probe %s attached: %s", s.name, s.detail)
         elif s.name in old and old[s.name].attached:
             log.warning("probe %s detached: %s", s.name, s.detail)
-            if sink is not None:
+            if sink is not None and s.name not in disabled:
                 sink.alert(PROBE_LOST, "probe %s detached: %s" % (s.name, s.detail), PROBE=s.name, DETAIL=s.detail,
                            SYMBOLS=old[s.name].detail)
         else:
@@ -152,7 +153,8 @@ class Daemon:
         syms, facts = read_kernel(advisories.symbol_names(self.advisories.issues))
         facts.update(self.fixed_facts)
         before = self.program.statuses
-        _log_changes(before, self.program.apply(select(syms, facts), facts, self.config.disable, gone_modules), self.sink)
+        _log_changes(before, self.program.apply(select(syms, facts), facts, self.config.disable, gone_modules), self.sink,
+                     self.config.disable)
         self.advisories.evaluate(syms)
 
     def reload(self, load: Callable[[], Config]) -> Optional[str]:

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Scenario "systemd": vfiomond run by its shipped unit, systemd as PID 1.
+
+Installed by scripts/install.sh (tests/lab/guest/systemd-job.sh), with one lab
+drop-in: WatchdogSec=20s, TimeoutAbortSec=5s.  Steps, each recorded in the
+JSON summary printed on stdout (the lab test asserts on it):
+  start      systemctl start (returns at READY=1); state, STATUS text, watchdog,
+             the main process's capabilities; /metrics scraped
+  watchdog   WatchdogTimestampMonotonic moves: the main loop pings
+  removal    edu's device held open while vfio-pci is unbound from it: the
+             device_gone_in_use alert, then `journalctl -x` shows its catalog text
+  bad-reload a config with an unknown key, systemctl reload: still active, same
+             PID, STATUS says the old configuration runs, reload metric 0
+  reload     disable = ["remap_pfn_range"]: the probe detaches; the original
+             config again: attached again
+  hang       SIGSTOP on the main process: the watchdog fires, systemd restarts it
+Exit 0 only if every step ran.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vfiolib as v  # noqa: E402
+
+OUT = "/lab/out"
+CONFIG = "/etc/vfiomond/vfiomond.toml"
+DEVICE_GONE_IN_USE = "e596ff4670cd4258a1a919415499d840"
+PROPS = ("ActiveState", "SubState", "StatusText", "MainPID", "NRestarts", "Type", "WatchdogUSec",
+         "WatchdogTimestampMonotonic", "Result")
+
+
+def log(msg):
+    print("systemd: " + msg, file=sys.stderr, flush=True)
+
+
+def run(*cmd, timeout=300):
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=timeout)
+    log("%s -> %d" % (" ".join(cmd), p.returncode))
+    return p
+
+
+def show():
+    text = run("systemctl", "show", "vfiomond", *("-p" + p for p in PROPS)).stdout
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def scrape():
+    with urllib.request.urlopen("http://127.0.0.1:10119/metrics", timeout=30) as r:
+        return r.read().decode()
+
+
+def sample(text, name, **labels):
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, _, value = line.rpartition(" ")
+            if all('%s="%s"' % kv in head for kv in labels.items()):
+                return float(value)
+    return None
+
+
+def wait_for(what, condition, timeout=120.0, interval=0.5):
+    start = time.monotonic()
+    while True:
+        value = condition()
+        if value:
+            log("%s after %.1f s" % (what, time.monotonic() - start))
+            return value
+        if time.monotonic() - start > timeout:
+            raise RuntimeError("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def journal(*matches):
+    text = run("journalctl", "-o", "json", "--no-pager", *matches).stdout
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def step_start(summary):
+    t0 = time.monotonic()
+    p = run("systemctl", "start", "vfiomond")
+    summary["start"] = {"rc": p.returncode, "seconds": round(time.monotonic() - t0, 1), "show": show()}
+    pid = summary["start"]["show"]["MainPID"]
+    with open("/proc/%s/status" % pid) as f:
+        caps = dict(line.split(":\t", 1) for line in f if line.startswith("Cap"))
+    summary["start"]["caps"] = {k: v.strip() for k, v in caps.items()}
+    with open(OUT + "/systemctl-status.txt", "w") as f:
+        f.write(run("systemctl", "status", "--no-pager", "-l", "vfiomond").stdout)
+    text = scrape()
+    summary["start"]["probes_attached"] = sum(
+        float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith("vfiomond_probe_attached{"))
+
+
+def step_watchdog(summary):
+    first = show()["WatchdogTimestampMonotonic"]
+    later = wait_for("a watchdog ping", lambda: (show()["WatchdogTimestampMonotonic"] != first) and show(), timeout=30)
+    summary["watchdog"] = {"first": int(first), "later": int(later["WatchdogTimestampMonotonic"])}
+
+
+def step_removal(summary):
+    edu = next(d for d in v.find_devices() if d.name == "edu")
+    container = v.Container(edu.iommu_group)
+    device = container.device(edu.bdf)
+    unbind = subprocess.Popen(["sh", "-c", "echo %s > /sys/bus/pci/drivers/vfio-pci/unbind" % edu.bdf])
+    try:
+        entries = wait_for("the device_gone_in_use alert", lambda: journal("MESSAGE_ID=" + DEVICE_GONE_IN_USE), 60)
+    finally:
+        os.close(device)
+        container.close()
+    unbind.wait(timeout=60)
+    explained = run("journalctl", "-x", "--no-pager", "MESSAGE_ID=" + DEVICE_GONE_IN_USE).stdout
+    with open(OUT + "/journal-x.txt", "w") as f:
+        f.write(explained)
+    e = entries[0]
+    summary["removal"] = {
+        "device": edu.bdf, "scenario_pid": os.getpid(), "unbind_rc": unbind.returncode,
+        "alert": {k: e.get(k) for k in ("MESSAGE", "PRIORITY", "DEVICE", "PIDS", "COMMS", "REQUEST_CHANNEL",
+                                        "VFIOMOND_ALERT", "_SYSTEMD_UNIT")},
+        "catalog_subject": bool(re.search(r"PCI device %s is being removed while in use" % re.escape(edu.bdf), explained)),
+        "catalog_what_to_do": "What to do:" in explained,
+    }
+    with open("/sys/bus/pci/drivers_probe", "w") as f:
+        f.write(edu.bdf)
+    summary["removal"]["rebound"] = os.path.basename(os.readlink("/sys/bus/pci/devices/%s/driver" % edu.bdf))
+
+
+def reload(summary_key, summary, config_text, condition, what):
+    with open(CONFIG, "w") as f:
+        f.write(config_text)
+    before = show()
+    p = run("systemctl", "reload", "vfiomond")
+    wait_for(what, lambda: condition(scrape()))
+    after = show()
+    return {"rc": p.returncode, "pid_before": before["MainPID"], "after": after}
+
+
+def step_reloads(summary, original):
+    broken = original.replace("samples = 16", "samples = 16\nverify_intervall = 5")
+    summary["bad_reload"] = reload("bad_reload", summary, broken,
+                                   lambda t: sample(t, "vfiomond_config_last_reload_successful") == 0, "the failed reload")
+    summary["bad_reload"]["log"] = [line for line in run("journalctl", "-u", "vfiomond", "-o", "cat", "--no-pager").stdout
+                                    .splitlines() if "reload failed" in line]
+    disabled = original.replace("disable = []", 'disable = ["remap_pfn_range"]')
+    summary["reload"] = reload("reload", summary, disabled, lambda t: (
+        sample(t, "vfiomond_config_last_reload_successful") == 1
+        and sample(t, "vfiomond_probe_attached", probe="remap_pfn_range") == 0), "remap_pfn_range detached")
+    summary["reload_back"] = reload("reload_back", summary, original, lambda t: (
+        sample(t, "vfiomond_probe_attached", probe="remap_pfn_range") == 1), "remap_pfn_range attached again")
+    summary["reloads_total"] = {r: sample(scrape(), "vfiomond_config_reloads_total", result=r) for r in ("success", "failure")}
+
+
+def step_hang(summary):
+    pid = show()["MainPID"]
+    t0 = time.monotonic()
+    run("kill", "-STOP", pid)
+    after = wait_for("a restarted vfiomond", lambda: (lambda s: s["MainPID"] not in (pid, "0") and s["ActiveState"] == "active"
+                                                      and s)(show()), timeout=300, interval=1)
+    lines = run("journalctl", "-u", "vfiomond", "-o", "cat", "--no-pager").stdout.splitlines()
+    summary["hang"] = {"pid_before": pid, "seconds": round(time.monotonic() - t0, 1), "after": after,
+                       "systemd_said": [line for line in lines if "atchdog" in line]}
+
+
+def main():
+    summary = {"ok": False}
+    with open(CONFIG) as f:
+        original = f.read()
+    try:
+        step_start(summary)
+        step_watchdog(summary)
+        step_removal(summary)
+        step_reloads(summary, original)
+        step_hang(summary)
+        summary["ok"] = True
+    except Exception as e:  # the summary says which step failed and why
+        summary["error"] = "%s: %s" % (type(e).__name__, e)
+        log(summary["error"])
+    print(json.dumps(summary, indent=1))
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""vfiomond as an operator runs it: installed by scripts/install.sh, started by
+its shipped unit, systemd as PID 1 in the lab guest (scenario "systemd", see
+tests/lab/scenarios/systemd.py).  One boot per suite, about 4 minutes."""
+
+import os
+import re
+
+import pytest
+
+from test_lab import EXPECTED_SYMBOLS, Scrape, boot, journal_entries
+
+# The unit's CapabilityBoundingSet: DAC_READ_SEARCH 2, SYS_PTRACE 19, SYS_ADMIN 21, SYSLOG 34, PERFMON 38, BPF 39.
+UNIT_CAPS = sum(1 << c for c in (2, 19, 21, 34, 38, 39))
+PROBE_LOST = "286ab4a7fb4b451bbf7ab26f61586336"
+
+
+@pytest.fixture(scope="module", params=sorted(EXPECTED_SYMBOLS))
+def run(request):
+    return boot(request.param, "systemd")
+
+
+@pytest.fixture(scope="module")
+def summary(run):
+    assert run.scenario.get("ok") is True, "scenario failed: %s (logs in %s)" % (run.scenario.get("error"), run.out)
+    return run.scenario
+
+
+def test_systemd_is_pid_1(run):
+    with open(os.path.join(run.out, "steps")) as f:
+        assert "PID 1 is systemd" in f.read()
+
+
+def test_the_unit_starts_ready_with_its_status(summary):
+    start = summary["start"]
+    assert start["rc"] == 0
+    show = start["show"]
+    assert (show["ActiveState"], show["SubState"], show["Type"]) == ("active", "running", "notify")
+    assert re.match(r"serving /metrics on :10119; (\d+) of \1 probes attached; 2 VFIO devices$", show["StatusText"]), show
+    assert start["probes_attached"] >= len(EXPECTED_SYMBOLS["bookworm"])
+
+
+def test_status_is_what_systemctl_status_shows(run, summary):
+    with open(os.path.join(run.out, "systemctl-status.txt")) as f:
+        status = f.read()
+    assert "Active: active (running)" in status
+    assert "Status: \"%s\"" % summary["start"]["show"]["StatusText"] in status
+
+
+def test_capabilities_are_the_units_and_nothing_more(summary):
+    caps = summary["start"]["caps"]
+    assert int(caps["CapEff"], 16) == UNIT_CAPS
+    assert int(caps["CapBnd"], 16) == UNIT_CAPS
+
+
+def test_the_watchdog_is_armed_and_fed(summary):
+    assert summary["start"]["show"]["WatchdogUSec"] == "20s"
+    assert summary["watchdog"]["later"] > summary["watchdog"]["first"] > 0
+
+
+def test_a_hung_daemon_is_restarted_by_the_watchdog(run, summary):
+    hang = summary["hang"]
+    assert hang["after"]["NRestarts"] == "1" and hang["after"]["MainPID"] != hang["pid_before"]
+    assert hang["seconds"] >= 20
+    assert any("Watchdog timeout" in line for line in hang["systemd_said"]), hang["systemd_said"]
+    assert run.daemon_rc == 0, "the restarted vfiomond did not stop cleanly"
+
+
+def test_removing_a_device_in_use_is_alerted_with_catalog_text(summary):
+    removal = summary["removal"]
+    alert = removal["alert"]
+    assert alert["VFIOMOND_ALERT"] == "device_gone_in_use" and alert["PRIORITY"] == "3"
+    assert alert["DEVICE"] == removal["device"] and str(removal["scenario_pid"]) in alert["PIDS"].split(",")
+    assert alert["_SYSTEMD_UNIT"] == "vfiomond.service"
+    assert alert["REQUEST_CHANNEL"] == "0"  # the scenario registers no request eventfd
+    assert removal["catalog_subject"] and removal["catalog_what_to_do"]
+    assert removal["unbind_rc"] == 0 and removal["rebound"] == "vfio-pci"
+
+
+def test_a_bad_reload_keeps_the_daemon_and_its_configuration(summary):
+    bad = summary["bad_reload"]
+    assert bad["rc"] == 0
+    assert bad["after"]["ActiveState"] == "active" and bad["after"]["MainPID"] == bad["pid_before"]
+    assert bad["after"]["StatusText"].startswith("reload failed, running with the previous configuration: ")
+    assert "unknown key pins.verify_intervall" in bad["after"]["StatusText"]
+    assert any("unknown key pins.verify_intervall" in line for line in bad["log"]), bad["log"]
+
+
+def test_a_good_reload_applies_without_a_restart(summary):
+    for step in ("reload", "reload_back"):
+        assert summary[step]["after"]["MainPID"] == summary[step]["pid_before"] == summary["bad_reload"]["pid_before"]
+    assert summary["reloads_total"] == {"success": 2, "failure": 1}
+
+
+def test_disabling_a_probe_by_configuration_is_not_a_lost_probe(run):
+    assert journal_entries(run, PROBE_LOST) == []
+
+
+def test_the_restarted_daemon_serves_both_devices(run):
+    scrape = Scrape(run.metrics)
+    assert len(scrape.values("vfiomond_device_info")) == 2
+    for probe in EXPECTED_SYMBOLS[run.suite]:
+        assert scrape.one("vfiomond_probe_attached", probe=probe) == 1, probe
+
+
+def test_no_traceback_in_the_units_log(run):
+    with open(os.path.join(run.out, "vfiomond.log")) as f:
+        assert "Traceback" not in f.read()
