@@ -5,19 +5,21 @@ SUITE ?= bookworm
 SCENARIO ?= standard
 METRICS_OUT ?=
 EXTRA ?=
-LAB = $(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario $(SCENARIO) $(if $(EXTRA),--extra $(EXTRA))
+PROMETHEUS ?=
+LAB = $(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario $(SCENARIO) $(if $(EXTRA),--extra $(EXTRA)) $(if $(PROMETHEUS),--prometheus)
 
 .PHONY: deps demo lab test unit lab-images clean
 
 deps:
 	@scripts/install-deps.sh
 
-# The main job: the standard scenario in the lab, VM kept up for a browser.
+# The main job: the standard scenario in the lab, VM kept up for a browser,
+# scraped by a real Prometheus server that loads the alert rules.
 demo: deps
-	$(LAB) --demo
+	$(LAB) --demo --prometheus
 
 lab: deps
-	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie METRICS_OUT=FILE [SCENARIO=standard|pin-mismatch|memlock|kernel-log|idle] [EXTRA=DIR]"; exit 2; }
+	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie METRICS_OUT=FILE [SCENARIO=standard|pin-mismatch|memlock|kernel-log|idle|hotplug|systemd] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
 	$(LAB) --metrics-out $(METRICS_OUT)
 
 # Unit tests, then the lab tests on both guest kernels.

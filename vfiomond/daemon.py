@@ -34,6 +34,9 @@ def read_kernel(extra_symbols=()) -> Tuple[Kallsyms, Dict[str, int]]:
         syms = kernel.Kallsyms.read(wanted_symbols(extra=tuple(extra_symbols)))
     except OSError as e:
         raise VfiomondError("cannot read %s: %s" % (kernel.KALLSYMS, e.strerror)) from None
+    if syms.lines == 0:
+        raise VfiomondError("%s is empty: hidden from this process (systemd's ProtectKernelTunables=yes does that)"
+                            % kernel.KALLSYMS)
     return syms, kernel_facts(syms)
 
 

@@ -27,8 +27,9 @@ class Symbol(NamedTuple):
 class Kallsyms:
     """The subset of /proc/kallsyms whose base names were asked for."""
 
-    def __init__(self, symbols: Dict[str, Symbol]):
+    def __init__(self, symbols: Dict[str, Symbol], lines: int = 0):
         self._symbols = symbols
+        self.lines = lines  # lines read: 0 when the file was hidden (systemd's ProtectKernelTunables=)
 
     @classmethod
     def parse(cls, lines: Iterable[str], wanted: Set[str], skip_modules: Iterable[str] = ()) -> "Kallsyms":
@@ -40,7 +41,9 @@ class Kallsyms:
         """
         skip = set(skip_modules)
         found: Dict[str, Symbol] = {}
+        count = 0
         for line in lines:
+            count += 1
             parts = line.split()
             if len(parts) < 3:
                 continue
@@ -58,7 +61,7 @@ class Kallsyms:
             except ValueError:
                 continue
             found.setdefault(name, Symbol(name, address, parts[1], module))
-        return cls(found)
+        return cls(found, count)
 
     @classmethod
     def read(cls, wanted: Set[str], path: str = KALLSYMS) -> "Kallsyms":

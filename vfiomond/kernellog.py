@@ -1,5 +1,5 @@
-"""Watch the kernel log for splats: the journal's kernel transport (systemd-python),
-or /dev/kmsg where there is no journal.  Each complete splat is counted in
+"""Watch the kernel log for splats: /dev/kmsg, or the journal's kernel transport
+(systemd-python) where /dev/kmsg cannot be read.  Each complete splat is counted in
 ``vfiomond_kernel_events_total{kind,site,known_issue}`` and raised as one journal
 alert with its text and attribution.  Only new lines are read (from the end).
 """
@@ -92,7 +92,16 @@ def journal_lines(stop: threading.Event) -> Iterator[Optional[str]]:
 
 
 def choose_source() -> Tuple[str, Callable[[threading.Event], Iterator[Optional[str]]]]:
-    """The journal if systemd-python is there and the journal has kernel messages, else /dev/kmsg."""
+    """/dev/kmsg if it can be opened (CAP_SYSLOG where dmesg_restrict=1), else the
+    journal's kernel transport.  /dev/kmsg first: journald adds udev data to kernel
+    lines that name a device, read from the device's sysfs uevent file, and that
+    read waits while the device's removal waits for its VFIO user; the journal then
+    gets the line, and we the device_gone_in_use alert, only after the user let go."""
+    try:
+        os.close(os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK))
+        return "/dev/kmsg", kmsg_lines
+    except OSError:
+        pass
     try:
         from systemd import journal
 
@@ -102,7 +111,7 @@ def choose_source() -> Tuple[str, Callable[[threading.Event], Iterator[Optional[
             return "journal", journal_lines
     except Exception:  # no systemd-python, or no journal
         pass
-    return "/dev/kmsg", kmsg_lines
+    raise OSError("neither /dev/kmsg nor the journal's kernel messages can be read")
 
 
 def _holders_now(bdf: str) -> Dict[int, str]:

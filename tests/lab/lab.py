@@ -25,6 +25,9 @@ import time
 import urllib.request
 from typing import NamedTuple, Optional
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import promserver  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST_PORT = 10119
 SUITES = ("bookworm", "trixie")
@@ -36,6 +39,7 @@ class LabRun(NamedTuple):
     metrics: str  # the scrape, as text
     scenario: dict  # the scenario's JSON summary
     daemon_rc: Optional[int]  # vfiomond's exit status after SIGTERM
+    prometheus: Optional[dict] = None  # promserver.PrometheusServer.report(), with --prometheus
 
 
 class LabError(Exception):
@@ -117,18 +121,19 @@ class EarlyCrash(LabError):
 
 
 def run(suite: str, scenario: str = "standard", extra: Optional[str] = None, demo: bool = False,
-        out: Optional[str] = None, timeout: float = 600) -> LabRun:
+        out: Optional[str] = None, timeout: float = 600, prometheus: bool = False) -> LabRun:
     """Boot, run the scenario, scrape, power off.  A guest kernel that dies before
     init (seen once in about 30 boots: an int3 oops while the 6.12 kernel patches
     its text at boot under multi-threaded TCG) is booted once more, and said so."""
     try:
-        return _run(suite, scenario, extra, demo, out, timeout)
+        return _run(suite, scenario, extra, demo, out, timeout, prometheus)
     except EarlyCrash as e:
         log("the guest kernel crashed before init; booting once more. %s" % str(e).splitlines()[0])
-        return _run(suite, scenario, extra, demo, out and out + "-again", timeout)
+        return _run(suite, scenario, extra, demo, out and out + "-again", timeout, prometheus)
 
 
-def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optional[str], timeout: float) -> LabRun:
+def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optional[str], timeout: float,
+         prometheus: bool) -> LabRun:
     if suite not in SUITES:
         raise LabError("unknown suite %r (%s)" % (suite, ", ".join(SUITES)))
     if not os.path.isfile(os.path.join(REPO, "tests/lab/scenarios", scenario + ".py")):
@@ -144,10 +149,21 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
     log("booting %s (logs in %s)" % (suite, out))
     start = time.monotonic()
     qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "qemu.log"), "w"))
+    server = None
+    report = None
     try:
+        if prometheus:
+            server = promserver.PrometheusServer(port, out.rstrip("/") + "-prometheus")
+            server.start()
+            log("Prometheus scrapes the guest every second: %s" % server.url("/graph"))
         _wait_for(out, "ready", qemu, timeout)
         log("scenario done after %.0f s; scraping 127.0.0.1:%d" % (time.monotonic() - start, port))
         metrics = scrape(port)
+        if server is not None and not demo:
+            server.wait_for_scrapes(3)
+            report = server.report()
+            with open(os.path.join(out, "prometheus.json"), "w") as f:
+                json.dump(report, f, indent=1)
         if demo:
             log("vfiomond is up: open http://127.0.0.1:%d/ (metrics at /metrics); Ctrl-C powers the guest off" % port)
             try:
@@ -161,13 +177,15 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
         _wait_for(out, "done", qemu, 120)
         qemu.wait(timeout=60)
         log("guest powered off after %.0f s" % (time.monotonic() - start))
-    except (LabError, OSError, subprocess.TimeoutExpired) as e:
+    except (LabError, OSError, subprocess.TimeoutExpired, promserver.PrometheusError) as e:
         console = _read(os.path.join(out, "console.log"))
         tail = console.splitlines()[-25:]
         crashed = not os.path.exists(os.path.join(out, "steps")) and "Kernel panic" in console
         raise (EarlyCrash if crashed else LabError)(
             "%s\n--- guest console (last lines) ---\n%s" % (e, "\n".join(tail))) from None
     finally:
+        if server is not None:
+            server.stop()
         if qemu.poll() is None:
             qemu.send_signal(signal.SIGTERM)
             try:
@@ -180,7 +198,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
     except ValueError:
         summary = {}
     rc = _read(os.path.join(out, "vfiomond.rc")).strip()
-    return LabRun(suite, out, metrics, summary, int(rc) if rc else None)
+    return LabRun(suite, out, metrics, summary, int(rc) if rc else None, report)
 
 
 def _interrupt(signum, _frame):
@@ -197,6 +215,9 @@ def main() -> int:
     p.add_argument("--metrics-out", metavar="FILE")
     p.add_argument("--extra", metavar="DIR", help="folder copied into the guest; its ./run runs after the scenario")
     p.add_argument("--demo", action="store_true", help="keep the guest up until Ctrl-C")
+    p.add_argument("--prometheus", action="store_true",
+                   help="a real Prometheus server scrapes the guest; its report of the dashboard's queries and "
+                        "the alert rules goes to the output folder (prometheus.json)")
     p.add_argument("--out", metavar="DIR", help="folder for the guest's logs (default: a new temporary one)")
     args = p.parse_args()
     if not args.demo and not args.metrics_out:
@@ -205,7 +226,7 @@ def main() -> int:
         print("lab: needs root (debootstrap, mkfs)", file=sys.stderr)
         return 1
     try:
-        result = run(args.suite, args.scenario, args.extra, args.demo, args.out)
+        result = run(args.suite, args.scenario, args.extra, args.demo, args.out, prometheus=args.prometheus)
     except LabError as e:
         print("lab: error: %s" % e, file=sys.stderr)
         return 1

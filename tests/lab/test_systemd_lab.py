@@ -73,7 +73,8 @@ def test_removing_a_device_in_use_is_alerted_with_catalog_text(summary):
     assert alert["_SYSTEMD_UNIT"] == "vfiomond.service"
     assert alert["REQUEST_CHANNEL"] == "0"  # the scenario registers no request eventfd
     assert removal["catalog_subject"] and removal["catalog_what_to_do"]
-    assert removal["unbind_rc"] == 0 and removal["rebound"] == "vfio-pci"
+    assert removal["unbind_blocked"] and removal["unbind_rc"] == 0 and removal["rebound"] == "vfio-pci"
+    assert removal["seconds"]["counted"] < removal["seconds"]["released"]
 
 
 def test_a_bad_reload_keeps_the_daemon_and_its_configuration(summary):

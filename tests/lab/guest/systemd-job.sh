@@ -34,6 +34,7 @@ echo $? >"$out/scenario.rc"
 step "scenario systemd exit $(cat "$out/scenario.rc")"
 journalctl -o json SYSLOG_IDENTIFIER=vfiomond >"$out/journal.json" 2>"$out/journalctl.log"
 journalctl -u vfiomond --no-pager -o cat >"$out/vfiomond.log" 2>&1
+journalctl -k -o json >"$out/kernel-journal.json" 2>&1
 step "journal: $(wc -l <"$out/journal.json") vfiomond entries"
 touch "$out/ready"
 i=0

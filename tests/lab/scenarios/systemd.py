@@ -8,7 +8,8 @@ JSON summary printed on stdout (the lab test asserts on it):
              the main process's capabilities; /metrics scraped
   watchdog   WatchdogTimestampMonotonic moves: the main loop pings
   removal    edu's device held open while vfio-pci is unbound from it: the
-             device_gone_in_use alert, then `journalctl -x` shows its catalog text
+             device_gone_in_use alert counted (scrape), the unbind waiting; the
+             device closed; the alert's journal entry, `journalctl -x` with its catalog text
   bad-reload a config with an unknown key, systemctl reload: still active, same
              PID, STATUS says the old configuration runs, reload metric 0
   reload     disable = ["remap_pfn_range"]: the probe detaches; the original
@@ -103,22 +104,32 @@ def step_watchdog(summary):
 
 
 def step_removal(summary):
+    """The alert is counted at once; its journal entry may come only after the user
+    let go: journald itself waited while the removal did (seen on 6.1 + systemd 252)."""
     edu = next(d for d in v.find_devices() if d.name == "edu")
     container = v.Container(edu.iommu_group)
     device = container.device(edu.bdf)
+    t0 = time.monotonic()
     unbind = subprocess.Popen(["sh", "-c", "echo %s > /sys/bus/pci/drivers/vfio-pci/unbind" % edu.bdf])
     try:
-        entries = wait_for("the device_gone_in_use alert", lambda: journal("MESSAGE_ID=" + DEVICE_GONE_IN_USE), 60)
+        wait_for("device_gone_in_use counted", lambda: sample(scrape(), "vfiomond_alerts_total", kind="device_gone_in_use"), 60)
+        counted = time.monotonic() - t0
+        time.sleep(2)
+        blocked = unbind.poll() is None
     finally:
         os.close(device)
         container.close()
+    released = time.monotonic() - t0
     unbind.wait(timeout=60)
+    entries = wait_for("the device_gone_in_use journal entry", lambda: journal("MESSAGE_ID=" + DEVICE_GONE_IN_USE), 60)
+    in_journal = time.monotonic() - t0
     explained = run("journalctl", "-x", "--no-pager", "MESSAGE_ID=" + DEVICE_GONE_IN_USE).stdout
     with open(OUT + "/journal-x.txt", "w") as f:
         f.write(explained)
     e = entries[0]
     summary["removal"] = {
-        "device": edu.bdf, "scenario_pid": os.getpid(), "unbind_rc": unbind.returncode,
+        "device": edu.bdf, "scenario_pid": os.getpid(), "unbind_rc": unbind.returncode, "unbind_blocked": blocked,
+        "seconds": {"counted": round(counted, 1), "released": round(released, 1), "in_journal": round(in_journal, 1)},
         "alert": {k: e.get(k) for k in ("MESSAGE", "PRIORITY", "DEVICE", "PIDS", "COMMS", "REQUEST_CHANNEL",
                                         "VFIOMOND_ALERT", "_SYSTEMD_UNIT")},
         "catalog_subject": bool(re.search(r"PCI device %s is being removed while in use" % re.escape(edu.bdf), explained)),
