@@ -8,7 +8,7 @@ EXTRA ?=
 PROMETHEUS ?=
 LAB = $(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario $(SCENARIO) $(if $(EXTRA),--extra $(EXTRA)) $(if $(PROMETHEUS),--prometheus)
 
-.PHONY: deps demo lab test unit lab-images clean
+.PHONY: deps demo lab test unit lab-images install clean
 
 deps:
 	@scripts/install-deps.sh
@@ -32,6 +32,10 @@ unit: deps
 lab-images: deps
 	tests/lab/image.sh bookworm
 	tests/lab/image.sh trixie
+
+# vfiomond on this host, as a systemd service (see README, "Operating it").
+install:
+	PYTHON=$(PYTHON) scripts/install.sh
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

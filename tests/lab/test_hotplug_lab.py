@@ -124,3 +124,15 @@ def test_loading_again_attaches_again_and_measures(run, phase):
     edu = next(d["device"] for d in run.scenario["devices"] if d["name"] == "edu")
     assert edu in fault_devices(reloaded)
     assert set(reloaded.values("vfiomond_scrape_collector_success")) == {1.0}
+
+
+PROBE_LOST_ID = "286ab4a7fb4b451bbf7ab26f61586336"
+
+
+def test_probes_lost_to_rmmod_are_alerted(run):
+    from test_lab import journal_entries
+
+    lost = journal_entries(run, PROBE_LOST_ID)
+    # Each probe of the vfio modules detached once (rmmod); nothing else was lost.
+    assert sorted(e["PROBE"] for e in lost) == sorted(VFIO_MODULE_PROBES)
+    assert all(e["PRIORITY"] == "4" and "vfio" in e["SYMBOLS"] + e["DETAIL"] for e in lost), lost

@@ -58,9 +58,9 @@ class Scrape:
         return {tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")) for s in self.samples if s.name == name + "_count"}
 
 
-def boot(suite, scenario):
+def boot(suite, scenario, prometheus=False):
     """One lab boot; its folder is copied to $VFIOMOND_LAB_ARTIFACTS/SUITE-SCENARIO if set."""
-    result = lab.run(suite, scenario)
+    result = lab.run(suite, scenario, prometheus=prometheus)
     artifacts = os.environ.get("VFIOMOND_LAB_ARTIFACTS")
     if artifacts:
         dest = os.path.join(artifacts, "%s-%s" % (suite, scenario))
@@ -79,7 +79,7 @@ def journal_entries(run, message_id):
 
 @pytest.fixture(scope="module", params=sorted(EXPECTED_SYMBOLS))
 def run(request):
-    return boot(request.param, "standard")
+    return boot(request.param, "standard", prometheus=True)
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,36 @@ def test_no_series_for_processes_that_exited(run, scrape):
 def test_nothing_lost_and_every_collector_succeeded(scrape):
     assert scrape.one("vfiomond_events_lost_total") == 0
     assert set(scrape.values("vfiomond_scrape_collector_success")) == {1.0}
+
+
+# ------------------------------------------------- a real Prometheus server (tests/lab/promserver.py)
+# It scraped the guest every second during the scenario and loaded grafana/vfiomond-alerts.yml;
+# each dashboard query ran over that time range, as a panel showing it would ask.
+
+
+def test_prometheus_scraped_the_guest(run):
+    assert run.prometheus["targets"] == [{"health": "up", "error": ""}]
+
+
+def test_every_dashboard_query_runs_and_shows_data_unless_it_filters_anomalies(run):
+    queries = run.prometheus["queries"]
+    assert len(queries) > 50
+    errors = [(q["where"], q["error"]) for q in queries if q["status"] != "success"]
+    assert not errors
+    # A query that keeps only series past a threshold (say increase(...) > 0) has
+    # nothing to show when nothing went wrong; every other one must show data.
+    empty = [q["where"] for q in queries if q["series"] == 0 and not q["filters_anomalies"]]
+    assert not empty, "no data in a real Prometheus for: %s" % empty
+
+
+def test_every_alert_rule_evaluates_cleanly(run):
+    rules = run.prometheus["rules"]
+    assert len(rules) >= 17
+    bad = [(r["name"], r["error"]) for r in rules if r["health"] != "ok" or not r["evaluated"]]
+    assert not bad
+
+
+def test_no_alert_about_a_fault_fires_in_the_standard_scenario(run):
+    # The scenario is healthy; only facts about the kernel itself may alert (known issues).
+    active = {r["name"] for r in run.prometheus["rules"] if r["state"] in ("pending", "firing")}
+    assert active <= {"VfiomondKernelAdvisory"}, active

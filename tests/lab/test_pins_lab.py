@@ -77,3 +77,21 @@ def test_journal_entry_within_one_verification_interval(pin_run, device):
     # Found by the periodic pass while the mapping lived, not only at unmap.
     assert device["wrote_at"] < first < device["unmap_at"]
     assert first - device["wrote_at"] <= 2 * VERIFY_INTERVAL
+
+
+ZERO_PAGE_PIN_ID = "0179e5ffcd3b48f6a3e76e619fe9d7c7"
+
+
+def test_zero_page_pin_is_alerted_at_map_time(pin_run, device):
+    alerts = journal_entries(pin_run, ZERO_PAGE_PIN_ID)
+    if pin_run.suite == "trixie":  # 6.12 pins a real page for a read-only MAP_DMA
+        assert alerts == []
+        return
+    assert len(alerts) == 1, alerts
+    e = alerts[0]
+    ro = next(m for m in device["mappings"] if m["iova"] == RO_IOVA)
+    assert e["PID"] == str(pin_run.scenario["pid"]) and e["IOVA"] == hex(RO_IOVA) and int(e["VADDR"], 16) == ro["vaddr"]
+    assert e["SIZE_BYTES"] == str(SIZE) and e["DEVICES"] == device["device"]
+    assert int(e["ZERO_SAMPLES"]) == int(e["SAMPLES"]) > 0 and e["PRIORITY"] == "4"
+    # Raised at MAP_DMA time (from the ring buffer), not by a verification pass at unmap.
+    assert int(e["_SOURCE_REALTIME_TIMESTAMP"]) / 1e6 < device["unmap_at"]
