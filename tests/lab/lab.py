@@ -155,7 +155,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
         if prometheus:
             server = promserver.PrometheusServer(port, out.rstrip("/") + "-prometheus")
             server.start()
-            log("Prometheus scrapes the guest every second: %s" % server.url("/graph"))
+            log("Prometheus scrapes the guest every 3 s: %s" % server.url("/graph"))
         _wait_for(out, "ready", qemu, timeout)
         log("scenario done after %.0f s; scraping 127.0.0.1:%d" % (time.monotonic() - start, port))
         metrics = scrape(port)
