@@ -13,7 +13,10 @@ dest=${DESTDIR:-}
 
 if [ -z "$dest" ]; then
     packages="python3 python3-bpfcc python3-prometheus-client python3-pyudev python3-systemd linux-headers-$(uname -r)"
-    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || packages="$packages python3-tomli"
+    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        # Debian 11 has no python3-tomli; vfiomond reads TOML with python3-toml there.
+        if apt-cache show python3-tomli >/dev/null 2>&1; then packages="$packages python3-tomli"; else packages="$packages python3-toml"; fi
+    fi
     missing=""
     for p in $packages; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -92,15 +92,28 @@ def validate(config: Config, origin: str) -> Config:
     return config
 
 
-def _toml():
+def _parse_toml() -> Callable[[bytes], Dict[str, Any]]:
+    """The first TOML parser this Python has: tomllib (3.11+), tomli (python3-tomli,
+    Debian 12+), toml (python3-toml, Debian 11).  The function raises ValueError
+    on bad TOML (all three parsers' errors are ValueErrors)."""
     try:
         import tomllib  # Python 3.11+
+
+        return tomllib.loads
     except ImportError:
-        try:
-            import tomli as tomllib  # python3-tomli on Python 3.9 / 3.10
-        except ImportError:
-            raise ConfigError("reading a TOML config needs Python 3.11+ or python3-tomli") from None
-    return tomllib
+        pass
+    try:
+        import tomli  # python3-tomli on Python 3.9 / 3.10
+
+        return tomli.loads
+    except ImportError:
+        pass
+    try:
+        import toml  # python3-toml: Debian 11 has no tomli
+
+        return toml.loads
+    except ImportError:
+        raise ConfigError("reading a TOML config needs Python 3.11+, python3-tomli or python3-toml") from None
 
 
 def loader(path: Optional[str], overrides: Dict[str, Any], origin: str = "command line") -> Callable[[], Config]:
@@ -116,12 +129,13 @@ def loader(path: Optional[str], overrides: Dict[str, Any], origin: str = "comman
 def load(path: Optional[str]) -> Config:
     if path is None:
         return Config()
-    tomllib = _toml()
+    parse = _parse_toml()
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            text = f.read().decode("utf-8")
+        data = parse(text)
     except OSError as e:
         raise ConfigError("config %s: %s" % (path, e.strerror)) from None
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # TOMLDecodeError, TomlDecodeError, UnicodeDecodeError
         raise ConfigError("config %s: %s" % (path, e)) from None
     return from_dict(data, "config " + path)

@@ -17,6 +17,9 @@ _VFIO_PATHS = ("/dev/vfio/", "/dev/iommu")
 _LIBVIRT_SCOPE = re.compile(r"machine-qemu\\x2d\d+\\x2d(.+?)\.scope")
 
 
+CAP_IPC_LOCK = 14
+
+
 def parse_status(text: str) -> Dict[str, int]:
     """VmLck and VmPin of /proc/PID/status, in bytes (0 when absent)."""
     out = {"VmLck": 0, "VmPin": 0}
@@ -25,6 +28,15 @@ def parse_status(text: str) -> Dict[str, int]:
         if key in out:
             out[key] = int(value.split()[0]) * 1024
     return out
+
+
+def has_ipc_lock(status_text: str) -> bool:
+    """CAP_IPC_LOCK in CapEff of /proc/PID/status: type1 (mm_lock_acct) and iommufd
+    then charge locked_vm without checking RLIMIT_MEMLOCK."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
+    return False
 
 
 def parse_memlock_limit(text: str) -> float:
@@ -147,8 +159,10 @@ def read_process(pid: int, proc: str = "/proc") -> Optional[ProcessInfo]:
     """None when the process vanished while being read."""
     base = "%s/%d/" % (proc, pid)
     try:
-        status = parse_status(_read(base + "status"))
-        limit = parse_memlock_limit(_read(base + "limits"))
+        status_text = _read(base + "status")
+        status = parse_status(status_text)
+        # The limit VFIO accounting applies: none for a process with CAP_IPC_LOCK.
+        limit = math.inf if has_ipc_lock(status_text) else parse_memlock_limit(_read(base + "limits"))
         comm = _read(base + "comm").strip()
         vm = vm_name(_read(base + "cmdline", "rb"), _read(base + "cgroup"))
     except (OSError, ValueError):
@@ -173,7 +187,8 @@ def families(infos: Iterable[ProcessInfo], acct: Dict[int, ProcAcct], backend: s
         for name, doc, extra in (
             ("locked_vm_bytes", "locked_vm of the VFIO user (VmLck in /proc/PID/status).", []),
             ("pinned_vm_bytes", "pinned_vm of the VFIO user (VmPin in /proc/PID/status).", []),
-            ("memlock_limit_bytes", "RLIMIT_MEMLOCK soft limit of the VFIO user (+Inf: unlimited).", []),
+            ("memlock_limit_bytes", "RLIMIT_MEMLOCK soft limit of the VFIO user as VFIO accounting applies it "
+             "(+Inf: unlimited, or the process has CAP_IPC_LOCK).", []),
             ("dma_mapped_bytes", "Bytes the process has DMA-mapped now.", ["backend"]),
             ("charged_bytes", "Bytes the VFIO backend has charged to the process's locked_vm now.", ["backend"]),
             ("uncharged_pinned_bytes",

@@ -31,6 +31,7 @@ import promserver  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST_PORT = 10119
 SUITES = ("bookworm", "trixie")
+PROMETHEUS_HOLD = 4  # seconds
 
 
 class LabRun(NamedTuple):
@@ -68,10 +69,11 @@ def free_port(preferred: int = 0) -> int:
     raise LabError("no free loopback port")
 
 
-def qemu_command(img: str, out: str, extra: str, host_port: int, scenario: str, demo: bool):
+def qemu_command(img: str, out: str, extra: str, host_port: int, scenario: str, demo: bool, hold: int = 0):
     append = " ".join([
         "console=ttyS0", "root=/dev/vda", "rw", "intel_iommu=on", "init=/sbin/vfiomond-lab-init", "panic=-1",
         "vfiomond.scenario=" + scenario, "vfiomond.port=%d" % GUEST_PORT, "vfiomond.demo=%d" % demo,
+        "vfiomond.hold=%d" % hold,
     ])
     return [
         "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
@@ -145,7 +147,10 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
     os.makedirs(out, exist_ok=True)
     empty = tempfile.mkdtemp(prefix="vfiomond-lab-noextra-")
     port = free_port(GUEST_PORT if demo else 0)
-    cmd = qemu_command(img, out, os.path.abspath(extra) if extra else empty, port, scenario, demo)
+    # With a Prometheus scraping every second, the scenario holds its mappings for
+    # a few seconds (VFIOMOND_HOLD) so that the per-process series get scraped.
+    hold = PROMETHEUS_HOLD if prometheus else 0
+    cmd = qemu_command(img, out, os.path.abspath(extra) if extra else empty, port, scenario, demo, hold)
     log("booting %s (logs in %s)" % (suite, out))
     start = time.monotonic()
     qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "qemu.log"), "w"))
@@ -155,7 +160,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
         if prometheus:
             server = promserver.PrometheusServer(port, out.rstrip("/") + "-prometheus")
             server.start()
-            log("Prometheus scrapes the guest every 3 s: %s" % server.url("/graph"))
+            log("Prometheus scrapes the guest every second: %s" % server.url("/graph"))
         _wait_for(out, "ready", qemu, timeout)
         log("scenario done after %.0f s; scraping 127.0.0.1:%d" % (time.monotonic() - start, port))
         metrics = scrape(port)

@@ -1,5 +1,5 @@
 """A real Prometheus server (Debian package ``prometheus``, installed by ``make
-deps``) on the lab host: it scrapes the guest's vfiomond every 3 s through the
+deps``) on the lab host: it scrapes the guest's vfiomond every second through the
 forwarded port, loads grafana/vfiomond-alerts.yml, and answers the dashboard's
 queries over its HTTP API.
 
@@ -70,8 +70,7 @@ def filters_anomalies(expr: str) -> bool:
 
 
 class PrometheusServer:
-    # Under TCG a scrape of the guest takes over a second while the scenario runs.
-    def __init__(self, target_port: int, workdir: str, interval: str = "3s"):
+    def __init__(self, target_port: int, workdir: str, interval: str = "1s"):
         self.binary = shutil.which("prometheus")
         if self.binary is None:
             raise PrometheusError("prometheus not found: run `make deps` (Debian package prometheus)")
@@ -120,10 +119,10 @@ class PrometheusServer:
             return json.load(e)
 
     def wait_for_scrapes(self, count: int, timeout: float = 60) -> None:
-        """Until the target has been up for ``count`` scrapes in a row."""
+        """Until ``count`` scrapes of the target succeeded within the last minute."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = self.api("query", query='count_over_time(up{job="%s"}[1m]) and up{job="%s"} == 1' % (JOB, JOB))
+            r = self.api("query", query='sum_over_time(up{job="%s"}[1m])' % JOB)
             if r.get("status") == "success" and r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= count:
                 return
             time.sleep(0.5)

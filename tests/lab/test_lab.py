@@ -208,6 +208,19 @@ def test_prometheus_scraped_the_guest(run):
     assert scrapes["up"] >= 5 and scrapes["down"] <= scrapes["up"] // 4, scrapes
 
 
+# Series that exist only once such an event happened (labelled by errno or kind), and
+# ALERTS only once an alert fires: nothing to show in a healthy run.
+EVENT_ONLY = ("vfiomond_remap_pfn_range_errors_total", "vfiomond_dma_map_errors_total",
+              "vfiomond_dma_unmap_errors_total", "vfiomond_kernel_events_total", 'ALERTS{alertname=~"Vfiomond.*", alertstate="firing"')
+
+
+def no_data_expected(suite, expr):
+    if any(name in expr for name in EVENT_ONLY):
+        return True
+    # 6.12 never calls remap_pfn_range for VFIO; its latency needs calls while Prometheus watched.
+    return not REMAP_IN_FAULT[suite] and "histogram_quantile" in expr and "remap_pfn_range" in expr
+
+
 def test_every_dashboard_query_runs_and_shows_data_unless_it_filters_anomalies(run):
     queries = run.prometheus["queries"]
     assert len(queries) > 50
@@ -215,7 +228,8 @@ def test_every_dashboard_query_runs_and_shows_data_unless_it_filters_anomalies(r
     assert not errors
     # A query that keeps only series past a threshold (say increase(...) > 0) has
     # nothing to show when nothing went wrong; every other one must show data.
-    empty = [q["where"] for q in queries if q["series"] == 0 and not q["filters_anomalies"]]
+    empty = [q["where"] for q in queries
+             if q["series"] == 0 and not q["filters_anomalies"] and not no_data_expected(run.suite, q["expr"])]
     assert not empty, "no data in a real Prometheus for: %s" % empty
 
 
@@ -227,9 +241,13 @@ def test_every_alert_rule_evaluates_cleanly(run):
 
 
 def test_alerts_active_are_the_ones_the_kernel_earns(run):
-    # The scenario maps never-touched memory read-only: 6.1 pins the zero page for it, and
-    # the rule on vfiomond_zero_page_pins_total fires from real data; 6.12 does not.
-    # Known issues of the running kernel may alert too; nothing else may.
+    # The scenario maps never-touched memory read-only: 6.1 pins the zero page for it and
+    # leaves it uncharged, and the rules on those series go off from real data; 6.12 does
+    # not. Known issues of the running kernel may alert too; nothing else may (the
+    # scenario runs as root: CAP_IPC_LOCK, so no memlock limit applies to it).
     active = {r["name"] for r in run.prometheus["rules"] if r["state"] in ("pending", "firing")}
-    assert ("VfiomondZeroPagePins" in active) == (run.suite == "bookworm"), active
-    assert active <= {"VfiomondKernelAdvisory", "VfiomondZeroPagePins"}, active
+    zero_page = {"VfiomondZeroPagePins", "VfiomondUnchargedPinnedMemory"}
+    if run.suite == "bookworm":
+        assert zero_page <= active, active
+    assert active - zero_page <= {"VfiomondKernelAdvisory"}, active
+    assert not (active & zero_page and run.suite != "bookworm"), active

@@ -92,6 +92,9 @@ def test_zero_page_pin_is_alerted_at_map_time(pin_run, device):
     ro = next(m for m in device["mappings"] if m["iova"] == RO_IOVA)
     assert e["PID"] == str(pin_run.scenario["pid"]) and e["IOVA"] == hex(RO_IOVA) and int(e["VADDR"], 16) == ro["vaddr"]
     assert e["SIZE_BYTES"] == str(SIZE) and e["DEVICES"] == device["device"]
-    assert int(e["ZERO_SAMPLES"]) == int(e["SAMPLES"]) > 0 and e["PRIORITY"] == "4"
+    # Only part of the buffer pins the 4 KiB zero page (the scenario counts those pages:
+    # 72 of 512 in the lab), so only part of the samples do.
+    assert 0 < int(e["ZERO_SAMPLES"]) <= min(int(e["SAMPLES"]), device["zero_page_pinned_pages"]), e
+    assert e["PRIORITY"] == "4"
     # Raised at MAP_DMA time (from the ring buffer), not by a verification pass at unmap.
     assert int(e["_SOURCE_REALTIME_TIMESTAMP"]) / 1e6 < device["unmap_at"]

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from vfiomond.processes import ProcAcct, ProcessInfo, families, parse_memlock_limit, parse_status, vm_name
+from vfiomond.processes import (ProcAcct, ProcessInfo, families, has_ipc_lock, parse_memlock_limit, parse_status,
+                                read_process, vm_name)
 
 from test_faults import exposition, key
 
@@ -23,6 +24,20 @@ Max address space         unlimited            unlimited            bytes
 def test_status_in_bytes():
     assert parse_status(STATUS) == {"VmLck": 4194304 * 1024, "VmPin": 8 * 1024}
     assert parse_status("Name:\tx\n") == {"VmLck": 0, "VmPin": 0}  # kernel threads
+
+
+def test_cap_ipc_lock_lifts_the_limit_vfio_applies(tmp_path):
+    assert has_ipc_lock("CapEff:\t0000000000004000\n") and has_ipc_lock("CapEff:\t000001ffffffffff\n")
+    assert not has_ipc_lock("CapEff:\t0000000000000000\n") and not has_ipc_lock("Name:\tx\n")
+    for capeff, limit in (("0000000000000000", 16777216), ("000001ffffffffff", math.inf)):
+        d = tmp_path / capeff / "42"
+        d.mkdir(parents=True)
+        (d / "status").write_text(STATUS + "CapEff:\t%s\n" % capeff)
+        (d / "limits").write_text(LIMITS)
+        (d / "comm").write_text("qemu\n")
+        (d / "cmdline").write_bytes(b"qemu\0")
+        (d / "cgroup").write_text("0::/\n")
+        assert read_process(42, proc=str(tmp_path / capeff)).memlock_limit_bytes == limit
 
 
 def test_memlock_soft_limit():

@@ -11,6 +11,7 @@ param() { tr ' ' '\n' </proc/cmdline | sed -n "s/^vfiomond\.$1=//p"; }
 scenario=$(param scenario)
 port=$(param port)
 demo=$(param demo)
+hold=$(param hold)
 step() { echo "lab: $*"; echo "$*" >>"$out/steps"; }
 fail() { step "FAILED: $*"; echo "$*" >"$out/failed"; exit 1; }
 
@@ -72,7 +73,7 @@ until grep -q "serving /metrics" "$out/vfiomond.log"; do
 done
 step "vfiomond ready"
 
-VFIOMOND_PID=$daemon VFIOMOND_PORT=$port python3 "$src/tests/lab/scenarios/$scenario.py" >"$out/scenario.json" 2>"$out/scenario.log"
+VFIOMOND_PID=$daemon VFIOMOND_PORT=$port VFIOMOND_HOLD=${hold:-0} python3 "$src/tests/lab/scenarios/$scenario.py" >"$out/scenario.json" 2>"$out/scenario.log"
 echo $? >"$out/scenario.rc"
 step "scenario $scenario exit $(cat "$out/scenario.rc")"
 if [ -x /lab/extra/run ]; then

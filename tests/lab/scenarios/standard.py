@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vfiolib as v  # noqa: E402
@@ -27,6 +28,8 @@ THREADS = 4
 # the BAR mapping, so each round faults again): one round alone does not always
 # overlap two faults under TCG.
 ROUNDS = 4
+# Seconds to stay mapped before touching the BAR (the lab sets it when a Prometheus scrapes).
+HOLD = float(os.environ.get("VFIOMOND_HOLD") or 0)
 BAR_NAMES = {0: "bar0", 1: "bar1", 2: "bar2", 3: "bar3", 4: "bar4", 5: "bar5"}
 
 
@@ -92,6 +95,9 @@ def exercise(dev):
         container.map_dma(vaddr, iova, BUFFER, flags)
         record["mappings"].append({"iova": iova, "size": BUFFER, "flags": flags, "touched": touched})
     log("%s: mapped 2 x 4 MiB" % dev.bdf)
+    # The lab's Prometheus scrapes every second: stay mapped long enough to be seen.
+    time.sleep(HOLD)
+    record["held_seconds"] = HOLD
 
     device_fd = container.device(dev.bdf)
     bar = v.region(device_fd, dev.bar)
@@ -105,6 +111,7 @@ def exercise(dev):
     step = max(v.PAGE, bar.size // 256)
     for round_ in range(ROUNDS):
         if round_:
+            time.sleep(HOLD / ROUNDS)  # rounds in different scrapes: rates need two
             toggle_memory_decode(device_fd, config)
         record["touches_per_thread"] = touch_bar_concurrently(addr, bar.size, step)
     record["concurrent_rounds"] = ROUNDS
