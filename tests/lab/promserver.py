@@ -138,7 +138,8 @@ class PrometheusServer:
             sent = as_grafana_sends(expr)
             r = self.api("query_range", query=sent, start="%.3f" % self.started, end="%.3f" % end, step="1")
             result = r.get("data", {}).get("result", []) if r.get("status") == "success" else []
-            numbers = [s for s in result if any(v not in ("NaN", "+Inf", "-Inf") for _, v in s["values"])]
+            # NaN is no data (a quantile of nothing); +Inf is a value (an unlimited RLIMIT_MEMLOCK).
+            numbers = [s for s in result if any(v != "NaN" for _, v in s["values"])]
             queries.append({"where": where, "expr": sent, "status": r.get("status"), "error": r.get("error"),
                             "series": len(numbers), "filters_anomalies": filters_anomalies(sent)})
         rules = []
