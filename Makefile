@@ -8,7 +8,7 @@ EXTRA ?=
 PROMETHEUS ?=
 LAB = $(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario $(SCENARIO) $(if $(EXTRA),--extra $(EXTRA)) $(if $(PROMETHEUS),--prometheus)
 
-.PHONY: deps demo lab test unit lab-images install clean
+.PHONY: deps demo lab test test-all unit lab-images install clean
 
 deps:
 	@scripts/install-deps.sh
@@ -19,19 +19,22 @@ demo: deps
 	$(LAB) --demo --prometheus
 
 lab: deps
-	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie METRICS_OUT=FILE [SCENARIO=standard|pin-mismatch|memlock|kernel-log|idle|hotplug|systemd] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
+	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid METRICS_OUT=FILE [SCENARIO=standard|pin-mismatch|memlock|kernel-log|idle|hotplug|systemd] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
 	$(LAB) --metrics-out $(METRICS_OUT)
 
 # Unit tests, then the lab tests on both guest kernels.
 test: deps
 	$(PYTHON) -m pytest -v tests/unit tests/lab
 
+# Also Debian 11 (5.10) and sid (the newest kernel the archive has; it moves daily).
+test-all: deps
+	VFIOMOND_LAB_SUITES="bookworm trixie bullseye sid" $(PYTHON) -m pytest -v tests/unit tests/lab
+
 unit: deps
 	$(PYTHON) -m pytest -q tests/unit
 
 lab-images: deps
-	tests/lab/image.sh bookworm
-	tests/lab/image.sh trixie
+	for suite in bookworm trixie bullseye sid; do tests/lab/image.sh $$suite || exit 1; done
 
 # vfiomond on this host, as a systemd service (see README, "Operating it").
 install:

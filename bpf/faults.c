@@ -5,7 +5,15 @@
  */
 #include <linux/mm.h>
 #include <linux/pci.h>
+#if __has_include(<linux/vfio_pci_core.h>)
 #include <linux/vfio_pci_core.h>
+/* 5.15+: vm_private_data is a struct vfio_pci_core_device *. */
+#define VDEV_PDEV(vdev) (&((struct vfio_pci_core_device *)(vdev))->pdev)
+#else
+/* Before 5.15 it is a struct vfio_pci_device * (drivers/vfio/pci/vfio_pci_private.h,
+ * not in the headers), whose first member is struct pci_dev *pdev. */
+#define VDEV_PDEV(vdev) ((struct pci_dev **)(vdev))
+#endif
 
 #ifndef VFIO_PCI_OFFSET_SHIFT
 #define VFIO_PCI_OFFSET_SHIFT 40
@@ -41,18 +49,17 @@ BPF_HASH(bar_faults_concurrent, struct device_key, u64, 256);
 BPF_HASH(bar_fault_by_tid, u32, struct bar_fault_inflight, 4096);
 BPF_TABLE("lru_hash", u64, s64, bar_faults_by_vma, 4096);
 
-/* device and region of a VFIO BAR vma; vm_private_data is the
- * struct vfio_pci_core_device * (5.15+). */
+/* device and region of a VFIO BAR vma, from vm_private_data (see VDEV_PDEV). */
 static __always_inline void vma_device(struct vm_area_struct *vma, char *device, u8 *region)
 {
-    struct vfio_pci_core_device *vdev = NULL;
+    void *vdev = NULL;
     struct pci_dev *pdev = NULL;
     const char *name = NULL;
     unsigned long pgoff = 0;
 
     bpf_probe_read_kernel(&vdev, sizeof(vdev), &vma->vm_private_data);
     if (vdev)
-        bpf_probe_read_kernel(&pdev, sizeof(pdev), &vdev->pdev);
+        bpf_probe_read_kernel(&pdev, sizeof(pdev), VDEV_PDEV(vdev));
     if (pdev)
         bpf_probe_read_kernel(&name, sizeof(name), &pdev->dev.kobj.name);
     if (name)

@@ -319,12 +319,13 @@ int on_unpin_pages(struct pt_regs *ctx)
 }
 
 /* locked_vm: __account_locked_vm(mm, pages, inc, task, bypass_rlim) called
- * while the thread is inside vfio_lock_acct is a type1 charge. */
+ * while the thread is inside the marker (mm_lock_acct, else vfio_lock_acct;
+ * vfiomond/probes.py) is a type1 charge. */
 struct acct_inflight {
     u64 pages;
     u8 in_lock_acct;
     u8 inc;
-    u8 armed; /* __account_locked_vm entered inside vfio_lock_acct */
+    u8 armed; /* __account_locked_vm entered inside the marker */
 };
 
 BPF_HASH(acct_by_tid, u32, struct acct_inflight, 4096);

@@ -120,10 +120,13 @@ PROBES: Tuple[Probe, ...] = (
         )),
     )),
     Probe("locked_vm_charge", "type1", (
-        # vfio_lock_acct marks the thread; __account_locked_vm inside it is a
-        # type1 charge (directly, or through mm_lock_acct from 6.2 / 6.1.20).
-        Variant("__account_locked_vm inside vfio_lock_acct", (
-            Hook(("vfio_lock_acct",), "on_lock_acct", "on_lock_acct_return", reads_args=False),
+        # A marker function sets a per-thread flag; __account_locked_vm under it is
+        # a type1 charge.  mm_lock_acct (6.2 / 6.1.20+) is type1's only caller of
+        # __account_locked_vm, and vfio_change_dma_owner calls it directly; GCC 16
+        # (Debian sid's 7.2) inlines vfio_lock_acct into vfio_pin_pages_remote, so
+        # the .part.0 copy left sees only uncharges.  Older kernels: vfio_lock_acct.
+        Variant("__account_locked_vm inside mm_lock_acct or vfio_lock_acct", (
+            Hook(("mm_lock_acct", "vfio_lock_acct"), "on_lock_acct", "on_lock_acct_return", reads_args=False),
             Hook(("__account_locked_vm",), "on_account_locked_vm", "on_account_locked_vm_return"),
         )),
     )),

@@ -10,14 +10,17 @@
 set -euo pipefail
 
 suite=${1:?usage: image.sh SUITE}
-case "$suite" in
-    bookworm|trixie) ;;
-    *) echo "image.sh: unknown suite '$suite' (bookworm, trixie)" >&2; exit 2 ;;
-esac
-
 packages=linux-image-amd64,linux-headers-amd64,python3,python3-bpfcc,bpfcc-tools,\
 python3-prometheus-client,python3-pyudev,python3-systemd,kmod,pciutils,iproute2,\
-udev,systemd-sysv,procps,initramfs-tools,xz-utils
+udev,systemd-sysv,procps,xz-utils
+case "$suite" in
+    bookworm|trixie) packages="$packages,initramfs-tools" ;;
+    # sid's kernel packages pull in dracut, which conflicts with initramfs-tools.
+    sid) packages="$packages,dracut" ;;
+    # Debian 11: Python 3.9 and no python3-tomli; vfiomond reads TOML with python3-toml.
+    bullseye) packages="$packages,initramfs-tools,python3-toml" ;;
+    *) echo "image.sh: unknown suite '$suite' (bullseye, bookworm, trixie, sid)" >&2; exit 2 ;;
+esac
 
 cache_root=${VFIOMOND_LAB_CACHE:-/var/cache/vfiomond-lab}
 key=$(sha256sum "$0" | cut -c1-12)
@@ -66,8 +69,14 @@ INIT
 chmod 755 "$rootfs/sbin/vfiomond-lab-init"
 echo vfiomond-lab >"$rootfs/etc/hostname"
 
-cp "$(ls "$rootfs"/boot/vmlinuz-* | sort -V | tail -1)" "$dir/vmlinuz"
-cp "$(ls "$rootfs"/boot/initrd.img-* | sort -V | tail -1)" "$dir/initrd.img"
+# sid's split kernel packages keep the image in /usr/lib/modules/VERSION/vmlinuz
+# too; /boot is where Debian's postinst puts a copy.
+vmlinuz=$(ls "$rootfs"/boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)
+[ -n "$vmlinuz" ] || vmlinuz=$(ls "$rootfs"/usr/lib/modules/*/vmlinuz | sort -V | tail -1)
+cp "$vmlinuz" "$dir/vmlinuz"
+initrd=$(ls "$rootfs"/boot/initrd.img-* 2>/dev/null | sort -V | tail -1)
+[ -n "$initrd" ] || { echo "image.sh: no initrd in $rootfs/boot" >&2; exit 1; }
+cp "$initrd" "$dir/initrd.img"
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 
 truncate -s 4G "$dir/rootfs.img"

@@ -30,7 +30,9 @@ import promserver  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST_PORT = 10119
-SUITES = ("bookworm", "trixie")
+SUITES = ("bookworm", "trixie", "bullseye", "sid")
+# The suites the lab tests boot: make test the first two, make test-all all four.
+TEST_SUITES = tuple(os.environ.get("VFIOMOND_LAB_SUITES", "bookworm trixie").split())
 PROMETHEUS_HOLD = 4  # seconds
 
 

@@ -8,13 +8,13 @@ import os
 
 import pytest
 
-from test_lab import EXPECTED_SYMBOLS, MIB, PAGE, Scrape, boot
+from test_lab import EXPECTED_SYMBOLS, SUITES, MIB, PAGE, Scrape, boot
 
 VFIO_MODULE_PROBES = ("bar_fault", "pat_untrack", "dma_map", "dma_unmap", "pin_pages", "zero_page_pins", "unpin_pages",
                       "locked_vm_charge")
 
 
-@pytest.fixture(scope="module", params=sorted(EXPECTED_SYMBOLS))
+@pytest.fixture(scope="module", params=SUITES)
 def run(request):
     return boot(request.param, "hotplug")
 

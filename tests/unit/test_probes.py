@@ -122,3 +122,17 @@ def test_every_probe_has_a_unique_name_and_known_area():
     names = [p.name for p in PROBES]
     assert len(names) == len(set(names))
     assert {p.area for p in PROBES} == {"faults", "type1"}
+
+
+# Debian sid's 7.2.13 (GCC 16): vfio_lock_acct is inlined into vfio_pin_pages_remote,
+# so its .part.0 copy sees only uncharges; mm_lock_acct sees every type1 charge.
+SID_7_2 = NEWER + (
+    "ffffffffc0000a00 t mm_lock_acct\t[vfio_iommu_type1]\n"
+)
+
+
+def test_mm_lock_acct_is_the_charge_marker_where_it_exists():
+    sel, _ = selection(SID_7_2)
+    assert symbols(sel["locked_vm_charge"]) == "mm_lock_acct,__account_locked_vm"
+    sel, _ = selection(DEBIAN_6_1)  # no mm_lock_acct in this list: the older marker
+    assert symbols(sel["locked_vm_charge"]) == "vfio_lock_acct.part.0,__account_locked_vm"

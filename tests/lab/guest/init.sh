@@ -58,9 +58,11 @@ python3 -m vfiomond check >"$out/check.txt" 2>&1
 python3 -m vfiomond doctor --json >"$out/doctor.json" 2>"$out/doctor.err"
 echo $? >"$out/doctor.rc"
 setpriv --reuid=65534 --regid=65534 --clear-groups python3 -m vfiomond doctor --json >"$out/doctor-nobody.json" 2>"$out/doctor-nobody.err"
-# The symbols vfiomond looks for, as this kernel has them (for diagnosis).
-grep -E ' (vfio|iommufd|iopt|__account_locked_vm|remap_pfn_range|untrack_pfn|pfnmap_untrack)' /proc/kallsyms \
-    | sort -k3 >"$out/kallsyms.txt"
+# The symbols vfiomond looks for, as this kernel has them (for diagnosis, and the
+# fixtures of tests/unit/data/kallsyms that scripts/coverage_table.py reads).
+{ echo "# $(uname -r)"
+  grep -E ' (vfio|iommufd|iopt|__account_locked_vm|mm_lock_acct|remap_pfn_range|untrack_pfn|pfnmap_untrack)' /proc/kallsyms \
+    | sort -k3; } >"$out/kallsyms.txt"
 python3 -m vfiomond run --config "$src/tests/lab/guest/vfiomond.toml" --listen ":$port" >"$out/vfiomond.log" 2>&1 &
 daemon=$!
 step "started vfiomond (pid $daemon)"
