@@ -281,6 +281,8 @@ def test_alerts_active_are_the_ones_the_kernel_earns(run):
     active = {r["name"] for r in run.prometheus["rules"] if r["state"] in ("pending", "firing")}
     zero_page = {"VfiomondZeroPagePins", "VfiomondUnchargedPinnedMemory"}
     if ZERO_PAGE_PINS[run.suite]:
-        assert zero_page <= active, active
+        # The counter-based rule always; the one on the per-process gauge only if it was
+        # evaluated while the scenario process lived (seen in some boots, not all).
+        assert "VfiomondZeroPagePins" in active, active
     assert active - zero_page <= {"VfiomondKernelAdvisory", "VfiomondConcurrentBarFaults"}, active
     assert not (active & zero_page and not ZERO_PAGE_PINS[run.suite]), active
