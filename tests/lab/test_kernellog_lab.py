@@ -12,6 +12,8 @@ KERNEL_SPLAT_ID = "c4d2e8f1a9b7460e8d3c5b2a1f0e9d8c"
 KERNEL_ADVISORY_ID = "5e7a9c1b3d2f4a6e8c0b1d3f5a7c9e2b"
 # What the knowledge base says of each lab kernel (Debian 6.1.176 / 6.12.107 and 6.12.117).
 ADVISORIES = {
+    "bullseye": {"pat-failed-fork-warn": "affected", "ro-longterm-pin-divergence": "affected"},  # 5.10.223
+    "sid": {},  # 7.2.13: newer than every fix in the knowledge base
     "bookworm": {"pat-failed-fork-warn": "affected", "ro-longterm-pin-divergence": "affected"},
     "trixie": {"pat-failed-fork-warn": "possibly", "huge-pfnmap-unaligned-pfn": "possibly", "huge-fault-oom-race": "possibly"},
 }
@@ -68,7 +70,8 @@ def test_doctor_in_the_guest_tells_the_truth(log_run):
     assert checks["probes"]["status"] == "ok"
     assert set(ADVISORIES[log_run.suite]) <= set(checks["advisories"]["detail"].replace(";", " ").replace("(", " ").split())
     with open(os.path.join(log_run.out, "doctor.rc")) as f:
-        assert f.read().strip() == "1"  # the advisories need attention
+        # the advisories need attention; a kernel without any leaves nothing to attend to
+        assert f.read().strip() == ("1" if ADVISORIES[log_run.suite] else "0")
 
 
 def test_doctor_without_root_says_what_it_could_not_see(log_run):
