@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from prometheus_client.core import CollectorRegistry
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from vfiomond import __version__, advisories, bpfload, devices, kernel, pagemap, privileges
 from vfiomond.alerts import PROBE_LOST, AlertSink
@@ -120,8 +120,6 @@ class ReloadStats:
             self.last_success_time = time.time()
 
     def families(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         yield GaugeMetricFamily("vfiomond_config_last_reload_successful",
                                 "Whether the last configuration reload (SIGHUP) succeeded (1) or kept the old one (0).",
                                 value=int(self.last_successful))
@@ -263,7 +261,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
         program.close()
         raise VfiomondError("cannot listen on %s: %s" % (config.listen, e.strerror)) from None
     log.info("serving /metrics on %s (%s)", config.listen, _summary(program))
-    notifier.ready(_status(config, program, daemon))
+    notifier.ready(_status(program, daemon))
 
     stop = threading.Event()
     reload_requested = threading.Event()
@@ -292,7 +290,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
             notifier.reloading()
             error = daemon.reload(load_config) if load_config else "no configuration to reload"
             notifier.ready(("reload failed, running with the previous configuration: %s; " % error if error else "")
-                           + _status(daemon.config, program, daemon))
+                           + _status(program, daemon))
         now = time.monotonic()
         if watch is not None and now >= next_verify:
             program.poll(0)  # drain: an UNMAP still queued must not look like a mismatch
@@ -303,7 +301,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
             next_housekeeping = now + HOUSEKEEPING_INTERVAL
         if program.statuses != statuses:
             statuses = program.statuses
-            notifier.status(_status(daemon.config, program, daemon))
+            notifier.status(_status(program, daemon))
         notifier.progress(healthy=server.thread_alive())
     notifier.stopping()
     server.shutdown()
@@ -320,6 +318,7 @@ def _summary(program: bpfload.Program) -> str:
     return "%d of %d probes attached" % (len(program.attached()), len(program.statuses))
 
 
-def _status(config: Config, program: bpfload.Program, daemon: Daemon) -> str:
+def _status(program: bpfload.Program, daemon: Daemon) -> str:
     """systemctl status's one line: what vfiomond is doing now."""
-    return "serving /metrics on %s; %s; %d VFIO devices" % (config.listen, _summary(program), len(daemon.inventory.devices))
+    return "serving /metrics on %s; %s; %d VFIO devices" % (daemon.config.listen, _summary(program),
+                                                            len(daemon.inventory.devices))

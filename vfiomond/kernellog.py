@@ -93,10 +93,9 @@ def journal_lines(stop: threading.Event) -> Iterator[Optional[str]]:
 
 def choose_source() -> Tuple[str, Callable[[threading.Event], Iterator[Optional[str]]]]:
     """/dev/kmsg if it can be opened (CAP_SYSLOG where dmesg_restrict=1), else the
-    journal's kernel transport.  /dev/kmsg first: journald adds udev data to kernel
-    lines that name a device, read from the device's sysfs uevent file, and that
-    read waits while the device's removal waits for its VFIO user; the journal then
-    gets the line, and we the device_gone_in_use alert, only after the user let go."""
+    journal's kernel transport.  /dev/kmsg first: in the lab (6.1, 5.10) journald
+    stored nothing while a device removal waited for its VFIO user, so through the
+    journal the device_gone_in_use alert came only after the user let go."""
     try:
         os.close(os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK))
         return "/dev/kmsg", kmsg_lines

@@ -99,7 +99,8 @@ def step_start(summary):
 
 def step_watchdog(summary):
     first = show()["WatchdogTimestampMonotonic"]
-    later = wait_for("a watchdog ping", lambda: (show()["WatchdogTimestampMonotonic"] != first) and show(), timeout=30)
+    later = wait_for("a watchdog ping", lambda: (lambda s: s["WatchdogTimestampMonotonic"] != first and s)(show()),
+                     timeout=30)
     summary["watchdog"] = {"first": int(first), "later": int(later["WatchdogTimestampMonotonic"])}
 
 
@@ -140,7 +141,7 @@ def step_removal(summary):
     summary["removal"]["rebound"] = os.path.basename(os.readlink("/sys/bus/pci/devices/%s/driver" % edu.bdf))
 
 
-def reload(summary_key, summary, config_text, condition, what):
+def reload(config_text, condition, what):
     with open(CONFIG, "w") as f:
         f.write(config_text)
     before = show()
@@ -152,15 +153,15 @@ def reload(summary_key, summary, config_text, condition, what):
 
 def step_reloads(summary, original):
     broken = original.replace("samples = 16", "samples = 16\nverify_intervall = 5")
-    summary["bad_reload"] = reload("bad_reload", summary, broken,
+    summary["bad_reload"] = reload(broken,
                                    lambda t: sample(t, "vfiomond_config_last_reload_successful") == 0, "the failed reload")
     summary["bad_reload"]["log"] = [line for line in run("journalctl", "-u", "vfiomond", "-o", "cat", "--no-pager").stdout
                                     .splitlines() if "reload failed" in line]
     disabled = original.replace("disable = []", 'disable = ["remap_pfn_range"]')
-    summary["reload"] = reload("reload", summary, disabled, lambda t: (
+    summary["reload"] = reload(disabled, lambda t: (
         sample(t, "vfiomond_config_last_reload_successful") == 1
         and sample(t, "vfiomond_probe_attached", probe="remap_pfn_range") == 0), "remap_pfn_range detached")
-    summary["reload_back"] = reload("reload_back", summary, original, lambda t: (
+    summary["reload_back"] = reload(original, lambda t: (
         sample(t, "vfiomond_probe_attached", probe="remap_pfn_range") == 1), "remap_pfn_range attached again")
     summary["reloads_total"] = {r: sample(scrape(), "vfiomond_config_reloads_total", result=r) for r in ("success", "failure")}
 
