@@ -168,13 +168,28 @@ class InventoryMetrics:
         yield from families(devices, self._inventory.users(self._open_files()) if devices else {})
 
 
-def holders(bdf: str, open_files: Mapping[int, Iterable[str]], sysfs_pci: str = SYSFS_PCI) -> Dict[int, str]:
-    """pid -> comm of the processes that have PCI device ``bdf``'s IOMMU group or VFIO
-    cdev open (the paths of its inventory entry, from sysfs now); {} when the device
-    is no longer bound to a VFIO driver."""
-    dev = record(bdf, read_facts(os.path.join(sysfs_pci, bdf), {}))
-    paths = set(dev.paths()) if dev else set()
-    return {pid: _read("/proc/%d/comm" % pid) for pid, files in open_files.items() if paths.intersection(files)}
+def holders(bdf: str, open_files: Mapping[int, Iterable[str]], sysfs: str = "/sys") -> Dict[int, str]:
+    """pid -> comm of the processes that have PCI device ``bdf``'s IOMMU group
+    (/dev/vfio/N) or its VFIO cdev (/dev/vfio/devices/vfioM) open, from sysfs now.
+
+    Not the inventory's ``record``: it needs the driver link, and in the lab a lookup
+    through it found no holder while the removal waited (the kernel's
+    driver_sysfs_remove runs before the driver's remove); the group link and
+    vfio-dev/ are still there then."""
+    base = "%s/bus/pci/devices/%s" % (sysfs, bdf)
+    paths = set()
+    group = _link_name(base + "/iommu_group")
+    if group:
+        paths.add("/dev/vfio/" + group)
+    try:
+        paths.update("/dev/vfio/devices/" + name for name in os.listdir(base + "/vfio-dev"))
+    except OSError:
+        pass
+    out = {}
+    for pid, files in open_files.items():
+        if paths.intersection(files):
+            out[pid] = _read("/proc/%d/comm" % pid)
+    return out
 
 
 def _read(path: str) -> str:

@@ -61,23 +61,15 @@ def test_removal_without_request_channel_says_the_user_is_never_told():
 def test_holders_of_a_device_group_and_cdev(tmp_path):
     dev = tmp_path / "bus/pci/devices/0000:00:03.0"
     (dev / "vfio-dev/vfio0").mkdir(parents=True)
-    (dev / "vfio-dev/vfio0/dev").write_text("511:0\n")  # a cdev (CONFIG_VFIO_DEVICE_CDEV)
     (tmp_path / "kernel/iommu_groups/7").mkdir(parents=True)
-    (tmp_path / "bus/pci/drivers/vfio-pci").mkdir(parents=True)
     os.symlink(str(tmp_path / "kernel/iommu_groups/7"), str(dev / "iommu_group"))
-    os.symlink(str(tmp_path / "bus/pci/drivers/vfio-pci"), str(dev / "driver"))
     open_files = {
         os.getpid(): ["/dev/vfio/7"],
         2: ["/dev/vfio/devices/vfio0", "/dev/iommu"],
         3: ["/dev/vfio/8"],
         4: ["/dev/vfio/vfio"],
     }
-    found = devices.holders("0000:00:03.0", open_files, sysfs_pci=str(tmp_path / "bus/pci/devices"))
+    found = devices.holders("0000:00:03.0", open_files, sysfs=str(tmp_path))
     assert sorted(found) == [2, os.getpid()]
     with open("/proc/self/comm") as f:
         assert found[os.getpid()] == f.read().strip()
-
-
-def test_no_holders_once_the_device_left_its_vfio_driver(tmp_path):
-    (tmp_path / "0000:00:03.0").mkdir()
-    assert devices.holders("0000:00:03.0", {1: ["/dev/vfio/7"]}, sysfs_pci=str(tmp_path)) == {}
