@@ -8,7 +8,7 @@ EXTRA ?=
 PROMETHEUS ?=
 LAB = $(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario $(SCENARIO) $(if $(EXTRA),--extra $(EXTRA)) $(if $(PROMETHEUS),--prometheus)
 
-.PHONY: deps demo lab test test-all unit lab-images install clean
+.PHONY: deps demo lab test test-all unit lab-images bench install clean
 
 deps:
 	@scripts/install-deps.sh
@@ -19,22 +19,29 @@ demo: deps
 	$(LAB) --demo --prometheus
 
 lab: deps
-	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid METRICS_OUT=FILE [SCENARIO=standard|pin-mismatch|memlock|kernel-log|idle|hotplug|systemd] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
+	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid|iommufd METRICS_OUT=FILE [SCENARIO=standard|iommufd|pin-mismatch|memlock|kernel-log|idle|hotplug|systemd|bench] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
 	$(LAB) --metrics-out $(METRICS_OUT)
 
 # Unit tests, then the lab tests on both guest kernels.
 test: deps
 	$(PYTHON) -m pytest -v tests/unit tests/lab
 
-# Also Debian 11 (5.10) and sid (the newest kernel the archive has; it moves daily).
+# Also Debian 11 (5.10), sid (the newest kernel the archive has; it moves daily)
+# and iommufd (trixie with a 6.12 built with CONFIG_IOMMUFD: the first run builds
+# that kernel, about 20 minutes on 2 cores, then it is cached).
 test-all: deps
-	VFIOMOND_LAB_SUITES="bookworm trixie bullseye sid" $(PYTHON) -m pytest -v tests/unit tests/lab
+	VFIOMOND_LAB_SUITES="bookworm trixie bullseye sid iommufd" $(PYTHON) -m pytest -v tests/unit tests/lab
 
 unit: deps
 	$(PYTHON) -m pytest -q tests/unit
 
 lab-images: deps
-	for suite in bookworm trixie bullseye sid; do tests/lab/image.sh $$suite || exit 1; done
+	for suite in bookworm trixie bullseye sid iommufd; do tests/lab/image.sh $$suite || exit 1; done
+
+# Overhead and footprint next to funclatency and a minimal BCC program (benchmarks/RESULTS.md).
+bench: deps
+	$(PYTHON) benchmarks/bench.py --suite $(SUITE)
+	$(PYTHON) benchmarks/scrape.py
 
 # vfiomond on this host, as a systemd service (see README, "Operating it").
 install:

@@ -4,6 +4,8 @@
 # Already installed packages are left alone.
 set -eu
 packages="python3 python3-prometheus-client python3-pytest prometheus qemu-system-x86 qemu-utils debootstrap debian-archive-keyring e2fsprogs zstd"
+# The iommufd suite builds its guest kernel (tests/lab/kernel.sh).
+packages="$packages make gcc libc6-dev bc bison flex cpio libelf-dev libssl-dev"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

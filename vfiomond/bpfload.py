@@ -9,13 +9,13 @@ import logging
 import os
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from vfiomond import faults, type1
+from vfiomond import faults, iommufd, type1
 from vfiomond.errors import VfiomondError
-from vfiomond.probes import PROBES, Selected
+from vfiomond.probes import FEATURES, PROBES, Selected
 
 log = logging.getLogger("vfiomond")
 
-AREAS = {"faults": faults, "type1": type1}
+AREAS = {"faults": faults, "type1": type1, "iommufd": iommufd}
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Installed: vfiomond/bpf/ (package data); from a checkout: ../bpf/.
@@ -49,6 +49,9 @@ class ProbeStatus(NamedTuple):
 # (enum kernel_fact in bpf/common.h): they change when vfio modules load.
 RUNTIME_FACTS = ("VFIO_PCI_MMAP_OPS", "VFIO_PGOFF_IS_PFN", "TYPE1_IOCTL_MAP", "TYPE1_IOCTL_UNMAP")
 
+# Kernel features (probes.FEATURES) only choose probes; the BPF programs do not read them.
+_FEATURE_FACTS = {fact for fact, _ in FEATURES.values()}
+
 HookKey = Tuple[str, str, str]  # (area, "k" or "r", symbol)
 
 
@@ -70,6 +73,7 @@ class Program:
         self._programs = programs  # area -> BPF object
         self._hooks: Dict[HookKey, _Attached] = {}
         self.statuses: List[ProbeStatus] = []  # replaced by apply; read by the HTTP thread
+        self.features: Dict[str, bool] = {}  # kernel feature -> present (FEATURES), set by apply
 
     def tables(self, area: str) -> Callable[[str], object]:
         bpf = self._programs[area]
@@ -99,6 +103,7 @@ class Program:
         Returns the statuses in probe-table order (also kept in ``statuses``).
         """
         gone = set(gone_modules)
+        self.features = {name: fact in facts for name, (fact, _) in FEATURES.items()}
         usable = [s for s in selections if s.available and s.probe.name not in disabled and s.probe.area in self._programs]
         wanted = {key: att for s in usable for key, att in _hook_keys(s)}
         for key, att in list(self._hooks.items()):
@@ -253,7 +258,7 @@ def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequen
     """
     BPF = import_bcc()
     areas = list(dict.fromkeys(p.area for p in PROBES if p.name not in disabled))
-    compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS}
+    compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS and k not in _FEATURE_FACTS}
     program = Program(_compile(BPF, areas, _cflags(compiled)) if areas else {})
     program.apply(selections, facts, disabled)
     return program

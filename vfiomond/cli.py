@@ -95,7 +95,7 @@ def _check(as_json: bool) -> int:
     else:
         for r in rows:
             what = "%s [%s]" % (r["variant"], ", ".join(r["symbols"])) if r["available"] else r["reason"]
-            print("%-18s %-4s %s" % (r["probe"], "yes" if r["available"] else "no", what))
+            print("%-24s %-4s %s" % (r["probe"], "yes" if r["available"] else "no", what))
     return 0
 
 

@@ -6,7 +6,7 @@ area costs its own ``vfiomond_scrape_collector_success`` 0, not the scrape.
 
 import logging
 import time
-from typing import Iterator
+from typing import Dict, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -51,20 +51,42 @@ class VfiomondCollector:
         duration = GaugeMetricFamily(
             "vfiomond_scrape_collector_duration_seconds", "Time to read the area's maps.", labels=["collector"]
         )
+        features = GaugeMetricFamily(
+            "vfiomond_kernel_feature", "1 if the running kernel has the feature (iommufd: CONFIG_IOMMUFD, loaded); "
+            "the feature's probes are left out without it.", labels=["feature"])
+        for name, present in sorted(self.program.features.items()):
+            features.add_metric([name], 1 if present else 0)
+        yield features
+
+        attached_names = {s.name for s in statuses if s.attached}
+        merged: Dict[str, object] = {}  # the DMA backends export the same families, label backend
+        accts = {}  # backend -> pid -> ProcAcct
         for area in self.program.areas():
             start = time.monotonic()
             ok = 1
             try:
                 module = AREAS[area]
-                fams = list(module.families(module.read(self.program.tables(area)), {s.name for s in statuses if s.attached}))
+                snap = module.read(self.program.tables(area))
+                fams = list(module.families(snap, attached_names))
+                process_acct = getattr(module, "process_acct", None)  # the DMA backends
+                acct = process_acct(snap, attached_names) if process_acct else None
             except Exception as e:  # one area must not fail the scrape
-                ok, fams = 0, []
+                ok, fams, acct = 0, [], None
                 if area not in self._failed_before:
                     log.error("reading the maps of area %s failed: %s", area, e)
                     self._failed_before.add(area)
-            yield from fams
+            if acct is not None:
+                accts[module.BACKEND] = acct
+            for fam in fams:
+                if fam.name in merged:
+                    merged[fam.name].samples.extend(fam.samples)
+                else:
+                    merged[fam.name] = fam
             success.add_metric([area], ok)
             duration.add_metric([area], time.monotonic() - start)
+        yield from merged.values()
+        if accts:
+            yield from processes.families(processes.read_users(), accts)
         yield success
         yield duration
 

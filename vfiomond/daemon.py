@@ -96,6 +96,16 @@ def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], si
                            SYMBOLS=old[s.name].detail)
         else:
             log.warning("probe %s not attached: %s", s.name, s.detail)
+    now = {s.name for s in after}
+    for name, s in old.items():
+        if name not in now and s.attached:
+            log.info("probe %s left out: the kernel feature it belongs to is gone (module unloaded)", name)
+
+
+def _log_features(features: Dict[str, bool]) -> None:
+    for name, present in sorted(features.items()):
+        if not present:
+            log.info("kernel without %s (not built, or its module not loaded): its probes are left out", name)
 
 
 def _dispatch(ev, watch, sink) -> None:
@@ -223,6 +233,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     notifier.status("compiling BPF programs")
     log.info("compiling BPF programs (kernel facts: %s)", ", ".join(sorted(facts)) or "none")
     program = bpfload.load(select(syms, facts), facts, config.disable)
+    _log_features(program.features)
     _log_changes([], program.statuses)
     missing = [s.name for s in program.statuses if not s.attached]
     if config.strict and missing:

@@ -14,3 +14,26 @@ def histogram_family_add(family, labels: List[str], hist: Histogram) -> None:
     buckets = [(_le(le), n) for le, n in cumulative_buckets(hist.slots)]
     buckets.append(("+Inf", hist.count))
     family.add_metric(labels, buckets, hist.sum_ns / NS_PER_SECOND)
+
+
+# Families that both DMA backends (areas type1 and iommufd) export, label backend:
+# one HELP text, since the collector merges them into one family.
+BACKEND_DOCS = {
+    "vfiomond_dma_map_duration_seconds":
+        "Time to DMA-map: type1 vfio_dma_do_map (VFIO_IOMMU_MAP_DMA), iommufd iopt_map_user_pages (IOMMU_IOAS_MAP).",
+    "vfiomond_dma_unmap_duration_seconds":
+        "Time to DMA-unmap: type1 vfio_dma_do_unmap (VFIO_IOMMU_UNMAP_DMA), iommufd iopt_unmap_iova "
+        "(IOMMU_IOAS_UNMAP).",
+    "vfiomond_dma_map_bytes_total": "Bytes DMA-mapped by successful map calls.",
+    "vfiomond_dma_unmap_bytes_total": "Bytes DMA-unmapped by successful unmap calls.",
+    "vfiomond_dma_map_errors_total": "DMA map calls that failed, by errno.",
+    "vfiomond_dma_unmap_errors_total": "DMA unmap calls that failed, by errno.",
+    "vfiomond_pinned_pages_total": "Pages pinned for DMA (GUP).",
+    "vfiomond_unpinned_pages_total": "Pages unpinned after DMA unmap.",
+    "vfiomond_locked_vm_charged_pages_total":
+        "Pages charged to a locked_vm (RLIMIT_MEMLOCK) by the VFIO backend (iommufd: the user's or the mm's).",
+    "vfiomond_locked_vm_uncharged_pages_total": "Pages returned to a locked_vm by the VFIO backend.",
+    "vfiomond_locked_vm_charge_failures_total":
+        "Pinning refused for RLIMIT_MEMLOCK (type1 vfio_pin_pages_remote -ENOMEM or a failed __account_locked_vm; "
+        "iommufd do_update_pinned -ENOMEM): the map fails.",
+}

@@ -1,6 +1,6 @@
 """The probe table: which kernel functions each probe hooks, per kernel shape.
 
-Kernel differences live here, as data (kernel-facts.md sections 1-5).  A probe
+Kernel differences live here, as data (kernel-facts.md sections 1-6).  A probe
 (the value of the ``probe`` label of ``vfiomond_probe_attached``) has variants in
 order of preference; the first variant whose required hooks all resolve in
 /proc/kallsyms is used.  Nothing here looks at the kernel version.
@@ -37,6 +37,9 @@ class Probe(NamedTuple):
     name: str
     area: str  # the bpf/<area>.c program and vfiomond/<area>.py module
     variants: Tuple[Variant, ...]
+    # A kernel feature (FEATURES) without which the probe does not apply: on a
+    # kernel that lacks it the probe is left out, not reported as missing.
+    feature: Optional[str] = None
 
 
 # Kernel facts handed to the BPF programs (the kernel_facts map), derived from kallsyms.
@@ -45,9 +48,17 @@ class Probe(NamedTuple):
 #   VFIO_PCI_MMAP_OPS: address of vfio_pci_mmap_ops, to recognise VFIO BAR vmas.
 FACT_SYMBOLS = ("vfio_pci_mmap_open", "vfio_pci_mmap_ops")
 
+# Kernel features: name -> (fact, symbols of which one marks it present).
+#   iommufd (6.2+, CONFIG_IOMMUFD, built in or the iommufd module): its ioctl
+#   handlers iommufd_ioas_map / iommufd_ioas_unmap (drivers/iommu/iommufd/ioas.c).
+FEATURES = {"iommufd": ("FEATURE_IOMMUFD", ("iommufd_ioas_map", "iommufd_ioas_unmap"))}
+
 
 def kernel_facts(syms: Kallsyms) -> Dict[str, int]:
     facts = {}
+    for fact, markers in FEATURES.values():
+        if any(syms.has(m) for m in markers):
+            facts[fact] = 1
     if syms.has("vfio_pci_mmap_open"):
         facts["VFIO_PGOFF_IS_PFN"] = 1
     ops = syms.address("vfio_pci_mmap_ops")
@@ -130,6 +141,29 @@ PROBES: Tuple[Probe, ...] = (
             Hook(("__account_locked_vm",), "on_account_locked_vm", "on_account_locked_vm_return"),
         )),
     )),
+    # iommufd (kernel-facts.md section 6): IOMMU_IOAS_MAP/UNMAP and the VFIO
+    # compat MAP_DMA/UNMAP_DMA it serves both end in these io_pagetable calls.
+    Probe("iommufd_dma_map", "iommufd", (
+        Variant("iopt_map_user_pages (IOMMU_IOAS_MAP)", (
+            Hook(("iopt_map_user_pages",), "on_iopt_map_user_pages", "on_iommufd_dma_return"),
+        )),
+    ), feature="iommufd"),
+    Probe("iommufd_dma_unmap", "iommufd", (
+        Variant("iopt_unmap_iova, iopt_unmap_all (IOMMU_IOAS_UNMAP)", (
+            Hook(("iopt_unmap_iova",), "on_iopt_unmap_iova", "on_iommufd_dma_return"),
+            Hook(("iopt_unmap_all",), "on_iopt_unmap_all", "on_iommufd_dma_return", optional=True),
+        )),
+    ), feature="iommufd"),
+    # Every change of an iopt_pages' pinned count goes through this one
+    # function, which charges pinned_vm and, by account mode, locked_vm.
+    Probe("iommufd_pin_accounting", "iommufd", (
+        Variant("iopt_pages_update_pinned (6.13+)", (
+            Hook(("iopt_pages_update_pinned",), "on_iommufd_update_pinned", "on_iommufd_update_pinned_return"),
+        )),
+        Variant("do_update_pinned (up to 6.12)", (
+            Hook(("do_update_pinned",), "on_iommufd_update_pinned", "on_iommufd_update_pinned_return"),
+        )),
+    ), feature="iommufd"),
 )
 
 
@@ -148,6 +182,8 @@ class Selected(NamedTuple):
 
 def wanted_symbols(probes: Tuple[Probe, ...] = PROBES, extra: Tuple[str, ...] = ()) -> set:
     names = set(FACT_SYMBOLS) | set(extra)
+    for _, markers in FEATURES.values():
+        names.update(markers)
     for probe in probes:
         for variant in probe.variants:
             for hook in variant.hooks:
@@ -163,10 +199,17 @@ def _resolve(hook: Hook, syms: Kallsyms) -> Optional[Symbol]:
     return None
 
 
+def feature_present(facts: Dict[str, int], feature: Optional[str]) -> bool:
+    return feature is None or FEATURES[feature][0] in facts
+
+
 def select(syms: Kallsyms, facts: Dict[str, int], probes: Tuple[Probe, ...] = PROBES) -> List[Selected]:
-    """Pick, for every probe, the first variant this kernel can serve."""
+    """Pick, for every probe, the first variant this kernel can serve.  Probes
+    of a kernel feature that ``facts`` (kernel_facts) says is absent are left out."""
     out = []
     for probe in probes:
+        if not feature_present(facts, probe.feature):
+            continue
         absent_symbols: List[str] = []
         absent_facts: List[str] = []
         chosen = None

@@ -171,16 +171,26 @@ def read_process(pid: int, proc: str = "/proc") -> Optional[ProcessInfo]:
 
 
 class ProcAcct(NamedTuple):
-    """One entry of proc_acct (bpf/type1.c)."""
+    """One process's entry of a backend's per-process map (proc_acct in
+    bpf/type1.c, iommufd_proc_acct in bpf/iommufd.c).
+
+    ``exempt_pages``: pinned without any locked_vm charge by design (iommufd's
+    NONE mode, a mapper with CAP_IPC_LOCK).  ``account``: where the backend
+    charges this process's pins ("mm": the mm's locked_vm, VmLck; "user": the
+    user's locked_vm, not in /proc; "none"), "" when not seen yet.
+    """
 
     mapped_bytes: int
     pinned_pages: int
     charged_pages: int
     charge_failures: int
+    exempt_pages: int = 0
+    account: str = ""
 
 
-def families(infos: Iterable[ProcessInfo], acct: Dict[int, ProcAcct], backend: str = "type1") -> Iterator:
-    """Per-process gauges for live VFIO users; labels pid, comm, vm (+ backend)."""
+def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]]) -> Iterator:
+    """Per-process gauges for live VFIO users; labels pid, comm, vm, and backend
+    for what ``accts`` (backend -> pid -> ProcAcct) holds."""
     labels = ["pid", "comm", "vm"]
     g = {
         name: GaugeMetricFamily("vfiomond_process_" + name, doc, labels=labels + extra)
@@ -190,9 +200,14 @@ def families(infos: Iterable[ProcessInfo], acct: Dict[int, ProcAcct], backend: s
             ("memlock_limit_bytes", "RLIMIT_MEMLOCK soft limit of the VFIO user as VFIO accounting applies it "
              "(+Inf: unlimited, or the process has CAP_IPC_LOCK).", []),
             ("dma_mapped_bytes", "Bytes the process has DMA-mapped now.", ["backend"]),
-            ("charged_bytes", "Bytes the VFIO backend has charged to the process's locked_vm now.", ["backend"]),
+            ("charged_bytes", "Bytes the VFIO backend has charged to a locked_vm for the process now (type1 and "
+             "iommufd MM mode: the mm's, VmLck; iommufd USER mode: the user's).", ["backend"]),
             ("uncharged_pinned_bytes",
-             "Pinned bytes not charged to locked_vm (zero pages, reserved PFNs): the accounting gap.", ["backend"]),
+             "Pinned bytes not charged to locked_vm (zero pages, reserved PFNs): the accounting gap. Pins exempt by "
+             "design (iommufd, CAP_IPC_LOCK) are not counted.", ["backend"]),
+            ("pin_account_info", "Where the backend charges the process's pinned pages: account=\"mm\" (the mm's "
+             "locked_vm, VmLck), \"user\" (the user's locked_vm, not in /proc), \"none\" (CAP_IPC_LOCK, iommufd).",
+             ["backend", "account"]),
         )
     }
     failures = CounterMetricFamily(
@@ -205,16 +220,25 @@ def families(infos: Iterable[ProcessInfo], acct: Dict[int, ProcAcct], backend: s
         g["locked_vm_bytes"].add_metric(base, info.locked_vm_bytes)
         g["pinned_vm_bytes"].add_metric(base, info.pinned_vm_bytes)
         g["memlock_limit_bytes"].add_metric(base, info.memlock_limit_bytes)
-        a = acct.get(info.pid, ProcAcct(0, 0, 0, 0))
-        g["dma_mapped_bytes"].add_metric(base + [backend], a.mapped_bytes)
-        g["charged_bytes"].add_metric(base + [backend], a.charged_pages * PAGE)
-        g["uncharged_pinned_bytes"].add_metric(base + [backend], max(0, a.pinned_pages - a.charged_pages) * PAGE)
-        failures.add_metric(base + [backend], a.charge_failures)
+        for backend, acct in sorted(accts.items()):
+            a = acct.get(info.pid, ProcAcct(0, 0, 0, 0))
+            g["dma_mapped_bytes"].add_metric(base + [backend], a.mapped_bytes)
+            g["charged_bytes"].add_metric(base + [backend], a.charged_pages * PAGE)
+            gap = a.pinned_pages - a.charged_pages - a.exempt_pages
+            g["uncharged_pinned_bytes"].add_metric(base + [backend], max(0, gap) * PAGE)
+            if a.account:
+                g["pin_account_info"].add_metric(base + [backend, a.account], 1)
+            failures.add_metric(base + [backend], a.charge_failures)
     yield from g.values()
     yield failures
 
 
 RLIM_INFINITY = (1 << 64) - 1
+
+
+def read_users() -> List[ProcessInfo]:
+    """The live VFIO users, read from /proc (a process gone meanwhile is skipped)."""
+    return [info for info in map(read_process, vfio_users()) if info is not None]
 
 
 def memlock_alert(sink, ev) -> None:

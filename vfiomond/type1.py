@@ -7,15 +7,14 @@ return value, ``vfio_unpin_pages_remote`` npage, ``__account_locked_vm`` inside
 """
 
 import ctypes
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Set
+from typing import Dict, Iterable, Iterator, NamedTuple, Optional, Set
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-from vfiomond import processes
 from vfiomond.faults import errno_name
 from vfiomond.histogram import Histogram
-from vfiomond.metricsutil import histogram_family_add
-from vfiomond.processes import ProcAcct, ProcessInfo
+from vfiomond.metricsutil import BACKEND_DOCS, histogram_family_add
+from vfiomond.processes import ProcAcct
 
 SOURCE = "type1.c"
 PROBES = ("dma_map", "dma_unmap", "pin_pages", "zero_page_pins", "unpin_pages", "locked_vm_charge")
@@ -49,7 +48,6 @@ class Type1Snapshot(NamedTuple):
     latency: Dict[str, Histogram]  # "map" / "unmap" -> latency histogram
     errors: Dict[str, Dict[str, int]]  # "map" / "unmap" -> errno name -> calls
     acct: Dict[int, ProcAcct] = {}  # pid -> proc_acct entry
-    users: List[ProcessInfo] = []  # live VFIO users (/proc)
 
 
 def decode(counters: Dict[str, int], hist: Iterable[DmaRow], errors: Iterable[DmaRow]) -> Type1Snapshot:
@@ -77,15 +75,20 @@ def read(tables) -> Type1Snapshot:
     counters = {name: array[ctypes.c_int(i)].value for name, i in COUNTERS.items()}
     rows = lambda name: [DmaRow(k.op, k.slot, k.err, v.value) for k, v in tables(name).items()]  # noqa: E731
     acct = {
-        k.value: ProcAcct(v.mapped_bytes, v.pinned_pages, v.charged_pages, v.charge_failures)
+        k.value: ProcAcct(v.mapped_bytes, v.pinned_pages, v.charged_pages, v.charge_failures,
+                          account="mm" if v.pinned_pages or v.charged_pages else "")
         for k, v in tables("proc_acct").items()
     }
-    users = [info for info in map(processes.read_process, processes.vfio_users()) if info is not None]
-    return decode(counters, rows("dma_hist"), rows("dma_errors"))._replace(acct=acct, users=users)
+    return decode(counters, rows("dma_hist"), rows("dma_errors"))._replace(acct=acct)
 
 
-def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
-    c = CounterMetricFamily(name, doc, labels=["backend"])
+def process_acct(snap: Type1Snapshot, attached: Set[str]) -> Optional[Dict[int, ProcAcct]]:
+    """pid -> accounting, for the per-process families (None: not measured here)."""
+    return snap.acct if "dma_map" in attached else None
+
+
+def _counter(name: str, value: int) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
     c.add_metric([BACKEND], value)
     return c
 
@@ -95,53 +98,30 @@ def families(snap: Type1Snapshot, attached: Set[str]) -> Iterator:
     for op in ("map", "unmap"):
         if "dma_" + op not in attached:
             continue
-        h = HistogramMetricFamily(
-            "vfiomond_dma_%s_duration_seconds" % op,
-            "Time in vfio_dma_do_%s (VFIO_IOMMU_%s_DMA)." % (op, op.upper()),
-            labels=["backend"],
-        )
+        name = "vfiomond_dma_%s_duration_seconds" % op
+        h = HistogramMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
         histogram_family_add(h, [BACKEND], snap.latency[op])
         yield h
-        yield _counter(
-            "vfiomond_dma_%s_bytes_total" % op,
-            "Bytes DMA-%sped by successful VFIO_IOMMU_%s_DMA calls." % (op, op.upper()),
-            c["TYPE1_%s_BYTES" % op.upper()],
-        )
-        e = CounterMetricFamily(
-            "vfiomond_dma_%s_errors_total" % op,
-            "VFIO_IOMMU_%s_DMA calls that failed, by errno." % op.upper(),
-            labels=["backend", "errno"],
-        )
+        yield _counter("vfiomond_dma_%s_bytes_total" % op, c["TYPE1_%s_BYTES" % op.upper()])
+        name = "vfiomond_dma_%s_errors_total" % op
+        e = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend", "errno"])
         for err, n in sorted(snap.errors[op].items()):
             e.add_metric([BACKEND, err], n)
         yield e
     if "pin_pages" in attached:
-        yield _counter("vfiomond_pinned_pages_total", "Pages pinned for DMA (GUP).", c["TYPE1_PINNED_PAGES"])
+        yield _counter("vfiomond_pinned_pages_total", c["TYPE1_PINNED_PAGES"])
     if "zero_page_pins" in attached:
-        yield _counter(
+        z = CounterMetricFamily(
             "vfiomond_zero_page_pins_total",
             "Pins of the shared zero page (read-only DMA maps of never-touched memory): not charged to locked_vm "
             "by older kernels, and not the page the process sees once it writes.",
-            c["TYPE1_ZERO_PAGE_PINS"],
+            labels=["backend"],
         )
+        z.add_metric([BACKEND], c["TYPE1_ZERO_PAGE_PINS"])
+        yield z
     if "unpin_pages" in attached:
-        yield _counter("vfiomond_unpinned_pages_total", "Pages unpinned after DMA unmap.", c["TYPE1_UNPINNED_PAGES"])
-    if "dma_map" in attached:
-        yield from processes.families(snap.users, snap.acct, BACKEND)
+        yield _counter("vfiomond_unpinned_pages_total", c["TYPE1_UNPINNED_PAGES"])
     if "locked_vm_charge" in attached:
-        yield _counter(
-            "vfiomond_locked_vm_charged_pages_total",
-            "Pages charged to locked_vm (RLIMIT_MEMLOCK) by the VFIO backend.",
-            c["TYPE1_CHARGED_PAGES"],
-        )
-        yield _counter(
-            "vfiomond_locked_vm_uncharged_pages_total",
-            "Pages returned to locked_vm by the VFIO backend.",
-            c["TYPE1_UNCHARGED_PAGES"],
-        )
-        yield _counter(
-            "vfiomond_locked_vm_charge_failures_total",
-            "Pinning refused for RLIMIT_MEMLOCK (vfio_pin_pages_remote -ENOMEM) or a failed __account_locked_vm "
-            "charge: the MAP_DMA fails.",
-            c["TYPE1_CHARGE_FAILURES"],
-        )
+        yield _counter("vfiomond_locked_vm_charged_pages_total", c["TYPE1_CHARGED_PAGES"])
+        yield _counter("vfiomond_locked_vm_uncharged_pages_total", c["TYPE1_UNCHARGED_PAGES"])
+        yield _counter("vfiomond_locked_vm_charge_failures_total", c["TYPE1_CHARGE_FAILURES"])

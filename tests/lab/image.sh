@@ -3,27 +3,38 @@
 #
 #   tests/lab/image.sh SUITE        -> prints the cache directory holding
 #                                      rootfs.img, vmlinuz, initrd.img
+#                                      (no initrd.img for iommufd)
 #
 # The cache lives outside the repository (VFIOMOND_LAB_CACHE, default
 # /var/cache/vfiomond-lab) and is keyed by the suite and a hash of this
 # script, so changing the package list or the bootstrap rebuilds it.
+#
+# SUITE iommufd is trixie's user space with a kernel built by kernel.sh from
+# trixie's linux-source-6.12 (no Debian kernel enables CONFIG_IOMMUFD).
 set -euo pipefail
 
 suite=${1:?usage: image.sh SUITE}
-packages=linux-image-amd64,linux-headers-amd64,python3,python3-bpfcc,bpfcc-tools,\
-python3-prometheus-client,python3-pyudev,python3-systemd,kmod,pciutils,iproute2,\
-udev,systemd-sysv,procps,xz-utils
+here=$(cd "$(dirname "$0")" && pwd)
+dist=$suite
+common=python3,python3-bpfcc,bpfcc-tools,python3-prometheus-client,python3-pyudev,python3-systemd,\
+kmod,pciutils,iproute2,udev,systemd-sysv,procps,xz-utils
+packages=linux-image-amd64,linux-headers-amd64,$common
+key_files="$0"
 case "$suite" in
     bookworm|trixie) packages="$packages,initramfs-tools" ;;
+    # BCC reads this kernel's headers from the kheaders module (needs xz-utils).
+    iommufd) dist=trixie; packages="$common,linux-source-6.12"
+             key_files="$0 $here/kernel.sh $here/iommufd.config" ;;
     # sid's kernel packages pull in dracut, which conflicts with initramfs-tools.
     sid) packages="$packages,dracut" ;;
     # Debian 11: Python 3.9 and no python3-tomli; vfiomond reads TOML with python3-toml.
     bullseye) packages="$packages,initramfs-tools,python3-toml" ;;
-    *) echo "image.sh: unknown suite '$suite' (bullseye, bookworm, trixie, sid)" >&2; exit 2 ;;
+    *) echo "image.sh: unknown suite '$suite' (bullseye, bookworm, trixie, sid, iommufd)" >&2; exit 2 ;;
 esac
 
 cache_root=${VFIOMOND_LAB_CACHE:-/var/cache/vfiomond-lab}
-key=$(sha256sum "$0" | cut -c1-12)
+# shellcheck disable=SC2086
+key=$(cat $key_files | sha256sum | cut -c1-12)
 dir="$cache_root/$suite-$key"
 
 if [ -f "$dir/complete" ]; then
@@ -38,8 +49,8 @@ done
 rm -rf "$dir"
 mkdir -p "$dir"
 rootfs="$dir/rootfs"
-echo "image.sh: debootstrap $suite into $rootfs (a few minutes)" >&2
-debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" >"$dir/debootstrap.log" 2>&1 || {
+echo "image.sh: debootstrap $dist into $rootfs (a few minutes)" >&2
+debootstrap --variant=minbase --include="$packages" "$dist" "$rootfs" >"$dir/debootstrap.log" 2>&1 || {
     tail -20 "$dir/debootstrap.log" >&2
     echo "image.sh: debootstrap $suite failed; full log in $dir/debootstrap.log" >&2
     exit 1
@@ -69,14 +80,25 @@ INIT
 chmod 755 "$rootfs/sbin/vfiomond-lab-init"
 echo vfiomond-lab >"$rootfs/etc/hostname"
 
-# sid's split kernel packages keep the image in /usr/lib/modules/VERSION/vmlinuz
-# too; /boot is where Debian's postinst puts a copy.
-vmlinuz=$(ls "$rootfs"/boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)
-[ -n "$vmlinuz" ] || vmlinuz=$(ls "$rootfs"/usr/lib/modules/*/vmlinuz | sort -V | tail -1)
-cp "$vmlinuz" "$dir/vmlinuz"
-initrd=$(ls "$rootfs"/boot/initrd.img-* 2>/dev/null | sort -V | tail -1)
-[ -n "$initrd" ] || { echo "image.sh: no initrd in $rootfs/boot" >&2; exit 1; }
-cp "$initrd" "$dir/initrd.img"
+if [ "$suite" = iommufd ]; then
+    source_version=$(dpkg-query --admindir="$rootfs/var/lib/dpkg" -W -f='${Version}' linux-source-6.12)
+    kernel=$("$here/kernel.sh" "$rootfs/usr/src/linux-source-6.12.tar.xz" "$source_version")
+    release=$(cat "$kernel/kernel-release")
+    mkdir -p "$rootfs/usr/lib/modules"
+    cp -a "$kernel/modules/lib/modules/$release" "$rootfs/usr/lib/modules/"
+    chroot "$rootfs" depmod -a "$release"
+    chroot "$rootfs" dpkg --purge linux-source-6.12 >/dev/null
+    cp "$kernel/bzImage" "$dir/vmlinuz"
+else
+    # sid's split kernel packages keep the image in /usr/lib/modules/VERSION/vmlinuz
+    # too; /boot is where Debian's postinst puts a copy.
+    vmlinuz=$(ls "$rootfs"/boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)
+    [ -n "$vmlinuz" ] || vmlinuz=$(ls "$rootfs"/usr/lib/modules/*/vmlinuz | sort -V | tail -1)
+    cp "$vmlinuz" "$dir/vmlinuz"
+    initrd=$(ls "$rootfs"/boot/initrd.img-* 2>/dev/null | sort -V | tail -1)
+    [ -n "$initrd" ] || { echo "image.sh: no initrd in $rootfs/boot" >&2; exit 1; }
+    cp "$initrd" "$dir/initrd.img"
+fi
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 
 truncate -s 4G "$dir/rootfs.img"

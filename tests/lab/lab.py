@@ -30,8 +30,9 @@ import promserver  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST_PORT = 10119
-SUITES = ("bookworm", "trixie", "bullseye", "sid")
-# The suites the lab tests boot: make test the first two, make test-all all four.
+SUITES = ("bookworm", "trixie", "bullseye", "sid", "iommufd")
+# The suites the lab tests boot: make test the first two, make test-all all five
+# (iommufd: trixie with a 6.12 kernel built with CONFIG_IOMMUFD, tests/lab/kernel.sh).
 TEST_SUITES = tuple(os.environ.get("VFIOMOND_LAB_SUITES", "bookworm trixie").split())
 PROMETHEUS_HOLD = 4  # seconds
 
@@ -84,7 +85,7 @@ def qemu_command(img: str, out: str, extra: str, host_port: int, scenario: str, 
         "-device", "edu",
         "-object", "memory-backend-ram,id=shm,size=256M", "-device", "ivshmem-plain,memdev=shm",
         "-drive", "file=%s/rootfs.img,if=virtio,format=raw,cache=unsafe" % img, "-snapshot",
-        "-kernel", img + "/vmlinuz", "-initrd", img + "/initrd.img", "-append", append,
+        "-kernel", img + "/vmlinuz", "-append", append,
         "-virtfs", "local,path=%s,mount_tag=src,security_model=none,readonly=on" % REPO,
         "-virtfs", "local,path=%s,mount_tag=out,security_model=none" % out,
         "-virtfs", "local,path=%s,mount_tag=extra,security_model=none,readonly=on" % extra,
@@ -92,7 +93,7 @@ def qemu_command(img: str, out: str, extra: str, host_port: int, scenario: str, 
         "-device", "virtio-net-pci,netdev=n0",
         "-display", "none", "-monitor", "none", "-serial", "file:" + os.path.join(out, "console.log"),
         "-no-reboot",
-    ]
+    ] + (["-initrd", img + "/initrd.img"] if os.path.exists(img + "/initrd.img") else [])
 
 
 def _read(path: str) -> str:

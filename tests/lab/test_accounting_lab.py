@@ -7,7 +7,7 @@ its own /proc said after its last MAP_DMA.
 
 import pytest
 
-from test_lab import SUITES, ZERO_PAGE_PINS, Scrape, boot, journal_entries
+from test_lab import DISTRO_SUITES as SUITES, ZERO_PAGE_PINS, Scrape, boot, journal_entries
 
 MEMLOCK_REFUSED_ID = "8b0e5d4c2a1f4e3d9c7b6a5f4e3d2c1b"
 ENOMEM = 12

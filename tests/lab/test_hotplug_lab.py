@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from test_lab import EXPECTED_SYMBOLS, SUITES, MIB, PAGE, Scrape, boot, coverage_table
+from test_lab import EXPECTED_SYMBOLS, DISTRO_SUITES as SUITES, MIB, PAGE, Scrape, boot, coverage_table
 
 def vmlinux_probes(suite):
     """Probes whose every symbol is in vmlinux on that kernel: attached before any vfio

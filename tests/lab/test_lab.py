@@ -35,14 +35,17 @@ class _Expected(dict):
 
 
 EXPECTED_SYMBOLS = _Expected()
-REMAP_IN_FAULT = {"bullseye": True, "bookworm": True, "trixie": False, "sid": False}
+REMAP_IN_FAULT = {"bullseye": True, "bookworm": True, "trixie": False, "sid": False, "iommufd": False}
 # A read-only MAP_DMA of never-touched memory pins the shared zero page before 6.2.
-ZERO_PAGE_PINS = {"bullseye": True, "bookworm": True, "trixie": False, "sid": False}
+ZERO_PAGE_PINS = {"bullseye": True, "bookworm": True, "trixie": False, "sid": False, "iommufd": False}
 # untrack_pfn runs at munmap of a VFIO BAR vma up to 6.15; pfnmap_untrack (6.16+) never for VFIO.
-PAT_UNTRACK_ON_VFIO = {"bullseye": True, "bookworm": True, "trixie": True, "sid": False}
+PAT_UNTRACK_ON_VFIO = {"bullseye": True, "bookworm": True, "trixie": True, "sid": False, "iommufd": True}
 # The four threads' faults overlapped in every 6.1 boot; in the first 5.10 boots they did not.
 CONCURRENT_FAULTS_SEEN = {"bullseye": False, "bookworm": True}
 SUITES = [s for s in lab.TEST_SUITES if s in lab.SUITES]
+# Debian's own kernels: the other scenarios run there; the iommufd suite's own
+# build runs the standard scenario (type1) and the iommufd one (test_iommufd_lab.py).
+DISTRO_SUITES = [s for s in SUITES if s != "iommufd"]
 
 
 class Scrape:

@@ -9,7 +9,7 @@ same steps stay consistent and vfiomond must stay quiet.
 
 import pytest
 
-from test_lab import SUITES, ZERO_PAGE_PINS, Scrape, boot, journal_entries
+from test_lab import DISTRO_SUITES as SUITES, ZERO_PAGE_PINS, Scrape, boot, journal_entries
 
 PIN_MISMATCH_ID = "3f1c2a9e7b5d4c0e8a6f1b2d3c4e5f60"
 VERIFY_INTERVAL = 1.0  # tests/lab/guest/vfiomond.toml

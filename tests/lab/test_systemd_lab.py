@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from test_lab import EXPECTED_SYMBOLS, SUITES, Scrape, boot, journal_entries
+from test_lab import EXPECTED_SYMBOLS, DISTRO_SUITES as SUITES, Scrape, boot, journal_entries
 
 # The unit's CapabilityBoundingSet: DAC_READ_SEARCH 2, SYS_PTRACE 19, SYS_ADMIN 21, SYSLOG 34, PERFMON 38, BPF 39.
 UNIT_CAPS = sum(1 << c for c in (2, 19, 21, 34, 38, 39))

@@ -121,7 +121,7 @@ def test_isra_copy_is_refused_where_arguments_are_read():
 def test_every_probe_has_a_unique_name_and_known_area():
     names = [p.name for p in PROBES]
     assert len(names) == len(set(names))
-    assert {p.area for p in PROBES} == {"faults", "type1"}
+    assert {p.area for p in PROBES} == {"faults", "type1", "iommufd"}
 
 
 # Debian sid's 7.2.13 (GCC 16): vfio_lock_acct is inlined into vfio_pin_pages_remote,
@@ -136,3 +136,37 @@ def test_mm_lock_acct_is_the_charge_marker_where_it_exists():
     assert symbols(sel["locked_vm_charge"]) == "mm_lock_acct,__account_locked_vm"
     sel, _ = selection(DEBIAN_6_1)  # no mm_lock_acct in this list: the older marker
     assert symbols(sel["locked_vm_charge"]) == "vfio_lock_acct.part.0,__account_locked_vm"
+
+
+# The lab's 6.12 build with CONFIG_IOMMUFD=y (tests/lab/iommufd.config): iommufd
+# built in, so its symbols carry no module.
+IOMMUFD_6_12 = DEBIAN_6_12 + (
+    "ffffffff81100000 T iommufd_ioas_map\n"
+    "ffffffff81100100 T iommufd_ioas_unmap\n"
+    "ffffffff81100200 T iopt_map_user_pages\n"
+    "ffffffff81100300 T iopt_unmap_iova\n"
+    "ffffffff81100400 T iopt_unmap_all\n"
+    "ffffffff81100500 t do_update_pinned\n"
+)
+
+
+def test_iommufd_probes_are_left_out_without_iommufd():
+    sel, facts = selection(DEBIAN_6_12)
+    assert not any(name.startswith("iommufd_") for name in sel)
+    assert "dma_map" in sel and "FEATURE_IOMMUFD" not in facts
+
+
+def test_iommufd_probes_on_a_kernel_with_iommufd():
+    sel, facts = selection(IOMMUFD_6_12)
+    assert facts["FEATURE_IOMMUFD"] == 1
+    assert symbols(sel["iommufd_dma_map"]) == "iopt_map_user_pages"
+    assert symbols(sel["iommufd_dma_unmap"]) == "iopt_unmap_iova,iopt_unmap_all"
+    assert symbols(sel["iommufd_pin_accounting"]) == "do_update_pinned"
+    sel, _ = selection(IOMMUFD_6_12.replace("t do_update_pinned", "t iopt_pages_update_pinned"))
+    assert symbols(sel["iommufd_pin_accounting"]) == "iopt_pages_update_pinned"
+
+
+def test_iommufd_present_but_a_symbol_moved_is_reported():
+    sel, _ = selection(IOMMUFD_6_12.replace("t do_update_pinned", "t do_update_pinned.isra.0"))
+    assert not sel["iommufd_pin_accounting"].available
+    assert "do_update_pinned" in sel["iommufd_pin_accounting"].reason

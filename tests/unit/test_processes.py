@@ -64,7 +64,7 @@ def test_vm_name(cmdline, cgroup, name):
 def test_families_per_process():
     infos = [ProcessInfo(42, "qemu", "web01", 8 << 20, 0, 16 << 20), ProcessInfo(43, "testpmd", "", 0, 4096, math.inf)]
     acct = {42: ProcAcct(12 << 20, 3072, 2048, 1), 99: ProcAcct(1, 1, 1, 1)}  # 99: gone, no series
-    s = exposition(families(infos, acct))
+    s = exposition(families(infos, {"type1": acct}))
     web = dict(pid="42", comm="qemu", vm="web01")
     assert s[key("vfiomond_process_locked_vm_bytes", **web)] == 8 << 20
     assert s[key("vfiomond_process_memlock_limit_bytes", **web)] == 16 << 20
@@ -76,6 +76,22 @@ def test_families_per_process():
     assert s[key("vfiomond_process_memlock_limit_bytes", **pmd)] == math.inf
     assert s[key("vfiomond_process_dma_mapped_bytes", backend="type1", **pmd)] == 0
     assert not any('"99"' in k or "'99'" in k for k in s)
+
+
+def test_families_per_process_and_backend():
+    infos = [ProcessInfo(42, "qemu", "web01", 0, 8192 * 4096, math.inf)]
+    type1 = {42: ProcAcct(1 << 20, 256, 200, 0, account="mm")}
+    # iommufd NONE mode (CAP_IPC_LOCK): pinned, charged nowhere, by design
+    iommufd = {42: ProcAcct(32 << 20, 8192, 0, 0, exempt_pages=8192, account="none")}
+    s = exposition(families(infos, {"type1": type1, "iommufd": iommufd}))
+    web = dict(pid="42", comm="qemu", vm="web01")
+    assert s[key("vfiomond_process_pinned_vm_bytes", **web)] == 8192 * 4096
+    assert s[key("vfiomond_process_dma_mapped_bytes", backend="iommufd", **web)] == 32 << 20
+    assert s[key("vfiomond_process_dma_mapped_bytes", backend="type1", **web)] == 1 << 20
+    assert s[key("vfiomond_process_uncharged_pinned_bytes", backend="iommufd", **web)] == 0
+    assert s[key("vfiomond_process_uncharged_pinned_bytes", backend="type1", **web)] == 56 * 4096
+    assert s[key("vfiomond_process_pin_account_info", backend="iommufd", account="none", **web)] == 1
+    assert s[key("vfiomond_process_pin_account_info", backend="type1", account="mm", **web)] == 1
 
 
 def test_vfio_files_from_a_proc_tree(tmp_path):

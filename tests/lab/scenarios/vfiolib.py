@@ -223,3 +223,95 @@ def own_pfn(vaddr: int):
     with open("/proc/self/pagemap", "rb", buffering=0) as f:
         entry = struct.unpack("<Q", os.pread(f.fileno(), 8, (vaddr // PAGE) * 8))[0]
     return entry & ((1 << 55) - 1) if entry >> 63 else None
+
+
+# iommufd and the VFIO device cdev (include/uapi/linux/iommufd.h and vfio.h, 6.6+
+# for the cdev): /dev/iommu, an IOAS, the device bound and attached to it.
+IOMMU_IOAS_ALLOC = 0x3B81
+IOMMU_IOAS_MAP = 0x3B85
+IOMMU_IOAS_UNMAP = 0x3B86
+IOMMU_OPTION = 0x3B87
+VFIO_DEVICE_BIND_IOMMUFD = 0x3B76  # VFIO_BASE + 18
+VFIO_DEVICE_ATTACH_IOMMUFD_PT = 0x3B77  # VFIO_BASE + 19
+IOMMU_IOAS_MAP_FIXED_IOVA, IOMMU_IOAS_MAP_WRITEABLE, IOMMU_IOAS_MAP_READABLE = 1, 2, 4
+IOMMU_OPTION_RLIMIT_MODE, IOMMU_OPTION_OP_SET = 0, 0
+
+IOAS_ALLOC = struct.Struct("<III")  # size, flags, out_ioas_id
+IOAS_MAP = struct.Struct("<IIIIQQQ")  # size, flags, ioas_id, reserved, user_va, length, iova
+IOAS_UNMAP = struct.Struct("<IIQQ")  # size, ioas_id, iova, length (out: bytes unmapped)
+OPTION = struct.Struct("<IIHHIQ")  # size, option_id, op, reserved, object_id, val64
+BIND_IOMMUFD = struct.Struct("<IIiI")  # argsz, flags, iommufd, out_devid
+ATTACH_PT = struct.Struct("<III")  # argsz, flags, pt_id
+
+
+def cdev_path(bdf: str, sysfs: str = "/sys") -> str:
+    """/dev/vfio/devices/vfioN of a device bound to vfio-pci (CONFIG_VFIO_DEVICE_CDEV)."""
+    names = os.listdir(os.path.join(sysfs, "bus/pci/devices", bdf, "vfio-dev"))
+    return "/dev/vfio/devices/" + names[0]
+
+
+class Iommufd:
+    """/dev/iommu with one IOAS.  ``mm_accounting``: IOMMU_OPTION_RLIMIT_MODE 1 (charge
+    the mm's locked_vm, as type1 does; needs CAP_SYS_RESOURCE) instead of the user's."""
+
+    def __init__(self, mm_accounting: bool = False):
+        self.fd = os.open("/dev/iommu", os.O_RDWR)
+        if mm_accounting:
+            fcntl.ioctl(self.fd, IOMMU_OPTION,
+                        bytearray(OPTION.pack(OPTION.size, IOMMU_OPTION_RLIMIT_MODE, IOMMU_OPTION_OP_SET, 0, 0, 1)), True)
+        buf = bytearray(IOAS_ALLOC.pack(IOAS_ALLOC.size, 0, 0))
+        fcntl.ioctl(self.fd, IOMMU_IOAS_ALLOC, buf, True)
+        self.ioas = IOAS_ALLOC.unpack(bytes(buf))[2]
+
+    def bind(self, bdf: str) -> int:
+        """Open the device's cdev, bind it to this iommufd and attach it to the IOAS;
+        returns the device fd (region info, mmap and config as with a group's fd)."""
+        device_fd = os.open(cdev_path(bdf), os.O_RDWR)
+        fcntl.ioctl(device_fd, VFIO_DEVICE_BIND_IOMMUFD, bytearray(BIND_IOMMUFD.pack(BIND_IOMMUFD.size, 0, self.fd, 0)),
+                    True)
+        fcntl.ioctl(device_fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, bytearray(ATTACH_PT.pack(ATTACH_PT.size, 0, self.ioas)),
+                    True)
+        return device_fd
+
+    def map(self, vaddr: int, iova: int, size: int, writable: bool) -> None:
+        flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | (IOMMU_IOAS_MAP_WRITEABLE if writable else 0)
+        fcntl.ioctl(self.fd, IOMMU_IOAS_MAP, bytearray(IOAS_MAP.pack(IOAS_MAP.size, flags, self.ioas, 0, vaddr, size, iova)),
+                    True)
+
+    def unmap(self, iova: int, size: int) -> int:
+        """Returns the bytes the kernel reports unmapped."""
+        buf = bytearray(IOAS_UNMAP.pack(IOAS_UNMAP.size, self.ioas, iova, size))
+        fcntl.ioctl(self.fd, IOMMU_IOAS_UNMAP, buf, True)
+        return IOAS_UNMAP.unpack(bytes(buf))[3]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def proc_status_kib(field: str, pid: str = "self") -> int:
+    """A 'kB' field of /proc/PID/status (VmLck, VmPin), in KiB."""
+    with open("/proc/%s/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def scrape(port: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen("http://127.0.0.1:%s/metrics" % port, timeout=30) as r:
+        return r.read().decode()
+
+
+def sample(text: str, name: str, **labels) -> List[float]:
+    """Values of the samples ``name{labels...}`` (a plain parser: the scenarios
+    must not depend on what they check)."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all('%s="%s"' % kv in head for kv in labels.items()):
+            out.append(float(value))
+    return out

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""vfiomond's overhead and footprint, side by side with BCC's funclatency and a minimal
+BCC program, measured in the lab guest (real kprobes; tests/lab/scenarios/bench.py).
+
+    sudo python3 benchmarks/bench.py [--suite trixie] [--json FILE]
+
+Boots the suite's lab guest once (QEMU TCG: absolute times are an emulated CPU's;
+compare within one run), then prints, as ratios to the run without tracing:
+per-fault time of BAR faults and MAP_DMA/UNMAP_DMA time of a large mapping under
+each tracer; the in-kernel BPF time per traced call (kernel.bpf_stats_enabled);
+the tracers' CPU per fault, resident memory and start-up time; and the scale of
+vfiomond's in-kernel work and user-space events with the mapping size.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "lab"))
+import lab  # noqa: E402
+
+TRACERS = ("vfiomond", "funclatency", "minimal_bcc")
+
+
+def ratio(a, b):
+    return "%.2f" % (a / b) if b else "-"
+
+
+def report(s):
+    ph = s["phases"]
+    none = ph["none"]
+    lines = ["kernel %s; fault function %s, map function %s" % (s["kernel"], s["functions"]["fault"],
+                                                                 s["functions"]["map"]),
+             "BAR faults: %d per pass over %d MiB of ivshmem BAR2, %.0f faults/s untraced" % (
+                 none["faults"]["faults_per_pass"], 64, none["faults"]["faults_per_second"]),
+             "",
+             "%-12s %12s %8s %12s %8s %12s %8s %14s %14s" % (
+                 "tracer", "ns/fault", "x none", "map ms", "x none", "unmap ms", "x none", "BPF ns/fault",
+                 "BPF ns/map")]
+    for name in ("none",) + TRACERS:
+        p = ph[name]
+        f, d = p["faults"], p["dma"]
+        faults = f["faults_per_pass"] * f["passes"]
+        lines.append("%-12s %12.0f %8s %12.1f %8s %12.1f %8s %14s %14s" % (
+            name, f["pass_ns_per_fault"], ratio(f["pass_ns_per_fault"], none["faults"]["pass_ns_per_fault"]),
+            d["map_ms"], ratio(d["map_ms"], none["dma"]["map_ms"]),
+            d["unmap_ms"], ratio(d["unmap_ms"], none["dma"]["unmap_ms"]),
+            "%.0f" % (f["bpf_run_time_ns"] / faults) if "bpf_run_time_ns" in f else "-",
+            "%.0f" % (d["bpf_run_time_ns"] / (2 * d["repeat"])) if "bpf_run_time_ns" in d else "-"))
+    lines += ["", "%-12s %14s %16s %14s %14s" % ("tracer", "CPU us/fault", "RSS after start", "RSS steady",
+                                                    "start-up s")]
+    for name in TRACERS:
+        p = ph[name]
+        f = p["faults"]
+        faults = f["faults_per_pass"] * f["passes"]
+        start = p.get("start_seconds", p.get("faults_start_seconds"))
+        lines.append("%-12s %14.2f %13s KiB %10s KiB %14.1f" % (
+            name, f["tracer_cpu_seconds"] * 1e6 / faults, p.get("rss_kib_after_start", "-"), p["rss_kib"], start))
+    lines += ["", "vfiomond's work per MAP_DMA by size (type1, touched anonymous memory):",
+              "%10s %12s %14s %16s %18s" % ("MiB", "BPF calls", "BPF us", "pages pinned", "pin samples held")]
+    for row in s["scale"]:
+        lines.append("%10d %12d %14.0f %16d %18d" % (row["size_mib"], row["bpf_run_cnt"], row["bpf_run_time_ns"] / 1e3,
+                                                      row["pinned_pages"], row["pin_samples_tracked"]))
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--suite", default="trixie", choices=lab.SUITES)
+    p.add_argument("--json", metavar="FILE", help="also write the scenario's raw JSON here")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (the lab: debootstrap, QEMU)")
+    try:
+        result = lab.run(args.suite, "bench", timeout=1800)
+    except lab.LabError as e:
+        sys.exit("bench: %s" % e)
+    s = result.scenario
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(s, f, indent=1)
+    if not s.get("ok"):
+        sys.exit("bench: the scenario failed: %s (logs in %s)" % (s.get("error"), result.out))
+    print(report(s))
+    print("\n(raw results and logs: %s)" % result.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

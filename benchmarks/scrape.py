@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Scrape cost: time to build /metrics for a host with many VFIO devices and processes.
+
+Runs on any Linux host (no BPF, no VFIO): vfiomond's real collector, exposition
+and /proc readers, with three stand-ins for what only a big VFIO host has:
+- the BPF maps: rows shaped as the lab kernels fill them (every device with
+  BAR faults in 3 latency slots and 2 results, per-process DMA accounting in
+  both backends), served as BCC tables would be (key/value objects);
+- the device inventory: DEVICES devices, each with an IOMMU group;
+- the VFIO users: PROCESSES real processes (sleep) whose /proc files are read as
+  a VFIO user's are; the real scan of every /proc/PID/fd on the host runs too,
+  so its cost is included, but the open /dev/vfio files are declared, not held.
+
+    python3 benchmarks/scrape.py [--devices 64] [--processes 64] [--scrapes 50]
+
+Prints the median and worst time of ``generate_latest`` over the collector (what
+one GET /metrics costs besides HTTP) and the size of the page.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from types import SimpleNamespace as NS
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from prometheus_client.core import CollectorRegistry  # noqa: E402
+from prometheus_client.exposition import generate_latest  # noqa: E402
+
+from vfiomond import devices, iommufd, processes, type1  # noqa: E402
+from vfiomond.bpfload import ProbeStatus  # noqa: E402
+from vfiomond.collector import VfiomondCollector  # noqa: E402
+from vfiomond.probes import PROBES  # noqa: E402
+
+
+class Array(list):
+    """A BPF_ARRAY as BCC returns it: indexed by ctypes.c_int, values with .value."""
+
+    def __getitem__(self, index):
+        return NS(value=list.__getitem__(self, index.value))
+
+
+class Rows(list):
+    """A BPF hash map as BCC returns it: items() gives (key, value) objects."""
+
+    def items(self):
+        return list(self)
+
+
+def bdf(i):
+    return "0000:%02x:%02x.0" % (1 + i // 32, i % 32)
+
+
+def fault_tables(n_devices):
+    hist, sums = Rows(), Rows()
+    for i in range(n_devices):
+        device = bdf(i).encode()
+        for ret in (0x100, 0x800):  # NOPAGE, FALLBACK
+            for slot in (12, 14, 17):
+                hist.append((NS(device=device, ret=ret, region=0, order=0, slot=slot), NS(value=1000 + slot)))
+            sums.append((NS(device=device, ret=ret, region=0, order=0, slot=0), NS(value=5_000_000)))
+    concurrent = Rows((NS(device=bdf(i).encode()), NS(value=3)) for i in range(n_devices))
+    remap = Rows((NS(context=1, slot=s, err=0), NS(value=10)) for s in (15, 16))
+    return {"bar_fault_hist": hist, "bar_fault_sum": sums, "bar_faults_concurrent": concurrent,
+            "remap_hist": remap, "remap_sum": Rows([(NS(context=1, slot=0, err=0), NS(value=10**6))]),
+            "remap_bytes": Rows([(NS(context=1, slot=0, err=0), NS(value=1 << 30))]), "remap_errors": Rows(),
+            "pat_untrack": concurrent}
+
+
+def acct_rows(pids, fields):
+    return Rows((NS(value=pid), NS(**{f: 1 if f == "account" else 4096 for f in fields})) for pid in pids)
+
+
+def dma_tables(prefix, pids):
+    hist = Rows((NS(op=op, slot=s, err=0), NS(value=100)) for op in (0, 1) for s in range(10, 30))
+    return {prefix + "dma_hist": hist, prefix + "dma_errors": Rows([(NS(op=0, slot=0, err=12), NS(value=1))])}
+
+
+def tables(n_devices, pids):
+    t = fault_tables(n_devices)
+    t.update(dma_tables("", pids))
+    t["type1_counters"] = Array([10**9] * len(type1.COUNTERS))
+    t["proc_acct"] = acct_rows(pids, ("mapped_bytes", "pinned_pages", "charged_pages", "charge_failures"))
+    t.update(dma_tables("iommufd_", pids))
+    t["iommufd_counters"] = Array([10**9] * iommufd.N_COUNTERS)
+    t["iommufd_proc_acct"] = acct_rows(pids, ("mapped_bytes", "pinned_pages", "charged_pages", "exempt_pages",
+                                              "charge_failures", "account"))
+    return t
+
+
+class Program:
+    """What the collector reads of bpfload.Program: every probe attached."""
+
+    def __init__(self, maps):
+        self._maps = maps
+        self.statuses = [ProbeStatus(p.name, True, "x") for p in PROBES]
+        self.features = {"iommufd": True}
+
+    def areas(self):
+        return ["faults", "type1", "iommufd"]
+
+    def tables(self, area):
+        return self._maps.__getitem__
+
+    def lost_events(self):
+        return 0
+
+
+def inventory(n_devices):
+    inv = devices.Inventory()
+    for i in range(n_devices):
+        inv.devices[bdf(i)] = devices.VfioDevice(bdf(i), "15b3", "101e", "Mellanox Technologies",
+                                                 "ConnectX Family mlx5Gen Virtual Function", str(100 + i), "vfio-pci",
+                                                 "0", "/dev/vfio/%d" % (100 + i), "/dev/vfio/devices/vfio%d" % i)
+    return inv
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=64)
+    p.add_argument("--processes", type=int, default=64)
+    p.add_argument("--scrapes", type=int, default=50)
+    args = p.parse_args()
+    children = [subprocess.Popen(["sleep", "3600"]) for _ in range(args.processes)]
+    try:
+        pids = [c.pid for c in children]
+        declared = {pid: ["/dev/vfio/%d" % (100 + i % args.devices), "/dev/iommu"] for i, pid in enumerate(pids)}
+
+        def open_files():
+            processes.open_vfio_files()  # the real scan of /proc/*/fd, for its cost
+            return declared
+
+        processes.scraped_vfio_files._fn = open_files
+        inv = inventory(args.devices)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(VfiomondCollector(Program(tables(args.devices, pids)), os.uname().release,
+                                            detectors=[devices.InventoryMetrics(inv)]))
+        times, size = [], 0
+        for _ in range(args.scrapes):
+            start = time.perf_counter()
+            page = generate_latest(registry)
+            times.append(time.perf_counter() - start)
+            size = len(page)
+        samples = sum(1 for line in page.decode().splitlines() if line and not line.startswith("#"))
+        print("devices=%d processes=%d scrapes=%d page=%d bytes, %d samples" % (
+            args.devices, args.processes, args.scrapes, size, samples))
+        print("scrape: median %.1f ms, worst %.1f ms" % (statistics.median(times) * 1e3, max(times) * 1e3))
+    finally:
+        for c in children:
+            c.kill()
+            c.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

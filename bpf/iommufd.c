@@ -1,0 +1,222 @@
+/* Probe area "iommufd": IOMMU_IOAS_MAP / IOMMU_IOAS_UNMAP (and the VFIO
+ * compat ioctls iommufd serves) and iommufd's pin accounting
+ * (drivers/iommu/iommufd, 6.2+; kernel-facts.md section 6).
+ * Python side: vfiomond/iommufd.py (the IOMMUFD_* indices are mirrored there
+ * and checked by tests/unit/test_iommufd.py).  Names carry the area's prefix:
+ * every area is compiled into one BCC program.
+ */
+#include <linux/cred.h>
+#include <linux/sched/user.h>
+
+enum iommufd_counter {
+    IOMMUFD_MAP_BYTES = 0,
+    IOMMUFD_UNMAP_BYTES = 1,
+    IOMMUFD_MAP_SUM_NS = 2,
+    IOMMUFD_UNMAP_SUM_NS = 3,
+    IOMMUFD_CHARGE_FAILURES = 4,
+    /* Pages pinned (+) and unpinned (-) per accounting mode, as
+     * do_update_pinned charged them: IOMMUFD_PIN_BASE + 2 * mode + (0 pin, 1 unpin). */
+    IOMMUFD_PIN_BASE = 5,
+    IOMMUFD_COUNTERS = 11,
+};
+
+/* iopt_pages->account_mode (IOPT_PAGES_ACCOUNT_*), told apart by what the
+ * call changed: the user's locked_vm (USER), the mm's locked_vm (MM), neither
+ * (NONE: the mapper had CAP_IPC_LOCK).  pinned_vm is charged in every mode. */
+#define ACCOUNT_NONE 0
+#define ACCOUNT_USER 1
+#define ACCOUNT_MM 2
+
+BPF_ARRAY(iommufd_counters, u64, IOMMUFD_COUNTERS);
+
+static __always_inline void iommufd_add(int index, u64 n)
+{
+    u64 *v = iommufd_counters.lookup(&index);
+    if (v)
+        __sync_fetch_and_add(v, n);
+}
+
+#define IOMMUFD_OP_MAP 0
+#define IOMMUFD_OP_UNMAP 1
+
+struct iommufd_inflight {
+    u64 ts;
+    u64 length;    /* map: bytes asked for */
+    u64 unmapped;  /* unmap: unsigned long *, the bytes unmapped on return */
+    u8 op;
+};
+
+struct iommufd_dma_key {
+    u8 op;
+    u8 slot;
+    u8 pad[2];
+    s32 err;  /* errno (positive) in iommufd_dma_errors, 0 in iommufd_dma_hist */
+};
+
+BPF_HASH(iommufd_dma_by_tid, u32, struct iommufd_inflight, 4096);
+BPF_HASH(iommufd_dma_hist, struct iommufd_dma_key, u64, 256);
+BPF_HASH(iommufd_dma_errors, struct iommufd_dma_key, u64, 128);
+
+/* Per process (tgid), deleted by the daemon when the process is gone. */
+struct iommufd_proc {
+    s64 mapped_bytes;
+    s64 pinned_pages;   /* all modes (pinned_vm) */
+    s64 charged_pages;  /* USER and MM modes */
+    s64 exempt_pages;   /* NONE mode */
+    u64 charge_failures;
+    u32 account;        /* mode of the last change + 1 (0: none seen) */
+    u32 pad;
+};
+
+BPF_HASH(iommufd_proc_acct, u32, struct iommufd_proc, 4096);
+
+static __always_inline struct iommufd_proc *iommufd_proc_entry(void)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct iommufd_proc zero = {};
+    struct iommufd_proc *a = iommufd_proc_acct.lookup_or_try_init(&pid, &zero);
+    if (!a)
+        count_lost();
+    return a;
+}
+
+static __always_inline int iommufd_dma_enter(u8 op, u64 length, u64 unmapped)
+{
+    u32 tid = current_tid();
+    struct iommufd_inflight d = {.ts = bpf_ktime_get_ns(), .length = length, .unmapped = unmapped, .op = op};
+    if (iommufd_dma_by_tid.update(&tid, &d) != 0)
+        count_lost();
+    return 0;
+}
+
+/* iopt_map_user_pages(ictx, iopt, unsigned long *iova, void __user *uptr,
+ *                     unsigned long length, int iommu_prot, unsigned int flags) */
+int on_iopt_map_user_pages(struct pt_regs *ctx)
+{
+    return iommufd_dma_enter(IOMMUFD_OP_MAP, PT_REGS_PARM5(ctx), 0);
+}
+
+/* iopt_unmap_iova(iopt, iova, length, unsigned long *unmapped) and
+ * iopt_unmap_all(iopt, unsigned long *unmapped) */
+int on_iopt_unmap_iova(struct pt_regs *ctx)
+{
+    return iommufd_dma_enter(IOMMUFD_OP_UNMAP, 0, PT_REGS_PARM4(ctx));
+}
+
+int on_iopt_unmap_all(struct pt_regs *ctx)
+{
+    return iommufd_dma_enter(IOMMUFD_OP_UNMAP, 0, PT_REGS_PARM2(ctx));
+}
+
+int on_iommufd_dma_return(struct pt_regs *ctx)
+{
+    u64 zero = 0;
+    u32 tid = current_tid();
+    struct iommufd_inflight *d = iommufd_dma_by_tid.lookup(&tid);
+    if (!d)
+        return 0;
+    u64 delta = bpf_ktime_get_ns() - d->ts;
+    int ret = (int)PT_REGS_RC(ctx);
+    struct iommufd_dma_key key = {.op = d->op};
+    if (ret == 0) {
+        u64 bytes = d->length;
+        if (d->op == IOMMUFD_OP_UNMAP)
+            bpf_probe_read_kernel(&bytes, sizeof(bytes), (void *)d->unmapped);
+        iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_BYTES : IOMMUFD_UNMAP_BYTES, bytes);
+        struct iommufd_proc *a = iommufd_proc_entry();
+        if (a)
+            __sync_fetch_and_add(&a->mapped_bytes, d->op == IOMMUFD_OP_MAP ? (s64)bytes : -(s64)bytes);
+    } else {
+        key.err = -ret;
+        add_or_lost(iommufd_dma_errors.lookup_or_try_init(&key, &zero), 1);
+        key.err = 0;
+    }
+    iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_SUM_NS : IOMMUFD_UNMAP_SUM_NS, delta);
+    key.slot = bpf_log2l(delta);
+    add_or_lost(iommufd_dma_hist.lookup_or_try_init(&key, &zero), 1);
+    iommufd_dma_by_tid.delete(&tid);
+    return 0;
+}
+
+/* do_update_pinned (6.2 .. 6.12) / iopt_pages_update_pinned (6.13+)
+ *     (struct iopt_pages *pages, unsigned long npages, bool inc, user)
+ * charges npages to pinned_vm and, by the pages' account mode, to nothing,
+ * the user's locked_vm or the mm's locked_vm; it fails (-ENOMEM) over
+ * RLIMIT_MEMLOCK.  struct iopt_pages is private to iommufd, so the mode is
+ * read from its effect: the locked_vm counters before and after the call.
+ * (A charge by another process of the same user between the two reads would
+ * make a NONE call look like USER; iommufd charges under the pages' mutex,
+ * not the user's, so this can happen, rarely.) */
+struct iommufd_acct_inflight {
+    u64 npages;
+    long user_locked;
+    u64 mm_locked;
+    u8 inc;
+};
+
+BPF_HASH(iommufd_acct_by_tid, u32, struct iommufd_acct_inflight, 4096);
+
+static __always_inline void iommufd_locked_vm(long *user_locked, u64 *mm_locked)
+{
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    const struct cred *cred = NULL;
+    struct user_struct *user = NULL;
+    struct mm_struct *mm = NULL;
+    bpf_probe_read_kernel(&cred, sizeof(cred), &task->cred);
+    if (cred)
+        bpf_probe_read_kernel(&user, sizeof(user), &cred->user);
+    if (user)
+        bpf_probe_read_kernel(user_locked, sizeof(*user_locked), &user->locked_vm);
+    bpf_probe_read_kernel(&mm, sizeof(mm), &task->mm);
+    if (mm)
+        bpf_probe_read_kernel(mm_locked, sizeof(*mm_locked), &mm->locked_vm);
+}
+
+int on_iommufd_update_pinned(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct iommufd_acct_inflight a = {.npages = PT_REGS_PARM2(ctx), .inc = (u8)PT_REGS_PARM3(ctx)};
+    iommufd_locked_vm(&a.user_locked, &a.mm_locked);
+    if (iommufd_acct_by_tid.update(&tid, &a) != 0)
+        count_lost();
+    return 0;
+}
+
+int on_iommufd_update_pinned_return(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct iommufd_acct_inflight *a = iommufd_acct_by_tid.lookup(&tid);
+    if (!a)
+        return 0;
+    int ret = (int)PT_REGS_RC(ctx);
+    struct iommufd_proc *p = iommufd_proc_entry();
+    if (ret != 0) {
+        if (a->inc) {
+            iommufd_add(IOMMUFD_CHARGE_FAILURES, 1);
+            if (p)
+                __sync_fetch_and_add(&p->charge_failures, 1);
+        }
+        iommufd_acct_by_tid.delete(&tid);
+        return 0;
+    }
+    long user_locked = a->user_locked;
+    u64 mm_locked = a->mm_locked;
+    iommufd_locked_vm(&user_locked, &mm_locked);
+    u32 mode = ACCOUNT_NONE;
+    if (user_locked != a->user_locked)
+        mode = ACCOUNT_USER;
+    else if (mm_locked != a->mm_locked)
+        mode = ACCOUNT_MM;
+    iommufd_add(IOMMUFD_PIN_BASE + 2 * mode + (a->inc ? 0 : 1), a->npages);
+    if (p) {
+        s64 n = a->inc ? (s64)a->npages : -(s64)a->npages;
+        __sync_fetch_and_add(&p->pinned_pages, n);
+        if (mode == ACCOUNT_NONE)
+            __sync_fetch_and_add(&p->exempt_pages, n);
+        else
+            __sync_fetch_and_add(&p->charged_pages, n);
+        p->account = mode + 1;
+    }
+    iommufd_acct_by_tid.delete(&tid);
+    return 0;
+}

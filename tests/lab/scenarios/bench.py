@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Scenario "bench": vfiomond's cost on the VFIO hot paths, next to the reference tools
+(run by benchmarks/bench.py; see benchmarks/RESULTS.md).
+
+Workloads (the same in every phase):
+- faults: ivshmem's BAR2 mmap'ed; per pass, memory decode toggled (vfio zaps the
+  mapping) and one read per 4 KiB page of FAULT_BYTES: per-fault time is the pass
+  time over the process's minor faults (getrusage);
+- dma: a touched anonymous buffer of DMA_MIB MiB MAP_DMA'ed and UNMAP_DMA'ed
+  through edu's type1 container, REPEAT times;
+- scale: MAP_DMA of SCALE_MIB sizes once each with vfiomond, to show its
+  in-kernel work and its events to user space per GiB.
+
+Phases: "vfiomond" (the daemon the lab started), "none" (vfiomond stopped),
+"funclatency" (BCC's funclatency-bpfcc on the fault function, then on the map
+function: the reference for kprobe + histogram cost), "minimal_bcc"
+(benchmarks/minimal_bcc.py on every symbol vfiomond hooks: the footprint
+reference), and vfiomond started again (start-up time, memory), which the host
+scrapes as usual.  In-kernel cost comes from kernel.bpf_stats_enabled:
+run_time_ns / run_cnt of the tracer's BPF programs (/proc/PID/fdinfo).
+Prints one JSON line.
+"""
+
+import json
+import os
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vfiolib as v  # noqa: E402
+
+SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+MIB = 1 << 20
+FAULT_BYTES = 64 * MIB
+FAULT_PASSES = 15
+DMA_MIB = int(os.environ.get("BENCH_DMA_MIB", "1024"))
+REPEAT = 5
+SCALE_MIB = (256, 1024)
+PORT = os.environ.get("VFIOMOND_PORT", "10119")
+OUT = "/lab/out"
+
+
+def log(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+# --- the tracer processes -------------------------------------------------
+
+def bpf_stats(pid):
+    """Sum of run_time_ns and run_cnt over the BPF programs process ``pid`` holds."""
+    total = {"run_time_ns": 0, "run_cnt": 0, "programs": 0}
+    fd_dir = "/proc/%d/fd" % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:bpf-prog":
+                continue
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        total["programs"] += 1
+        for k in ("run_time_ns", "run_cnt"):
+            total[k] += int(info.get(k, "0").strip())
+    return total
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def rss_kib(pid):
+    return v.proc_status_kib("VmRSS", str(pid))
+
+
+def start_and_wait(cmd, ready, log_path, timeout=600):
+    """Start ``cmd`` (output to log_path) and wait until a line matches ``ready``;
+    returns (process, seconds to ready)."""
+    start = time.monotonic()
+    out = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    while True:
+        with open(log_path) as f:
+            if re.search(ready, f.read(), re.M):
+                return proc, time.monotonic() - start
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited %s before ready; see %s" % (cmd[0], proc.returncode, log_path))
+        if time.monotonic() - start > timeout:
+            raise RuntimeError("%s not ready after %d s" % (cmd[0], timeout))
+        time.sleep(0.2)
+
+
+def stop(proc_or_pid):
+    pid = proc_or_pid if isinstance(proc_or_pid, int) else proc_or_pid.pid
+    os.kill(pid, signal.SIGTERM)
+    if isinstance(proc_or_pid, int):
+        while os.path.exists("/proc/%d" % pid) and "Z" not in open("/proc/%d/stat" % pid).read().split()[2]:
+            time.sleep(0.2)
+    else:
+        proc_or_pid.wait(timeout=120)
+
+
+# --- the workloads --------------------------------------------------------
+
+class Rig:
+    """edu's container for DMA; ivshmem's BAR2 mapped for faults."""
+
+    def __init__(self):
+        devices = {d.name: d for d in v.find_devices()}
+        self.dma = v.Container(devices["edu"].iommu_group)
+        self.bar_container = v.Container(devices["ivshmem"].iommu_group)
+        ivshmem = devices["ivshmem"]
+        self.device_fd = self.bar_container.device(ivshmem.bdf)
+        self.bar = v.region(self.device_fd, ivshmem.bar)
+        self.config = v.region(self.device_fd, v.VFIO_PCI_CONFIG_REGION_INDEX)
+        command = v.pci_command(self.device_fd, self.config)
+        v.set_pci_command(self.device_fd, self.config, command | v.PCI_COMMAND_MEMORY)
+        self.addr = v.mmap_device(self.device_fd, self.bar.size, self.bar.offset)
+        self.fault_bytes = min(FAULT_BYTES, self.bar.size)
+        self.buffer = v.mmap_anonymous(max(DMA_MIB, *SCALE_MIB) * MIB)
+        v.touch_pages(self.buffer, max(DMA_MIB, *SCALE_MIB) * MIB)
+
+    def zap(self):
+        command = v.pci_command(self.device_fd, self.config)
+        v.set_pci_command(self.device_fd, self.config, command & ~v.PCI_COMMAND_MEMORY)
+        v.set_pci_command(self.device_fd, self.config, command | v.PCI_COMMAND_MEMORY)
+
+    def faults(self):
+        """Per-fault ns (median over passes), faults per pass, faults per second."""
+        per_fault, rates, counts = [], [], []
+        for _ in range(FAULT_PASSES):
+            self.zap()
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter_ns()
+            v.read_strided(self.addr, self.fault_bytes, v.PAGE)
+            elapsed = time.perf_counter_ns() - t0
+            n = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            counts.append(n)
+            per_fault.append(elapsed / max(n, 1))
+            rates.append(n / (elapsed / 1e9))
+        return {"pass_ns_per_fault": statistics.median(per_fault), "faults_per_pass": statistics.median(counts),
+                "faults_per_second": statistics.median(rates), "passes": FAULT_PASSES}
+
+    def map_unmap(self, size):
+        t0 = time.perf_counter_ns()
+        self.dma.map_dma(self.buffer, 0x100000000, size, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
+        t1 = time.perf_counter_ns()
+        unmapped = self.dma.unmap_dma(0x100000000, size)
+        t2 = time.perf_counter_ns()
+        if unmapped != size:
+            raise RuntimeError("unmapped %d of %d bytes" % (unmapped, size))
+        return t1 - t0, t2 - t1
+
+    def dma(self):
+        maps, unmaps = zip(*(self.map_unmap(DMA_MIB * MIB) for _ in range(REPEAT)))
+        return {"size_mib": DMA_MIB, "map_ms": statistics.median(maps) / 1e6, "unmap_ms": statistics.median(unmaps) / 1e6,
+                "repeat": REPEAT}
+
+
+def measured(pid, fn):
+    """Run workload ``fn``; with a tracer ``pid``, add its CPU and BPF time spent meanwhile."""
+    if pid is None:
+        return fn()
+    cpu, stats = cpu_seconds(pid), bpf_stats(pid)
+    result = fn()
+    after = bpf_stats(pid)
+    result["tracer_cpu_seconds"] = cpu_seconds(pid) - cpu
+    result["bpf_run_cnt"] = after["run_cnt"] - stats["run_cnt"]
+    result["bpf_run_time_ns"] = after["run_time_ns"] - stats["run_time_ns"]
+    result["tracer_rss_kib"] = rss_kib(pid)
+    return result
+
+
+def scrape_value(name, **labels):
+    return sum(v.sample(v.scrape(PORT), name, **labels))
+
+
+def scale(rig, pid):
+    """One MAP_DMA of each size under vfiomond: its BPF programs' calls and time,
+    pages pinned, and pin samples it tracks (events to user space are bounded by those)."""
+    out = []
+    for mib in SCALE_MIB:
+        before, pinned = bpf_stats(pid), scrape_value("vfiomond_pinned_pages_total", backend="type1")
+        rig.dma.map_dma(rig.buffer, 0x100000000, mib * MIB, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
+        after = bpf_stats(pid)
+        time.sleep(1)  # the daemon's ring-buffer poll
+        out.append({"size_mib": mib, "bpf_run_cnt": after["run_cnt"] - before["run_cnt"],
+                    "bpf_run_time_ns": after["run_time_ns"] - before["run_time_ns"],
+                    "pinned_pages": scrape_value("vfiomond_pinned_pages_total", backend="type1") - pinned,
+                    "pin_samples_tracked": scrape_value("vfiomond_pin_samples")})
+        rig.dma.unmap_dma(0x100000000, mib * MIB)
+    return out
+
+
+def hooked_symbols():
+    """The symbols vfiomond attaches on this kernel (vfiomond check --json)."""
+    out = subprocess.run([sys.executable, "-m", "vfiomond", "check", "--json"], stdout=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout
+    rows = json.loads(out)["probes"]
+    symbols = {r["probe"]: r["symbols"] for r in rows if r["available"]}
+    return symbols, sorted({s for syms in symbols.values() for s in syms})
+
+
+def main():
+    summary = {"scenario": "bench", "kernel": os.uname().release, "phases": {}}
+    daemon = int(os.environ["VFIOMOND_PID"])
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write("1")
+        probes, symbols = hooked_symbols()
+        fault_fn, map_fn = probes["bar_fault"][0], probes["dma_map"][0]
+        summary["functions"] = {"fault": fault_fn, "map": map_fn, "vfiomond_symbols": symbols}
+        rig = Rig()
+        summary["region_size"] = rig.bar.size
+        phases = summary["phases"]
+
+        log("phase vfiomond")
+        phases["vfiomond"] = {"faults": measured(daemon, rig.faults), "dma": measured(daemon, rig.dma),
+                              "rss_kib": rss_kib(daemon)}
+        summary["scale"] = scale(rig, daemon)
+        stop(daemon)
+
+        log("phase none")
+        phases["none"] = {"faults": rig.faults(), "dma": rig.dma()}
+
+        log("phase funclatency")
+        phases["funclatency"] = {}
+        for what, fn, workload in (("faults", fault_fn, rig.faults), ("dma", map_fn, rig.dma)):
+            proc, ready = start_and_wait(["funclatency-bpfcc", fn], r"^Tracing", "%s/funclatency-%s.log" % (OUT, what))
+            phases["funclatency"][what] = measured(proc.pid, workload)
+            phases["funclatency"][what + "_start_seconds"] = ready
+            phases["funclatency"]["rss_kib"] = rss_kib(proc.pid)
+            stop(proc)
+
+        log("phase minimal_bcc")
+        proc, ready = start_and_wait([sys.executable, SRC + "/benchmarks/minimal_bcc.py"] + symbols, r"^attached",
+                                     OUT + "/minimal_bcc.log")
+        phases["minimal_bcc"] = {"start_seconds": ready, "rss_kib_after_start": rss_kib(proc.pid),
+                                 "faults": measured(proc.pid, rig.faults), "dma": measured(proc.pid, rig.dma)}
+        phases["minimal_bcc"]["rss_kib"] = rss_kib(proc.pid)
+        stop(proc)
+
+        log("vfiomond again")
+        proc, ready = start_and_wait(
+            [sys.executable, "-m", "vfiomond", "run", "--config", SRC + "/tests/lab/guest/vfiomond.toml",
+             "--listen", ":" + PORT], r"serving /metrics", OUT + "/vfiomond-bench.log")
+        phases["vfiomond"]["start_seconds"] = ready
+        phases["vfiomond"]["rss_kib_after_start"] = rss_kib(proc.pid)
+        summary["vfiomond_again_pid"] = proc.pid
+        summary["ok"] = True
+    except Exception as e:
+        summary.update(ok=False, error="%s: %s" % (type(e).__name__, e))
+    print(json.dumps(summary))
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

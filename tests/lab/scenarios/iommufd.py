@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Scenario "iommufd": the standard workload through iommufd and the VFIO device cdev.
+
+For each device (edu BAR0, ivshmem BAR2): /dev/iommu, an IOAS, the device's
+/dev/vfio/devices/vfioN bound (VFIO_DEVICE_BIND_IOMMUFD) and attached to it;
+IOMMU_IOAS_MAP 4 MiB read-write (touched) at IOVA 0x1000000 and 4 MiB
+read-only (never touched) at 0x2000000; mmap the BAR, 4 threads touch it, memory
+decode toggled, touched again; IOMMU_IOAS_UNMAP both; close.  That pass runs as
+root (CAP_IPC_LOCK: iommufd's account mode NONE).  Then edu again in two child
+processes without CAP_IPC_LOCK (setpriv): account mode USER (the default: the
+user's locked_vm) and MM (IOMMU_OPTION_RLIMIT_MODE 1: the mm's locked_vm, VmLck);
+each first tries a map under a 1 MiB RLIMIT_MEMLOCK (refused: ENOMEM), then raises
+the limit.  Every pass records VmLck/VmPin and vfiomond's per-process series
+while mapped, and after.  Prints one JSON line; exit 0 only if all ran.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vfiolib as v  # noqa: E402
+from standard import BAR_NAMES, BUFFER, HOLD, RO_IOVA, RW_IOVA, THREADS, touch_bar_concurrently, toggle_memory_decode  # noqa: E402
+
+MIB = 1 << 20
+PORT = os.environ.get("VFIOMOND_PORT", "10119")
+# (account mode, devices) of the passes run in children without CAP_IPC_LOCK.
+CHILD_PASSES = (("user", "edu"), ("mm", "edu"))
+
+
+def log(msg):
+    print("iommufd: " + msg, file=sys.stderr, flush=True)
+
+
+def proc_memory():
+    return {"VmLck_kib": v.proc_status_kib("VmLck"), "VmPin_kib": v.proc_status_kib("VmPin")}
+
+
+def vfiomond_view():
+    """vfiomond's per-process series for this process, scraped while mapped."""
+    text = v.scrape(PORT)
+    me = {"pid": str(os.getpid()), "backend": "iommufd"}
+    view = {name: v.sample(text, "vfiomond_process_" + name, **me)
+            for name in ("dma_mapped_bytes", "charged_bytes", "uncharged_pinned_bytes")}
+    view["pinned_vm_bytes"] = v.sample(text, "vfiomond_process_pinned_vm_bytes", pid=str(os.getpid()))
+    view["locked_vm_bytes"] = v.sample(text, "vfiomond_process_locked_vm_bytes", pid=str(os.getpid()))
+    view["account"] = sorted(a for a in ("none", "user", "mm")
+                             if v.sample(text, "vfiomond_process_pin_account_info", account=a, **me))
+    return view
+
+
+def refused_under_small_limit(iommufd, vaddr):
+    """A 4 MiB map under a 1 MiB RLIMIT_MEMLOCK: iommufd must refuse it (ENOMEM)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (MIB, hard))
+    try:
+        iommufd.map(vaddr, RW_IOVA, BUFFER, True)
+    except OSError as e:
+        return e.errno == 12  # ENOMEM
+    finally:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
+    iommufd.unmap(RW_IOVA, BUFFER)
+    return False
+
+
+def exercise(dev, account):
+    record = {
+        "device": dev.bdf, "name": dev.name, "account": account, "pid": os.getpid(), "cdev": v.cdev_path(dev.bdf),
+        "region": BAR_NAMES[dev.bar], "region_index": dev.bar, "threads": THREADS, "mappings": [],
+        "before": proc_memory(),
+    }
+    iommufd = v.Iommufd(mm_accounting=account == "mm")
+    device_fd = iommufd.bind(dev.bdf)
+    rw = v.mmap_anonymous(BUFFER)
+    ro = v.mmap_anonymous(BUFFER)
+    v.touch_pages(rw, BUFFER)
+    if account != "none":
+        record["refused_under_1mib_limit"] = refused_under_small_limit(iommufd, rw)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * MIB, 64 * MIB))
+    for vaddr, iova, writable in ((rw, RW_IOVA, True), (ro, RO_IOVA, False)):
+        iommufd.map(vaddr, iova, BUFFER, writable)
+        record["mappings"].append({"iova": iova, "size": BUFFER, "writable": writable, "touched": writable})
+    record["mapped"] = proc_memory()
+    record["vfiomond"] = vfiomond_view()
+    log("%s: %s mode, mapped 2 x 4 MiB through IOAS %d" % (dev.bdf, account, iommufd.ioas))
+    time.sleep(HOLD)
+
+    bar = v.region(device_fd, dev.bar)
+    config = v.region(device_fd, v.VFIO_PCI_CONFIG_REGION_INDEX)
+    record["region_size"] = bar.size
+    command = v.pci_command(device_fd, config)
+    if not command & v.PCI_COMMAND_MEMORY:
+        v.set_pci_command(device_fd, config, command | v.PCI_COMMAND_MEMORY)
+    addr = v.mmap_device(device_fd, bar.size, bar.offset)
+    step = max(v.PAGE, bar.size // 256)
+    record["touches_per_thread"] = touch_bar_concurrently(addr, bar.size, step)
+    toggle_memory_decode(device_fd, config)
+    v.read_strided(addr, bar.size, step)
+    v.munmap(addr, bar.size)
+
+    for mapping in record["mappings"]:
+        mapping["unmapped"] = iommufd.unmap(mapping["iova"], mapping["size"])
+    record["unmapped"] = proc_memory()
+    v.munmap(rw, BUFFER)
+    v.munmap(ro, BUFFER)
+    os.close(device_fd)
+    iommufd.close()
+    return record
+
+
+def child_pass(account, device):
+    """Run one pass in a child without CAP_IPC_LOCK (root keeps CAP_SYS_RESOURCE
+    for IOMMU_OPTION and the limit); returns its record."""
+    cmd = ["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock",
+           sys.executable, os.path.abspath(__file__), "--child", account, "--devices", device]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, universal_newlines=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError("the %s-mode child failed (exit %d): %s" % (account, proc.returncode, proc.stdout.strip()[-300:]))
+    return json.loads(proc.stdout)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", default="edu,ivshmem", help="comma-separated: edu, ivshmem")
+    p.add_argument("--child", metavar="ACCOUNT", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    wanted = args.devices.split(",")
+    devices = [d for d in v.find_devices() if d.name in wanted]
+    if args.child:
+        print(json.dumps(exercise(devices[0], args.child)))
+        return 0
+    summary = {"scenario": "iommufd", "pid": os.getpid(), "kernel": os.uname().release, "devices": [], "passes": []}
+    try:
+        if sorted(d.name for d in devices) != sorted(wanted):
+            raise RuntimeError("devices bound to vfio-pci: %s; wanted %s" % ([d.name for d in devices], wanted))
+        for dev in devices:
+            summary["passes"].append(exercise(dev, "none"))
+        for account, device in CHILD_PASSES:
+            summary["passes"].append(child_pass(account, device))
+        maps = [m for rec in summary["passes"] for m in rec["mappings"]]
+        summary["dma_mapped_bytes"] = sum(m["size"] for m in maps)
+        summary["dma_unmapped_bytes"] = sum(m["unmapped"] for m in maps)
+        summary["ok"] = True
+    except Exception as e:
+        summary.update(ok=False, error="%s: %s" % (type(e).__name__, e))
+    print(json.dumps(summary))
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""iommufd end to end: the iommufd scenario on the lab's own 6.12 build with
+CONFIG_IOMMUFD (SUITE=iommufd, tests/lab/kernel.sh), scraped after it ran, and
+vfiomond's per-process series the scenario scraped itself while mapped.
+
+Runs where VFIOMOND_LAB_SUITES names iommufd (make test-all).  The standard
+(type1) scenario on the same kernel is test_lab.py's.
+"""
+
+import pytest
+
+from test_lab import EXPECTED_SYMBOLS, MIB, PAGE, SUITES, Scrape, boot
+
+BUFFER = 4 * MIB
+pytestmark = pytest.mark.skipif("iommufd" not in SUITES, reason="VFIOMOND_LAB_SUITES does not name iommufd")
+
+
+@pytest.fixture(scope="module")
+def run():
+    result = boot("iommufd", "iommufd")
+    assert result.scenario.get("ok") is True, result.scenario
+    return result
+
+
+@pytest.fixture(scope="module")
+def scrape(run):
+    return Scrape(run.metrics)
+
+
+def passes(run, account):
+    return [p for p in run.scenario["passes"] if p["account"] == account]
+
+
+def test_every_pass_ran(run):
+    assert [(p["name"], p["account"]) for p in run.scenario["passes"]] == [
+        ("edu", "none"), ("ivshmem", "none"), ("edu", "user"), ("edu", "mm")]
+    for p in run.scenario["passes"]:
+        assert p["cdev"].startswith("/dev/vfio/devices/vfio")
+        assert [m["unmapped"] for m in p["mappings"]] == [BUFFER, BUFFER]
+    assert run.daemon_rc == 0
+
+
+def test_iommufd_probes_attached(scrape):
+    assert scrape.one("vfiomond_kernel_feature", feature="iommufd") == 1
+    for probe, symbols in EXPECTED_SYMBOLS["iommufd"].items():
+        assert scrape.one("vfiomond_probe_attached", probe=probe) == 1, probe
+        assert scrape.one("vfiomond_probe_info", probe=probe, symbols=symbols) == 1, probe
+    assert {"iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_accounting"} <= set(EXPECTED_SYMBOLS["iommufd"])
+
+
+def test_dma_bytes_and_calls_match_the_scenario(run, scrape):
+    iommufd = dict(backend="iommufd")
+    assert scrape.one("vfiomond_dma_map_bytes_total", **iommufd) == run.scenario["dma_mapped_bytes"] == 8 * BUFFER
+    assert scrape.one("vfiomond_dma_unmap_bytes_total", **iommufd) == run.scenario["dma_unmapped_bytes"]
+    refused = [p for p in run.scenario["passes"] if p.get("refused_under_1mib_limit")]
+    assert len(refused) == 2  # USER and MM mode both enforce RLIMIT_MEMLOCK
+    assert scrape.one("vfiomond_dma_map_duration_seconds_count", **iommufd) == 8 + len(refused)
+    # IOMMU_IOAS_UNMAP 8 times, and iopt_unmap_all(iopt, NULL) once per IOAS destroyed at close
+    assert scrape.one("vfiomond_dma_unmap_duration_seconds_count", **iommufd) == 8 + len(run.scenario["passes"])
+    assert scrape.one("vfiomond_dma_map_errors_total", errno="ENOMEM", **iommufd) == len(refused)
+    assert scrape.one("vfiomond_locked_vm_charge_failures_total", **iommufd) == len(refused)
+    # The type1 module is loaded and probed, and nothing went through it.
+    assert scrape.one("vfiomond_dma_map_bytes_total", backend="type1") == 0
+
+
+def test_pins_by_account_mode(scrape):
+    pages = 2 * BUFFER // PAGE  # per pass: read-write and read-only buffers
+    for account, n in (("none", 2 * pages), ("user", pages), ("mm", pages)):
+        assert scrape.one("vfiomond_iommufd_pinned_pages_total", account=account) == n, account
+        assert scrape.one("vfiomond_iommufd_unpinned_pages_total", account=account) == n, account
+    iommufd = dict(backend="iommufd")
+    assert scrape.one("vfiomond_pinned_pages_total", **iommufd) == 4 * pages
+    assert scrape.one("vfiomond_locked_vm_charged_pages_total", **iommufd) == 2 * pages
+    assert scrape.one("vfiomond_locked_vm_uncharged_pages_total", **iommufd) == 2 * pages
+
+
+@pytest.mark.parametrize("account", ["none", "user", "mm"])
+def test_per_process_accounting_matches_proc_and_the_mode(run, account):
+    """While mapped: /proc's VmPin grew by the pinned size in every mode, VmLck only in
+    MM mode; vfiomond's per-process series agree, and name the mode."""
+    for p in passes(run, account):
+        before, mapped, after, seen = p["before"], p["mapped"], p["unmapped"], p["vfiomond"]
+        assert (mapped["VmPin_kib"] - before["VmPin_kib"]) * 1024 == 2 * BUFFER
+        assert (mapped["VmLck_kib"] - before["VmLck_kib"]) * 1024 == (2 * BUFFER if account == "mm" else 0)
+        assert after == before
+        assert seen["pinned_vm_bytes"] == [mapped["VmPin_kib"] * 1024]
+        assert seen["locked_vm_bytes"] == [mapped["VmLck_kib"] * 1024]
+        assert seen["dma_mapped_bytes"] == [2 * BUFFER]
+        assert seen["charged_bytes"] == [0 if account == "none" else 2 * BUFFER]
+        assert seen["uncharged_pinned_bytes"] == [0]
+        assert seen["account"] == [account]
+
+
+def test_every_device_faulted_on_its_bar(run, scrape):
+    for p in passes(run, "none"):
+        assert scrape.total("vfiomond_bar_fault_duration_seconds_count", device=p["device"], region=p["region"]) >= 1
+
+
+def test_nothing_lost_and_every_collector_succeeded(scrape):
+    assert scrape.one("vfiomond_events_lost_total") == 0
+    for area in ("faults", "type1", "iommufd"):
+        assert scrape.one("vfiomond_scrape_collector_success", collector=area) == 1, area

@@ -1,0 +1,147 @@
+"""Probe area "iommufd" (bpf/iommufd.c): DMA map/unmap through iommufd and its pin accounting.
+
+All metrics carry backend="iommufd".  Sources (kernel-facts.md section 6, 6.2+):
+``iopt_map_user_pages`` (IOMMU_IOAS_MAP, and MAP_DMA of the VFIO compat container),
+``iopt_unmap_iova`` / ``iopt_unmap_all`` (IOMMU_IOAS_UNMAP), and
+``do_update_pinned`` (6.2 .. 6.12) / ``iopt_pages_update_pinned`` (6.13+), which
+charges every change of pinned pages to pinned_vm and, by the pages' account
+mode, to nothing (NONE: the mapper had CAP_IPC_LOCK), the user's locked_vm
+(USER, the default; not VmLck) or the mm's locked_vm (MM: IOMMU_OPTION_RLIMIT_MODE
+1, or the compat container).
+"""
+
+import ctypes
+from typing import Dict, Iterable, Iterator, NamedTuple, Optional, Set
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+from vfiomond.faults import errno_name
+from vfiomond.histogram import Histogram
+from vfiomond.metricsutil import BACKEND_DOCS, histogram_family_add
+from vfiomond.processes import ProcAcct
+
+SOURCE = "iommufd.c"
+PROBES = ("iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_accounting")
+BACKEND = "iommufd"
+
+# Indices of iommufd_counters, mirrored from enum iommufd_counter in bpf/iommufd.c.
+COUNTERS = {
+    "IOMMUFD_MAP_BYTES": 0,
+    "IOMMUFD_UNMAP_BYTES": 1,
+    "IOMMUFD_MAP_SUM_NS": 2,
+    "IOMMUFD_UNMAP_SUM_NS": 3,
+    "IOMMUFD_CHARGE_FAILURES": 4,
+    "IOMMUFD_PIN_BASE": 5,
+}
+N_COUNTERS = 11
+# Account modes in the order of bpf/iommufd.c's ACCOUNT_* (IOPT_PAGES_ACCOUNT_*).
+ACCOUNTS = ("none", "user", "mm")
+OPS = {0: "map", 1: "unmap"}
+
+
+class DmaRow(NamedTuple):
+    op: int
+    slot: int
+    err: int
+    value: int
+
+
+class IommufdSnapshot(NamedTuple):
+    counters: Dict[str, int]  # "map_bytes", "unmap_bytes", "charge_failures"
+    pinned: Dict[str, int]  # account mode -> pages pinned (charged to pinned_vm)
+    unpinned: Dict[str, int]  # account mode -> pages unpinned
+    latency: Dict[str, Histogram]  # "map" / "unmap"
+    errors: Dict[str, Dict[str, int]]  # "map" / "unmap" -> errno name -> calls
+    acct: Dict[int, ProcAcct] = {}
+
+
+def decode(raw: Iterable[int], hist: Iterable[DmaRow], errors: Iterable[DmaRow]) -> IommufdSnapshot:
+    """``raw``: the iommufd_counters array, N_COUNTERS values."""
+    values = list(raw)
+    base = COUNTERS["IOMMUFD_PIN_BASE"]
+    pinned = {mode: values[base + 2 * i] for i, mode in enumerate(ACCOUNTS)}
+    unpinned = {mode: values[base + 2 * i + 1] for i, mode in enumerate(ACCOUNTS)}
+    slots: Dict[str, Dict[int, int]] = {"map": {}, "unmap": {}}
+    errs: Dict[str, Dict[str, int]] = {"map": {}, "unmap": {}}
+    for row in hist:
+        op = OPS.get(row.op)
+        if op:
+            slots[op][row.slot] = slots[op].get(row.slot, 0) + row.value
+    for row in errors:
+        op = OPS.get(row.op)
+        if op:
+            name = errno_name(row.err)
+            errs[op][name] = errs[op].get(name, 0) + row.value
+    latency = {
+        "map": Histogram(slots["map"], values[COUNTERS["IOMMUFD_MAP_SUM_NS"]]),
+        "unmap": Histogram(slots["unmap"], values[COUNTERS["IOMMUFD_UNMAP_SUM_NS"]]),
+    }
+    counters = {
+        "map_bytes": values[COUNTERS["IOMMUFD_MAP_BYTES"]],
+        "unmap_bytes": values[COUNTERS["IOMMUFD_UNMAP_BYTES"]],
+        "charge_failures": values[COUNTERS["IOMMUFD_CHARGE_FAILURES"]],
+    }
+    return IommufdSnapshot(counters, pinned, unpinned, latency, errs)
+
+
+def account_name(raw: int) -> str:
+    """iommufd_proc.account: mode + 1, 0 when no pin was seen."""
+    return ACCOUNTS[raw - 1] if 1 <= raw <= len(ACCOUNTS) else ""
+
+
+def read(tables) -> IommufdSnapshot:
+    """Read the area's maps. ``tables(name)`` returns a BCC table."""
+    array = tables("iommufd_counters")
+    raw = [array[ctypes.c_int(i)].value for i in range(N_COUNTERS)]
+    rows = lambda name: [DmaRow(k.op, k.slot, k.err, v.value) for k, v in tables(name).items()]  # noqa: E731
+    acct = {
+        k.value: ProcAcct(v.mapped_bytes, v.pinned_pages, v.charged_pages, v.charge_failures, v.exempt_pages,
+                          account_name(v.account))
+        for k, v in tables("iommufd_proc_acct").items()
+    }
+    return decode(raw, rows("iommufd_dma_hist"), rows("iommufd_dma_errors"))._replace(acct=acct)
+
+
+def process_acct(snap: IommufdSnapshot, attached: Set[str]) -> Optional[Dict[int, ProcAcct]]:
+    """pid -> accounting, for the per-process families (None: not measured here)."""
+    return snap.acct if "iommufd_dma_map" in attached else None
+
+
+def _counter(name: str, value: int) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
+    c.add_metric([BACKEND], value)
+    return c
+
+
+def families(snap: IommufdSnapshot, attached: Set[str]) -> Iterator:
+    """The type1 area's families with backend="iommufd", and the pins by account mode."""
+    for op in ("map", "unmap"):
+        if "iommufd_dma_" + op not in attached:
+            continue
+        name = "vfiomond_dma_%s_duration_seconds" % op
+        h = HistogramMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
+        histogram_family_add(h, [BACKEND], snap.latency[op])
+        yield h
+        yield _counter("vfiomond_dma_%s_bytes_total" % op, snap.counters["%s_bytes" % op])
+        name = "vfiomond_dma_%s_errors_total" % op
+        e = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend", "errno"])
+        for err, n in sorted(snap.errors[op].items()):
+            e.add_metric([BACKEND, err], n)
+        yield e
+    if "iommufd_pin_accounting" not in attached:
+        return
+    yield _counter("vfiomond_pinned_pages_total", sum(snap.pinned.values()))
+    yield _counter("vfiomond_unpinned_pages_total", sum(snap.unpinned.values()))
+    yield _counter("vfiomond_locked_vm_charged_pages_total", snap.pinned["user"] + snap.pinned["mm"])
+    yield _counter("vfiomond_locked_vm_uncharged_pages_total", snap.unpinned["user"] + snap.unpinned["mm"])
+    yield _counter("vfiomond_locked_vm_charge_failures_total", snap.counters["charge_failures"])
+    for direction, values in (("pinned", snap.pinned), ("unpinned", snap.unpinned)):
+        c = CounterMetricFamily(
+            "vfiomond_iommufd_%s_pages_total" % direction,
+            "Pages iommufd %s, by account mode: none (CAP_IPC_LOCK), user (the user's locked_vm, not VmLck), "
+            "mm (the mm's locked_vm, VmLck). pinned_vm is charged in every mode." % direction,
+            labels=["account"],
+        )
+        for mode in ACCOUNTS:
+            c.add_metric([mode], values[mode])
+        yield c
