@@ -22,7 +22,7 @@ lab: deps
 	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid|iommufd METRICS_OUT=FILE [SCENARIO=standard|iommufd|pin-mismatch|memlock|kernel-log|idle|hotplug|systemd|bench] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
 	$(LAB) --metrics-out $(METRICS_OUT)
 
-# Unit tests, then the lab tests on both guest kernels.
+# Unit tests, then the lab tests on Debian 12 (6.1), Debian 13 (6.12) and the iommufd build.
 test: deps
 	$(PYTHON) -m pytest -v tests/unit tests/lab
 

@@ -32,31 +32,32 @@ def report(s):
     none = ph["none"]
     lines = ["kernel %s; fault function %s, map function %s" % (s["kernel"], s["functions"]["fault"],
                                                                  s["functions"]["map"]),
-             "BAR faults: %d per pass over %d MiB of ivshmem BAR2, %.0f faults/s untraced" % (
-                 none["faults"]["faults_per_pass"], 64, none["faults"]["faults_per_second"]),
+             "BAR faults: %d per pass over edu's BAR0 (%d KiB), %.0f faults/s untraced; THP %s" % (
+                 none["faults"]["faults_per_pass"], s["region_size"] // 1024, none["faults"]["faults_per_second"],
+                 s.get("thp", "?")),
              "",
              "%-12s %12s %8s %12s %8s %12s %8s %14s %14s" % (
                  "tracer", "ns/fault", "x none", "map ms", "x none", "unmap ms", "x none", "BPF ns/fault",
-                 "BPF ns/map")]
+                 "BPF ns/(un)map")]
     for name in ("none",) + TRACERS:
         p = ph[name]
         f, d = p["faults"], p["dma"]
-        faults = f["faults_per_pass"] * f["passes"]
+        faults = f["faults"]
         lines.append("%-12s %12.0f %8s %12.1f %8s %12.1f %8s %14s %14s" % (
             name, f["pass_ns_per_fault"], ratio(f["pass_ns_per_fault"], none["faults"]["pass_ns_per_fault"]),
             d["map_ms"], ratio(d["map_ms"], none["dma"]["map_ms"]),
             d["unmap_ms"], ratio(d["unmap_ms"], none["dma"]["unmap_ms"]),
             "%.0f" % (f["bpf_run_time_ns"] / faults) if "bpf_run_time_ns" in f else "-",
             "%.0f" % (d["bpf_run_time_ns"] / (2 * d["repeat"])) if "bpf_run_time_ns" in d else "-"))
-    lines += ["", "%-12s %14s %16s %14s %14s" % ("tracer", "CPU us/fault", "RSS after start", "RSS steady",
-                                                    "start-up s")]
+    lines += ["", "%-12s %14s %14s %16s %14s %14s" % ("tracer", "CPU us/fault", "CPU % faults", "RSS after start",
+                                                      "RSS steady", "start-up s")]
     for name in TRACERS:
         p = ph[name]
         f = p["faults"]
-        faults = f["faults_per_pass"] * f["passes"]
         start = p.get("start_seconds", p.get("faults_start_seconds"))
-        lines.append("%-12s %14.2f %13s KiB %10s KiB %14.1f" % (
-            name, f["tracer_cpu_seconds"] * 1e6 / faults, p.get("rss_kib_after_start", "-"), p["rss_kib"], start))
+        lines.append("%-12s %14.2f %14.2f %12s KiB %10s KiB %14.1f" % (
+            name, f["tracer_cpu_seconds"] * 1e6 / f["faults"], 100 * f["tracer_cpu_seconds"] / f["seconds"],
+            p.get("rss_kib_after_start", "-"), p["rss_kib"], start))
     lines += ["", "vfiomond's work per MAP_DMA by size (type1, touched anonymous memory):",
               "%10s %12s %14s %16s %18s" % ("MiB", "BPF calls", "BPF us", "pages pinned", "pin samples held")]
     for row in s["scale"]:

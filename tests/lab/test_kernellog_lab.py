@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from test_lab import DISTRO_SUITES as SUITES, ZERO_PAGE_PINS, Scrape, boot, journal_entries
+from test_lab import DISTRO_SUITES as SUITES, Scrape, boot, journal_entries
 
 KERNEL_SPLAT_ID = "c4d2e8f1a9b7460e8d3c5b2a1f0e9d8c"
 KERNEL_ADVISORY_ID = "5e7a9c1b3d2f4a6e8c0b1d3f5a7c9e2b"
