@@ -49,15 +49,20 @@ def report(s):
             d["unmap_ms"], ratio(d["unmap_ms"], none["dma"]["unmap_ms"]),
             "%.0f" % (f["bpf_run_time_ns"] / faults) if "bpf_run_time_ns" in f else "-",
             "%.0f" % (d["bpf_run_time_ns"] / (2 * d["repeat"])) if "bpf_run_time_ns" in d else "-"))
-    lines += ["", "%-12s %14s %14s %16s %14s %14s" % ("tracer", "CPU us/fault", "CPU % faults", "RSS after start",
-                                                      "RSS steady", "start-up s")]
+    lines += ["", "%-12s %20s %16s %16s %14s %14s" % ("tracer", "steady faults/s", "tracer CPU %",
+                                                      "RSS after start", "RSS steady", "start-up s")]
     for name in TRACERS:
         p = ph[name]
-        f = p["faults"]
+        st = p.get("steady")
         start = p.get("start_seconds", p.get("faults_start_seconds"))
-        lines.append("%-12s %14.2f %14.2f %12s KiB %10s KiB %14.1f" % (
-            name, f["tracer_cpu_seconds"] * 1e6 / f["faults"], 100 * f["tracer_cpu_seconds"] / f["seconds"],
+        lines.append("%-12s %20s %16s %12s KiB %10s KiB %14.1f" % (
+            name, "%.0f" % st["faults_per_second"] if st else "-",
+            "%.2f" % (100 * st["tracer_cpu_seconds"] / st["seconds"]) if st else "-",
             p.get("rss_kib_after_start", "-"), p["rss_kib"], start))
+    lines += ["", "BPF programs during the fault passes (calls, ns per call), costliest first:"]
+    for name in TRACERS:
+        progs = ph[name]["faults"].get("bpf_programs", [])
+        lines.append("%-12s %s" % (name, "; ".join("%s %d x %.0f" % (tag[:8], n, ns / n) for tag, n, ns in progs[:6])))
     lines += ["", "vfiomond's work per MAP_DMA by size (type1, touched anonymous memory):",
               "%10s %12s %14s %16s %18s" % ("MiB", "BPF calls", "BPF us", "pages pinned", "pin samples held")]
     for row in s["scale"]:

@@ -48,6 +48,10 @@ BPF_HASH(bar_fault_sum, struct bar_fault_key, u64, 1024);
 BPF_HASH(bar_faults_concurrent, struct device_key, u64, 256);
 BPF_HASH(bar_fault_by_tid, u32, struct bar_fault_inflight, 4096);
 BPF_TABLE("lru_hash", u64, s64, bar_faults_by_vma, 4096);
+/* Faults that entered a hooked handler from inside another: vfio_pci_mmap_page_fault
+ * calling vfio_pci_mmap_huge_fault (6.12+).  Once seen, the daemon detaches the
+ * page_fault hook (probes.py, BAR_FAULT_NESTED): the huge_fault hook sees every fault. */
+BPF_ARRAY(bar_fault_nested, u64, 1);
 
 /* device and region of a VFIO BAR vma, from vm_private_data (see VDEV_PDEV). */
 static __always_inline void vma_device(struct vm_area_struct *vma, char *device, u8 *region)
@@ -96,7 +100,9 @@ static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
     struct bar_fault_inflight *cur = bar_fault_by_tid.lookup(&tid);
     if (cur) {
         if (now - cur->ts < STALE_NS) {
+            int zero_index = 0;
             cur->depth++; /* vfio_pci_mmap_page_fault -> huge_fault(vmf, 0) */
+            add_or_lost(bar_fault_nested.lookup(&zero_index), 1);
             return 0;
         }
         count_lost(); /* a kretprobe was missed: drop the stale entry */

@@ -87,6 +87,14 @@ class Program:
 
         return sum(bpf.get_table("lost_events")[ctypes.c_int(0)].value for bpf in self._distinct())
 
+    def fault_nesting_seen(self) -> bool:
+        """A BAR fault entered vfio_pci_mmap_huge_fault from inside vfio_pci_mmap_page_fault."""
+        import ctypes
+
+        if "faults" not in self._programs:
+            return False
+        return self._programs["faults"].get_table("bar_fault_nested")[ctypes.c_int(0)].value > 0
+
     def areas(self) -> List[str]:
         return list(self._programs)
 
@@ -249,6 +257,17 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _release_free_heap() -> None:
+    """Give the heap clang/LLVM used while compiling back to the kernel: glibc keeps
+    freed memory mapped, and a long-running daemon compiles once (benchmarks/RESULTS.md)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # a libc without malloc_trim
+        pass
+
+
 def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str]) -> Program:
     """Compile every area that has a probe not disabled, whatever this kernel
     offers now (modules may load later), and attach the selected probes.
@@ -260,5 +279,6 @@ def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequen
     areas = list(dict.fromkeys(p.area for p in PROBES if p.name not in disabled))
     compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS and k not in _FEATURE_FACTS}
     program = Program(_compile(BPF, areas, _cflags(compiled)) if areas else {})
+    _release_free_heap()
     program.apply(selections, facts, disabled)
     return program

@@ -168,6 +168,16 @@ class Daemon:
                      self.config.disable)
         self.advisories.evaluate(syms)
 
+    def drop_redundant_fault_hook(self) -> None:
+        """Once vfio_pci_mmap_page_fault was seen calling vfio_pci_mmap_huge_fault,
+        its hook only doubles the kprobes of every 4 KiB BAR fault: detach it."""
+        if "BAR_FAULT_NESTED" in self.fixed_facts or not self.program.fault_nesting_seen():
+            return
+        self.fixed_facts["BAR_FAULT_NESTED"] = 1
+        log.info("vfio_pci_mmap_page_fault calls vfio_pci_mmap_huge_fault: the huge_fault hook alone sees every "
+                 "BAR fault; detaching the page_fault hook")
+        self.reprobe(set())
+
     def reload(self, load: Callable[[], Config]) -> Optional[str]:
         """SIGHUP: read and validate the configuration again and apply it; a bad
         one is logged (one line) and the running configuration stays.  Returns
@@ -307,9 +317,12 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
             program.poll(0)  # drain: an UNMAP still queued must not look like a mismatch
             watch.verify_all()
             next_verify = time.monotonic() + daemon.config.pin_verify_interval
-        if events and now >= next_housekeeping:
-            program.forget_exited("type1", "proc_acct")
+        if now >= next_housekeeping:
+            for area, table in (("type1", "proc_acct"), ("iommufd", "iommufd_proc_acct")):
+                if area in program.areas():
+                    program.forget_exited(area, table)
             next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        daemon.drop_redundant_fault_hook()
         if program.statuses != statuses:
             statuses = program.statuses
             notifier.status(_status(program, daemon))

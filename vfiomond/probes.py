@@ -24,6 +24,7 @@ class Hook(NamedTuple):
     ret: Optional[str] = None
     reads_args: bool = True
     optional: bool = False
+    unless: Optional[str] = None  # a kernel fact that makes this hook redundant: left out when known
 
 
 class Variant(NamedTuple):
@@ -74,9 +75,11 @@ PROBES: Tuple[Probe, ...] = (
         # 6.12+: .huge_fault(vmf, order); .fault = vfio_pci_mmap_page_fault ->
         # huge_fault(vmf, 0), which may be inlined, so hook both (nesting is
         # counted once, in the BPF program).
+        # BAR_FAULT_NESTED (learned at run time): page_fault was seen calling
+        # huge_fault, so the huge_fault hook alone sees every fault.
         Variant("vfio_pci_mmap_huge_fault (6.12+)", (
             Hook(("vfio_pci_mmap_huge_fault",), "on_bar_huge_fault", _FAULT_RET),
-            Hook(("vfio_pci_mmap_page_fault",), "on_bar_fault", _FAULT_RET, optional=True),
+            Hook(("vfio_pci_mmap_page_fault",), "on_bar_fault", _FAULT_RET, optional=True, unless="BAR_FAULT_NESTED"),
         )),
         Variant("vfio_pci_mmap_fault (up to 6.11)", (
             Hook(("vfio_pci_mmap_fault",), "on_bar_fault", _FAULT_RET),
@@ -214,7 +217,7 @@ def select(syms: Kallsyms, facts: Dict[str, int], probes: Tuple[Probe, ...] = PR
         absent_facts: List[str] = []
         chosen = None
         for variant in probe.variants:
-            resolved = [(hook, _resolve(hook, syms)) for hook in variant.hooks]
+            resolved = [(hook, _resolve(hook, syms)) for hook in variant.hooks if hook.unless not in facts]
             symbols = [h.symbols[0] for h, s in resolved if s is None and not h.optional]
             facts_missing = [f for f in variant.requires if f not in facts]
             if symbols or facts_missing:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from test_lab import EXPECTED_SYMBOLS, DISTRO_SUITES as SUITES, MIB, PAGE, Scrape, boot, coverage_table
+from test_lab import EXPECTED_SYMBOLS, DISTRO_SUITES as SUITES, MIB, PAGE, PAGE_FAULT_HOOK, Scrape, boot, coverage_table
 
 def vmlinux_probes(suite):
     """Probes whose every symbol is in vmlinux on that kernel: attached before any vfio
@@ -70,7 +70,10 @@ def test_before_the_modules_only_vmlinux_probes(run, phase):
 def test_loading_the_modules_attaches_what_the_kernel_offers(run, phase):
     loaded = phase("loaded")
     for probe, symbols in EXPECTED_SYMBOLS[run.suite].items():
-        assert loaded.one("vfiomond_probe_info", probe=probe, symbols=symbols) == 1, probe
+        # bar_fault's page_fault hook goes once a fault shows it calling huge_fault
+        found = [s for s in (symbols, symbols.replace(PAGE_FAULT_HOOK, ""))
+                 if loaded.values("vfiomond_probe_info", probe=probe, symbols=s) == [1]]
+        assert found, probe
 
 
 def test_the_inventory_names_the_bound_devices(run, phase):

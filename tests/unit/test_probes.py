@@ -170,3 +170,14 @@ def test_iommufd_present_but_a_symbol_moved_is_reported():
     sel, _ = selection(IOMMUFD_6_12.replace("t do_update_pinned", "t do_update_pinned.isra.0"))
     assert not sel["iommufd_pin_accounting"].available
     assert "do_update_pinned" in sel["iommufd_pin_accounting"].reason
+
+
+def test_page_fault_hook_left_out_once_it_is_seen_calling_huge_fault():
+    sel, facts = selection(DEBIAN_6_12)
+    assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_huge_fault,vfio_pci_mmap_page_fault"
+    syms = Kallsyms.parse(DEBIAN_6_12.splitlines(), wanted_symbols())
+    facts["BAR_FAULT_NESTED"] = 1  # learned at run time (Daemon.drop_redundant_fault_hook)
+    sel = {s.probe.name: s for s in select(syms, facts)}
+    assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_huge_fault"
+    assert symbols(sel["bar_fault"]) == symbols(selection(DEBIAN_6_12.replace(
+        "ffffffffc0000210 t vfio_pci_mmap_page_fault\t[vfio_pci_core]\n", ""))[0]["bar_fault"])

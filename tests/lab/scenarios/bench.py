@@ -9,6 +9,8 @@ Workloads (the same in every phase), on edu through its type1 container:
   the fault remaps the whole VMA);
 - dma: a touched anonymous buffer of DMA_MIB MiB (MADV_HUGEPAGE) MAP_DMA'ed and
   UNMAP_DMA'ed REPEAT times;
+- steady: fault passes for STEADY_SECONDS, for the tracer's CPU at a sustained
+  fault rate;
 - scale: MAP_DMA of SCALE_MIB sizes once each with vfiomond, to show its
   in-kernel work and its events to user space per GiB.
 
@@ -40,6 +42,8 @@ MIB = 1 << 20
 FAULT_PASSES = 15
 DMA_MIB = int(os.environ.get("BENCH_DMA_MIB", "1024"))
 REPEAT = 5
+STEADY_SECONDS = 20
+WARM_UP_SECONDS = 3
 SCALE_MIB = (256, 1024)
 PORT = os.environ.get("VFIOMOND_PORT", "10119")
 OUT = "/lab/out"
@@ -52,21 +56,33 @@ def log(msg):
 # --- the tracer processes -------------------------------------------------
 
 def bpf_stats(pid):
-    """Sum of run_time_ns and run_cnt over the BPF programs process ``pid`` holds."""
-    total = {"run_time_ns": 0, "run_cnt": 0, "programs": 0}
+    """Sum of run_time_ns and run_cnt over the BPF programs process ``pid`` holds,
+    and each program's (by fd: prog_tag, run_cnt, run_time_ns)."""
+    total = {"run_time_ns": 0, "run_cnt": 0, "programs": {}}
     fd_dir = "/proc/%d/fd" % pid
     for fd in os.listdir(fd_dir):
         try:
             if os.readlink(os.path.join(fd_dir, fd)) != "anon_inode:bpf-prog":
                 continue
             with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
-                info = dict(line.split(":", 1) for line in f if ":" in line)
+                info = {k.strip(): val.strip() for k, val in (line.split(":", 1) for line in f if ":" in line)}
         except OSError:
             continue
-        total["programs"] += 1
-        for k in ("run_time_ns", "run_cnt"):
-            total[k] += int(info.get(k, "0").strip())
+        cnt, ns = int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))
+        total["programs"][fd] = (info.get("prog_tag", "?"), cnt, ns)
+        total["run_cnt"] += cnt
+        total["run_time_ns"] += ns
     return total
+
+
+def per_program(before, after):
+    """Programs that ran between two bpf_stats: [(tag, calls, ns)], costliest first."""
+    out = []
+    for fd, (tag, cnt, ns) in after["programs"].items():
+        _, cnt0, ns0 = before["programs"].get(fd, (tag, 0, 0))
+        if cnt > cnt0:
+            out.append((tag, cnt - cnt0, ns - ns0))
+    return sorted(out, key=lambda row: -row[2])
 
 
 def cpu_seconds(pid):
@@ -113,8 +129,8 @@ class Rig:
 
     def __init__(self):
         edu = next(d for d in v.find_devices() if d.name == "edu")
-        self.dma = v.Container(edu.iommu_group)
-        self.device_fd = self.dma.device(edu.bdf)
+        self.container = v.Container(edu.iommu_group)
+        self.device_fd = self.container.device(edu.bdf)
         self.bar = v.region(self.device_fd, edu.bar)
         self.config = v.region(self.device_fd, v.VFIO_PCI_CONFIG_REGION_INDEX)
         command = v.pci_command(self.device_fd, self.config)
@@ -148,11 +164,22 @@ class Rig:
                 "faults_per_second": statistics.median(rates), "passes": FAULT_PASSES, "faults": sum(counts),
                 "seconds": total_ns / 1e9}
 
+    def steady(self, seconds):
+        """Fault passes for ``seconds``: the daemon's CPU at a sustained fault rate."""
+        faults, start = 0, time.monotonic()
+        while time.monotonic() - start < seconds:
+            self.zap()
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            v.read_strided(self.addr, self.bar.size, v.PAGE)
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        elapsed = time.monotonic() - start
+        return {"faults": faults, "seconds": elapsed, "faults_per_second": faults / elapsed}
+
     def map_unmap(self, size):
         t0 = time.perf_counter_ns()
-        self.dma.map_dma(self.buffer, 0x100000000, size, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
+        self.container.map_dma(self.buffer, 0x100000000, size, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
         t1 = time.perf_counter_ns()
-        unmapped = self.dma.unmap_dma(0x100000000, size)
+        unmapped = self.container.unmap_dma(0x100000000, size)
         t2 = time.perf_counter_ns()
         if unmapped != size:
             raise RuntimeError("unmapped %d of %d bytes" % (unmapped, size))
@@ -174,6 +201,7 @@ def measured(pid, fn):
     result["tracer_cpu_seconds"] = cpu_seconds(pid) - cpu
     result["bpf_run_cnt"] = after["run_cnt"] - stats["run_cnt"]
     result["bpf_run_time_ns"] = after["run_time_ns"] - stats["run_time_ns"]
+    result["bpf_programs"] = per_program(stats, after)
     result["tracer_rss_kib"] = rss_kib(pid)
     return result
 
@@ -188,14 +216,14 @@ def scale(rig, pid):
     out = []
     for mib in SCALE_MIB:
         before, pinned = bpf_stats(pid), scrape_value("vfiomond_pinned_pages_total", backend="type1")
-        rig.dma.map_dma(rig.buffer, 0x100000000, mib * MIB, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
+        rig.container.map_dma(rig.buffer, 0x100000000, mib * MIB, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
         after = bpf_stats(pid)
         time.sleep(1)  # the daemon's ring-buffer poll
         out.append({"size_mib": mib, "bpf_run_cnt": after["run_cnt"] - before["run_cnt"],
                     "bpf_run_time_ns": after["run_time_ns"] - before["run_time_ns"],
                     "pinned_pages": scrape_value("vfiomond_pinned_pages_total", backend="type1") - pinned,
                     "pin_samples_tracked": scrape_value("vfiomond_pin_samples")})
-        rig.dma.unmap_dma(0x100000000, mib * MIB)
+        rig.container.unmap_dma(0x100000000, mib * MIB)
     return out
 
 
@@ -224,13 +252,18 @@ def main():
         phases = summary["phases"]
 
         log("phase vfiomond")
+        # Warm-up: on 6.12+ the first faults show vfiomond that vfio_pci_mmap_page_fault
+        # calls huge_fault, and it drops the page_fault hook (its main loop, 0.5 s).
+        rig.faults()
+        time.sleep(WARM_UP_SECONDS)
         phases["vfiomond"] = {"faults": measured(daemon, rig.faults), "dma": measured(daemon, rig.dma),
+                              "steady": measured(daemon, lambda: rig.steady(STEADY_SECONDS)),
                               "rss_kib": rss_kib(daemon)}
         summary["scale"] = scale(rig, daemon)
         stop(daemon)
 
         log("phase none")
-        phases["none"] = {"faults": rig.faults(), "dma": rig.dma()}
+        phases["none"] = {"faults": rig.faults(), "dma": rig.dma(), "steady": rig.steady(STEADY_SECONDS)}
 
         log("phase funclatency")
         phases["funclatency"] = {}
@@ -245,7 +278,8 @@ def main():
         proc, ready = start_and_wait([sys.executable, SRC + "/benchmarks/minimal_bcc.py"] + symbols, r"^attached",
                                      OUT + "/minimal_bcc.log")
         phases["minimal_bcc"] = {"start_seconds": ready, "rss_kib_after_start": rss_kib(proc.pid),
-                                 "faults": measured(proc.pid, rig.faults), "dma": measured(proc.pid, rig.dma)}
+                                 "faults": measured(proc.pid, rig.faults), "dma": measured(proc.pid, rig.dma),
+                                 "steady": measured(proc.pid, lambda: rig.steady(STEADY_SECONDS))}
         phases["minimal_bcc"]["rss_kib"] = rss_kib(proc.pid)
         stop(proc)
 
