@@ -38,9 +38,10 @@ unit: deps
 lab-images: deps
 	for suite in bookworm trixie bullseye sid iommufd; do tests/lab/image.sh $$suite || exit 1; done
 
-# Overhead and footprint next to funclatency and a minimal BCC program (benchmarks/RESULTS.md).
+# Overhead and footprint next to funclatency and a minimal BCC program (benchmarks/RESULTS.md);
+# on trixie unless SUITE is given.
 bench: deps
-	$(PYTHON) benchmarks/bench.py --suite $(SUITE)
+	$(PYTHON) benchmarks/bench.py --suite $(if $(filter command line,$(origin SUITE)),$(SUITE),trixie)
 	$(PYTHON) benchmarks/scrape.py
 
 # vfiomond on this host, as a systemd service (see README, "Operating it").

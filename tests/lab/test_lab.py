@@ -142,12 +142,21 @@ def test_probes_attached_match_the_kernel(run, scrape):
         assert scrape.one("vfiomond_probe_info", probe=probe, symbols=symbols_after_faults(run, probe)) == 1, probe
 
 
-def test_page_fault_hook_detached_where_it_wraps_huge_fault(run, scrape):
-    """6.12+: vfio_pci_mmap_page_fault calls vfio_pci_mmap_huge_fault(vmf, 0), so after
-    the scenario's faults only the huge_fault hook stays (one kprobe pair per fault)."""
+# 6.12+: does vfio_pci_mmap_page_fault call vfio_pci_mmap_huge_fault(vmf, 0) out of line?
+# Seen: Debian's builds do (GCC 14, 16); in the lab's iommufd build (the host's GCC 12) no
+# fault nested (huge_fault inlined, by all signs).
+PAGE_FAULT_CALLS_HUGE_FAULT = {"trixie": True, "sid": True, "iommufd": False}
+
+
+def test_page_fault_hook_detached_only_where_it_calls_huge_fault(run, scrape):
+    """Where page_fault calls huge_fault, the scenario's faults show it and only the
+    huge_fault hook stays (one kprobe pair per fault); where huge_fault is inlined
+    into page_fault, both hooks stay (each sees the faults of its path)."""
     if PAGE_FAULT_HOOK not in EXPECTED_SYMBOLS[run.suite].get("bar_fault", ""):
         pytest.skip("no vfio_pci_mmap_page_fault on this kernel")
-    assert scrape.one("vfiomond_probe_info", probe="bar_fault", symbols="vfio_pci_mmap_huge_fault") == 1
+    both = EXPECTED_SYMBOLS[run.suite]["bar_fault"]
+    expected = both.replace(PAGE_FAULT_HOOK, "") if PAGE_FAULT_CALLS_HUGE_FAULT[run.suite] else both
+    assert scrape.one("vfiomond_probe_info", probe="bar_fault", symbols=expected) == 1
 
 
 def test_build_info_names_the_kernel(run, scrape):
