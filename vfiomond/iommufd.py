@@ -13,11 +13,11 @@ mode, to nothing (NONE: the mapper had CAP_IPC_LOCK), the user's locked_vm
 import ctypes
 from typing import Dict, Iterable, Iterator, NamedTuple, Optional, Set
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily
 
 from vfiomond.faults import errno_name
 from vfiomond.histogram import Histogram
-from vfiomond.metricsutil import BACKEND_DOCS, histogram_family_add
+from vfiomond.metricsutil import backend_counter, dma_families
 from vfiomond.processes import ProcAcct
 
 SOURCE = "iommufd.c"
@@ -108,26 +108,14 @@ def process_acct(snap: IommufdSnapshot, attached: Set[str]) -> Optional[Dict[int
 
 
 def _counter(name: str, value: int) -> CounterMetricFamily:
-    c = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
-    c.add_metric([BACKEND], value)
-    return c
+    return backend_counter(name, BACKEND, value)
 
 
 def families(snap: IommufdSnapshot, attached: Set[str]) -> Iterator:
     """The type1 area's families with backend="iommufd", and the pins by account mode."""
     for op in ("map", "unmap"):
-        if "iommufd_dma_" + op not in attached:
-            continue
-        name = "vfiomond_dma_%s_duration_seconds" % op
-        h = HistogramMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
-        histogram_family_add(h, [BACKEND], snap.latency[op])
-        yield h
-        yield _counter("vfiomond_dma_%s_bytes_total" % op, snap.counters["%s_bytes" % op])
-        name = "vfiomond_dma_%s_errors_total" % op
-        e = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend", "errno"])
-        for err, n in sorted(snap.errors[op].items()):
-            e.add_metric([BACKEND, err], n)
-        yield e
+        if "iommufd_dma_" + op in attached:
+            yield from dma_families(BACKEND, op, snap.latency[op], snap.counters["%s_bytes" % op], snap.errors[op])
     if "iommufd_pin_accounting" not in attached:
         return
     yield _counter("vfiomond_pinned_pages_total", sum(snap.pinned.values()))

@@ -1,6 +1,8 @@
 """Small helpers shared by the areas' metric families."""
 
-from typing import List
+from typing import Iterator, List, Mapping
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from vfiomond.histogram import NS_PER_SECOND, Histogram, cumulative_buckets
 
@@ -37,3 +39,24 @@ BACKEND_DOCS = {
         "Pinning refused for RLIMIT_MEMLOCK (type1 vfio_pin_pages_remote -ENOMEM or a failed __account_locked_vm; "
         "iommufd do_update_pinned -ENOMEM): the map fails.",
 }
+
+
+def backend_counter(name: str, backend: str, value: int) -> CounterMetricFamily:
+    """One sample of a BACKEND_DOCS counter family, label backend."""
+    c = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
+    c.add_metric([backend], value)
+    return c
+
+
+def dma_families(backend: str, op: str, latency: Histogram, nbytes: int, errors: Mapping[str, int]) -> Iterator:
+    """vfiomond_dma_OP_{duration_seconds,bytes_total,errors_total} of one backend; ``op`` map or unmap."""
+    name = "vfiomond_dma_%s_duration_seconds" % op
+    h = HistogramMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
+    histogram_family_add(h, [backend], latency)
+    yield h
+    yield backend_counter("vfiomond_dma_%s_bytes_total" % op, backend, nbytes)
+    name = "vfiomond_dma_%s_errors_total" % op
+    e = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend", "errno"])
+    for err, n in sorted(errors.items()):
+        e.add_metric([backend, err], n)
+    yield e

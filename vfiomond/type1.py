@@ -9,11 +9,11 @@ return value, ``vfio_unpin_pages_remote`` npage, ``__account_locked_vm`` inside
 import ctypes
 from typing import Dict, Iterable, Iterator, NamedTuple, Optional, Set
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily
 
 from vfiomond.faults import errno_name
 from vfiomond.histogram import Histogram
-from vfiomond.metricsutil import BACKEND_DOCS, histogram_family_add
+from vfiomond.metricsutil import backend_counter, dma_families
 from vfiomond.processes import ProcAcct
 
 SOURCE = "type1.c"
@@ -88,26 +88,14 @@ def process_acct(snap: Type1Snapshot, attached: Set[str]) -> Optional[Dict[int, 
 
 
 def _counter(name: str, value: int) -> CounterMetricFamily:
-    c = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
-    c.add_metric([BACKEND], value)
-    return c
+    return backend_counter(name, BACKEND, value)
 
 
 def families(snap: Type1Snapshot, attached: Set[str]) -> Iterator:
     c = snap.counters
     for op in ("map", "unmap"):
-        if "dma_" + op not in attached:
-            continue
-        name = "vfiomond_dma_%s_duration_seconds" % op
-        h = HistogramMetricFamily(name, BACKEND_DOCS[name], labels=["backend"])
-        histogram_family_add(h, [BACKEND], snap.latency[op])
-        yield h
-        yield _counter("vfiomond_dma_%s_bytes_total" % op, c["TYPE1_%s_BYTES" % op.upper()])
-        name = "vfiomond_dma_%s_errors_total" % op
-        e = CounterMetricFamily(name, BACKEND_DOCS[name], labels=["backend", "errno"])
-        for err, n in sorted(snap.errors[op].items()):
-            e.add_metric([BACKEND, err], n)
-        yield e
+        if "dma_" + op in attached:
+            yield from dma_families(BACKEND, op, snap.latency[op], c["TYPE1_%s_BYTES" % op.upper()], snap.errors[op])
     if "pin_pages" in attached:
         yield _counter("vfiomond_pinned_pages_total", c["TYPE1_PINNED_PAGES"])
     if "zero_page_pins" in attached:

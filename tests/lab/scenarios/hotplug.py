@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import standard  # noqa: E402
@@ -40,22 +39,10 @@ def log(msg):
 
 
 def scrape():
-    url = "http://127.0.0.1:%s/metrics" % os.environ.get("VFIOMOND_PORT", "10119")
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return r.read().decode()
+    return v.scrape(os.environ.get("VFIOMOND_PORT", "10119"))
 
 
-def sample(text, name, **labels):
-    """Values of the samples ``name{labels...}`` (a plain parser: this scenario
-    must not depend on what it checks)."""
-    out = []
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all('%s="%s"' % kv in head for kv in labels.items()):
-            out.append(float(value))
-    return out
+sample = v.sample
 
 
 def attached(text, probe):
