@@ -59,10 +59,11 @@ def report(s):
             name, "%.0f" % st["faults_per_second"] if st else "-",
             "%.2f" % (100 * st["tracer_cpu_seconds"] / st["seconds"]) if st else "-",
             p.get("rss_kib_after_start", "-"), p["rss_kib"], start))
-    lines += ["", "BPF programs during the fault passes (calls, ns per call), costliest first:"]
-    for name in TRACERS:
-        progs = ph[name]["faults"].get("bpf_programs", [])
-        lines.append("%-12s %s" % (name, "; ".join("%s %d x %.0f" % (tag[:8], n, ns / n) for tag, n, ns in progs[:6])))
+    for phase, what in (("faults", "the fault passes"), ("dma", "the MAP_DMA/UNMAP_DMA runs")):
+        lines += ["", "BPF programs during %s (calls x ns per call), costliest first:" % what]
+        for name in TRACERS:
+            progs = ph[name][phase].get("bpf_programs", [])
+            lines.append("%-12s %s" % (name, "; ".join("%s %d x %.0f" % (prog, n, ns / n) for prog, n, ns in progs[:6])))
     lines += ["", "vfiomond's work per MAP_DMA by size (type1, touched anonymous memory):",
               "%10s %12s %14s %16s %18s" % ("MiB", "BPF calls", "BPF us", "pages pinned", "pin samples held")]
     for row in s["scale"]:

@@ -54,3 +54,48 @@ static __always_inline u32 current_tid(void)
 {
     return (u32)bpf_get_current_pid_tgid();
 }
+
+/* Events for pin verification (vfiomond/pins.py), one ring buffer per DMA
+ * backend, in order: MAP_BEGIN, the sampled PIN runs of that map, MAP_END;
+ * UNMAP.  `space` names the IOVA space: the type1 container (struct
+ * vfio_iommu *) or the iommufd IOAS (struct io_pagetable *). */
+#define EV_MAP_BEGIN 1
+#define EV_MAP_END 2
+#define EV_PIN 3
+#define EV_UNMAP 4
+#define EV_MEMLOCK 5  /* pinning refused: RLIMIT_MEMLOCK (or an -ENOMEM charge) */
+
+struct pin_event {
+    u32 type;
+    u32 pid;
+    s32 ret;
+    u32 pad;
+    u64 vaddr;
+    u64 iova;
+    u64 size;   /* bytes (map, unmap) */
+    u64 npage;  /* pin: pages in the physically contiguous run */
+    u64 pfn;    /* pin: PFN of the run's first page */
+    u64 locked; /* memlock: the mm's locked_vm, pages */
+    u64 limit;  /* memlock: RLIMIT_MEMLOCK soft limit, bytes */
+    u64 space;
+};
+
+/* Sample points of a mapping of `size` bytes (PIN_SAMPLES of them: first
+ * page, last page, an even stride): a pin run is reported only if it holds
+ * one, so events per mapping stay bounded whatever its size.  Must agree with
+ * sample_offsets() in vfiomond/pins.py. */
+#ifndef PIN_SAMPLES
+#define PIN_SAMPLES 16
+#endif
+#define PAGE_4K 4096ULL
+
+/* Does [off, off + len) of a mapping of `size` bytes hold a sample point? */
+static __always_inline int holds_sample(u64 off, u64 len, u64 size)
+{
+    u64 stride = (size / (PIN_SAMPLES - 1)) & ~(PAGE_4K - 1);
+    if (stride < PAGE_4K)
+        stride = PAGE_4K;
+    u64 next = (off + stride - 1) / stride * stride;
+    u64 last = size - PAGE_4K;
+    return (next < off + len && next < size) || (last >= off && last < off + len);
+}

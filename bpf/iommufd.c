@@ -41,10 +41,25 @@ static __always_inline void iommufd_add(int index, u64 n)
 
 struct iommufd_inflight {
     u64 ts;
+    u64 iopt;      /* struct io_pagetable *: the IOAS's IOVA space */
     u64 length;    /* map: bytes asked for */
     u64 unmapped;  /* unmap: unsigned long *, the bytes unmapped on return */
+    u64 uptr;      /* map: the user's buffer */
+    u64 iova_ptr;  /* map: unsigned long *, the IOVA (allocated before any page is mapped) */
+    u64 iova;      /* map: *iova_ptr once read; unmap: the IOVA asked for */
     u8 op;
+    u8 begun;      /* map: EV_MAP_BEGIN sent */
+    u8 all;        /* unmap: iopt_unmap_all */
 };
+
+BPF_RINGBUF_OUTPUT(iommufd_pin_events, 64);
+
+static __always_inline void iommufd_emit(struct pin_event *ev)
+{
+    ev->pid = bpf_get_current_pid_tgid() >> 32;
+    if (iommufd_pin_events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
+        count_lost();
+}
 
 struct iommufd_dma_key {
     u8 op;
@@ -80,11 +95,11 @@ static __always_inline struct iommufd_proc *iommufd_proc_entry(void)
     return a;
 }
 
-static __always_inline int iommufd_dma_enter(u8 op, u64 length, u64 unmapped)
+static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
 {
     u32 tid = current_tid();
-    struct iommufd_inflight d = {.ts = bpf_ktime_get_ns(), .length = length, .unmapped = unmapped, .op = op};
-    if (iommufd_dma_by_tid.update(&tid, &d) != 0)
+    d->ts = bpf_ktime_get_ns();
+    if (iommufd_dma_by_tid.update(&tid, d) != 0)
         count_lost();
     return 0;
 }
@@ -93,19 +108,78 @@ static __always_inline int iommufd_dma_enter(u8 op, u64 length, u64 unmapped)
  *                     unsigned long length, int iommu_prot, unsigned int flags) */
 int on_iopt_map_user_pages(struct pt_regs *ctx)
 {
-    return iommufd_dma_enter(IOMMUFD_OP_MAP, PT_REGS_PARM5(ctx), 0);
+    struct iommufd_inflight d = {.op = IOMMUFD_OP_MAP, .iopt = PT_REGS_PARM2(ctx), .iova_ptr = PT_REGS_PARM3(ctx),
+                                 .uptr = PT_REGS_PARM4(ctx), .length = PT_REGS_PARM5(ctx)};
+    return iommufd_dma_enter(&d);
 }
 
 /* iopt_unmap_iova(iopt, iova, length, unsigned long *unmapped) and
  * iopt_unmap_all(iopt, unsigned long *unmapped) */
 int on_iopt_unmap_iova(struct pt_regs *ctx)
 {
-    return iommufd_dma_enter(IOMMUFD_OP_UNMAP, 0, PT_REGS_PARM4(ctx));
+    struct iommufd_inflight d = {.op = IOMMUFD_OP_UNMAP, .iopt = PT_REGS_PARM1(ctx), .iova = PT_REGS_PARM2(ctx),
+                                 .unmapped = PT_REGS_PARM4(ctx)};
+    return iommufd_dma_enter(&d);
 }
 
 int on_iopt_unmap_all(struct pt_regs *ctx)
 {
-    return iommufd_dma_enter(IOMMUFD_OP_UNMAP, 0, PT_REGS_PARM2(ctx));
+    struct iommufd_inflight d = {.op = IOMMUFD_OP_UNMAP, .iopt = PT_REGS_PARM1(ctx), .unmapped = PT_REGS_PARM2(ctx),
+                                 .all = 1};
+    return iommufd_dma_enter(&d);
+}
+
+/* The pin events of an IOMMU_IOAS_MAP (type1's layout, vfiomond/pins.py).
+ * iommufd pins user pages in batches inside static helpers, then hands each
+ * physically contiguous run to iommu_map(domain, iova, paddr, size, prot[, gfp])
+ * (batch_to_domain, drivers/iommu/iommufd/pages.c, 6.2+): the page the device
+ * will DMA to, at its IOVA.  Runs of the map in flight on this thread that
+ * hold a sample point are sent; iommu_map calls of anyone else (the DMA API
+ * on translated default domains, type1) end at the lookup.  A domain attached
+ * after the map is filled by another path, not sampled. */
+int on_iommufd_iommu_map(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct iommufd_inflight *d = iommufd_dma_by_tid.lookup(&tid);
+    if (!d || d->op != IOMMUFD_OP_MAP)
+        return 0;
+    if (!d->begun) {
+        bpf_probe_read_kernel(&d->iova, sizeof(d->iova), (void *)d->iova_ptr);
+        d->begun = 1;
+        struct pin_event begin = {.type = EV_MAP_BEGIN, .vaddr = d->uptr, .iova = d->iova, .size = d->length,
+                                  .space = d->iopt};
+        iommufd_emit(&begin);
+    }
+    u64 iova = PT_REGS_PARM2(ctx);
+    u64 size = PT_REGS_PARM4(ctx);
+    if (iova < d->iova || d->length < PAGE_4K)
+        return 0;
+    u64 off = iova - d->iova;
+    if (holds_sample(off, size, d->length)) {
+        struct pin_event ev = {.type = EV_PIN, .vaddr = d->uptr + off, .iova = iova,
+                               .npage = (size + PAGE_4K - 1) / PAGE_4K, .pfn = PT_REGS_PARM3(ctx) / PAGE_4K,
+                               .space = d->iopt};
+        iommufd_emit(&ev);
+    }
+    return 0;
+}
+
+/* The pin events' end of a map (MAP_END, once MAP_BEGIN went out) or an unmap
+ * (UNMAP; iopt_unmap_all: the whole IOVA space). */
+static __always_inline void iommufd_dma_event(struct iommufd_inflight *d, int ret, u64 bytes)
+{
+    struct pin_event ev = {.ret = ret, .vaddr = d->uptr, .iova = d->iova, .size = d->length, .space = d->iopt};
+    if (d->op == IOMMUFD_OP_MAP) {
+        if (!d->begun)
+            return;
+        ev.type = EV_MAP_END;
+    } else {
+        if (ret != 0)
+            return;
+        ev.type = EV_UNMAP;
+        ev.size = d->all ? ~0ULL : bytes;
+    }
+    iommufd_emit(&ev);
 }
 
 int on_iommufd_dma_return(struct pt_regs *ctx)
@@ -123,10 +197,12 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
         if (d->op == IOMMUFD_OP_UNMAP)
             bpf_probe_read_kernel(&bytes, sizeof(bytes), (void *)d->unmapped);
         iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_BYTES : IOMMUFD_UNMAP_BYTES, bytes);
+        iommufd_dma_event(d, ret, bytes);
         struct iommufd_proc *a = iommufd_proc_entry();
         if (a)
             __sync_fetch_and_add(&a->mapped_bytes, d->op == IOMMUFD_OP_MAP ? (s64)bytes : -(s64)bytes);
     } else {
+        iommufd_dma_event(d, ret, 0);
         key.err = -ret;
         add_or_lost(iommufd_dma_errors.lookup_or_try_init(&key, &zero), 1);
         key.err = 0;

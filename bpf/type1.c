@@ -37,30 +37,9 @@ struct dma_inflight {
     u64 iova;   /* map: the IOVA asked for */
     u64 size;
     u64 unmap;  /* struct vfio_iommu_type1_dma_unmap *: the kernel writes the unmapped size back */
+    u64 space;  /* struct vfio_iommu *: the container's IOVA space */
     u8 op;
     u8 user;    /* unmap points to user memory (ioctl fallback) */
-};
-
-/* Events for pin verification (vfiomond/pins.py), in order on one ring
- * buffer: MAP_BEGIN, the sampled PIN runs of that map, MAP_END; UNMAP. */
-#define EV_MAP_BEGIN 1
-#define EV_MAP_END 2
-#define EV_PIN 3
-#define EV_UNMAP 4
-#define EV_MEMLOCK 5  /* pinning refused: RLIMIT_MEMLOCK (or an -ENOMEM charge) */
-
-struct pin_event {
-    u32 type;
-    u32 pid;
-    s32 ret;
-    u32 pad;
-    u64 vaddr;
-    u64 iova;
-    u64 size;   /* bytes (map, unmap) */
-    u64 npage;  /* pin: pages in the physically contiguous run */
-    u64 pfn;    /* pin: PFN of the run's first page */
-    u64 locked; /* memlock: the mm's locked_vm, pages */
-    u64 limit;  /* memlock: RLIMIT_MEMLOCK soft limit, bytes */
 };
 
 BPF_RINGBUF_OUTPUT(pin_events, 64);
@@ -129,19 +108,20 @@ static __always_inline void memlock_refused(u64 request, int err)
     emit(&ev);
 }
 
-static __always_inline int dma_enter(u8 op, struct vfio_iommu_type1_dma_map *map, u64 unmap, u8 user)
+static __always_inline int dma_enter(u64 space, u8 op, struct vfio_iommu_type1_dma_map *map, u64 unmap, u8 user)
 {
     u32 tid = current_tid();
     struct dma_inflight d = {};
     d.ts = bpf_ktime_get_ns();
     d.unmap = unmap;
+    d.space = space;
     d.op = op;
     d.user = user;
     if (map) {
         d.vaddr = map->vaddr;
         d.iova = map->iova;
         d.size = map->size;
-        struct pin_event ev = {.type = EV_MAP_BEGIN, .vaddr = d.vaddr, .iova = d.iova, .size = d.size};
+        struct pin_event ev = {.type = EV_MAP_BEGIN, .vaddr = d.vaddr, .iova = d.iova, .size = d.size, .space = space};
         emit(&ev);
     }
     if (dma_by_tid.update(&tid, &d) != 0)
@@ -160,7 +140,8 @@ static __always_inline int dma_return(struct pt_regs *ctx)
     int ret = (int)PT_REGS_RC(ctx);
     struct dma_key key = {};
     key.op = d->op;
-    struct pin_event ev = {.type = EV_MAP_END, .ret = ret, .vaddr = d->vaddr, .iova = d->iova, .size = d->size};
+    struct pin_event ev = {.type = EV_MAP_END, .ret = ret, .vaddr = d->vaddr, .iova = d->iova, .size = d->size,
+                           .space = d->space};
     if (d->op == OP_UNMAP) {
         struct vfio_iommu_type1_dma_unmap u = {};
         if (d->user)
@@ -196,13 +177,13 @@ int on_dma_map(struct pt_regs *ctx)
 {
     struct vfio_iommu_type1_dma_map map = {};
     bpf_probe_read_kernel(&map, sizeof(map), (void *)PT_REGS_PARM2(ctx));
-    return dma_enter(OP_MAP, &map, 0, 0);
+    return dma_enter(PT_REGS_PARM1(ctx), OP_MAP, &map, 0, 0);
 }
 
 /* vfio_dma_do_unmap(iommu, struct vfio_iommu_type1_dma_unmap *unmap, bitmap) */
 int on_dma_unmap(struct pt_regs *ctx)
 {
-    return dma_enter(OP_UNMAP, NULL, PT_REGS_PARM2(ctx), 0);
+    return dma_enter(PT_REGS_PARM1(ctx), OP_UNMAP, NULL, PT_REGS_PARM2(ctx), 0);
 }
 
 int on_dma_return(struct pt_regs *ctx)
@@ -222,24 +203,17 @@ int on_type1_ioctl(struct pt_regs *ctx)
     if (cmd == VFIO_IOMMU_MAP_DMA && kernel_fact(FACT_TYPE1_IOCTL_MAP)) {
         struct vfio_iommu_type1_dma_map map = {};
         bpf_probe_read_user(&map, sizeof(map), (void *)arg);
-        return dma_enter(OP_MAP, &map, 0, 1);
+        return dma_enter(PT_REGS_PARM1(ctx), OP_MAP, &map, 0, 1);
     }
     if (cmd == VFIO_IOMMU_UNMAP_DMA && kernel_fact(FACT_TYPE1_IOCTL_UNMAP))
-        return dma_enter(OP_UNMAP, NULL, arg, 1);
+        return dma_enter(PT_REGS_PARM1(ctx), OP_UNMAP, NULL, arg, 1);
     return 0;
 }
 
 /* vfio_pin_pages_remote(dma, vaddr, npage, unsigned long *pfn_base, limit[, batch])
  * returns the pages pinned: one physically contiguous run starting at
  * *pfn_base (5.10 .. 6.18).  A run is sent to user space only if it holds a
- * sample point of the MAP_DMA in flight on this thread (PIN_SAMPLES points:
- * first page, last page, an even stride): events per mapping stay bounded
- * whatever its size. */
-#ifndef PIN_SAMPLES
-#define PIN_SAMPLES 16
-#endif
-#define PAGE_4K 4096ULL
-
+ * sample point of the MAP_DMA in flight on this thread (holds_sample). */
 struct pin_inflight {
     u64 vaddr;
     u64 pfn_base;  /* unsigned long * (kernel) */
@@ -254,17 +228,6 @@ int on_pin_pages(struct pt_regs *ctx)
     if (pin_by_tid.update(&tid, &p) != 0)
         count_lost();
     return 0;
-}
-
-/* Does [off, off + len) of a mapping of `size` bytes hold a sample point? */
-static __always_inline int holds_sample(u64 off, u64 len, u64 size)
-{
-    u64 stride = (size / (PIN_SAMPLES - 1)) & ~(PAGE_4K - 1);
-    if (stride < PAGE_4K)
-        stride = PAGE_4K;
-    u64 next = (off + stride - 1) / stride * stride;
-    u64 last = size - PAGE_4K;
-    return (next < off + len && next < size) || (last >= off && last < off + len);
 }
 
 int on_pin_pages_return(struct pt_regs *ctx)
@@ -297,7 +260,7 @@ int on_pin_pages_return(struct pt_regs *ctx)
         u64 off = p->vaddr - d->vaddr;
         if (holds_sample(off, (u64)pinned * PAGE_4K, d->size)) {
             struct pin_event ev = {.type = EV_PIN, .vaddr = p->vaddr, .iova = d->iova + off,
-                                   .npage = pinned, .pfn = pfn};
+                                   .npage = pinned, .pfn = pfn, .space = d->space};
             emit(&ev);
         }
     }

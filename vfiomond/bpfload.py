@@ -74,6 +74,7 @@ class Program:
         self._hooks: Dict[HookKey, _Attached] = {}
         self.statuses: List[ProbeStatus] = []  # replaced by apply; read by the HTTP thread
         self.features: Dict[str, bool] = {}  # kernel feature -> present (FEATURES), set by apply
+        self._polled: List[object] = []  # BPF objects with an open ring buffer
 
     def tables(self, area: str) -> Callable[[str], object]:
         bpf = self._programs[area]
@@ -189,8 +190,10 @@ class Program:
                 log.exception("handling a %s record failed", table)
             return 0
 
-        self._programs[area][table].open_ring_buffer(on_record)
-        self._polled = self._programs[area]
+        bpf = self._programs[area]
+        bpf[table].open_ring_buffer(on_record)
+        if all(b is not bpf for b in self._polled):
+            self._polled.append(bpf)  # one BCC object polls all of its ring buffers
 
     def forget_exited(self, area: str, table: str) -> int:
         """Delete the entries of a pid-keyed table whose process is gone."""
@@ -208,10 +211,10 @@ class Program:
         return faults.forget_device(self.tables("faults"), device)
 
     def poll(self, timeout_ms: int) -> None:
-        """Deliver ring-buffer records (waits up to ``timeout_ms``)."""
-        bpf = getattr(self, "_polled", None)
-        if bpf is not None:
-            bpf.ring_buffer_poll(timeout_ms)
+        """Deliver ring-buffer records (waits up to ``timeout_ms`` on the first program,
+        then drains the others: there are several only after a per-area compile)."""
+        for i, bpf in enumerate(self._polled):
+            bpf.ring_buffer_poll(timeout_ms if i == 0 else 0)
 
     def close(self) -> None:
         for bpf in self._distinct():

@@ -23,7 +23,12 @@ from vfiomond.probes import kernel_facts, select, wanted_symbols
 from vfiomond.service import Notifier
 
 # Probes pin verification stands on.
-PIN_VERIFY_NEEDS = ("dma_map", "dma_unmap", "pin_pages")
+# Per DMA backend (probe area): its pin-event ring buffer, and the probes whose
+# events pin verification needs (without the unmaps, a reused buffer would look diverged).
+PIN_VERIFY = {
+    "type1": ("pin_events", ("dma_map", "dma_unmap", "pin_pages")),
+    "iommufd": ("iommufd_pin_events", ("iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_samples")),
+}
 
 log = logging.getLogger("vfiomond")
 
@@ -63,20 +68,26 @@ MODULE_QUIET = 0.5
 HOUSEKEEPING_INTERVAL = 30.0
 
 
-def _pin_watch(config: Config, facts, sink):
+def _pin_watch(config: Config, facts, sink) -> Tuple[Optional[PinWatch], Set[str]]:
+    """The pin watch (None: verification off) and the backends whose mappings it verifies."""
     if not config.pin_verify:
         log.info("pin verification disabled in the configuration")
-        return None
+        return None, set()
     if "ZERO_PFN" not in facts:
         log.warning("pin verification off: PFNs are hidden in pagemap (needs CAP_SYS_ADMIN)")
-        return None
-    disabled = [p for p in PIN_VERIFY_NEEDS if p in config.disable]
-    if disabled:
-        log.warning("pin verification off: probes disabled: %s", ", ".join(disabled))
-        return None
+        return None, set()
+    backends = set()
+    for backend, (_, needs) in PIN_VERIFY.items():
+        disabled = [p for p in needs if p in config.disable]
+        if disabled:
+            log.warning("pin verification of %s mappings off: probes disabled: %s", backend, ", ".join(disabled))
+        else:
+            backends.add(backend)
+    if not backends:
+        return None, set()
     watch = PinWatch(PinTracker(config.pin_samples, facts["ZERO_PFN"]), sink, pagemap.read_pfns)
     log.info("pin verification every %gs, %d samples per mapping", config.pin_verify_interval, config.pin_samples)
-    return watch
+    return watch, backends
 
 
 def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], sink: Optional[AlertSink] = None,
@@ -267,12 +278,15 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
         except OSError as e:
             log.warning("kernel log not watched: %s", e)
             watcher = None
-    watch = _pin_watch(config, facts, sink)
+    watch, verified = _pin_watch(config, facts, sink)
     if watch is not None:
         detectors.append(watch)
-    events = "type1" in program.areas()
-    if events:
-        program.open_ring_buffer("type1", "pin_events", lambda raw: _dispatch(parse_event(raw), watch, sink))
+    # Opened whether or not verification is on: an unread ring buffer fills and its events count as lost.
+    events = [area for area in PIN_VERIFY if area in program.areas()]
+    for area in events:
+        backend_watch = watch if area in verified else None
+        program.open_ring_buffer(area, PIN_VERIFY[area][0],
+                                 lambda raw, w=backend_watch: _dispatch(parse_event(raw), w, sink))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(VfiomondCollector(program, release, detectors, sink))
     try:

@@ -3,6 +3,8 @@
 All metrics carry backend="iommufd".  Sources (kernel-facts.md section 6, 6.2+):
 ``iopt_map_user_pages`` (IOMMU_IOAS_MAP, and MAP_DMA of the VFIO compat container),
 ``iopt_unmap_iova`` / ``iopt_unmap_all`` (IOMMU_IOAS_UNMAP), and
+``iommu_map`` inside ``iopt_map_user_pages`` (the runs handed to the IOMMU, for pin
+verification: vfiomond/pins.py, events on the ``iommufd_pin_events`` ring buffer),
 ``do_update_pinned`` (6.2 .. 6.12) / ``iopt_pages_update_pinned`` (6.13+), which
 charges every change of pinned pages to pinned_vm and, by the pages' account
 mode, to nothing (NONE: the mapper had CAP_IPC_LOCK), the user's locked_vm
@@ -21,7 +23,7 @@ from vfiomond.metricsutil import backend_counter, dma_families
 from vfiomond.processes import ProcAcct
 
 SOURCE = "iommufd.c"
-PROBES = ("iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_accounting")
+PROBES = ("iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_samples", "iommufd_pin_accounting")
 BACKEND = "iommufd"
 
 # Indices of iommufd_counters, mirrored from enum iommufd_counter in bpf/iommufd.c.

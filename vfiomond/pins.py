@@ -1,8 +1,9 @@
 """Pin integrity: is the page the IOMMU was given still the page the process maps?
 
-bpf/type1.c sends, per MAP_DMA, the pin runs (``vfio_pin_pages_remote``: a
-physically contiguous run from ``*pfn_base``) that hold one of the mapping's
-sample points.  Here each mapping keeps the pinned PFN of at most
+Per DMA mapping, the BPF programs send the physically contiguous runs that hold
+one of the mapping's sample points: bpf/type1.c the pins of a MAP_DMA
+(``vfio_pin_pages_remote``: a run from ``*pfn_base``, 5.10+), bpf/iommufd.c the
+runs an IOMMU_IOAS_MAP hands to ``iommu_map`` (6.2+).  Here each mapping keeps the pinned PFN of at most
 ``samples + 1`` pages; verification compares them with /proc/PID/pagemap.  A
 present page whose PFN differs from the pinned one is a pin mismatch: the device
 DMAs to a page the process no longer sees (seeds/003, kernel-facts.md known
@@ -21,8 +22,8 @@ from vfiomond.processes import vfio_files
 PAGE = 4096
 
 EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EV_MEMLOCK = 1, 2, 3, 4, 5
-# struct pin_event in bpf/type1.c: type, pid, ret, pad, vaddr, iova, size, npage, pfn, locked, limit
-EVENT = struct.Struct("<IIiIQQQQQQQ")
+# struct pin_event in bpf/common.h: type, pid, ret, pad, vaddr, iova, size, npage, pfn, locked, limit, space
+EVENT = struct.Struct("<IIiIQQQQQQQQ")
 
 
 class PinEvent(NamedTuple):
@@ -36,17 +37,18 @@ class PinEvent(NamedTuple):
     pfn: int
     locked: int = 0  # EV_MEMLOCK: the mm's locked_vm, pages
     limit: int = 0  # EV_MEMLOCK: RLIMIT_MEMLOCK soft limit, bytes
+    space: int = 0  # the IOVA space: kernel address of the type1 container or the iommufd IOAS
 
 
 def parse_event(raw: bytes) -> PinEvent:
-    t, pid, ret, _pad, vaddr, iova, size, npage, pfn, locked, limit = EVENT.unpack_from(raw)
-    return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn, locked, limit)
+    t, pid, ret, _pad, vaddr, iova, size, npage, pfn, locked, limit, space = EVENT.unpack_from(raw)
+    return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn, locked, limit, space)
 
 
 def sample_offsets(size: int, samples: int) -> List[int]:
     """Offsets of a mapping's sample pages: every ``stride`` from 0, and the last page.
 
-    Must agree with holds_sample() in bpf/type1.c (tests/unit/test_pins.py).
+    Must agree with holds_sample() in bpf/common.h (tests/unit/test_pins.py).
     """
     if size < PAGE:
         return []
@@ -83,42 +85,44 @@ class Mismatch(NamedTuple):
 PfnReader = Callable[[int, Iterable[int]], Dict[int, Optional[int]]]
 
 
+MappingKey = Tuple[int, int, int]  # (pid, IOVA space, IOVA)
+
+
 class PinTracker:
-    """Mappings by (pid, IOVA), fed in ring-buffer order by ``on_event``."""
+    """Mappings by (pid, IOVA space, IOVA), fed in ring-buffer order by ``on_event``
+    (each backend's ring buffer keeps its own order; their IOVA spaces differ)."""
 
     def __init__(self, samples: int, zero_pfn: Optional[int] = None):
         self.samples = samples
         self.zero_pfn = zero_pfn
-        self.mappings: Dict[Tuple[int, int], Mapping] = {}
+        self.mappings: Dict[MappingKey, Mapping] = {}
         self.verifications = 0
         self.mismatches = 0
 
     def on_event(self, ev: PinEvent) -> List[Mapping]:
         """Apply one event; returns the mappings an UNMAP removed (to verify one last time)."""
+        key = (ev.pid, ev.space, ev.iova)
         if ev.type == EV_MAP_BEGIN:
-            self.mappings[(ev.pid, ev.iova)] = Mapping(ev.pid, ev.vaddr, ev.iova, ev.size, self.samples)
+            self.mappings[key] = Mapping(ev.pid, ev.vaddr, ev.iova, ev.size, self.samples)
         elif ev.type == EV_PIN:
-            for m in self._of(ev.pid):
-                if not m.complete and m.contains(ev.vaddr):
+            for (pid, space, _), m in self.mappings.items():
+                if pid == ev.pid and space == ev.space and not m.complete and m.contains(ev.vaddr):
                     m.add_run(ev.vaddr, ev.npage, ev.pfn)
         elif ev.type == EV_MAP_END:
-            m = self.mappings.get((ev.pid, ev.iova))
+            m = self.mappings.get(key)
             if m is not None:
                 if ev.ret == 0:
                     m.complete = True
                 else:
-                    del self.mappings[(ev.pid, ev.iova)]
+                    del self.mappings[key]
         elif ev.type == EV_UNMAP:
             end = ev.iova + ev.size
-            gone = [k for k, m in self.mappings.items() if k[0] == ev.pid and ev.iova <= m.iova < end]
+            gone = [k for k, m in self.mappings.items() if k[:2] == key[:2] and ev.iova <= m.iova < end]
             return [self.mappings.pop(k) for k in gone]
         return []
 
-    def _of(self, pid: int) -> List[Mapping]:
-        return [m for (p, _), m in self.mappings.items() if p == pid]
-
     def pids(self) -> Set[int]:
-        return {pid for pid, _ in self.mappings}
+        return {key[0] for key in self.mappings}
 
     def drop_process(self, pid: int) -> None:
         for key in [k for k in self.mappings if k[0] == pid]:
@@ -175,20 +179,30 @@ def comm(pid: int) -> str:
         return ""
 
 
-def vfio_devices(pid: int) -> Optional[List[str]]:
-    """PCI addresses of the IOMMU groups process ``pid`` has open (/dev/vfio/N);
-    None when the process is gone."""
-    files = vfio_files(pid)
+CDEV_DIR = "/dev/vfio/devices/"
+
+
+def vfio_devices(pid: int, sysfs: str = "/sys", proc: str = "/proc") -> Optional[List[str]]:
+    """PCI addresses of the devices process ``pid`` has open: those of its IOMMU
+    groups (/dev/vfio/N, type1) and its VFIO cdevs (/dev/vfio/devices/vfioN,
+    iommufd; /sys/class/vfio-dev/vfioN/device, 6.6+); None when the process is gone."""
+    files = vfio_files(pid, proc)
     if files is None:
         return None
-    groups = sorted({f[len("/dev/vfio/"):] for f in files if f[len("/dev/vfio/"):].isdigit()})
-    devices = []
-    for group in groups:
-        try:
-            devices += sorted(os.listdir("/sys/kernel/iommu_groups/%s/devices" % group))
-        except OSError:
-            pass
-    return devices
+    devices = set()
+    for f in files:
+        name = f[len("/dev/vfio/"):]
+        if name.isdigit():
+            try:
+                devices.update(os.listdir("%s/kernel/iommu_groups/%s/devices" % (sysfs, name)))
+            except OSError:
+                pass
+        elif f.startswith(CDEV_DIR):
+            try:
+                devices.add(os.path.basename(os.readlink("%s/class/vfio-dev/%s/device" % (sysfs, f[len(CDEV_DIR):]))))
+            except OSError:
+                pass
+    return sorted(devices)
 
 
 def families(tracker: PinTracker) -> Iterable:
@@ -232,7 +246,7 @@ class PinWatch:
             if removed:
                 self._verify(removed[0].pid, removed)
             elif ev.type == EV_MAP_END and ev.ret == 0:
-                self._check_zero_pins(self.tracker.mappings.get((ev.pid, ev.iova)))
+                self._check_zero_pins(self.tracker.mappings.get((ev.pid, ev.space, ev.iova)))
 
     def _check_zero_pins(self, m: Optional[Mapping]) -> None:
         """A mapping pinned (partly) at the zero page: the device reads zeros, nothing

@@ -157,6 +157,16 @@ PROBES: Tuple[Probe, ...] = (
             Hook(("iopt_unmap_all",), "on_iopt_unmap_all", "on_iommufd_dma_return", optional=True),
         )),
     ), feature="iommufd"),
+    # Pin verification for IOAS mappings: the runs an IOMMU_IOAS_MAP hands to
+    # iommu_map (batch_to_domain, pages.c).  iommu_map is also the DMA API's
+    # path on translated default domains: its calls by anyone else cost a
+    # kprobe and a hash lookup (benchmarks/RESULTS.md); probes.disable turns it off.
+    Probe("iommufd_pin_samples", "iommufd", (
+        Variant("iommu_map inside iopt_map_user_pages", (
+            Hook(("iopt_map_user_pages",), "on_iopt_map_user_pages", "on_iommufd_dma_return"),
+            Hook(("iommu_map",), "on_iommufd_iommu_map"),
+        )),
+    ), feature="iommufd"),
     # Every change of an iopt_pages' pinned count goes through this one
     # function, which charges pinned_vm and, by account mode, locked_vm.
     Probe("iommufd_pin_accounting", "iommufd", (

@@ -8,7 +8,8 @@ Runs where VFIOMOND_LAB_SUITES names iommufd (make test-all).  The standard
 
 import pytest
 
-from test_lab import EXPECTED_SYMBOLS, MIB, PAGE, SUITES, Scrape, attached_symbols, boot
+from test_lab import EXPECTED_SYMBOLS, MIB, PAGE, SUITES, Scrape, attached_symbols, boot, journal_entries
+from test_pins_lab import PIN_MISMATCH_ID
 
 BUFFER = 4 * MIB
 pytestmark = pytest.mark.skipif("iommufd" not in SUITES, reason="VFIOMOND_LAB_SUITES does not name iommufd")
@@ -45,7 +46,8 @@ def test_iommufd_probes_attached(run, scrape):
         assert scrape.one("vfiomond_probe_attached", probe=probe) == 1, probe
         named = {s.labels["symbols"] for s in scrape.samples if s.name == "vfiomond_probe_info" and s.labels["probe"] == probe}
         assert len(named) == 1 and named <= attached_symbols(run, probe), (probe, named)
-    assert {"iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_accounting"} <= set(EXPECTED_SYMBOLS["iommufd"])
+    assert {"iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_samples", "iommufd_pin_accounting"} <= set(
+        EXPECTED_SYMBOLS["iommufd"])
 
 
 def test_dma_bytes_and_calls_match_the_scenario(run, scrape):
@@ -100,3 +102,24 @@ def test_nothing_lost_and_every_collector_succeeded(scrape):
     assert scrape.one("vfiomond_events_lost_total") == 0
     for area in ("faults", "type1", "iommufd"):
         assert scrape.one("vfiomond_scrape_collector_success", collector=area) == 1, area
+
+
+def test_a_diverged_pinned_page_is_seen_by_the_device_and_by_vfiomond(run, scrape):
+    """The root pass on edu replaced the first mapped page (MADV_DONTNEED, then a write):
+    the device still reads the pinned page, and vfiomond's verification of the IOAS
+    mapping finds that one sample, with the PFNs the process saw."""
+    edu = passes(run, "none")[0]
+    diverged = edu["diverged"]
+    assert diverged["pfn_before"] != diverged["pfn_after"]
+    assert diverged["stale"] is True, "the device read the new page: the pin did not hold?"
+    # While held: both 4 MiB mappings sampled (16 points and the last page each), one diverged.
+    assert diverged["vfiomond"] == {"pin_samples": [34], "mismatched_pages": [1]}
+    assert scrape.one("vfiomond_pin_mismatches_total") == 1
+    assert scrape.one("vfiomond_pin_verifications_total") > 0
+    assert scrape.one("vfiomond_pin_samples") == 0  # everything unmapped
+    [alert] = journal_entries(run, PIN_MISMATCH_ID)
+    assert int(alert["PID"]) == edu["pid"]
+    assert alert["IOVA"] == "%#x" % diverged["iova"] and alert["VADDR"] == "%#x" % diverged["vaddr"]
+    assert alert["PINNED_PFN"] == "%#x" % diverged["pfn_before"]
+    assert alert["CURRENT_PFN"] == "%#x" % diverged["pfn_after"]
+    assert alert["DEVICES"] == edu["device"]  # found through the VFIO cdev the process holds

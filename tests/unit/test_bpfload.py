@@ -177,3 +177,42 @@ def test_runtime_facts_match_the_bpf_enum():
     enum = dict(re.findall(r"FACT_(\w+) = (\d+)", text))
     assert {name: int(i) for name, i in enum.items()} == {name: i for i, name in enumerate(RUNTIME_FACTS)}
     assert "KERNEL_FACTS = %d" % len(RUNTIME_FACTS) in text
+
+
+class RingBPF:
+    """Records ring buffers opened and polls, as BCC's BPF object takes them."""
+
+    def __init__(self):
+        self.opened, self.polls = [], []
+
+    def __getitem__(self, table):
+        bpf = self
+
+        class Table:
+            def open_ring_buffer(self, callback):
+                bpf.opened.append(table)
+
+        return Table()
+
+    def ring_buffer_poll(self, timeout_ms):
+        self.polls.append(timeout_ms)
+
+
+def test_one_program_polls_the_ring_buffers_of_every_area():
+    bpf = RingBPF()
+    p = Program({"type1": bpf, "iommufd": bpf})
+    p.open_ring_buffer("type1", "pin_events", print)
+    p.open_ring_buffer("iommufd", "iommufd_pin_events", print)
+    p.poll(500)
+    assert bpf.opened == ["pin_events", "iommufd_pin_events"] and bpf.polls == [500]
+
+
+def test_programs_compiled_per_area_are_all_polled():
+    """After a per-area compile, the first waits and the others are drained."""
+    type1, iommufd = RingBPF(), RingBPF()
+    p = Program({"type1": type1, "iommufd": iommufd})
+    p.poll(500)  # nothing opened yet: nothing to poll
+    p.open_ring_buffer("type1", "pin_events", print)
+    p.open_ring_buffer("iommufd", "iommufd_pin_events", print)
+    p.poll(500)
+    assert type1.polls == [500] and iommufd.polls == [0]

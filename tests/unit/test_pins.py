@@ -2,14 +2,14 @@ import pytest
 
 from vfiomond.pins import (
     EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EVENT, PAGE, Mismatch, PinEvent, PinTracker, PinWatch,
-    parse_event, sample_offsets,
+    parse_event, sample_offsets, vfio_devices,
 )
 
 MIB = 1 << 20
 
 
 def holds_sample(off, length, size, samples):
-    """holds_sample() of bpf/type1.c, line by line (u64 arithmetic)."""
+    """holds_sample() of bpf/common.h, line by line (u64 arithmetic)."""
     stride = (size // (samples - 1)) & ~(PAGE - 1)
     if stride < PAGE:
         stride = PAGE
@@ -35,24 +35,26 @@ def test_samples_are_bounded_whatever_the_size():
     assert len(sample_offsets(3 * PAGE, 16)) == 3
 
 
-def ev(t, pid=10, ret=0, vaddr=0, iova=0, size=0, npage=0, pfn=0):
-    return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn)
+def ev(t, pid=10, ret=0, vaddr=0, iova=0, size=0, npage=0, pfn=0, space=0):
+    return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn, space=space)
 
 
 def test_parse_event_layout():
-    raw = EVENT.pack(EV_PIN, 42, -12, 0, 0x7F0000000000, 0x1000000, 0, 3, 0x1234, 5, 6)
-    assert EVENT.size == 72
-    assert parse_event(raw) == PinEvent(EV_PIN, 42, -12, 0x7F0000000000, 0x1000000, 0, 3, 0x1234, 5, 6)
+    raw = EVENT.pack(EV_PIN, 42, -12, 0, 0x7F0000000000, 0x1000000, 0, 3, 0x1234, 5, 6, 0xFFFF888001234000)
+    assert EVENT.size == 80
+    assert parse_event(raw) == PinEvent(EV_PIN, 42, -12, 0x7F0000000000, 0x1000000, 0, 3, 0x1234, 5, 6,
+                                        0xFFFF888001234000)
 
 
 VADDR = 0x7F0000000000
 
 
-def mapped(tracker, size=16 * PAGE, runs=((0, 16, 0x1000),), iova=0x100000, pid=10):
-    tracker.on_event(ev(EV_MAP_BEGIN, pid, vaddr=VADDR, iova=iova, size=size))
+def mapped(tracker, size=16 * PAGE, runs=((0, 16, 0x1000),), iova=0x100000, pid=10, space=0, vaddr=VADDR):
+    tracker.on_event(ev(EV_MAP_BEGIN, pid, vaddr=vaddr, iova=iova, size=size, space=space))
     for off_pages, npage, pfn in runs:
-        tracker.on_event(ev(EV_PIN, pid, vaddr=VADDR + off_pages * PAGE, iova=iova + off_pages * PAGE, npage=npage, pfn=pfn))
-    tracker.on_event(ev(EV_MAP_END, pid, vaddr=VADDR, iova=iova, size=size))
+        tracker.on_event(ev(EV_PIN, pid, vaddr=vaddr + off_pages * PAGE, iova=iova + off_pages * PAGE, npage=npage,
+                            pfn=pfn, space=space))
+    tracker.on_event(ev(EV_MAP_END, pid, vaddr=vaddr, iova=iova, size=size, space=space))
 
 
 def reader(current):
@@ -69,7 +71,7 @@ def reader(current):
 def test_pinned_pfns_follow_the_contiguous_runs():
     t = PinTracker(samples=4)
     mapped(t, size=16 * PAGE, runs=((0, 10, 0x1000), (10, 6, 0x9000)))
-    m = t.mappings[(10, 0x100000)]
+    m = t.mappings[(10, 0, 0x100000)]
     assert m.offsets == [0, 5 * PAGE, 10 * PAGE, 15 * PAGE]
     assert m.pinned == {0: 0x1000, 5 * PAGE: 0x1005, 10 * PAGE: 0x9000, 15 * PAGE: 0x9005}
 
@@ -110,7 +112,7 @@ def test_failed_map_and_unmap_drop_samples():
     mapped(t, iova=0x100000, pid=11)
     gone = t.on_event(ev(EV_UNMAP, iova=0x100000, size=16 * PAGE))
     assert [(m.pid, m.iova) for m in gone] == [(10, 0x100000)]
-    assert set(t.mappings) == {(10, 0x200000), (11, 0x100000)}
+    assert set(t.mappings) == {(10, 0, 0x200000), (11, 0, 0x100000)}
     assert t.samples_tracked() == 32
 
 
@@ -198,3 +200,73 @@ def test_failed_map_raises_no_zero_page_alert():
     watch.on_event(ev(EV_PIN, 10, vaddr=VADDR, iova=0x1000, npage=16, pfn=0x77))
     watch.on_event(ev(EV_MAP_END, 10, ret=-12, vaddr=VADDR, iova=0x1000))
     assert sink.alerts == []
+
+
+SPACE_A, SPACE_B = 0xFFFF888000100000, 0xFFFF888000200000  # two IOAS (or containers) of one process
+
+
+def test_iova_spaces_are_kept_apart():
+    t = PinTracker(samples=16)
+    mapped(t, iova=0x100000, space=SPACE_A, runs=((0, 16, 0x1000),))
+    mapped(t, iova=0x100000, space=SPACE_B, vaddr=VADDR + MIB, runs=((0, 16, 0x9000),))
+    assert len(t.mappings) == 2
+    a, b = t.mappings[(10, SPACE_A, 0x100000)], t.mappings[(10, SPACE_B, 0x100000)]
+    assert a.pinned[0] == 0x1000 and b.pinned[0] == 0x9000
+    removed = t.on_event(ev(EV_UNMAP, iova=0x100000, size=16 * PAGE, space=SPACE_B))
+    assert removed == [b] and list(t.mappings.values()) == [a]
+
+
+def test_unmap_of_a_whole_space():
+    """iommufd's iopt_unmap_all: bpf/iommufd.c sends IOVA 0, size 2**64 - 1."""
+    t = PinTracker(samples=16)
+    mapped(t, iova=0x100000, space=SPACE_A)
+    mapped(t, iova=0x200000, space=SPACE_A, vaddr=VADDR + MIB)
+    mapped(t, iova=0x100000, space=SPACE_B)
+    removed = t.on_event(ev(EV_UNMAP, iova=0, size=(1 << 64) - 1, space=SPACE_A))
+    assert sorted(m.iova for m in removed) == [0x100000, 0x200000]
+    assert list(t.mappings) == [(10, SPACE_B, 0x100000)]
+
+
+def test_a_failed_map_leaves_nothing():
+    t = PinTracker(samples=16)
+    t.on_event(ev(EV_MAP_BEGIN, vaddr=VADDR, iova=0x100000, size=16 * PAGE, space=SPACE_A))
+    t.on_event(ev(EV_PIN, vaddr=VADDR, iova=0x100000, npage=16, pfn=0x1000, space=SPACE_A))
+    t.on_event(ev(EV_MAP_END, ret=-12, vaddr=VADDR, iova=0x100000, size=16 * PAGE, space=SPACE_A))
+    assert t.mappings == {}
+
+
+def test_devices_of_a_process_by_group_and_by_cdev(tmp_path):
+    """type1 users hold /dev/vfio/N, iommufd users /dev/vfio/devices/vfioN."""
+    sysfs, proc = tmp_path / "sys", tmp_path / "proc"
+    (sysfs / "kernel/iommu_groups/7/devices/0000:00:03.0").mkdir(parents=True)
+    (sysfs / "class/vfio-dev/vfio0").mkdir(parents=True)
+    (sysfs / "class/vfio-dev/vfio0/device").symlink_to("../../../devices/pci0000:00/0000:00:04.0")
+    fds = proc / "123/fd"
+    fds.mkdir(parents=True)
+    for fd, target in (("3", "/dev/vfio/7"), ("4", "/dev/vfio/devices/vfio0"), ("5", "/dev/iommu"), ("6", "/dev/null")):
+        (fds / fd).symlink_to(target)
+    assert vfio_devices(123, str(sysfs), str(proc)) == ["0000:00:03.0", "0000:00:04.0"]
+    assert vfio_devices(124, str(sysfs), str(proc)) is None
+
+
+@pytest.mark.parametrize("disable, backends", [
+    ((), {"type1", "iommufd"}),
+    (("iommufd_pin_samples",), {"type1"}),
+    (("dma_unmap",), {"iommufd"}),  # without the unmaps a reused buffer would look diverged
+    (("pin_pages", "iommufd_dma_unmap"), set()),
+])
+def test_pin_verification_per_backend_follows_the_disabled_probes(disable, backends):
+    from vfiomond.config import Config
+    from vfiomond.daemon import _pin_watch
+
+    watch, verified = _pin_watch(Config(disable=disable), {"ZERO_PFN": 0x1234}, sink=None)
+    assert verified == backends
+    assert (watch is None) == (not backends)
+
+
+def test_no_pin_verification_without_the_zero_pfn_or_when_off():
+    from vfiomond.config import Config
+    from vfiomond.daemon import _pin_watch
+
+    assert _pin_watch(Config(), {}, sink=None) == (None, set())
+    assert _pin_watch(Config(pin_verify=False), {"ZERO_PFN": 1}, sink=None) == (None, set())

@@ -147,6 +147,7 @@ IOMMUFD_6_12 = DEBIAN_6_12 + (
     "ffffffff81100300 T iopt_unmap_iova\n"
     "ffffffff81100400 T iopt_unmap_all\n"
     "ffffffff81100500 t do_update_pinned\n"
+    "ffffffff81000600 T iommu_map\n"
 )
 
 
@@ -162,8 +163,16 @@ def test_iommufd_probes_on_a_kernel_with_iommufd():
     assert symbols(sel["iommufd_dma_map"]) == "iopt_map_user_pages"
     assert symbols(sel["iommufd_dma_unmap"]) == "iopt_unmap_iova,iopt_unmap_all"
     assert symbols(sel["iommufd_pin_accounting"]) == "do_update_pinned"
+    assert symbols(sel["iommufd_pin_samples"]) == "iopt_map_user_pages,iommu_map"
     sel, _ = selection(IOMMUFD_6_12.replace("t do_update_pinned", "t iopt_pages_update_pinned"))
     assert symbols(sel["iommufd_pin_accounting"]) == "iopt_pages_update_pinned"
+
+
+def test_iommufd_pin_samples_need_iommu_map():
+    sel, _ = selection(IOMMUFD_6_12.replace("T iommu_map\n", "T iommu_map_nosync\n"))
+    assert not sel["iommufd_pin_samples"].available
+    assert sel["iommufd_pin_samples"].reason == "not in kallsyms: iommu_map"
+    assert sel["iommufd_dma_map"].available
 
 
 def test_iommufd_present_but_a_symbol_moved_is_reported():

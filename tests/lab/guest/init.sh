@@ -65,7 +65,7 @@ setpriv --reuid=65534 --regid=65534 --clear-groups python3 -m vfiomond doctor --
 # The symbols vfiomond looks for, as this kernel has them (for diagnosis, and the
 # fixtures of tests/unit/data/kallsyms that scripts/coverage_table.py reads).
 { echo "# $(uname -r)"
-  grep -E ' (vfio|iommufd|iopt|do_update_pinned|__account_locked_vm|mm_lock_acct|remap_pfn_range|untrack_pfn|pfnmap_untrack)' /proc/kallsyms \
+  grep -E ' (vfio|iommufd|iopt|iommu_map$|do_update_pinned|__account_locked_vm|mm_lock_acct|remap_pfn_range|untrack_pfn|pfnmap_untrack)' /proc/kallsyms \
     | sort -k3; } >"$out/kallsyms.txt"
 python3 -m vfiomond run --config "$src/tests/lab/guest/vfiomond.toml" --listen ":$port" >"$out/vfiomond.log" 2>&1 &
 daemon=$!

@@ -24,12 +24,14 @@ run_time_ns / run_cnt of the tracer's BPF programs (/proc/PID/fdinfo).
 Prints one JSON line.
 """
 
+import ctypes
 import json
 import os
 import re
 import resource
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -55,9 +57,32 @@ def log(msg):
 
 # --- the tracer processes -------------------------------------------------
 
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_BPF = 321  # x86_64
+BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 13, 15
+PROG_INFO_SIZE, PROG_INFO_NAME = 192, 64  # struct bpf_prog_info: its first fields; name[16] at 64
+
+
+def prog_name(prog_id):
+    """The name of BPF program ``prog_id`` (the function name, cut to 15 characters), or its id."""
+    attr = struct.pack("<III", prog_id, 0, 0).ljust(128, b"\0")
+    fd = _libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(BPF_PROG_GET_FD_BY_ID), ctypes.c_char_p(attr),
+                       ctypes.c_long(len(attr)))
+    if fd < 0:
+        return "id %d" % prog_id
+    try:
+        info = ctypes.create_string_buffer(PROG_INFO_SIZE)
+        attr = ctypes.create_string_buffer(struct.pack("<IIQ", fd, PROG_INFO_SIZE, ctypes.addressof(info)), 128)
+        if _libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(BPF_OBJ_GET_INFO_BY_FD), attr, ctypes.c_long(128)) != 0:
+            return "id %d" % prog_id
+        return info.raw[PROG_INFO_NAME:PROG_INFO_NAME + 16].split(b"\0")[0].decode()
+    finally:
+        os.close(fd)
+
+
 def bpf_stats(pid):
     """Sum of run_time_ns and run_cnt over the BPF programs process ``pid`` holds,
-    and each program's (by fd: prog_tag, run_cnt, run_time_ns)."""
+    and each program's (by fd: its name, run_cnt, run_time_ns)."""
     total = {"run_time_ns": 0, "run_cnt": 0, "programs": {}}
     fd_dir = "/proc/%d/fd" % pid
     for fd in os.listdir(fd_dir):
@@ -69,14 +94,15 @@ def bpf_stats(pid):
         except OSError:
             continue
         cnt, ns = int(info.get("run_cnt", 0)), int(info.get("run_time_ns", 0))
-        total["programs"][fd] = (info.get("prog_tag", "?"), cnt, ns)
+        total["programs"][fd] = (prog_name(int(info["prog_id"])) if "prog_id" in info else info.get("prog_tag", "?"),
+                                 cnt, ns)
         total["run_cnt"] += cnt
         total["run_time_ns"] += ns
     return total
 
 
 def per_program(before, after):
-    """Programs that ran between two bpf_stats: [(tag, calls, ns)], costliest first."""
+    """Programs that ran between two bpf_stats: [(name, calls, ns)], costliest first."""
     out = []
     for fd, (tag, cnt, ns) in after["programs"].items():
         _, cnt0, ns0 = before["programs"].get(fd, (tag, 0, 0))

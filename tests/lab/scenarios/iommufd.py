@@ -11,10 +11,18 @@ processes without CAP_IPC_LOCK (setpriv): account mode USER (the default: the
 user's locked_vm) and MM (IOMMU_OPTION_RLIMIT_MODE 1: the mm's locked_vm, VmLck);
 each first tries a map under a 1 MiB RLIMIT_MEMLOCK (refused: ENOMEM), then raises
 the limit.  Every pass records VmLck/VmPin and vfiomond's per-process series
-while mapped, and after.  Prints one JSON line; exit 0 only if all ran.
+while mapped, and after.
+
+The root pass on edu also makes a pinned page diverge (kernel-facts.md, known
+issue 8): MADV_DONTNEED on the first page of the read-write buffer while it is
+mapped, then a write there (a new page); edu copies 1 KiB from the IOVA of that
+page to the buffer's second page (real DMA through the IOMMU), and the process
+reads what the device saw.  The mapping is then held for DIVERGED_HOLD seconds
+so that vfiomond verifies it.  Prints one JSON line; exit 0 only if all ran.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -27,6 +35,9 @@ import vfiolib as v  # noqa: E402
 from standard import BAR_NAMES, BUFFER, HOLD, RO_IOVA, RW_IOVA, THREADS, touch_bar_concurrently, toggle_memory_decode  # noqa: E402
 
 MIB = 1 << 20
+PATTERN = 0xAB
+COPY = 1024  # edu's DMA limit in QEMU 7.2 (see pin-mismatch.py)
+DIVERGED_HOLD = 3.0  # seconds: three of the lab's verification intervals
 PORT = os.environ.get("VFIOMOND_PORT", "10119")
 # (account mode, devices) of the passes run in children without CAP_IPC_LOCK.
 CHILD_PASSES = (("user", "edu"), ("mm", "edu"))
@@ -67,6 +78,28 @@ def refused_under_small_limit(iommufd, vaddr):
     return False
 
 
+def diverge(device_fd, config, bar_addr, rw):
+    """Replace the first page of the mapped read-write buffer under the IOMMU's feet."""
+    v.set_pci_command(device_fd, config, v.pci_command(device_fd, config) | v.PCI_COMMAND_MEMORY | v.PCI_COMMAND_MASTER)
+    out = {"vaddr": rw, "iova": RW_IOVA, "pfn_before": v.own_pfn(rw)}
+    v.madvise(rw, v.PAGE, v.MADV_DONTNEED)
+    ctypes.memset(rw, PATTERN, v.PAGE)
+    out["pfn_after"] = v.own_pfn(rw)
+    out["wrote_at"] = time.time()
+    v.edu_dma(bar_addr, RW_IOVA, v.EDU_BUFFER, COPY, to_ram=False)
+    v.edu_dma(bar_addr, v.EDU_BUFFER, RW_IOVA + v.PAGE, COPY, to_ram=True)
+    seen = ctypes.string_at(rw + v.PAGE, COPY)
+    out["device_read"] = seen[:16].hex()
+    out["stale"] = seen != bytes([PATTERN]) * COPY
+    log("wrote %02x over the page mapped at IOVA %#x; the device read %s... there (stale: %s)"
+        % (PATTERN, RW_IOVA, seen[:8].hex(), out["stale"]))
+    time.sleep(DIVERGED_HOLD)
+    text = v.scrape(PORT)
+    out["vfiomond"] = {"pin_samples": v.sample(text, "vfiomond_pin_samples"),
+                       "mismatched_pages": v.sample(text, "vfiomond_pin_mismatched_pages", pid=str(os.getpid()))}
+    return out
+
+
 def exercise(dev, account):
     record = {
         "device": dev.bdf, "name": dev.name, "account": account, "pid": os.getpid(), "cdev": v.cdev_path(dev.bdf),
@@ -100,6 +133,8 @@ def exercise(dev, account):
     record["touches_per_thread"] = touch_bar_concurrently(addr, bar.size, step)
     toggle_memory_decode(device_fd, config)
     v.read_strided(addr, bar.size, step)
+    if dev.name == "edu" and account == "none":
+        record["diverged"] = diverge(device_fd, config, addr, rw)
     v.munmap(addr, bar.size)
 
     for mapping in record["mappings"]:

@@ -94,11 +94,18 @@ def mmap_device(fd: int, size: int, offset: int) -> int:
     return _check_addr(_libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset), "mmap BAR")
 
 
-def madvise_hugepage(addr: int, size: int) -> None:
-    """MADV_HUGEPAGE (14): THP for this range where the kernel's policy is "madvise"."""
-    if _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), 14) != 0:
+MADV_DONTNEED, MADV_HUGEPAGE = 4, 14
+
+
+def madvise(addr: int, size: int, advice: int) -> None:
+    if _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), advice) != 0:
         err = ctypes.get_errno()
         raise OSError(err, "madvise: " + os.strerror(err))
+
+
+def madvise_hugepage(addr: int, size: int) -> None:
+    """MADV_HUGEPAGE: THP for this range where the kernel's policy is "madvise"."""
+    madvise(addr, size, MADV_HUGEPAGE)
 
 
 def munmap(addr: int, size: int) -> None:
