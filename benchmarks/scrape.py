@@ -54,19 +54,17 @@ def bdf(i):
 
 
 def fault_tables(n_devices):
-    hist, sums = Rows(), Rows()
+    hist = Rows()
     for i in range(n_devices):
         device = bdf(i).encode()
         for ret in (0x100, 0x800):  # NOPAGE, FALLBACK
             for slot in (12, 14, 17):
-                hist.append((NS(device=device, ret=ret, region=0, order=0, slot=slot), NS(value=1000 + slot)))
-            sums.append((NS(device=device, ret=ret, region=0, order=0, slot=0), NS(value=5_000_000)))
+                hist.append((NS(device=device, ret=ret, region=0, order=0, slot=slot),
+                             NS(count=1000 + slot, sum_ns=(1000 + slot) << slot)))
     concurrent = Rows((NS(device=bdf(i).encode()), NS(value=3)) for i in range(n_devices))
-    remap = Rows((NS(context=1, slot=s, err=0), NS(value=10)) for s in (15, 16))
-    return {"bar_fault_hist": hist, "bar_fault_sum": sums, "bar_faults_concurrent": concurrent,
-            "remap_hist": remap, "remap_sum": Rows([(NS(context=1, slot=0, err=0), NS(value=10**6))]),
-            "remap_bytes": Rows([(NS(context=1, slot=0, err=0), NS(value=1 << 30))]), "remap_errors": Rows(),
-            "pat_untrack": concurrent}
+    remap = Rows((NS(context=1, slot=s, err=0), NS(count=10, sum_ns=10 << s, bytes=10 << 20)) for s in (15, 16))
+    return {"bar_fault_hist": hist, "bar_faults_concurrent": concurrent,
+            "remap_hist": remap, "remap_errors": Rows(), "pat_untrack": concurrent}
 
 
 def acct_rows(pids, fields):

@@ -30,8 +30,25 @@ struct bar_fault_key {
     u32 ret;    /* vm_fault_t as returned; classified in Python */
     u8 region;  /* region index: 0-5 BARs, 6 ROM, ... */
     u8 order;   /* fault order: 0 = page, 9 = PMD, 18 = PUD */
-    u8 slot;    /* log2 latency slot; 0 in bar_fault_sum keys */
+    u8 slot;    /* log2 latency slot */
     u8 pad;
+};
+
+/* Faults in a latency slot and their summed latency: one map update per fault. */
+struct bar_fault_val {
+    u64 count;
+    u64 sum_ns;
+};
+
+/* Per BAR vma (by address): faults in flight on it, and its device and region
+ * as last read.  The vma's vm_private_data and vm_pgoff, read on every fault,
+ * tell whether that is still this vma's (a freed vma's address is reused). */
+struct bar_vma {
+    s64 inflight;
+    u64 vdev;   /* vm_private_data */
+    u64 pgoff;  /* vm_pgoff */
+    char device[DEVICE_LEN];
+    u8 region;
 };
 
 struct bar_fault_inflight {
@@ -43,25 +60,22 @@ struct bar_fault_inflight {
     u8 order;
 };
 
-BPF_HASH(bar_fault_hist, struct bar_fault_key, u64, 8192);
-BPF_HASH(bar_fault_sum, struct bar_fault_key, u64, 1024);
+BPF_HASH(bar_fault_hist, struct bar_fault_key, struct bar_fault_val, 8192);
 BPF_HASH(bar_faults_concurrent, struct device_key, u64, 256);
 BPF_HASH(bar_fault_by_tid, u32, struct bar_fault_inflight, 4096);
-BPF_TABLE("lru_hash", u64, s64, bar_faults_by_vma, 4096);
+BPF_TABLE("lru_hash", u64, struct bar_vma, bar_faults_by_vma, 4096);
 /* Faults that entered a hooked handler from inside another: vfio_pci_mmap_page_fault
  * calling vfio_pci_mmap_huge_fault (6.12+).  Once seen, the daemon detaches the
  * page_fault hook (probes.py, BAR_FAULT_NESTED): the huge_fault hook sees every fault. */
 BPF_ARRAY(bar_fault_nested, u64, 1);
 
-/* device and region of a VFIO BAR vma, from vm_private_data (see VDEV_PDEV). */
-static __always_inline void vma_device(struct vm_area_struct *vma, char *device, u8 *region)
+/* device and region of a VFIO BAR vma from its vm_private_data (see VDEV_PDEV)
+ * and vm_pgoff. */
+static __always_inline void bar_device(void *vdev, unsigned long pgoff, char *device, u8 *region)
 {
-    void *vdev = NULL;
     struct pci_dev *pdev = NULL;
     const char *name = NULL;
-    unsigned long pgoff = 0;
 
-    bpf_probe_read_kernel(&vdev, sizeof(vdev), &vma->vm_private_data);
     if (vdev)
         bpf_probe_read_kernel(&pdev, sizeof(pdev), VDEV_PDEV(vdev));
     if (pdev)
@@ -69,7 +83,6 @@ static __always_inline void vma_device(struct vm_area_struct *vma, char *device,
     if (name)
         bpf_probe_read_kernel_str(device, DEVICE_LEN, name);
 
-    bpf_probe_read_kernel(&pgoff, sizeof(pgoff), &vma->vm_pgoff);
     *region = REGION_UNKNOWN;
     if (!kernel_fact(FACT_VFIO_PGOFF_IS_PFN)) {
         u64 index = (u64)pgoff >> (VFIO_PCI_OFFSET_SHIFT - PAGE_SHIFT);
@@ -92,9 +105,58 @@ static __always_inline void vma_device(struct vm_area_struct *vma, char *device,
     }
 }
 
-static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
+static __always_inline void vma_device(struct vm_area_struct *vma, char *device, u8 *region)
+{
+    void *vdev = NULL;
+    unsigned long pgoff = 0;
+    bpf_probe_read_kernel(&vdev, sizeof(vdev), &vma->vm_private_data);
+    bpf_probe_read_kernel(&pgoff, sizeof(pgoff), &vma->vm_pgoff);
+    bar_device(vdev, pgoff, device, region);
+}
+
+/* Count a fault in flight on its vma, and fill in the vma's device and region
+ * (read from the kernel only when the vma is new here: the costly part). */
+static __always_inline void bar_vma_enter(struct bar_fault_inflight *f, struct vm_area_struct *vma)
 {
     u64 zero = 0;
+    struct bar_vma fresh = {.inflight = 1};
+    bpf_probe_read_kernel(&fresh.vdev, sizeof(fresh.vdev), &vma->vm_private_data);
+    bpf_probe_read_kernel(&fresh.pgoff, sizeof(fresh.pgoff), &vma->vm_pgoff);
+    struct bar_vma *st = bar_faults_by_vma.lookup(&f->vma);
+    if (!st || st->vdev != fresh.vdev || st->pgoff != fresh.pgoff) {
+        bar_device((void *)fresh.vdev, fresh.pgoff, fresh.device, &fresh.region);
+        __builtin_memcpy(f->device, fresh.device, DEVICE_LEN);
+        f->region = fresh.region;
+        if (st) {
+            /* an earlier vma's entry at a reused address: its faults are over */
+            if (bar_faults_by_vma.update(&f->vma, &fresh) != 0)
+                count_lost();
+            return;
+        }
+        if (bar_faults_by_vma.insert(&f->vma, &fresh) == 0)
+            return;
+        /* Another thread's first fault on this vma inserted it meanwhile. */
+        st = bar_faults_by_vma.lookup(&f->vma);
+        if (!st) {
+            count_lost();
+            return;
+        }
+    } else {
+        __builtin_memcpy(f->device, st->device, DEVICE_LEN);
+        f->region = st->region;
+    }
+    /* A fault entering while another fault on the same vma is in flight is
+     * concurrent (seeds/001: the whole-vma remap of 5.8-5.13 BUGs on it). */
+    if (st->inflight > 0) {
+        struct device_key dk = {};
+        __builtin_memcpy(dk.device, f->device, DEVICE_LEN);
+        add_or_lost(bar_faults_concurrent.lookup_or_try_init(&dk, &zero), 1);
+    }
+    __sync_fetch_and_add(&st->inflight, 1);
+}
+
+static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
+{
     u32 tid = current_tid();
     u64 now = bpf_ktime_get_ns();
     struct bar_fault_inflight *cur = bar_fault_by_tid.lookup(&tid);
@@ -117,26 +179,7 @@ static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
     f.vma = (u64)vma;
     f.depth = 1;
     f.order = order;
-    vma_device(vma, f.device, &f.region);
-
-    /* A fault entering while another fault on the same vma is in flight is
-     * concurrent (seeds/001: the whole-vma remap of 5.8-5.13 BUGs on it). */
-    s64 *inflight = bar_faults_by_vma.lookup(&f.vma);
-    if (inflight) {
-        if (*inflight > 0) {
-            struct device_key dk = {};
-            __builtin_memcpy(dk.device, f.device, DEVICE_LEN);
-            add_or_lost(bar_faults_concurrent.lookup_or_try_init(&dk, &zero), 1);
-        }
-        __sync_fetch_and_add(inflight, 1);
-    } else {
-        s64 one = 1;
-        if (bar_faults_by_vma.insert(&f.vma, &one) != 0) {
-            inflight = bar_faults_by_vma.lookup(&f.vma);
-            if (inflight)
-                __sync_fetch_and_add(inflight, 1);
-        }
-    }
+    bar_vma_enter(&f, vma);
     if (bar_fault_by_tid.update(&tid, &f) != 0)
         count_lost();
     return 0;
@@ -154,7 +197,6 @@ int on_bar_huge_fault(struct pt_regs *ctx)
 
 int on_bar_fault_return(struct pt_regs *ctx)
 {
-    u64 zero = 0;
     u32 tid = current_tid();
     struct bar_fault_inflight *f = bar_fault_by_tid.lookup(&tid);
     if (!f)
@@ -169,13 +211,19 @@ int on_bar_fault_return(struct pt_regs *ctx)
     key.ret = (u32)PT_REGS_RC(ctx);
     key.region = f->region;
     key.order = f->order;
-    add_or_lost(bar_fault_sum.lookup_or_try_init(&key, &zero), delta);
     key.slot = bpf_log2l(delta);
-    add_or_lost(bar_fault_hist.lookup_or_try_init(&key, &zero), 1);
+    struct bar_fault_val zero = {};
+    struct bar_fault_val *v = bar_fault_hist.lookup_or_try_init(&key, &zero);
+    if (v) {
+        __sync_fetch_and_add(&v->count, 1);
+        __sync_fetch_and_add(&v->sum_ns, delta);
+    } else {
+        count_lost();
+    }
 
-    s64 *inflight = bar_faults_by_vma.lookup(&f->vma);
-    if (inflight)
-        __sync_fetch_and_add(inflight, -1);
+    struct bar_vma *st = bar_faults_by_vma.lookup(&f->vma);
+    if (st)
+        __sync_fetch_and_add(&st->inflight, -1);
     bar_fault_by_tid.delete(&tid);
     return 0;
 }
@@ -193,15 +241,21 @@ struct remap_inflight {
 
 struct remap_key {
     u8 context;
-    u8 slot;
+    u8 slot;  /* log2 latency slot; 0 in remap_errors */
     u8 pad[2];
-    s32 err; /* errno (positive) in remap_errors, 0 elsewhere */
+    s32 err;  /* errno (positive) in remap_errors, 0 in remap_hist */
+};
+
+/* Calls in a latency slot, their summed latency, and the bytes the successful
+ * ones mapped: one map update per call. */
+struct remap_val {
+    u64 count;
+    u64 sum_ns;
+    u64 bytes;
 };
 
 BPF_HASH(remap_by_tid, u32, struct remap_inflight, 4096);
-BPF_HASH(remap_hist, struct remap_key, u64, 256);
-BPF_HASH(remap_sum, struct remap_key, u64, 4);
-BPF_HASH(remap_bytes, struct remap_key, u64, 4);
+BPF_HASH(remap_hist, struct remap_key, struct remap_val, 256);
 BPF_HASH(remap_errors, struct remap_key, u64, 64);
 
 int on_remap_pfn_range(struct pt_regs *ctx)
@@ -227,16 +281,22 @@ int on_remap_pfn_range_return(struct pt_regs *ctx)
     int ret = (int)PT_REGS_RC(ctx);
     struct remap_key key = {};
     key.context = r->context;
-    add_or_lost(remap_sum.lookup_or_try_init(&key, &zero), delta);
-    if (ret == 0) {
-        add_or_lost(remap_bytes.lookup_or_try_init(&key, &zero), r->size);
-    } else {
+    if (ret != 0) {
         key.err = -ret;
         add_or_lost(remap_errors.lookup_or_try_init(&key, &zero), 1);
         key.err = 0;
     }
     key.slot = bpf_log2l(delta);
-    add_or_lost(remap_hist.lookup_or_try_init(&key, &zero), 1);
+    struct remap_val empty = {};
+    struct remap_val *v = remap_hist.lookup_or_try_init(&key, &empty);
+    if (v) {
+        __sync_fetch_and_add(&v->count, 1);
+        __sync_fetch_and_add(&v->sum_ns, delta);
+        if (ret == 0)
+            __sync_fetch_and_add(&v->bytes, r->size);
+    } else {
+        count_lost();
+    }
     remap_by_tid.delete(&tid);
     return 0;
 }

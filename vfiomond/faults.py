@@ -5,7 +5,7 @@ metric families are built from those records at scrape time.
 """
 
 import errno
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Set, Tuple
+from typing import Dict, Iterable, Iterator, NamedTuple, Set, Tuple
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
@@ -65,31 +65,27 @@ def errno_name(err: int) -> str:
 
 
 class BarFaultRow(NamedTuple):
-    """One entry of bar_fault_hist (slot >= 1) or bar_fault_sum (value in ns)."""
+    """One entry of bar_fault_hist: the faults of one latency slot and their summed time."""
 
     device: str
     ret: int
     region: int
     order: int
     slot: int
-    value: int
+    count: int
+    sum_ns: int
 
 
 FaultLabels = Tuple[str, str, str, str]  # device, region, order, result
 
 
-def decode_bar_faults(hist: Iterable[BarFaultRow], sums: Iterable[BarFaultRow]) -> Dict[FaultLabels, Histogram]:
+def decode_bar_faults(hist: Iterable[BarFaultRow]) -> Dict[FaultLabels, Histogram]:
     """Merge the kernel's per-vm_fault_t histograms into per-result-class ones."""
     out: Dict[FaultLabels, Histogram] = {}
-
-    def add(row: BarFaultRow, h: Histogram) -> None:
-        labels = (device_name(row.device), region_name(row.region), str(row.order), fault_result(row.ret))
-        out[labels] = merge(out[labels], h) if labels in out else h
-
     for row in hist:
-        add(row, Histogram({row.slot: row.value}, 0))
-    for row in sums:
-        add(row, Histogram({}, row.value))
+        labels = (device_name(row.device), region_name(row.region), str(row.order), fault_result(row.ret))
+        h = Histogram({row.slot: row.count}, row.sum_ns)
+        out[labels] = merge(out[labels], h) if labels in out else h
     return out
 
 
@@ -103,18 +99,26 @@ class FaultSnapshot(NamedTuple):
 
 
 class RemapRow(NamedTuple):
+    """One entry of remap_hist: the calls of one latency slot, their summed time and
+    the bytes the successful ones mapped."""
+
     context: int
     slot: int
-    err: int
-    value: int
+    count: int
+    sum_ns: int
+    bytes: int
 
 
-def decode_remap(hist: Iterable[RemapRow], sums: Iterable[RemapRow]) -> Dict[str, Histogram]:
-    out: Dict[str, Histogram] = {}
-    for row, h in [(r, Histogram({r.slot: r.value}, 0)) for r in hist] + [(r, Histogram({}, r.value)) for r in sums]:
+def decode_remap(hist: Iterable[RemapRow]) -> Tuple[Dict[str, Histogram], Dict[str, int]]:
+    """(context -> latency, context -> bytes mapped by successful calls)."""
+    latency: Dict[str, Histogram] = {}
+    mapped: Dict[str, int] = {}
+    for row in hist:
         ctx = CONTEXTS.get(row.context, "other")
-        out[ctx] = merge(out[ctx], h) if ctx in out else h
-    return out
+        h = Histogram({row.slot: row.count}, row.sum_ns)
+        latency[ctx] = merge(latency[ctx], h) if ctx in latency else h
+        mapped[ctx] = mapped.get(ctx, 0) + row.bytes
+    return latency, mapped
 
 
 def _cstr(raw: bytes) -> str:
@@ -124,26 +128,19 @@ def _cstr(raw: bytes) -> str:
 def read(tables) -> FaultSnapshot:
     """Read the area's maps. ``tables(name)`` returns a BCC table."""
 
-    def fault_rows(name: str) -> List[BarFaultRow]:
-        return [
-            BarFaultRow(_cstr(k.device), k.ret, k.region, k.order, k.slot, v.value) for k, v in tables(name).items()
-        ]
+    fault_rows = [BarFaultRow(_cstr(k.device), k.ret, k.region, k.order, k.slot, v.count, v.sum_ns)
+                  for k, v in tables("bar_fault_hist").items()]
 
-    def remap_rows(name: str) -> List[RemapRow]:
-        return [RemapRow(k.context, k.slot, k.err, v.value) for k, v in tables(name).items()]
-
-    remap_bytes: Dict[str, int] = {}
-    for row in remap_rows("remap_bytes"):
-        ctx = CONTEXTS.get(row.context, "other")
-        remap_bytes[ctx] = remap_bytes.get(ctx, 0) + row.value
+    remap, remap_bytes = decode_remap(RemapRow(k.context, k.slot, v.count, v.sum_ns, v.bytes)
+                                      for k, v in tables("remap_hist").items())
     remap_errors: Dict[Tuple[str, str], int] = {}
-    for row in remap_rows("remap_errors"):
-        key = (CONTEXTS.get(row.context, "other"), errno_name(row.err))
-        remap_errors[key] = remap_errors.get(key, 0) + row.value
+    for k, v in tables("remap_errors").items():
+        key = (CONTEXTS.get(k.context, "other"), errno_name(k.err))
+        remap_errors[key] = remap_errors.get(key, 0) + v.value
     return FaultSnapshot(
-        bar_faults=decode_bar_faults(fault_rows("bar_fault_hist"), fault_rows("bar_fault_sum")),
+        bar_faults=decode_bar_faults(fault_rows),
         concurrent={device_name(_cstr(k.device)): v.value for k, v in tables("bar_faults_concurrent").items()},
-        remap=decode_remap(remap_rows("remap_hist"), remap_rows("remap_sum")),
+        remap=remap,
         remap_bytes=remap_bytes,
         remap_errors=remap_errors,
         untrack={device_name(_cstr(k.device)): v.value for k, v in tables("pat_untrack").items()},
@@ -202,7 +199,7 @@ def families(snap: FaultSnapshot, attached: Set[str]) -> Iterator:
 
 
 # Maps whose keys carry a PCI address (struct device_key / bar_fault_key).
-DEVICE_TABLES = ("bar_fault_hist", "bar_fault_sum", "bar_faults_concurrent", "pat_untrack")
+DEVICE_TABLES = ("bar_fault_hist", "bar_faults_concurrent", "pat_untrack")
 
 
 def forget_device(tables, device: str) -> int:

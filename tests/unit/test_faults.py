@@ -33,18 +33,13 @@ def test_region_name(index, name):
 
 def test_bar_faults_merge_by_result_class():
     hist = [
-        BarFaultRow("0000:00:03.0", 0x100, 0, 0, 12, 3),
-        BarFaultRow("0000:00:03.0", 0x100 | 0x4, 0, 0, 12, 1),  # MAJOR|NOPAGE: still nopage
-        BarFaultRow("0000:00:03.0", 0x100, 0, 0, 14, 2),
-        BarFaultRow("0000:00:02.0", 0x800, 2, 9, 11, 5),
-        BarFaultRow("", 0x100, 255, 0, 11, 1),
+        BarFaultRow("0000:00:03.0", 0x100, 0, 0, 12, 3, 600),
+        BarFaultRow("0000:00:03.0", 0x100 | 0x4, 0, 0, 12, 1, 500),  # MAJOR|NOPAGE: still nopage
+        BarFaultRow("0000:00:03.0", 0x100, 0, 0, 14, 2, 400),
+        BarFaultRow("0000:00:02.0", 0x800, 2, 9, 11, 5, 70),
+        BarFaultRow("", 0x100, 255, 0, 11, 1, 0),
     ]
-    sums = [
-        BarFaultRow("0000:00:03.0", 0x100, 0, 0, 0, 1000),
-        BarFaultRow("0000:00:03.0", 0x104, 0, 0, 0, 500),
-        BarFaultRow("0000:00:02.0", 0x800, 2, 9, 0, 70),
-    ]
-    out = decode_bar_faults(hist, sums)
+    out = decode_bar_faults(hist)
     assert out == {
         ("0000:00:03.0", "bar0", "0", "nopage"): Histogram({12: 4, 14: 2}, 1500),
         ("0000:00:02.0", "bar2", "9", "fallback"): Histogram({11: 5}, 70),
@@ -53,8 +48,9 @@ def test_bar_faults_merge_by_result_class():
 
 
 def test_remap_contexts():
-    out = decode_remap([RemapRow(1, 13, 0, 2), RemapRow(0, 11, 0, 1), RemapRow(7, 11, 0, 1)], [RemapRow(1, 0, 0, 9000)])
-    assert out == {"vfio_fault": Histogram({13: 2}, 9000), "other": Histogram({11: 2}, 0)}
+    latency, mapped = decode_remap([RemapRow(1, 13, 2, 9000, 8192), RemapRow(0, 11, 1, 0, 0), RemapRow(7, 11, 1, 5, 4096)])
+    assert latency == {"vfio_fault": Histogram({13: 2}, 9000), "other": Histogram({11: 2}, 5)}
+    assert mapped == {"vfio_fault": 8192, "other": 4096}  # unknown contexts count as other
 
 
 class Families:
