@@ -53,10 +53,8 @@ struct bar_vma {
 
 struct bar_fault_inflight {
     u64 ts;
-    u64 vma;
-    char device[DEVICE_LEN];
+    u64 vma;    /* its device and region are in bar_faults_by_vma */
     u32 depth;  /* nested VFIO fault handlers on this thread */
-    u8 region;
     u8 order;
 };
 
@@ -114,42 +112,37 @@ static __always_inline void vma_device(struct vm_area_struct *vma, char *device,
     bar_device(vdev, pgoff, device, region);
 }
 
-/* Count a fault in flight on its vma, and fill in the vma's device and region
- * (read from the kernel only when the vma is new here: the costly part). */
-static __always_inline void bar_vma_enter(struct bar_fault_inflight *f, struct vm_area_struct *vma)
+/* Count a fault in flight on its vma, whose device and region are read from
+ * the kernel only when the vma is new here (the costly part). */
+static __always_inline void bar_vma_enter(u64 vma_addr, struct vm_area_struct *vma)
 {
     u64 zero = 0;
     struct bar_vma fresh = {.inflight = 1};
     bpf_probe_read_kernel(&fresh.vdev, sizeof(fresh.vdev), &vma->vm_private_data);
     bpf_probe_read_kernel(&fresh.pgoff, sizeof(fresh.pgoff), &vma->vm_pgoff);
-    struct bar_vma *st = bar_faults_by_vma.lookup(&f->vma);
+    struct bar_vma *st = bar_faults_by_vma.lookup(&vma_addr);
     if (!st || st->vdev != fresh.vdev || st->pgoff != fresh.pgoff) {
         bar_device((void *)fresh.vdev, fresh.pgoff, fresh.device, &fresh.region);
-        __builtin_memcpy(f->device, fresh.device, DEVICE_LEN);
-        f->region = fresh.region;
         if (st) {
             /* an earlier vma's entry at a reused address: its faults are over */
-            if (bar_faults_by_vma.update(&f->vma, &fresh) != 0)
+            if (bar_faults_by_vma.update(&vma_addr, &fresh) != 0)
                 count_lost();
             return;
         }
-        if (bar_faults_by_vma.insert(&f->vma, &fresh) == 0)
+        if (bar_faults_by_vma.insert(&vma_addr, &fresh) == 0)
             return;
         /* Another thread's first fault on this vma inserted it meanwhile. */
-        st = bar_faults_by_vma.lookup(&f->vma);
+        st = bar_faults_by_vma.lookup(&vma_addr);
         if (!st) {
             count_lost();
             return;
         }
-    } else {
-        __builtin_memcpy(f->device, st->device, DEVICE_LEN);
-        f->region = st->region;
     }
     /* A fault entering while another fault on the same vma is in flight is
      * concurrent (seeds/001: the whole-vma remap of 5.8-5.13 BUGs on it). */
     if (st->inflight > 0) {
         struct device_key dk = {};
-        __builtin_memcpy(dk.device, f->device, DEVICE_LEN);
+        __builtin_memcpy(dk.device, st->device, DEVICE_LEN);
         add_or_lost(bar_faults_concurrent.lookup_or_try_init(&dk, &zero), 1);
     }
     __sync_fetch_and_add(&st->inflight, 1);
@@ -158,30 +151,26 @@ static __always_inline void bar_vma_enter(struct bar_fault_inflight *f, struct v
 static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
 {
     u32 tid = current_tid();
-    u64 now = bpf_ktime_get_ns();
-    struct bar_fault_inflight *cur = bar_fault_by_tid.lookup(&tid);
-    if (cur) {
-        if (now - cur->ts < STALE_NS) {
+    struct vm_area_struct *vma = NULL;
+    bpf_probe_read_kernel(&vma, sizeof(vma), &vmf->vma);
+    if (!vma)
+        return 0;
+    struct bar_fault_inflight f = {.ts = bpf_ktime_get_ns(), .vma = (u64)vma, .depth = 1, .order = order};
+    if (bar_fault_by_tid.insert(&tid, &f) != 0) {
+        /* This thread is in a fault already: a nested handler, or an entry
+         * left by a missed kretprobe. */
+        struct bar_fault_inflight *cur = bar_fault_by_tid.lookup(&tid);
+        if (cur && f.ts - cur->ts < STALE_NS) {
             int zero_index = 0;
             cur->depth++; /* vfio_pci_mmap_page_fault -> huge_fault(vmf, 0) */
             add_or_lost(bar_fault_nested.lookup(&zero_index), 1);
             return 0;
         }
-        count_lost(); /* a kretprobe was missed: drop the stale entry */
+        count_lost(); /* drop the stale entry */
+        if (bar_fault_by_tid.update(&tid, &f) != 0)
+            return 0;
     }
-
-    struct bar_fault_inflight f = {};
-    struct vm_area_struct *vma = NULL;
-    bpf_probe_read_kernel(&vma, sizeof(vma), &vmf->vma);
-    if (!vma)
-        return 0;
-    f.ts = now;
-    f.vma = (u64)vma;
-    f.depth = 1;
-    f.order = order;
-    bar_vma_enter(&f, vma);
-    if (bar_fault_by_tid.update(&tid, &f) != 0)
-        count_lost();
+    bar_vma_enter(f.vma, vma);
     return 0;
 }
 
@@ -206,12 +195,16 @@ int on_bar_fault_return(struct pt_regs *ctx)
         return 0;
     }
     u64 delta = bpf_ktime_get_ns() - f->ts;
-    struct bar_fault_key key = {};
-    __builtin_memcpy(key.device, f->device, DEVICE_LEN);
-    key.ret = (u32)PT_REGS_RC(ctx);
-    key.region = f->region;
-    key.order = f->order;
-    key.slot = bpf_log2l(delta);
+    struct bar_fault_key key = {.ret = (u32)PT_REGS_RC(ctx), .region = REGION_UNKNOWN, .order = f->order,
+                                .slot = bpf_log2l(delta)};
+    struct bar_vma *st = bar_faults_by_vma.lookup(&f->vma);
+    if (st) {
+        __builtin_memcpy(key.device, st->device, DEVICE_LEN);
+        key.region = st->region;
+        __sync_fetch_and_add(&st->inflight, -1);
+    } else {
+        count_lost(); /* evicted from the LRU while in flight: device unknown */
+    }
     struct bar_fault_val zero = {};
     struct bar_fault_val *v = bar_fault_hist.lookup_or_try_init(&key, &zero);
     if (v) {
@@ -221,9 +214,6 @@ int on_bar_fault_return(struct pt_regs *ctx)
         count_lost();
     }
 
-    struct bar_vma *st = bar_faults_by_vma.lookup(&f->vma);
-    if (st)
-        __sync_fetch_and_add(&st->inflight, -1);
     bar_fault_by_tid.delete(&tid);
     return 0;
 }
