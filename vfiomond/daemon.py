@@ -22,7 +22,6 @@ from vfiomond.processes import memlock_alert
 from vfiomond.probes import kernel_facts, select, wanted_symbols
 from vfiomond.service import Notifier
 
-# Probes pin verification stands on.
 # Per DMA backend (probe area): its pin-event ring buffer, and the probes whose
 # events pin verification needs (without the unmaps, a reused buffer would look diverged).
 PIN_VERIFY = {
