@@ -44,7 +44,7 @@ def map_until_refused(dev):
     os.setgroups([])
     os.setgid(NOBODY)
     os.setuid(NOBODY)  # drops CAP_IPC_LOCK: type1 now enforces the limit
-    ro = v.mmap_anonymous(BUFFER)
+    ro = v.mmap_untouched(BUFFER)
     container.map_dma(ro, RO_IOVA, BUFFER, v.VFIO_DMA_MAP_FLAG_READ)
     maps = [{"iova": RO_IOVA, "size": BUFFER, "flags": v.VFIO_DMA_MAP_FLAG_READ, "touched": False}]
     refused = None

@@ -37,7 +37,7 @@ COPY = 1024
 def run(dev, wait):
     out = {"device": dev.bdf, "name": dev.name, "iommu_group": dev.iommu_group}
     container = v.Container(dev.iommu_group)
-    ro = v.mmap_anonymous(SIZE)
+    ro = v.mmap_untouched(SIZE)
     rw = v.mmap_anonymous(SIZE)
     v.touch_pages(rw, SIZE)
     container.map_dma(ro, RO_IOVA, SIZE, v.VFIO_DMA_MAP_FLAG_READ)

@@ -85,7 +85,7 @@ def exercise(dev):
     }
     container = v.Container(dev.iommu_group)
     rw = v.mmap_anonymous(BUFFER)
-    ro = v.mmap_anonymous(BUFFER)
+    ro = v.mmap_untouched(BUFFER)
     v.touch_pages(rw, BUFFER)
     maps = [
         (rw, RW_IOVA, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE, True),
