@@ -178,7 +178,7 @@ def holders(bdf: str, open_files: Mapping[int, Iterable[str]], sysfs: str = "/sy
     vfio-dev/ are still there then."""
     base = "%s/bus/pci/devices/%s" % (sysfs, bdf)
     paths = set()
-    group = _link_name(base + "/iommu_group")
+    group = link_name(base + "/iommu_group")
     if group:
         paths.add("/dev/vfio/" + group)
     try:
@@ -200,7 +200,8 @@ def _read(path: str) -> str:
         return ""
 
 
-def _link_name(path: str) -> str:
+def link_name(path: str) -> str:
+    """The last component of symlink ``path``'s target; "" when it is not there."""
     try:
         return os.path.basename(os.readlink(path))
     except OSError:
@@ -211,7 +212,7 @@ def read_facts(sys_path: str, properties: Mapping[str, str]) -> Dict[str, str]:
     """FACT_KEYS of the PCI device at ``sys_path``; {} when it is gone."""
     if not os.path.isdir(sys_path):
         return {}
-    group = _link_name(os.path.join(sys_path, "iommu_group"))
+    group = link_name(os.path.join(sys_path, "iommu_group"))
     # vfio-dev/vfioN exists from 6.1; it is a character device (has "dev") only
     # with CONFIG_VFIO_DEVICE_CDEV (6.6+).
     try:
@@ -220,7 +221,7 @@ def read_facts(sys_path: str, properties: Mapping[str, str]) -> Dict[str, str]:
     except OSError:
         cdevs = []
     return {
-        "driver": _link_name(os.path.join(sys_path, "driver")),
+        "driver": link_name(os.path.join(sys_path, "driver")),
         "vendor": _read(os.path.join(sys_path, "vendor")),
         "device": _read(os.path.join(sys_path, "device")),
         "numa_node": _read(os.path.join(sys_path, "numa_node")),

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tu
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vfiomond.devices import link_name
 from vfiomond.processes import vfio_files
 
 PAGE = 4096
@@ -198,10 +199,8 @@ def vfio_devices(pid: int, sysfs: str = "/sys", proc: str = "/proc") -> Optional
             except OSError:
                 pass
         elif f.startswith(CDEV_DIR):
-            try:
-                devices.add(os.path.basename(os.readlink("%s/class/vfio-dev/%s/device" % (sysfs, f[len(CDEV_DIR):]))))
-            except OSError:
-                pass
+            devices.add(link_name("%s/class/vfio-dev/%s/device" % (sysfs, f[len(CDEV_DIR):])))
+    devices.discard("")  # a cdev whose device link is gone
     return sorted(devices)
 
 
