@@ -51,16 +51,18 @@ struct bar_vma {
     u8 region;
 };
 
-struct bar_fault_inflight {
+/* Per thread, kept between faults (an LRU entry is reused in place: no
+ * insert and delete per fault, the costliest map operations). */
+struct bar_fault_thread {
     u64 ts;
     u64 vma;    /* its device and region are in bar_faults_by_vma */
-    u32 depth;  /* nested VFIO fault handlers on this thread */
+    u32 depth;  /* VFIO fault handlers in flight on this thread: 0 idle, 2 nested */
     u8 order;
 };
 
 BPF_HASH(bar_fault_hist, struct bar_fault_key, struct bar_fault_val, 8192);
 BPF_HASH(bar_faults_concurrent, struct device_key, u64, 256);
-BPF_HASH(bar_fault_by_tid, u32, struct bar_fault_inflight, 4096);
+BPF_TABLE("lru_hash", u32, struct bar_fault_thread, bar_fault_by_tid, 4096);
 BPF_TABLE("lru_hash", u64, struct bar_vma, bar_faults_by_vma, 4096);
 /* Faults that entered a hooked handler from inside another: vfio_pci_mmap_page_fault
  * calling vfio_pci_mmap_huge_fault (6.12+).  Once seen, the daemon detaches the
@@ -103,13 +105,32 @@ static __always_inline void bar_device(void *vdev, unsigned long pgoff, char *de
     }
 }
 
+/* A vma's vm_private_data and vm_pgoff, in one read where they lie close
+ * together (vm_pgoff, vm_file[, swap_readahead_info], vm_private_data in every
+ * kernel vfiomond supports; two reads otherwise). */
+#define VMA_PGOFF_AT __builtin_offsetof(struct vm_area_struct, vm_pgoff)
+#define VMA_PRIVATE_AT __builtin_offsetof(struct vm_area_struct, vm_private_data)
+#define VMA_IDENT_WORDS 6
+
+static __always_inline void vma_ident(struct vm_area_struct *vma, u64 *vdev, u64 *pgoff)
+{
+    if (VMA_PRIVATE_AT > VMA_PGOFF_AT && (VMA_PRIVATE_AT - VMA_PGOFF_AT) % 8 == 0 &&
+        (VMA_PRIVATE_AT - VMA_PGOFF_AT) / 8 < VMA_IDENT_WORDS) {
+        u64 words[VMA_IDENT_WORDS] = {};
+        bpf_probe_read_kernel(words, VMA_PRIVATE_AT - VMA_PGOFF_AT + 8, &vma->vm_pgoff);
+        *pgoff = words[0];
+        *vdev = words[(VMA_PRIVATE_AT - VMA_PGOFF_AT) / 8];
+        return;
+    }
+    bpf_probe_read_kernel(vdev, sizeof(*vdev), &vma->vm_private_data);
+    bpf_probe_read_kernel(pgoff, sizeof(*pgoff), &vma->vm_pgoff);
+}
+
 static __always_inline void vma_device(struct vm_area_struct *vma, char *device, u8 *region)
 {
-    void *vdev = NULL;
-    unsigned long pgoff = 0;
-    bpf_probe_read_kernel(&vdev, sizeof(vdev), &vma->vm_private_data);
-    bpf_probe_read_kernel(&pgoff, sizeof(pgoff), &vma->vm_pgoff);
-    bar_device(vdev, pgoff, device, region);
+    u64 vdev = 0, pgoff = 0;
+    vma_ident(vma, &vdev, &pgoff);
+    bar_device((void *)vdev, pgoff, device, region);
 }
 
 /* Count a fault in flight on its vma, whose device and region are read from
@@ -118,8 +139,7 @@ static __always_inline void bar_vma_enter(u64 vma_addr, struct vm_area_struct *v
 {
     u64 zero = 0;
     struct bar_vma fresh = {.inflight = 1};
-    bpf_probe_read_kernel(&fresh.vdev, sizeof(fresh.vdev), &vma->vm_private_data);
-    bpf_probe_read_kernel(&fresh.pgoff, sizeof(fresh.pgoff), &vma->vm_pgoff);
+    vma_ident(vma, &fresh.vdev, &fresh.pgoff);
     struct bar_vma *st = bar_faults_by_vma.lookup(&vma_addr);
     if (!st || st->vdev != fresh.vdev || st->pgoff != fresh.pgoff) {
         bar_device((void *)fresh.vdev, fresh.pgoff, fresh.device, &fresh.region);
@@ -148,6 +168,8 @@ static __always_inline void bar_vma_enter(u64 vma_addr, struct vm_area_struct *v
     __sync_fetch_and_add(&st->inflight, 1);
 }
 
+/* Only the thread itself touches its bar_fault_by_tid entry, so plain writes
+ * to it are safe. */
 static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
 {
     u32 tid = current_tid();
@@ -155,22 +177,30 @@ static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
     bpf_probe_read_kernel(&vma, sizeof(vma), &vmf->vma);
     if (!vma)
         return 0;
-    struct bar_fault_inflight f = {.ts = bpf_ktime_get_ns(), .vma = (u64)vma, .depth = 1, .order = order};
-    if (bar_fault_by_tid.insert(&tid, &f) != 0) {
-        /* This thread is in a fault already: a nested handler, or an entry
-         * left by a missed kretprobe. */
-        struct bar_fault_inflight *cur = bar_fault_by_tid.lookup(&tid);
-        if (cur && f.ts - cur->ts < STALE_NS) {
+    u64 now = bpf_ktime_get_ns();
+    struct bar_fault_thread *t = bar_fault_by_tid.lookup(&tid);
+    if (t && t->depth) {
+        if (now - t->ts < STALE_NS) {
             int zero_index = 0;
-            cur->depth++; /* vfio_pci_mmap_page_fault -> huge_fault(vmf, 0) */
+            t->depth++; /* vfio_pci_mmap_page_fault -> huge_fault(vmf, 0) */
             add_or_lost(bar_fault_nested.lookup(&zero_index), 1);
             return 0;
         }
-        count_lost(); /* drop the stale entry */
-        if (bar_fault_by_tid.update(&tid, &f) != 0)
-            return 0;
+        count_lost(); /* left by a missed kretprobe: start over */
     }
-    bar_vma_enter(f.vma, vma);
+    if (t) {
+        t->ts = now;
+        t->vma = (u64)vma;
+        t->depth = 1;
+        t->order = order;
+    } else {
+        struct bar_fault_thread fresh = {.ts = now, .vma = (u64)vma, .depth = 1, .order = order};
+        if (bar_fault_by_tid.update(&tid, &fresh) != 0) {
+            count_lost();
+            return 0;
+        }
+    }
+    bar_vma_enter((u64)vma, vma);
     return 0;
 }
 
@@ -187,17 +217,15 @@ int on_bar_huge_fault(struct pt_regs *ctx)
 int on_bar_fault_return(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
-    struct bar_fault_inflight *f = bar_fault_by_tid.lookup(&tid);
-    if (!f)
+    struct bar_fault_thread *t = bar_fault_by_tid.lookup(&tid);
+    if (!t || !t->depth)
         return 0;
-    if (f->depth > 1) {
-        f->depth--;
+    if (--t->depth)
         return 0;
-    }
-    u64 delta = bpf_ktime_get_ns() - f->ts;
-    struct bar_fault_key key = {.ret = (u32)PT_REGS_RC(ctx), .region = REGION_UNKNOWN, .order = f->order,
+    u64 delta = bpf_ktime_get_ns() - t->ts;
+    struct bar_fault_key key = {.ret = (u32)PT_REGS_RC(ctx), .region = REGION_UNKNOWN, .order = t->order,
                                 .slot = bpf_log2l(delta)};
-    struct bar_vma *st = bar_faults_by_vma.lookup(&f->vma);
+    struct bar_vma *st = bar_faults_by_vma.lookup(&t->vma);
     if (st) {
         __builtin_memcpy(key.device, st->device, DEVICE_LEN);
         key.region = st->region;
@@ -213,8 +241,6 @@ int on_bar_fault_return(struct pt_regs *ctx)
     } else {
         count_lost();
     }
-
-    bar_fault_by_tid.delete(&tid);
     return 0;
 }
 
@@ -226,6 +252,7 @@ int on_bar_fault_return(struct pt_regs *ctx)
 struct remap_inflight {
     u64 ts;
     u64 size;
+    u8 active;   /* a call in flight (the LRU entry is reused, as bar_fault_by_tid's) */
     u8 context;
 };
 
@@ -244,18 +271,20 @@ struct remap_val {
     u64 bytes;
 };
 
-BPF_HASH(remap_by_tid, u32, struct remap_inflight, 4096);
+BPF_TABLE("lru_hash", u32, struct remap_inflight, remap_by_tid, 4096);
 BPF_HASH(remap_hist, struct remap_key, struct remap_val, 256);
 BPF_HASH(remap_errors, struct remap_key, u64, 64);
 
 int on_remap_pfn_range(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
-    struct remap_inflight r = {};
-    r.ts = bpf_ktime_get_ns();
-    r.size = PT_REGS_PARM4(ctx);
-    r.context = bar_fault_by_tid.lookup(&tid) ? CONTEXT_VFIO_FAULT : CONTEXT_OTHER;
-    if (remap_by_tid.update(&tid, &r) != 0)
+    struct bar_fault_thread *t = bar_fault_by_tid.lookup(&tid);
+    struct remap_inflight fresh = {.ts = bpf_ktime_get_ns(), .size = PT_REGS_PARM4(ctx), .active = 1,
+                                   .context = t && t->depth ? CONTEXT_VFIO_FAULT : CONTEXT_OTHER};
+    struct remap_inflight *r = remap_by_tid.lookup(&tid);
+    if (r)
+        *r = fresh;
+    else if (remap_by_tid.update(&tid, &fresh) != 0)
         count_lost();
     return 0;
 }
@@ -265,8 +294,9 @@ int on_remap_pfn_range_return(struct pt_regs *ctx)
     u64 zero = 0;
     u32 tid = current_tid();
     struct remap_inflight *r = remap_by_tid.lookup(&tid);
-    if (!r)
+    if (!r || !r->active)
         return 0;
+    r->active = 0;
     u64 delta = bpf_ktime_get_ns() - r->ts;
     int ret = (int)PT_REGS_RC(ctx);
     struct remap_key key = {};
@@ -287,7 +317,6 @@ int on_remap_pfn_range_return(struct pt_regs *ctx)
     } else {
         count_lost();
     }
-    remap_by_tid.delete(&tid);
     return 0;
 }
 
