@@ -11,6 +11,13 @@
 /* Entries older than this are left over from a missed kretprobe. */
 #define STALE_NS (10ULL * 1000 * 1000 * 1000)
 
+/* THREAD_STATE: what a hot kprobe hands its kretprobe lives in an LRU hash
+ * keyed by thread id whose entry stays between calls and is rewritten in place
+ * behind an "in flight" field.  A hash insert and delete per call cost more
+ * than all the rest of a fault's programs (benchmarks/RESULTS.md, 2026-11-24);
+ * the LRU bounds the map and drops the entries of threads that are gone. */
+#define THREAD_STATE_ENTRIES 4096
+
 BPF_ARRAY(lost_events, u64, 1);
 
 /* Kernel facts that change when the vfio modules load or unload, written by

@@ -51,8 +51,7 @@ struct bar_vma {
     u8 region;
 };
 
-/* Per thread, kept between faults (an LRU entry is reused in place: no
- * insert and delete per fault, the costliest map operations). */
+/* Per thread, kept between faults (THREAD_STATE in common.h). */
 struct bar_fault_thread {
     u64 ts;
     u64 vma;    /* its device and region are in bar_faults_by_vma */
@@ -62,7 +61,7 @@ struct bar_fault_thread {
 
 BPF_HASH(bar_fault_hist, struct bar_fault_key, struct bar_fault_val, 8192);
 BPF_HASH(bar_faults_concurrent, struct device_key, u64, 256);
-BPF_TABLE("lru_hash", u32, struct bar_fault_thread, bar_fault_by_tid, 4096);
+BPF_TABLE("lru_hash", u32, struct bar_fault_thread, bar_fault_by_tid, THREAD_STATE_ENTRIES);
 BPF_TABLE("lru_hash", u64, struct bar_vma, bar_faults_by_vma, 4096);
 /* Faults that entered a hooked handler from inside another: vfio_pci_mmap_page_fault
  * calling vfio_pci_mmap_huge_fault (6.12+).  Once seen, the daemon detaches the
@@ -252,7 +251,7 @@ int on_bar_fault_return(struct pt_regs *ctx)
 struct remap_inflight {
     u64 ts;
     u64 size;
-    u8 active;   /* a call in flight (the LRU entry is reused, as bar_fault_by_tid's) */
+    u8 active;   /* a call in flight (THREAD_STATE in common.h) */
     u8 context;
 };
 
@@ -271,7 +270,7 @@ struct remap_val {
     u64 bytes;
 };
 
-BPF_TABLE("lru_hash", u32, struct remap_inflight, remap_by_tid, 4096);
+BPF_TABLE("lru_hash", u32, struct remap_inflight, remap_by_tid, THREAD_STATE_ENTRIES);
 BPF_HASH(remap_hist, struct remap_key, struct remap_val, 256);
 BPF_HASH(remap_errors, struct remap_key, u64, 64);
 

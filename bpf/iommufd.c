@@ -228,9 +228,10 @@ struct iommufd_acct_inflight {
     long user_locked;
     u64 mm_locked;
     u8 inc;
+    u8 active; /* a call in flight (the entry is reused: THREAD_STATE in common.h) */
 };
 
-BPF_HASH(iommufd_acct_by_tid, u32, struct iommufd_acct_inflight, 4096);
+BPF_TABLE("lru_hash", u32, struct iommufd_acct_inflight, iommufd_acct_by_tid, THREAD_STATE_ENTRIES);
 
 static __always_inline void iommufd_locked_vm(long *user_locked, u64 *mm_locked)
 {
@@ -251,9 +252,12 @@ static __always_inline void iommufd_locked_vm(long *user_locked, u64 *mm_locked)
 int on_iommufd_update_pinned(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
-    struct iommufd_acct_inflight a = {.npages = PT_REGS_PARM2(ctx), .inc = (u8)PT_REGS_PARM3(ctx)};
-    iommufd_locked_vm(&a.user_locked, &a.mm_locked);
-    if (iommufd_acct_by_tid.update(&tid, &a) != 0)
+    struct iommufd_acct_inflight fresh = {.npages = PT_REGS_PARM2(ctx), .inc = (u8)PT_REGS_PARM3(ctx), .active = 1};
+    iommufd_locked_vm(&fresh.user_locked, &fresh.mm_locked);
+    struct iommufd_acct_inflight *a = iommufd_acct_by_tid.lookup(&tid);
+    if (a)
+        *a = fresh;
+    else if (iommufd_acct_by_tid.update(&tid, &fresh) != 0)
         count_lost();
     return 0;
 }
@@ -262,8 +266,9 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct iommufd_acct_inflight *a = iommufd_acct_by_tid.lookup(&tid);
-    if (!a)
+    if (!a || !a->active)
         return 0;
+    a->active = 0;
     int ret = (int)PT_REGS_RC(ctx);
     struct iommufd_proc *p = iommufd_proc_entry();
     if (ret != 0) {
@@ -272,7 +277,6 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
             if (p)
                 __sync_fetch_and_add(&p->charge_failures, 1);
         }
-        iommufd_acct_by_tid.delete(&tid);
         return 0;
     }
     long user_locked = a->user_locked;
@@ -293,6 +297,5 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
             __sync_fetch_and_add(&p->charged_pages, n);
         p->account = mode + 1;
     }
-    iommufd_acct_by_tid.delete(&tid);
     return 0;
 }

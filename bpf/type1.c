@@ -217,15 +217,19 @@ int on_type1_ioctl(struct pt_regs *ctx)
 struct pin_inflight {
     u64 vaddr;
     u64 pfn_base;  /* unsigned long * (kernel) */
+    u8 active;     /* a call in flight (the entry is reused: THREAD_STATE in common.h) */
 };
 
-BPF_HASH(pin_by_tid, u32, struct pin_inflight, 4096);
+BPF_TABLE("lru_hash", u32, struct pin_inflight, pin_by_tid, THREAD_STATE_ENTRIES);
 
 int on_pin_pages(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
-    struct pin_inflight p = {.vaddr = PT_REGS_PARM2(ctx), .pfn_base = PT_REGS_PARM4(ctx)};
-    if (pin_by_tid.update(&tid, &p) != 0)
+    struct pin_inflight fresh = {.vaddr = PT_REGS_PARM2(ctx), .pfn_base = PT_REGS_PARM4(ctx), .active = 1};
+    struct pin_inflight *p = pin_by_tid.lookup(&tid);
+    if (p)
+        *p = fresh;
+    else if (pin_by_tid.update(&tid, &fresh) != 0)
         count_lost();
     return 0;
 }
@@ -234,8 +238,9 @@ int on_pin_pages_return(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct pin_inflight *p = pin_by_tid.lookup(&tid);
-    if (!p)
+    if (!p || !p->active)
         return 0;
+    p->active = 0;
     long pinned = (long)PT_REGS_RC(ctx);
     struct dma_inflight *d = dma_by_tid.lookup(&tid);
     if (pinned <= 0) {
@@ -243,7 +248,6 @@ int on_pin_pages_return(struct pt_regs *ctx)
          * "RLIMIT_MEMLOCK ... exceeded" in the kernel log): -ENOMEM. */
         if (pinned == -ENOMEM)
             memlock_refused(d ? d->size : 0, (int)pinned);
-        pin_by_tid.delete(&tid);
         return 0;
     }
     type1_add(TYPE1_PINNED_PAGES, pinned);
@@ -264,7 +268,6 @@ int on_pin_pages_return(struct pt_regs *ctx)
             emit(&ev);
         }
     }
-    pin_by_tid.delete(&tid);
     return 0;
 }
 
@@ -286,19 +289,21 @@ int on_unpin_pages(struct pt_regs *ctx)
  * vfiomond/probes.py) is a type1 charge. */
 struct acct_inflight {
     u64 pages;
-    u8 in_lock_acct;
+    u8 in_lock_acct; /* inside the marker (the entry is reused: THREAD_STATE in common.h) */
     u8 inc;
     u8 armed; /* __account_locked_vm entered inside the marker */
 };
 
-BPF_HASH(acct_by_tid, u32, struct acct_inflight, 4096);
+BPF_TABLE("lru_hash", u32, struct acct_inflight, acct_by_tid, THREAD_STATE_ENTRIES);
 
 int on_lock_acct(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
-    struct acct_inflight a = {};
-    a.in_lock_acct = 1;
-    if (acct_by_tid.update(&tid, &a) != 0)
+    struct acct_inflight fresh = {.in_lock_acct = 1};
+    struct acct_inflight *a = acct_by_tid.lookup(&tid);
+    if (a)
+        *a = fresh;
+    else if (acct_by_tid.update(&tid, &fresh) != 0)
         count_lost();
     return 0;
 }
@@ -306,7 +311,9 @@ int on_lock_acct(struct pt_regs *ctx)
 int on_lock_acct_return(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
-    acct_by_tid.delete(&tid);
+    struct acct_inflight *a = acct_by_tid.lookup(&tid);
+    if (a)
+        a->in_lock_acct = a->armed = 0;
     return 0;
 }
 
@@ -314,7 +321,7 @@ int on_account_locked_vm(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct acct_inflight *a = acct_by_tid.lookup(&tid);
-    if (!a)
+    if (!a || !a->in_lock_acct)
         return 0;
     a->pages = PT_REGS_PARM2(ctx);
     a->inc = (u8)PT_REGS_PARM3(ctx);

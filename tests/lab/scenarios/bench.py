@@ -262,6 +262,17 @@ def hooked_symbols():
     return symbols, sorted({s for syms in symbols.values() for s in syms})
 
 
+def traced_fault_function(symbols, programs):
+    """The BAR fault handler that saw vfiomond's fault passes, for funclatency:
+    huge_fault where its program ran (6.12+), else the page fault handler (a
+    build that inlines huge_fault into vfio_pci_mmap_page_fault still exports
+    it, reached only for PMD and PUD faults).  programs: per_program's rows."""
+    huge = [s for s in symbols if s.endswith("_huge_fault")]
+    if huge and any(name.startswith("on_bar_huge_fau") for name, _, _ in programs):
+        return huge[0]
+    return ([s for s in symbols if s not in huge] or symbols)[0]
+
+
 def main():
     summary = {"scenario": "bench", "kernel": os.uname().release, "phases": {}}
     daemon = int(os.environ["VFIOMOND_PID"])
@@ -269,8 +280,7 @@ def main():
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write("1")
         probes, symbols = hooked_symbols()
-        fault_fn, map_fn = probes["bar_fault"][0], probes["dma_map"][0]
-        summary["functions"] = {"fault": fault_fn, "map": map_fn, "vfiomond_symbols": symbols}
+        map_fn = probes["dma_map"][0]
         rig = Rig()
         summary["region_size"] = rig.bar.size
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
@@ -286,6 +296,8 @@ def main():
                               "steady": measured(daemon, lambda: rig.steady(STEADY_SECONDS)),
                               "rss_kib": rss_kib(daemon)}
         summary["scale"] = scale(rig, daemon)
+        fault_fn = traced_fault_function(probes["bar_fault"], phases["vfiomond"]["faults"]["bpf_programs"])
+        summary["functions"] = {"fault": fault_fn, "map": map_fn, "vfiomond_symbols": symbols}
         stop(daemon)
 
         log("phase none")
