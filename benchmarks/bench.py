@@ -27,6 +27,21 @@ def ratio(a, b):
     return "%.2f" % (a / b) if b else "-"
 
 
+def pin_call_cost(s):
+    """[(tracer, BPF ns per call, calls)] on the pin function: vfiomond's programs
+    named on_pin_pages* in its DMA phase, funclatency's in its own run on it."""
+    rows = []
+    progs = [r for r in s["phases"]["vfiomond"]["dma"].get("bpf_programs", []) if r[0].startswith("on_pin_pages")]
+    entry = [n for name, n, _ in progs if name == "on_pin_pages"]
+    if entry:
+        rows.append(("vfiomond", sum(ns for _, _, ns in progs) / entry[0], entry[0]))
+    run = s["phases"]["funclatency"].get("pin")
+    if run and run.get("bpf_programs"):
+        calls = min(n for _, n, _ in run["bpf_programs"])
+        rows.append(("funclatency", run["bpf_run_time_ns"] / calls, calls))
+    return rows
+
+
 def report(s):
     ph = s["phases"]
     none = ph["none"]
@@ -49,21 +64,26 @@ def report(s):
             d["unmap_ms"], ratio(d["unmap_ms"], none["dma"]["unmap_ms"]),
             "%.0f" % (f["bpf_run_time_ns"] / faults) if "bpf_run_time_ns" in f else "-",
             "%.0f" % (d["bpf_run_time_ns"] / (2 * d["repeat"])) if "bpf_run_time_ns" in d else "-"))
-    lines += ["", "%-12s %20s %16s %16s %14s %14s" % ("tracer", "steady faults/s", "tracer CPU %",
-                                                      "RSS after start", "RSS steady", "start-up s")]
+    lines += ["", "%-12s %16s %13s %16s %14s %14s %14s %11s" % (
+        "tracer", "steady faults/s", "tracer CPU %", "RSS after start", "anon", "RSS steady", "anon", "start-up s")]
     for name in TRACERS:
         p = ph[name]
         st = p.get("steady")
         start = p.get("start_seconds", p.get("faults_start_seconds"))
-        lines.append("%-12s %20s %16s %12s KiB %10s KiB %14.1f" % (
+        lines.append("%-12s %16s %13s %12s KiB %10s KiB %10s KiB %10s KiB %11.1f" % (
             name, "%.0f" % st["faults_per_second"] if st else "-",
             "%.2f" % (100 * st["tracer_cpu_seconds"] / st["seconds"]) if st else "-",
-            p.get("rss_kib_after_start", "-"), p["rss_kib"], start))
+            p.get("rss_kib_after_start", "-"), p.get("anon_kib_after_start", "-"), p["rss_kib"], p.get("anon_kib", "-"),
+            start))
     for phase, what in (("faults", "the fault passes"), ("dma", "the MAP_DMA/UNMAP_DMA runs")):
         lines += ["", "BPF programs during %s (calls x ns per call), costliest first:" % what]
         for name in TRACERS:
             progs = ph[name][phase].get("bpf_programs", [])
             lines.append("%-12s %s" % (name, "; ".join("%s %d x %.0f" % (prog, n, ns / n) for prog, n, ns in progs[:6])))
+    pin = pin_call_cost(s)
+    if pin:
+        lines += ["", "BPF ns per call of %s (once per physically contiguous run of a MAP_DMA): %s" % (
+            s["functions"].get("pin", "the pin function"), "; ".join("%s %.0f (%d calls)" % row for row in pin))]
     lines += ["", "vfiomond's work per MAP_DMA by size (type1, touched anonymous memory):",
               "%10s %12s %14s %16s %18s" % ("MiB", "BPF calls", "BPF us", "pages pinned", "pin samples held")]
     for row in s["scale"]:

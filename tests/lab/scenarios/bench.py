@@ -121,6 +121,12 @@ def rss_kib(pid):
     return v.proc_status_kib("VmRSS", str(pid))
 
 
+def anon_kib(pid):
+    """The process's own resident memory: VmRSS less the file pages it maps
+    (libbcc's LLVM and clang, Python's modules), which are shared page cache."""
+    return v.proc_status_kib("RssAnon", str(pid))
+
+
 def start_and_wait(cmd, ready, log_path, timeout=600):
     """Start ``cmd`` (output to log_path) and wait until a line matches ``ready``;
     returns (process, seconds to ready)."""
@@ -229,6 +235,7 @@ def measured(pid, fn):
     result["bpf_run_time_ns"] = after["run_time_ns"] - stats["run_time_ns"]
     result["bpf_programs"] = per_program(stats, after)
     result["tracer_rss_kib"] = rss_kib(pid)
+    result["tracer_anon_kib"] = anon_kib(pid)
     return result
 
 
@@ -280,7 +287,7 @@ def main():
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write("1")
         probes, symbols = hooked_symbols()
-        map_fn = probes["dma_map"][0]
+        map_fn, pin_fn = probes["dma_map"][0], probes["pin_pages"][0]
         rig = Rig()
         summary["region_size"] = rig.bar.size
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
@@ -294,10 +301,10 @@ def main():
         time.sleep(WARM_UP_SECONDS)
         phases["vfiomond"] = {"faults": measured(daemon, rig.faults), "dma": measured(daemon, rig.dma),
                               "steady": measured(daemon, lambda: rig.steady(STEADY_SECONDS)),
-                              "rss_kib": rss_kib(daemon)}
+                              "rss_kib": rss_kib(daemon), "anon_kib": anon_kib(daemon)}
         summary["scale"] = scale(rig, daemon)
         fault_fn = traced_fault_function(probes["bar_fault"], phases["vfiomond"]["faults"]["bpf_programs"])
-        summary["functions"] = {"fault": fault_fn, "map": map_fn, "vfiomond_symbols": symbols}
+        summary["functions"] = {"fault": fault_fn, "map": map_fn, "pin": pin_fn, "vfiomond_symbols": symbols}
         stop(daemon)
 
         log("phase none")
@@ -305,20 +312,21 @@ def main():
 
         log("phase funclatency")
         phases["funclatency"] = {}
-        for what, fn, workload in (("faults", fault_fn, rig.faults), ("dma", map_fn, rig.dma)):
+        for what, fn, workload in (("faults", fault_fn, rig.faults), ("dma", map_fn, rig.dma), ("pin", pin_fn, rig.dma)):
             proc, ready = start_and_wait(["funclatency-bpfcc", fn], r"^Tracing", "%s/funclatency-%s.log" % (OUT, what))
             phases["funclatency"][what] = measured(proc.pid, workload)
             phases["funclatency"][what + "_start_seconds"] = ready
-            phases["funclatency"]["rss_kib"] = rss_kib(proc.pid)
+            phases["funclatency"]["rss_kib"], phases["funclatency"]["anon_kib"] = rss_kib(proc.pid), anon_kib(proc.pid)
             stop(proc)
 
         log("phase minimal_bcc")
         proc, ready = start_and_wait([sys.executable, SRC + "/benchmarks/minimal_bcc.py"] + symbols, r"^attached",
                                      OUT + "/minimal_bcc.log")
         phases["minimal_bcc"] = {"start_seconds": ready, "rss_kib_after_start": rss_kib(proc.pid),
+                                 "anon_kib_after_start": anon_kib(proc.pid),
                                  "faults": measured(proc.pid, rig.faults), "dma": measured(proc.pid, rig.dma),
                                  "steady": measured(proc.pid, lambda: rig.steady(STEADY_SECONDS))}
-        phases["minimal_bcc"]["rss_kib"] = rss_kib(proc.pid)
+        phases["minimal_bcc"]["rss_kib"], phases["minimal_bcc"]["anon_kib"] = rss_kib(proc.pid), anon_kib(proc.pid)
         stop(proc)
 
         log("vfiomond again")
@@ -327,6 +335,7 @@ def main():
              "--listen", ":" + PORT], r"serving /metrics", OUT + "/vfiomond-bench.log")
         phases["vfiomond"]["start_seconds"] = ready
         phases["vfiomond"]["rss_kib_after_start"] = rss_kib(proc.pid)
+        phases["vfiomond"]["anon_kib_after_start"] = anon_kib(proc.pid)
         summary["vfiomond_again_pid"] = proc.pid
         summary["ok"] = True
     except Exception as e:
