@@ -9,7 +9,7 @@ import logging
 import os
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from vfiomond import faults, iommufd, type1
+from vfiomond import faults, footprint, iommufd, type1
 from vfiomond.errors import VfiomondError
 from vfiomond.probes import FEATURES, PROBES, Selected
 
@@ -260,17 +260,6 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _release_free_heap() -> None:
-    """Give the heap clang/LLVM used while compiling back to the kernel: glibc keeps
-    freed memory mapped, and a long-running daemon compiles once (benchmarks/RESULTS.md)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # a libc without malloc_trim
-        pass
-
-
 def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str]) -> Program:
     """Compile every area that has a probe not disabled, whatever this kernel
     offers now (modules may load later), and attach the selected probes.
@@ -282,6 +271,6 @@ def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequen
     areas = list(dict.fromkeys(p.area for p in PROBES if p.name not in disabled))
     compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS and k not in _FEATURE_FACTS}
     program = Program(_compile(BPF, areas, _cflags(compiled)) if areas else {})
-    _release_free_heap()
+    footprint.release_free_heap()
     program.apply(selections, facts, disabled)
     return program

@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from vfiomond import __version__, advisories, bpfload, devices, kernel, pagemap, privileges
+from vfiomond import __version__, advisories, bpfload, devices, footprint, kernel, pagemap, privileges
 from vfiomond.alerts import PROBE_LOST, AlertSink
 from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
@@ -239,6 +239,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     notifier = notifier or Notifier()
     host, port = parse_listen(config.listen)
     privileges.require_bpf()
+    footprint.disable_transparent_hugepages()  # before the compile touches the heap
     release = kernel.release()
     log.info("vfiomond %s on kernel %s", __version__, release)
 
