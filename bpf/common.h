@@ -15,7 +15,8 @@
  * keyed by thread id whose entry stays between calls and is rewritten in place
  * behind an "in flight" field.  A hash insert and delete per call cost more
  * than all the rest of a fault's programs (benchmarks/RESULTS.md, 2026-11-24);
- * the LRU bounds the map and drops the entries of threads that are gone. */
+ * the LRU bounds the map and drops the entries of threads that are gone (an
+ * entry in flight was used at its entry probe, so idle threads' go first). */
 #define THREAD_STATE_ENTRIES 4096
 
 BPF_ARRAY(lost_events, u64, 1);
