@@ -23,12 +23,17 @@ lab: deps
 	$(LAB) --metrics-out $(METRICS_OUT)
 
 # Unit tests, then the lab tests on Debian 12 (6.1), Debian 13 (6.12) and the iommufd build.
-test: deps
-	$(PYTHON) -m pytest -v tests/unit tests/lab
+# Guest images are built in the background from the first test on (tests/lab/images.sh);
+# the run ends with where its time went (tests/lab/timings.py), kept in $(TIMINGS).
+TIMINGS = $(CURDIR)/build/test-timings.tsv
+test:
+	@mkdir -p build && : >$(TIMINGS)
+	@start=$$(date +%s); scripts/install-deps.sh && printf 'deps\tinstall-deps.sh\t%s\n' $$(( $$(date +%s) - start )) >>$(TIMINGS)
+	VFIOMOND_LAB_TIMINGS=$(TIMINGS) $(PYTHON) -m pytest -v tests/unit tests/lab
 
 # Also Debian 11 (5.10), sid (the newest kernel the archive has; it moves daily)
 # and iommufd (trixie with a 6.12 built with CONFIG_IOMMUFD: the first run builds
-# that kernel, about 20 minutes on 2 cores, then it is cached).
+# that kernel while the other suites boot, then it is cached).
 test-all: deps
 	VFIOMOND_LAB_SUITES="bookworm trixie bullseye sid iommufd" $(PYTHON) -m pytest -v tests/unit tests/lab
 
@@ -36,7 +41,7 @@ unit: deps
 	$(PYTHON) -m pytest -q tests/unit
 
 lab-images: deps
-	for suite in bookworm trixie bullseye sid iommufd; do tests/lab/image.sh $$suite || exit 1; done
+	tests/lab/images.sh bookworm trixie bullseye sid iommufd
 
 # Overhead and footprint next to funclatency and a minimal BCC program (benchmarks/RESULTS.md);
 # on trixie unless SUITE is given.

@@ -48,7 +48,7 @@ def main():
     samples = tracker.samples_tracked()
     start = time.perf_counter()
     for _ in range(args.passes):
-        found = tracker.verify(tracker.mappings.values(), read_pfns)
+        found = tracker.verify(tracker.mappings(), read_pfns)
     elapsed = (time.perf_counter() - start) / args.passes
     print("mappings=%d size=%dMiB samples/mapping=%d tracked=%d mismatches=%d"
           % (args.mappings, args.size_mib, args.samples, samples, len(found)))

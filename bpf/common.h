@@ -65,12 +65,12 @@ static __always_inline u32 current_tid(void)
 
 /* Events for pin verification (vfiomond/pins.py), one ring buffer per DMA
  * backend, in order: MAP_BEGIN, the sampled PIN runs of that map, MAP_END;
- * UNMAP.  `space` names the IOVA space: the type1 container (struct
+ * UNMAP (IOVA 0 and size 2^64 - 1: the whole space).  `space` names the IOVA space: the type1 container (struct
  * vfio_iommu *) or the iommufd IOAS (struct io_pagetable *). */
 #define EV_MAP_BEGIN 1
 #define EV_MAP_END 2
 #define EV_PIN 3
-#define EV_UNMAP 4
+#define EV_UNMAP 4     /* sent once per unmap begun (unmap_begun), ret < 0 when it failed */
 #define EV_MEMLOCK 5  /* pinning refused: RLIMIT_MEMLOCK (or an -ENOMEM charge) */
 
 struct pin_event {
@@ -87,6 +87,36 @@ struct pin_event {
     u64 limit;  /* memlock: RLIMIT_MEMLOCK soft limit, bytes */
     u64 space;
 };
+
+/* Unmaps begun, per IOVA space: bumped at the entry of every unmap (UNMAP_DMA,
+ * a type1 container's release, IOMMU_IOAS_UNMAP, an IOAS's iopt_unmap_all),
+ * before the kernel unpins anything; each such unmap sends exactly one EV_UNMAP
+ * when it returns (whatever its result).  A pin verification read from
+ * /proc/PID/pagemap is about live mappings only if every unmap of the space that
+ * began before the read ended had been applied (vfiomond/pins.py: the daemon
+ * compares this count with the EV_UNMAP records it handled).  Entries stay for
+ * the life of the program: the count of a space only grows.  A space that finds
+ * the table full is counted in unmap_spaces_untracked (and lost_events); the
+ * daemon then trusts no verification of a space it cannot find here. */
+#define UNMAP_SPACES 16384
+
+BPF_HASH(unmaps_begun, u64, u64, UNMAP_SPACES);
+BPF_ARRAY(unmap_spaces_untracked, u64, 1);
+
+static __always_inline void unmap_begun(u64 space)
+{
+    u64 zero = 0;
+    u64 *n = unmaps_begun.lookup_or_try_init(&space, &zero);
+    if (n) {
+        __sync_fetch_and_add(n, 1);
+        return;
+    }
+    int first = 0;
+    u64 *untracked = unmap_spaces_untracked.lookup(&first);
+    if (untracked)
+        __sync_fetch_and_add(untracked, 1);
+    count_lost();
+}
 
 /* Sample points of a mapping of `size` bytes (PIN_SAMPLES of them: first
  * page, last page, an even stride): a pin run is reported only if it holds

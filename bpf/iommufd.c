@@ -52,7 +52,7 @@ struct iommufd_inflight {
     u8 all;        /* unmap: iopt_unmap_all */
 };
 
-BPF_RINGBUF_OUTPUT(iommufd_pin_events, 64);
+BPF_RINGBUF_OUTPUT(iommufd_pin_events, 256);  /* 1 MiB, as type1's pin_events */
 
 static __always_inline void iommufd_emit(struct pin_event *ev)
 {
@@ -98,6 +98,8 @@ static __always_inline struct iommufd_proc *iommufd_proc_entry(void)
 static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
 {
     u32 tid = current_tid();
+    if (d->op == IOMMUFD_OP_UNMAP)
+        unmap_begun(d->iopt);
     d->ts = bpf_ktime_get_ns();
     if (iommufd_dma_by_tid.update(&tid, d) != 0)
         count_lost();
@@ -165,7 +167,7 @@ int on_iommufd_iommu_map(struct pt_regs *ctx)
 }
 
 /* The pin events' end of a map (MAP_END, once MAP_BEGIN went out) or an unmap
- * (UNMAP; iopt_unmap_all: the whole IOVA space). */
+ * (UNMAP, also when it failed; iopt_unmap_all: the whole IOVA space). */
 static __always_inline void iommufd_dma_event(struct iommufd_inflight *d, int ret, u64 bytes)
 {
     struct pin_event ev = {.ret = ret, .vaddr = d->uptr, .iova = d->iova, .size = d->length, .space = d->iopt};
@@ -174,8 +176,7 @@ static __always_inline void iommufd_dma_event(struct iommufd_inflight *d, int re
             return;
         ev.type = EV_MAP_END;
     } else {
-        if (ret != 0)
-            return;
+        /* Sent whatever the result: one per unmap_begun (a failed one removes nothing). */
         ev.type = EV_UNMAP;
         ev.size = d->all ? ~0ULL : bytes;
     }

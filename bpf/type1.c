@@ -42,7 +42,8 @@ struct dma_inflight {
     u8 user;    /* unmap points to user memory (ioctl fallback) */
 };
 
-BPF_RINGBUF_OUTPUT(pin_events, 64);
+/* 1 MiB: about 12,000 events (a 4 KiB MAP_DMA and its UNMAP_DMA send four). */
+BPF_RINGBUF_OUTPUT(pin_events, 256);
 
 static __always_inline void emit(struct pin_event *ev)
 {
@@ -117,6 +118,8 @@ static __always_inline int dma_enter(u64 space, u8 op, struct vfio_iommu_type1_d
     d.space = space;
     d.op = op;
     d.user = user;
+    if (op == OP_UNMAP)
+        unmap_begun(space);
     if (map) {
         d.vaddr = map->vaddr;
         d.iova = map->iova;
@@ -151,9 +154,12 @@ static __always_inline int dma_return(struct pt_regs *ctx)
         ev.type = EV_UNMAP;
         ev.iova = u.iova;
         ev.size = u.size; /* on success: the size the kernel unmapped */
+#ifdef VFIO_DMA_UNMAP_FLAG_ALL
+        if (u.flags & VFIO_DMA_UNMAP_FLAG_ALL) /* 5.12+: every mapping of the container */
+            ev.size = ~0ULL;
+#endif
     }
-    if (ev.type == EV_MAP_END || ret == 0)
-        emit(&ev);
+    emit(&ev);
     if (ret == 0) {
         type1_add(d->op == OP_MAP ? TYPE1_MAP_BYTES : TYPE1_UNMAP_BYTES, ev.size);
         struct proc_acct *a = proc_entry();
@@ -208,6 +214,32 @@ int on_type1_ioctl(struct pt_regs *ctx)
     if (cmd == VFIO_IOMMU_UNMAP_DMA && kernel_fact(FACT_TYPE1_IOCTL_UNMAP))
         return dma_enter(PT_REGS_PARM1(ctx), OP_UNMAP, NULL, arg, 1);
     return 0;
+}
+
+/* Every mapping of a container may be unpinned without UNMAP_DMA:
+ * vfio_iommu_type1_release(void *iommu_data) when the container's last file
+ * reference is gone (close or exit), and vfio_iommu_type1_detach_group(
+ * iommu_data, group) when the last group leaves it (vfio_iommu_unmap_unpin_all).
+ * Both are in the driver ops table.  A detach that leaves groups behind unpins
+ * nothing, but is taken as an unmap of the whole space all the same: the
+ * daemon then stops verifying those mappings (never a false alert).  One
+ * whole-space EV_UNMAP each, sent at the entry. */
+static __always_inline int type1_space_unpinned(u64 space)
+{
+    unmap_begun(space);
+    struct pin_event ev = {.type = EV_UNMAP, .iova = 0, .size = ~0ULL, .space = space};
+    emit(&ev);
+    return 0;
+}
+
+int on_type1_release(struct pt_regs *ctx)
+{
+    return type1_space_unpinned(PT_REGS_PARM1(ctx));
+}
+
+int on_type1_detach_group(struct pt_regs *ctx)
+{
+    return type1_space_unpinned(PT_REGS_PARM1(ctx));
 }
 
 /* vfio_pin_pages_remote(dma, vaddr, npage, unsigned long *pfn_base, limit[, batch])

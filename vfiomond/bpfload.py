@@ -195,6 +195,20 @@ class Program:
         if all(b is not bpf for b in self._polled):
             self._polled.append(bpf)  # one BCC object polls all of its ring buffers
 
+    def unmaps_begun(self, area: str, space: int) -> Tuple[Optional[int], int]:
+        """bpf/common.h's unmaps_begun of one IOVA space of a DMA backend (None: not
+        in the table), and the unmaps its table had no room for."""
+        import ctypes
+
+        if area not in self._programs:
+            return None, 0
+        bpf = self._programs[area]
+        try:
+            begun: Optional[int] = bpf.get_table("unmaps_begun")[ctypes.c_ulonglong(space)].value
+        except KeyError:
+            begun = None
+        return begun, bpf.get_table("unmap_spaces_untracked")[ctypes.c_int(0)].value
+
     def forget_exited(self, area: str, table: str) -> int:
         """Delete the entries of a pid-keyed table whose process is gone."""
         t = self._programs[area][table]
@@ -261,14 +275,15 @@ def _first_line(e: Exception) -> str:
 
 
 def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str]) -> Program:
-    """Compile every area that has a probe not disabled, whatever this kernel
-    offers now (modules may load later), and attach the selected probes.
+    """Compile every area, whatever this kernel offers now (modules may load
+    later) and whatever the configuration disables (a reload may enable it), and
+    attach the selected probes.
 
     ``facts``: RUNTIME_FACTS go to the kernel_facts map, the others (ZERO_PFN,
     PIN_SAMPLES) are compiled in as -D defines.
     """
     BPF = import_bcc()
-    areas = list(dict.fromkeys(p.area for p in PROBES if p.name not in disabled))
+    areas = list(dict.fromkeys(p.area for p in PROBES))
     compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS and k not in _FEATURE_FACTS}
     program = Program(_compile(BPF, areas, _cflags(compiled)) if areas else {})
     footprint.release_free_heap()

@@ -67,26 +67,33 @@ MODULE_QUIET = 0.5
 HOUSEKEEPING_INTERVAL = 30.0
 
 
-def _pin_watch(config: Config, facts, sink) -> Tuple[Optional[PinWatch], Set[str]]:
-    """The pin watch (None: verification off) and the backends whose mappings it verifies."""
+def verified_backends(disabled: Sequence[str]) -> Set[str]:
+    """The DMA backends whose mappings pin verification can follow: those with
+    none of the probes it needs disabled."""
+    return {backend for backend, (_, needs) in PIN_VERIFY.items() if not any(p in disabled for p in needs)}
+
+
+def _log_verified(disabled: Sequence[str]) -> None:
+    for backend, (_, needs) in PIN_VERIFY.items():
+        off = [p for p in needs if p in disabled]
+        if off:
+            log.warning("pin verification of %s mappings off: probes disabled: %s", backend, ", ".join(off))
+
+
+def _pin_watch(config: Config, facts, sink, unmaps_begun=None) -> Optional[PinWatch]:
+    """The pin watch (None: verification off).  It is made even when the disabled
+    probes leave it no backend: a reload can give it one (PinWatch.set_backends)."""
     if not config.pin_verify:
         log.info("pin verification disabled in the configuration")
-        return None, set()
+        return None
     if "ZERO_PFN" not in facts:
         log.warning("pin verification off: PFNs are hidden in pagemap (needs CAP_SYS_ADMIN)")
-        return None, set()
-    backends = set()
-    for backend, (_, needs) in PIN_VERIFY.items():
-        disabled = [p for p in needs if p in config.disable]
-        if disabled:
-            log.warning("pin verification of %s mappings off: probes disabled: %s", backend, ", ".join(disabled))
-        else:
-            backends.add(backend)
-    if not backends:
-        return None, set()
-    watch = PinWatch(PinTracker(config.pin_samples, facts["ZERO_PFN"]), sink, pagemap.read_pfns)
+        return None
+    _log_verified(config.disable)
+    watch = PinWatch(PinTracker(config.pin_samples, facts["ZERO_PFN"]), sink, pagemap.read_pfns,
+                     unmaps_begun=unmaps_begun, backends=verified_backends(config.disable))
     log.info("pin verification every %gs, %d samples per mapping", config.pin_verify_interval, config.pin_samples)
-    return watch, backends
+    return watch
 
 
 def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], sink: Optional[AlertSink] = None,
@@ -118,11 +125,11 @@ def _log_features(features: Dict[str, bool]) -> None:
             log.info("kernel without %s (not built, or its module not loaded): its probes are left out", name)
 
 
-def _dispatch(ev, watch, sink) -> None:
+def _dispatch(ev, watch, sink, backend: str) -> None:
     if ev.type == EV_MEMLOCK:
         memlock_alert(sink, ev)
     elif watch is not None:
-        watch.on_event(ev)
+        watch.on_event(ev, backend)
 
 
 class ReloadStats:
@@ -158,8 +165,9 @@ class Daemon:
     device inventory and the detectors."""
 
     def __init__(self, config: Config, program: bpfload.Program, fixed_facts: Dict[str, int],
-                 advisories_: advisories.AdvisoryWatch, sink: AlertSink):
+                 advisories_: advisories.AdvisoryWatch, sink: AlertSink, pin_watch: Optional[PinWatch] = None):
         self.config = config
+        self.pin_watch = pin_watch
         self.program = program
         self.fixed_facts = fixed_facts
         self.advisories = advisories_
@@ -207,6 +215,9 @@ class Daemon:
         if new.disable != old.disable:
             log.info("reload: disabled probes now: %s", ", ".join(new.disable) or "none")
             self.reprobe(set())
+            if self.pin_watch is not None:
+                _log_verified(new.disable)
+                self.pin_watch.set_backends(verified_backends(new.disable))
         self.reloads.record(True)
         log.info("configuration reloaded")
         return None
@@ -266,7 +277,8 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     sink = AlertSink()
     advisories_ = advisories.AdvisoryWatch(issues, sink)
     advisories_.evaluate(syms)
-    daemon = Daemon(config, program, fixed, advisories_, sink)
+    watch = _pin_watch(config, facts, sink, program.unmaps_begun)
+    daemon = Daemon(config, program, fixed, advisories_, sink, watch)
     daemon.on_udev(udev.events(), time.monotonic())
     detectors = [advisories_.report, devices.InventoryMetrics(daemon.inventory), daemon.reloads]
     watcher = None
@@ -278,15 +290,13 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
         except OSError as e:
             log.warning("kernel log not watched: %s", e)
             watcher = None
-    watch, verified = _pin_watch(config, facts, sink)
     if watch is not None:
         detectors.append(watch)
     # Opened whether or not verification is on: an unread ring buffer fills and its events count as lost.
     events = [area for area in PIN_VERIFY if area in program.areas()]
     for area in events:
-        backend_watch = watch if area in verified else None
         program.open_ring_buffer(area, PIN_VERIFY[area][0],
-                                 lambda raw, w=backend_watch: _dispatch(parse_event(raw), w, sink))
+                                 lambda raw, a=area: _dispatch(parse_event(raw), watch, sink, a))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(VfiomondCollector(program, release, detectors, sink))
     try:
@@ -328,7 +338,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
                            + _status(program, daemon))
         now = time.monotonic()
         if watch is not None and now >= next_verify:
-            program.poll(0)  # drain: an UNMAP still queued must not look like a mismatch
+            program.poll(0)  # drain first: an UNMAP still queued would defer differences (PinTracker.verify)
             watch.verify_all()
             next_verify = time.monotonic() + daemon.config.pin_verify_interval
         if now >= next_housekeeping:

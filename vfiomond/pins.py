@@ -3,14 +3,29 @@
 Per DMA mapping, the BPF programs send the physically contiguous runs that hold
 one of the mapping's sample points: bpf/type1.c the pins of a MAP_DMA
 (``vfio_pin_pages_remote``: a run from ``*pfn_base``, 5.10+), bpf/iommufd.c the
-runs an IOMMU_IOAS_MAP hands to ``iommu_map`` (6.2+).  Here each mapping keeps the pinned PFN of at most
-``samples + 1`` pages; verification compares them with /proc/PID/pagemap.  A
-present page whose PFN differs from the pinned one is a pin mismatch: the device
-DMAs to a page the process no longer sees (seeds/003, kernel-facts.md known
-issue 8).  Memory and work per mapping are bounded by the sample count, never
-by the mapping's size.
+runs an IOMMU_IOAS_MAP hands to ``iommu_map`` (6.2+).  Here each mapping keeps
+the pinned PFN of at most ``samples + 1`` pages; verification compares them with
+/proc/PID/pagemap.  A present page whose PFN differs from the pinned one is a pin
+mismatch: the device DMAs to a page the process no longer sees (seeds/003: the
+THP refcount redesign 1f25fe20a76a, v4.5, fixed by 6d0a07edd17c; later COW after
+fork, 09854ba94c6a 5.9, and read-only long-term pins of private mappings before
+6.2's "reliable R/O long-term pinning": type1 on 6.1 pins the zero page for a
+read-only MAP_DMA of untouched memory).
+
+A verification must be about a live mapping: the daemon handles a mapping's
+UNMAP after the kernel has unpinned it, and by then the process may have mapped
+other memory at the same address.  So nothing is verified at unmap time, and a
+difference found by a periodic pass counts only if every unmap of the mapping's
+IOVA space that began before the read ended had been handled (the kernel counts
+the unmaps begun: unmaps_begun in bpf/common.h).
+
+Memory and work per mapping are bounded by the sample count, never by the
+mapping's size; mappings are indexed by IOVA per process and space (an event
+costs O(log n) lookups) and capped per process, with the overflow counted.
 """
 
+import bisect
+import logging
 import os
 import struct
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
@@ -19,6 +34,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vfiomond.devices import link_name
 from vfiomond.processes import vfio_files
+
+log = logging.getLogger("vfiomond")
 
 PAGE = 4096
 
@@ -58,8 +75,12 @@ def sample_offsets(size: int, samples: int) -> List[int]:
 
 
 class Mapping:
-    def __init__(self, pid: int, vaddr: int, iova: int, size: int, samples: int):
+    __slots__ = ("pid", "backend", "space", "vaddr", "iova", "size", "offsets", "pinned", "mismatched", "complete")
+
+    def __init__(self, pid: int, vaddr: int, iova: int, size: int, samples: int, backend: str = "type1",
+                 space: int = 0):
         self.pid, self.vaddr, self.iova, self.size = pid, vaddr, iova, size
+        self.backend, self.space = backend, space
         self.offsets = sample_offsets(size, samples)
         self.pinned: Dict[int, int] = {}  # sample offset -> pinned PFN
         self.mismatched: Set[int] = set()  # sample offsets currently diverged
@@ -67,12 +88,9 @@ class Mapping:
 
     def add_run(self, vaddr: int, npage: int, pfn: int) -> None:
         start, end = vaddr - self.vaddr, vaddr - self.vaddr + npage * PAGE
-        for off in self.offsets:
-            if start <= off < end:
-                self.pinned[off] = pfn + (off - start) // PAGE
-
-    def contains(self, vaddr: int) -> bool:
-        return self.vaddr <= vaddr < self.vaddr + self.size
+        lo = bisect.bisect_left(self.offsets, start)
+        for off in self.offsets[lo:bisect.bisect_left(self.offsets, end)]:
+            self.pinned[off] = pfn + (off - start) // PAGE
 
 
 class Mismatch(NamedTuple):
@@ -84,57 +102,189 @@ class Mismatch(NamedTuple):
 
 
 PfnReader = Callable[[int, Iterable[int]], Dict[int, Optional[int]]]
+SpaceKey = Tuple[int, str, int]  # (pid, backend, IOVA space)
+# (backend, space) -> whether every unmap of it that began has been handled (see PinWatch).
+Settled = Callable[[str, int], bool]
+
+# Mappings tracked per process: a guest with a vIOMMU maps 4 KiB at a time, and each
+# tracked mapping costs a few hundred bytes; past this, maps are counted, not tracked.
+MAX_MAPPINGS_PER_PROCESS = 16384
 
 
-MappingKey = Tuple[int, int, int]  # (pid, IOVA space, IOVA)
+class SpaceMappings:
+    """The mappings of one process in one IOVA space, by start IOVA: lookups are
+    O(log n) (bisect); an insert or removal moves the list's tail (memmove)."""
+
+    def __init__(self) -> None:
+        self.starts: List[int] = []
+        self.by_start: Dict[int, Mapping] = {}
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def add(self, m: Mapping) -> Optional[Mapping]:
+        """Insert ``m``; returns the mapping it replaced at the same IOVA, if any."""
+        old = self.by_start.get(m.iova)
+        if old is None:
+            bisect.insort(self.starts, m.iova)
+        self.by_start[m.iova] = m
+        return old
+
+    def get(self, iova: int) -> Optional[Mapping]:
+        return self.by_start.get(iova)
+
+    def containing(self, iova: int) -> Optional[Mapping]:
+        i = bisect.bisect_right(self.starts, iova) - 1
+        if i < 0:
+            return None
+        m = self.by_start[self.starts[i]]
+        return m if iova < m.iova + m.size else None
+
+    def remove(self, iova: int) -> Optional[Mapping]:
+        m = self.by_start.pop(iova, None)
+        if m is not None:
+            del self.starts[bisect.bisect_left(self.starts, iova)]
+        return m
+
+    def remove_range(self, lo: int, hi: int) -> List[Mapping]:
+        """Remove the mappings that start in [lo, hi)."""
+        i, j = bisect.bisect_left(self.starts, lo), bisect.bisect_left(self.starts, hi)
+        gone = [self.by_start.pop(iova) for iova in self.starts[i:j]]
+        del self.starts[i:j]
+        return gone
+
+    def values(self) -> Iterable[Mapping]:
+        return self.by_start.values()
 
 
 class PinTracker:
-    """Mappings by (pid, IOVA space, IOVA), fed in ring-buffer order by ``on_event``
-    (each backend's ring buffer keeps its own order; their IOVA spaces differ)."""
+    """Mappings by process, backend and IOVA space, fed in ring-buffer order by
+    ``on_event`` (each backend's ring buffer keeps its own order).
 
-    def __init__(self, samples: int, zero_pfn: Optional[int] = None):
+    Also counts, per (backend, space), the EV_UNMAP records handled: bpf/common.h's
+    unmaps_begun counts the unmaps begun, and a verification is about live mappings
+    only when the two agree (PinWatch).
+    """
+
+    def __init__(self, samples: int, zero_pfn: Optional[int] = None,
+                 max_per_process: int = MAX_MAPPINGS_PER_PROCESS):
         self.samples = samples
         self.zero_pfn = zero_pfn
-        self.mappings: Dict[MappingKey, Mapping] = {}
+        self.max_per_process = max_per_process
+        self.spaces: Dict[SpaceKey, SpaceMappings] = {}
+        self.per_process: Dict[int, int] = {}  # pid -> mappings tracked
+        self.unmaps_handled: Dict[Tuple[str, int], int] = {}
         self.verifications = 0
         self.mismatches = 0
+        self.deferred = 0  # sampled pages whose comparison was not about a provably live mapping
+        self.untracked = {"process_limit": 0, "events_lost": 0, "backend_off": 0}  # mappings not (or no longer) tracked
 
-    def on_event(self, ev: PinEvent) -> List[Mapping]:
-        """Apply one event; returns the mappings an UNMAP removed (to verify one last time)."""
-        key = (ev.pid, ev.space, ev.iova)
+    # ---------------------------------------------------------------- events
+    def on_event(self, ev: PinEvent, backend: str = "type1") -> Optional[Mapping]:
+        """Apply one event; returns the mapping a successful MAP_END completed."""
+        key = (ev.pid, backend, ev.space)
+        if ev.type == EV_UNMAP:
+            self.unmaps_handled[(backend, ev.space)] = self.unmaps_handled.get((backend, ev.space), 0) + 1
+            if ev.ret == 0:
+                self._remove_range(key, ev.iova, min(ev.iova + ev.size, 1 << 64))
+            return None
         if ev.type == EV_MAP_BEGIN:
-            self.mappings[key] = Mapping(ev.pid, ev.vaddr, ev.iova, ev.size, self.samples)
-        elif ev.type == EV_PIN:
-            for (pid, space, _), m in self.mappings.items():
-                if pid == ev.pid and space == ev.space and not m.complete and m.contains(ev.vaddr):
-                    m.add_run(ev.vaddr, ev.npage, ev.pfn)
+            self._begin(key, ev)
+            return None
+        space = self.spaces.get(key)
+        if space is None:
+            return None
+        if ev.type == EV_PIN:
+            m = space.containing(ev.iova)
+            if m is not None and not m.complete:
+                m.add_run(ev.vaddr, ev.npage, ev.pfn)
         elif ev.type == EV_MAP_END:
-            m = self.mappings.get(key)
-            if m is not None:
-                if ev.ret == 0:
-                    m.complete = True
-                else:
-                    del self.mappings[key]
-        elif ev.type == EV_UNMAP:
-            end = ev.iova + ev.size
-            gone = [k for k, m in self.mappings.items() if k[:2] == key[:2] and ev.iova <= m.iova < end]
-            return [self.mappings.pop(k) for k in gone]
-        return []
+            m = space.get(ev.iova)
+            if m is None:
+                return None
+            if ev.ret == 0:
+                m.complete = True
+                return m
+            self._forget(key, space, [space.remove(ev.iova)])
+        return None
+
+    def _begin(self, key: SpaceKey, ev: PinEvent) -> None:
+        pid = ev.pid
+        space = self.spaces.get(key)
+        replacing = space is not None and space.get(ev.iova) is not None
+        if not replacing and self.per_process.get(pid, 0) >= self.max_per_process:
+            self.untracked["process_limit"] += 1
+            return
+        if space is None:
+            space = self.spaces[key] = SpaceMappings()
+        if space.add(Mapping(pid, ev.vaddr, ev.iova, ev.size, self.samples, key[1], ev.space)) is None:
+            self.per_process[pid] = self.per_process.get(pid, 0) + 1
+
+    def _remove_range(self, key: SpaceKey, lo: int, hi: int) -> None:
+        # Every process that mapped in this space: type1 containers and IOAS can be shared.
+        for k in [k for k in self._keys_of_space(key[1], key[2])]:
+            space = self.spaces[k]
+            self._forget(k, space, space.remove_range(lo, hi))
+
+    def _keys_of_space(self, backend: str, space: int) -> List[SpaceKey]:
+        return [k for k in self.spaces if k[1] == backend and k[2] == space]
+
+    def _forget(self, key: SpaceKey, space: SpaceMappings, gone: List[Optional[Mapping]]) -> None:
+        n = sum(1 for m in gone if m is not None)
+        if n:
+            left = self.per_process.get(key[0], 0) - n
+            if left > 0:
+                self.per_process[key[0]] = left
+            else:
+                self.per_process.pop(key[0], None)
+        if not len(space):
+            self.spaces.pop(key, None)
+
+    def drop_space(self, backend: str, space: int, reason: str) -> int:
+        """Stop tracking every mapping of an IOVA space (its events were lost)."""
+        n = 0
+        for k in self._keys_of_space(backend, space):
+            s = self.spaces[k]
+            gone = s.remove_range(0, 1 << 64)
+            n += len(gone)
+            self._forget(k, s, gone)
+        self.untracked[reason] += n
+        return n
+
+    def drop_backend(self, backend: str) -> int:
+        """Stop tracking every mapping of a backend (its probes were disabled)."""
+        n = 0
+        for backend_, space in {(k[1], k[2]) for k in self.spaces if k[1] == backend}:
+            n += self.drop_space(backend_, space, "backend_off")
+        return n
+
+    # --------------------------------------------------------------- queries
+    def mappings(self, pid: Optional[int] = None) -> List[Mapping]:
+        return [m for k, s in self.spaces.items() if pid is None or k[0] == pid for m in s.values()]
+
+    def get(self, pid: int, space: int, iova: int, backend: str = "type1") -> Optional[Mapping]:
+        s = self.spaces.get((pid, backend, space))
+        return s.get(iova) if s is not None else None
 
     def pids(self) -> Set[int]:
-        return {key[0] for key in self.mappings}
+        return set(self.per_process)
 
     def drop_process(self, pid: int) -> None:
-        for key in [k for k in self.mappings if k[0] == pid]:
-            del self.mappings[key]
+        for key in [k for k in self.spaces if k[0] == pid]:
+            del self.spaces[key]
+        self.per_process.pop(pid, None)
 
-    def verify(self, mappings: Iterable[Mapping], read: PfnReader) -> List[Mismatch]:
+    def verify(self, mappings: Iterable[Mapping], read: PfnReader,
+               settled: Settled = lambda backend, space: True) -> List[Mismatch]:
         """Compare pinned and current PFNs; returns the samples newly found diverged.
 
         A sample whose page is not present now (unmapped by the process) is not a
-        mismatch: there is no page to compare.  ``read`` raises OSError when the
-        process is gone.
+        mismatch: there is no page to compare.  A difference counts only if
+        ``settled(backend, space)``, asked after the read, says that no unmap of the
+        mapping's IOVA space began that this tracker has not applied: else the read
+        may be of memory the process mapped after the kernel unpinned (the mapping
+        is then gone, or it is compared again at the next pass).  ``read`` raises
+        OSError when the process is gone.
         """
         new = []
         by_pid: Dict[int, List[Mapping]] = {}
@@ -143,6 +293,7 @@ class PinTracker:
                 by_pid.setdefault(m.pid, []).append(m)
         for pid, ms in by_pid.items():
             current = read(pid, [m.vaddr + off for m in ms for off in m.pinned])
+            proven: Dict[Tuple[str, int], bool] = {}
             for m in ms:
                 for off, pinned in m.pinned.items():
                     now = current.get(m.vaddr + off)
@@ -150,10 +301,17 @@ class PinTracker:
                     if now is None or now == pinned:
                         m.mismatched.discard(off)
                         continue
-                    if off not in m.mismatched:
-                        m.mismatched.add(off)
-                        self.mismatches += 1
-                        new.append(Mismatch(pid, m.vaddr + off, m.iova + off, pinned, now))
+                    if off in m.mismatched:
+                        continue
+                    where = (m.backend, m.space)
+                    if where not in proven:
+                        proven[where] = settled(*where)
+                    if not proven[where]:
+                        self.deferred += 1
+                        continue
+                    m.mismatched.add(off)
+                    self.mismatches += 1
+                    new.append(Mismatch(pid, m.vaddr + off, m.iova + off, pinned, now))
         return new
 
     def zero_page_samples(self, m: Mapping) -> int:
@@ -163,11 +321,11 @@ class PinTracker:
         return sum(1 for pfn in m.pinned.values() if pfn == self.zero_pfn)
 
     def samples_tracked(self) -> int:
-        return sum(len(m.pinned) for m in self.mappings.values())
+        return sum(len(m.pinned) for m in self.mappings())
 
     def mismatched_pages(self) -> Dict[int, int]:
         out = {pid: 0 for pid in self.pids()}
-        for m in self.mappings.values():
+        for m in self.mappings():
             out[m.pid] += len(m.mismatched)
         return out
 
@@ -206,8 +364,27 @@ def vfio_devices(pid: int, sysfs: str = "/sys", proc: str = "/proc") -> Optional
 
 def families(tracker: PinTracker) -> Iterable:
     yield GaugeMetricFamily("vfiomond_pin_samples", "Pinned pages tracked for verification.", value=tracker.samples_tracked())
+    yield GaugeMetricFamily("vfiomond_pin_mappings", "DMA mappings tracked for pin verification.",
+                            value=sum(tracker.per_process.values()))
     c = CounterMetricFamily("vfiomond_pin_verifications_total", "Sampled pinned pages compared with the process mapping.")
     c.add_metric([], tracker.verifications)
+    yield c
+    c = CounterMetricFamily(
+        "vfiomond_pin_verifications_deferred_total",
+        "Sampled pinned pages whose difference was not counted: an unmap of their IOVA space had begun and was "
+        "not yet applied when the read ended (compared again at the next pass, if still mapped).",
+    )
+    c.add_metric([], tracker.deferred)
+    yield c
+    c = CounterMetricFamily(
+        "vfiomond_pin_mappings_untracked_total",
+        "DMA mappings left out of pin verification: over the per-process limit (process_limit), dropped after "
+        "unmap events of their IOVA space were lost (events_lost), or when a probe their backend needs was "
+        "disabled (backend_off).",
+        labels=["reason"],
+    )
+    for reason, n in sorted(tracker.untracked.items()):
+        c.add_metric([reason], n)
     yield c
     c = CounterMetricFamily(
         "vfiomond_pin_mismatches_total",
@@ -223,29 +400,62 @@ def families(tracker: PinTracker) -> Iterable:
     yield g
 
 
-class PinWatch:
-    """Feeds the tracker from the ring buffer, verifies on demand, raises alerts.
+# (count of unmaps begun in the space, or None when the space is not in the kernel's
+# table; unmaps of the backend's spaces the table had no room for).
+UnmapsBegun = Callable[[str, int], Tuple[Optional[int], int]]
 
-    The main loop calls ``on_raw_event`` (ring-buffer callback) and
-    ``verify_all``; the HTTP thread calls ``families``: one lock keeps them apart.
+# Verification passes in a row that find a space's unmaps begun unchanged and ahead
+# of those handled before its EV_UNMAP records count as lost (an unmap in flight
+# returns within one pass; a kretprobe that missed, or a full ring buffer, never does).
+LOST_AFTER_PASSES = 3
+
+
+class PinWatch:
+    """Feeds the tracker from the ring buffers, verifies on demand, raises alerts.
+
+    The main loop calls ``on_event`` (ring-buffer callbacks) and ``verify_all``;
+    the HTTP thread calls ``families``: one lock keeps them apart.
+
+    ``unmaps_begun(backend, space)`` reads bpf/common.h's unmaps_begun: a
+    difference found by a pass counts only when every unmap begun in the mapping's
+    space had been handled when the read ended (PinTracker.verify).  ``backends``:
+    the DMA backends whose events are tracked (all of PIN_BACKENDS by default).
     """
 
-    def __init__(self, tracker: PinTracker, sink, read: PfnReader, devices=vfio_devices):
+    def __init__(self, tracker: PinTracker, sink, read: PfnReader, devices=vfio_devices,
+                 unmaps_begun: Optional[UnmapsBegun] = None, backends: Iterable[str] = ("type1", "iommufd")):
         import threading
 
         self.tracker = tracker
         self.sink = sink
         self._read = read
         self._devices = devices
+        self._unmaps_begun = unmaps_begun or (lambda backend, space: (None, 0))
+        self.backends = set(backends)
         self._lock = threading.Lock()
+        self._unsettled: Dict[Tuple[str, int], int] = {}  # (backend, space) -> unmaps begun, this pass
+        self._stuck: Dict[Tuple[str, int], Tuple[int, int]] = {}  # -> (unmaps begun, passes in a row)
 
-    def on_event(self, ev: PinEvent) -> None:
+    def on_event(self, ev: PinEvent, backend: str = "type1") -> None:
         with self._lock:
-            removed = self.tracker.on_event(ev)
-            if removed:
-                self._verify(removed[0].pid, removed)
-            elif ev.type == EV_MAP_END and ev.ret == 0:
-                self._check_zero_pins(self.tracker.mappings.get((ev.pid, ev.space, ev.iova)))
+            if backend not in self.backends and ev.type != EV_UNMAP:
+                return
+            completed = self.tracker.on_event(ev, backend)
+            if completed is not None:
+                self._check_zero_pins(completed)
+
+    def set_backends(self, backends: Iterable[str]) -> None:
+        """A reload changed which backends have every probe verification needs:
+        mappings of a backend turned off are dropped (without its unmap events they
+        would look diverged once reused); one turned on starts from its next map."""
+        with self._lock:
+            new = set(backends)
+            for backend in sorted(self.backends - new):
+                n = self.tracker.drop_backend(backend)
+                log.warning("pin verification of %s mappings stopped (%d mappings dropped)", backend, n)
+            for backend in sorted(new - self.backends):
+                log.info("pin verification of %s mappings started: mappings made from now on are verified", backend)
+            self.backends = new
 
     def _check_zero_pins(self, m: Optional[Mapping]) -> None:
         """A mapping pinned (partly) at the zero page: the device reads zeros, nothing
@@ -264,18 +474,51 @@ class PinWatch:
             ZERO_SAMPLES=zero, SAMPLES=len(m.pinned), DEVICES=",".join(self._devices(m.pid) or []),
         )
 
+    def _settled(self, backend: str, space: int) -> bool:
+        begun, untracked = self._unmaps_begun(backend, space)
+        handled = self.tracker.unmaps_handled.get((backend, space), 0)
+        if begun is None:
+            if not untracked:
+                return True  # no unmap of this space ever began
+            begun = handled + 1  # the kernel's table had no room for it: unknown
+        if begun <= handled:
+            return True
+        self._unsettled[(backend, space)] = begun
+        return False
+
     def verify_all(self) -> None:
         with self._lock:
+            self._unsettled = {}
             for pid in sorted(self.tracker.pids()):
                 if not self._devices(pid):
                     # Gone, or no VFIO group open any more: its DMA mappings are gone too.
                     self.tracker.drop_process(pid)
                     continue
-                self._verify(pid, [m for m in self.tracker.mappings.values() if m.pid == pid])
+                self._verify(pid, self.tracker.mappings(pid))
+            self._settle_lost_unmaps()
+
+    def _settle_lost_unmaps(self) -> None:
+        """A space whose unmaps begun stayed ahead of those handled for
+        LOST_AFTER_PASSES passes lost EV_UNMAP records: which of its mappings are
+        gone is unknown, so none of them is verified any more (counted, logged)."""
+        stuck = {}
+        for where, begun in self._unsettled.items():
+            last, passes = self._stuck.get(where, (begun, 0))
+            passes = passes + 1 if last == begun else 1
+            if passes < LOST_AFTER_PASSES:
+                stuck[where] = (begun, passes)
+                continue
+            backend, space = where
+            handled = self.tracker.unmaps_handled.get(where, 0)
+            n = self.tracker.drop_space(backend, space, "events_lost")
+            self.tracker.unmaps_handled[where] = begun
+            log.warning("pin verification: unmap events of %s IOVA space %#x were lost (%d begun, %d handled); "
+                        "its %d tracked mappings are no longer verified", backend, space, begun, handled, n)
+        self._stuck = stuck
 
     def _verify(self, pid: int, mappings: List[Mapping]) -> None:
         try:
-            new = self.tracker.verify(mappings, self._read)
+            new = self.tracker.verify(mappings, self._read, self._settled)
         except OSError:
             self.tracker.drop_process(pid)  # exited mid-read
             return

@@ -69,6 +69,10 @@ def kernel_facts(syms: Kallsyms) -> Dict[str, int]:
 
 
 _FAULT_RET = "on_bar_fault_return"
+_TYPE1_UNPIN_ALL = (
+    Hook(("vfio_iommu_type1_release",), "on_type1_release", optional=True),
+    Hook(("vfio_iommu_type1_detach_group",), "on_type1_detach_group", optional=True),
+)
 
 PROBES: Tuple[Probe, ...] = (
     Probe("bar_fault", "faults", (
@@ -108,13 +112,16 @@ PROBES: Tuple[Probe, ...] = (
             Hook(("vfio_iommu_type1_ioctl",), "on_type1_ioctl", "on_dma_return", reads_args=True),
         ), sets_facts=("TYPE1_IOCTL_MAP",)),
     )),
+    # Mappings also go without UNMAP_DMA: vfio_iommu_type1_release (the container
+    # freed at close or exit) and vfio_iommu_type1_detach_group (the last group
+    # leaving unpins all), both in the driver ops table like the ioctl.
     Probe("dma_unmap", "type1", (
         Variant("vfio_dma_do_unmap", (
             Hook(("vfio_dma_do_unmap",), "on_dma_unmap", "on_dma_return"),
-        )),
+        ) + _TYPE1_UNPIN_ALL),
         Variant("vfio_iommu_type1_ioctl(VFIO_IOMMU_UNMAP_DMA)", (
             Hook(("vfio_iommu_type1_ioctl",), "on_type1_ioctl", "on_dma_return", reads_args=True),
-        ), sets_facts=("TYPE1_IOCTL_UNMAP",)),
+        ) + _TYPE1_UNPIN_ALL, sets_facts=("TYPE1_IOCTL_UNMAP",)),
     )),
     Probe("pin_pages", "type1", (
         Variant("vfio_pin_pages_remote return value and *pfn_base", (

@@ -7,10 +7,17 @@
 #
 # The cache lives outside the repository (VFIOMOND_LAB_CACHE, default
 # /var/cache/vfiomond-lab) and is keyed by the suite and a hash of this
-# script, so changing the package list or the bootstrap rebuilds it.
+# script, so changing the package list or the bootstrap rebuilds it.  One
+# build per suite at a time (a lock in the cache): a second caller waits for
+# the first and reuses its image (tests/lab/images.sh builds ahead of the tests).
 #
 # SUITE iommufd is trixie's user space with a kernel built by kernel.sh from
-# trixie's linux-source-6.12 (no Debian kernel enables CONFIG_IOMMUFD).
+# trixie's linux-source-6.12 (no Debian kernel enables CONFIG_IOMMUFD): it
+# shares trixie's debootstrap, whose root file system tree and source tarball
+# the trixie build keeps in its cache directory.
+#
+# With VFIOMOND_LAB_TIMINGS set, each build appends "image<TAB>SUITE<TAB>seconds"
+# (and the debootstrap's own line) to that file: the summary make test prints.
 set -euo pipefail
 
 suite=${1:?usage: image.sh SUITE}
@@ -21,10 +28,11 @@ kmod,pciutils,iproute2,udev,systemd-sysv,procps,xz-utils
 packages=linux-image-amd64,linux-headers-amd64,$common
 key_files="$0"
 case "$suite" in
-    bookworm|trixie) packages="$packages,initramfs-tools" ;;
+    bookworm) packages="$packages,initramfs-tools" ;;
+    # linux-source-6.12: the iommufd suite's kernel, kept out of trixie's image.
+    trixie) packages="$packages,initramfs-tools,linux-source-6.12" ;;
     # BCC reads this kernel's headers from the kheaders module (needs xz-utils).
-    iommufd) dist=trixie; packages="$common,linux-source-6.12"
-             key_files="$0 $here/kernel.sh $here/iommufd.config" ;;
+    iommufd) key_files="$0 $here/kernel.sh $here/iommufd.config" ;;
     # sid's kernel packages pull in dracut, which conflicts with initramfs-tools.
     sid) packages="$packages,dracut" ;;
     # Debian 11: Python 3.9 and no python3-tomli; vfiomond reads TOML with python3-toml.
@@ -41,6 +49,19 @@ if [ -f "$dir/complete" ]; then
     echo "$dir"
     exit 0
 fi
+mkdir -p "$cache_root"
+exec 9>"$cache_root/$suite.lock"
+flock 9
+if [ -f "$dir/complete" ]; then  # built by the holder of the lock meanwhile
+    echo "$dir"
+    exit 0
+fi
+
+timing() {
+    [ -n "${VFIOMOND_LAB_TIMINGS:-}" ] && printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$VFIOMOND_LAB_TIMINGS"
+    return 0
+}
+start=$(date +%s)
 
 for tool in debootstrap mkfs.ext4; do
     command -v "$tool" >/dev/null || { echo "image.sh: $tool is missing (make deps)" >&2; exit 1; }
@@ -49,18 +70,33 @@ done
 rm -rf "$dir"
 mkdir -p "$dir"
 rootfs="$dir/rootfs"
-echo "image.sh: debootstrap $dist into $rootfs (a few minutes)" >&2
-debootstrap --variant=minbase --include="$packages" "$dist" "$rootfs" >"$dir/debootstrap.log" 2>&1 || {
-    tail -20 "$dir/debootstrap.log" >&2
-    echo "image.sh: debootstrap $suite failed; full log in $dir/debootstrap.log" >&2
-    exit 1
-}
 
-# The guest's first process: mount the checkout and the output folder that the
-# host shares over virtio-9p, then become the checkout's tests/lab/guest/pid1.sh
-# (which runs the lab itself or hands PID 1 over to systemd), so that changes to
-# the lab need no image rebuild.
-cat >"$rootfs/sbin/vfiomond-lab-init" <<'INIT'
+if [ "$suite" = iommufd ]; then
+    trixie=$("$0" trixie)
+    echo "image.sh: iommufd from trixie's root file system ($trixie)" >&2
+    cp -a "$trixie/rootfs" "$rootfs"
+    # Debian's kernel, its headers and initramfs stay (unused: the guest boots
+    # the lab's kernel without an initrd, and BCC finds no headers for it).
+    kernel=$("$here/kernel.sh" "$trixie/linux-source-6.12.tar.xz" "$(cat "$trixie/linux-source.version")")
+    release=$(cat "$kernel/kernel-release")
+    mkdir -p "$rootfs/usr/lib/modules"
+    cp -a "$kernel/modules/lib/modules/$release" "$rootfs/usr/lib/modules/"
+    chroot "$rootfs" depmod -a "$release"
+    cp "$kernel/bzImage" "$dir/vmlinuz"
+else
+    echo "image.sh: debootstrap $dist into $rootfs (a few minutes)" >&2
+    debootstrap --variant=minbase --include="$packages" "$dist" "$rootfs" >"$dir/debootstrap.log" 2>&1 || {
+        tail -20 "$dir/debootstrap.log" >&2
+        echo "image.sh: debootstrap $suite failed; full log in $dir/debootstrap.log" >&2
+        exit 1
+    }
+    timing debootstrap "$suite" $(( $(date +%s) - start ))
+
+    # The guest's first process: mount the checkout and the output folder that the
+    # host shares over virtio-9p, then become the checkout's tests/lab/guest/pid1.sh
+    # (which runs the lab itself or hands PID 1 over to systemd), so that changes to
+    # the lab need no image rebuild.
+    cat >"$rootfs/sbin/vfiomond-lab-init" <<'INIT'
 #!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mountpoint -q /proc || mount -t proc proc /proc
@@ -77,19 +113,15 @@ sync
 echo o >/proc/sysrq-trigger
 sleep 60
 INIT
-chmod 755 "$rootfs/sbin/vfiomond-lab-init"
-echo vfiomond-lab >"$rootfs/etc/hostname"
+    chmod 755 "$rootfs/sbin/vfiomond-lab-init"
+    echo vfiomond-lab >"$rootfs/etc/hostname"
 
-if [ "$suite" = iommufd ]; then
-    source_version=$(dpkg-query --admindir="$rootfs/var/lib/dpkg" -W -f='${Version}' linux-source-6.12)
-    kernel=$("$here/kernel.sh" "$rootfs/usr/src/linux-source-6.12.tar.xz" "$source_version")
-    release=$(cat "$kernel/kernel-release")
-    mkdir -p "$rootfs/usr/lib/modules"
-    cp -a "$kernel/modules/lib/modules/$release" "$rootfs/usr/lib/modules/"
-    chroot "$rootfs" depmod -a "$release"
-    chroot "$rootfs" dpkg --purge linux-source-6.12 >/dev/null
-    cp "$kernel/bzImage" "$dir/vmlinuz"
-else
+    if [ "$suite" = trixie ]; then
+        # The source for the iommufd suite's kernel leaves the image but stays in the cache.
+        dpkg-query --admindir="$rootfs/var/lib/dpkg" -W -f='${Version}' linux-source-6.12 >"$dir/linux-source.version"
+        mv "$rootfs/usr/src/linux-source-6.12.tar.xz" "$dir/"
+        chroot "$rootfs" dpkg --purge linux-source-6.12 >/dev/null
+    fi
     # sid's split kernel packages keep the image in /usr/lib/modules/VERSION/vmlinuz
     # too; /boot is where Debian's postinst puts a copy.
     vmlinuz=$(ls "$rootfs"/boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)
@@ -98,15 +130,17 @@ else
     initrd=$(ls "$rootfs"/boot/initrd.img-* 2>/dev/null | sort -V | tail -1)
     [ -n "$initrd" ] || { echo "image.sh: no initrd in $rootfs/boot" >&2; exit 1; }
     cp "$initrd" "$dir/initrd.img"
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 fi
-rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
 
 truncate -s 4G "$dir/rootfs.img"
 mkfs.ext4 -q -F -d "$rootfs" "$dir/rootfs.img"
-rm -rf "$rootfs"
+# trixie's tree is where the iommufd image starts from.
+[ "$suite" = trixie ] || rm -rf "$rootfs"
 touch "$dir/complete"
 # Older builds of this suite are superseded.
 for old in "$cache_root/$suite"-*; do
     [ "$old" = "$dir" ] || rm -rf "$old"
 done
+timing image "$suite" $(( $(date +%s) - start ))
 echo "$dir"

@@ -27,13 +27,14 @@ from typing import NamedTuple, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import promserver  # noqa: E402
+import timings  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST_PORT = 10119
 SUITES = ("bookworm", "trixie", "bullseye", "sid", "iommufd")
 # The suites the lab tests boot: make test bookworm, trixie and iommufd (trixie with
-# a 6.12 kernel built with CONFIG_IOMMUFD, tests/lab/kernel.sh: about 10 more minutes
-# on a fresh 2-core machine, then cached), make test-all all five.
+# a 6.12 kernel built with CONFIG_IOMMUFD, tests/lab/kernel.sh: built once on a fresh
+# machine while the other suites boot, then cached), make test-all all five.
 TEST_SUITES = tuple(os.environ.get("VFIOMOND_LAB_SUITES", "bookworm trixie iommufd").split())
 PROMETHEUS_HOLD = 4  # seconds
 
@@ -186,6 +187,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
         _wait_for(out, "done", qemu, 120)
         qemu.wait(timeout=60)
         log("guest powered off after %.0f s" % (time.monotonic() - start))
+        record_timings(suite, scenario, out, time.monotonic() - start)
     except (LabError, OSError, subprocess.TimeoutExpired, promserver.PrometheusError) as e:
         console = _read(os.path.join(out, "console.log"))
         tail = console.splitlines()[-25:]
@@ -208,6 +210,31 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
         summary = {}
     rc = _read(os.path.join(out, "vfiomond.rc")).strip()
     return LabRun(suite, out, metrics, summary, int(rc) if rc else None, report)
+
+
+# Steps of init.sh's timeline that end a phase of a boot: (phase, the step's first words).
+TIMELINE_PHASES = (("kernel+udev", "systemd-udevd running"), ("bind+check", "vfiomond check (and doctor) done"),
+                   ("vfiomond start", "vfiomond ready"), ("scenario", "scenario "))
+
+
+def record_timings(suite: str, scenario: str, out: str, seconds: float) -> None:
+    """One boot's time, and its phases from the guest's timeline (guest uptime)."""
+    name = "%s %s" % (suite, scenario)
+    timings.record("boot", name, seconds)
+    stamps = {}
+    for line in _read(os.path.join(out, "timeline")).splitlines():
+        uptime, _, step = line.partition(" ")
+        for phase, prefix in TIMELINE_PHASES:
+            if step.startswith(prefix) and phase not in stamps:
+                try:
+                    stamps[phase] = float(uptime)
+                except ValueError:
+                    pass
+    last = 0.0
+    for phase, _ in TIMELINE_PHASES:
+        if phase in stamps:
+            timings.record("  " + phase, name, stamps[phase] - last)
+            last = stamps[phase]
 
 
 def _interrupt(signum, _frame):

@@ -13,9 +13,12 @@ MEMLOCK_REFUSED_ID = "8b0e5d4c2a1f4e3d9c7b6a5f4e3d2c1b"
 ENOMEM = 12
 
 
+LAB_BOOT = ("memlock", False)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
+
+
 @pytest.fixture(scope="module", params=SUITES)
 def memlock_run(request):
-    return boot(request.param, "memlock")
+    return boot(request.param, *LAB_BOOT)
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,12 @@ def module_probes(suite):
     return set(EXPECTED_SYMBOLS[suite]) - vmlinux_probes(suite)
 
 
+LAB_BOOT = ("hotplug", False)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
+
+
 @pytest.fixture(scope="module", params=SUITES)
 def run(request):
-    return boot(request.param, "hotplug")
+    return boot(request.param, *LAB_BOOT)
 
 
 @pytest.fixture(scope="module")

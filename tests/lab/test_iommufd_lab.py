@@ -15,9 +15,13 @@ BUFFER = 4 * MIB
 pytestmark = pytest.mark.skipif("iommufd" not in SUITES, reason="VFIOMOND_LAB_SUITES does not name iommufd")
 
 
+LAB_BOOT = ("iommufd", False)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
+LAB_SUITE = "iommufd"
+
+
 @pytest.fixture(scope="module")
 def run():
-    result = boot("iommufd", "iommufd")
+    result = boot(LAB_SUITE, *LAB_BOOT)
     assert result.scenario.get("ok") is True, result.scenario
     return result
 

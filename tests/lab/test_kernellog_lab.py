@@ -19,9 +19,12 @@ ADVISORIES = {
 }
 
 
+LAB_BOOT = ("kernel-log", False)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
+
+
 @pytest.fixture(scope="module", params=SUITES)
 def log_run(request):
-    result = boot(request.param, "kernel-log")
+    result = boot(request.param, *LAB_BOOT)
     assert result.scenario.get("ok") is True, result.scenario
     return result
 

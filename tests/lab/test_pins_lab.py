@@ -9,16 +9,17 @@ same steps stay consistent and vfiomond must stay quiet.
 
 import pytest
 
-from test_lab import DISTRO_SUITES as SUITES, ZERO_PAGE_PINS, Scrape, boot, journal_entries
-
-PIN_MISMATCH_ID = "3f1c2a9e7b5d4c0e8a6f1b2d3c4e5f60"
+from test_lab import DISTRO_SUITES as SUITES, PIN_MISMATCH_ID, ZERO_PAGE_PINS, Scrape, boot, journal_entries
 VERIFY_INTERVAL = 1.0  # tests/lab/guest/vfiomond.toml
 RO_IOVA, SIZE = 0x2000000, 2 << 20
 
 
+LAB_BOOT = ("pin-mismatch", False)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
+
+
 @pytest.fixture(scope="module", params=SUITES)
 def pin_run(request):
-    return boot(request.param, "pin-mismatch")
+    return boot(request.param, *LAB_BOOT)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def test_metrics_report_the_divergence(pin_run, scrape):
     else:
         assert mismatches == 0 and zero_pins == 0
         assert scrape.one("vfiomond_alerts_total", kind="pin_mismatch") == 0
-    assert scrape.one("vfiomond_events_lost_total") == 0
+    # Nothing lost before the churn phase (scraped by the scenario; the churn can overflow, below).
+    assert pin_run.scenario["churn"]["before"]["events_lost"] == 0
 
 
 def test_journal_entry_within_one_verification_interval(pin_run, device):
@@ -98,3 +100,28 @@ def test_zero_page_pin_is_alerted_at_map_time(pin_run, device):
     assert e["PRIORITY"] == "4"
     # Raised at MAP_DMA time (from the ring buffer), not by a verification pass at unmap.
     assert int(e["_SOURCE_REALTIME_TIMESTAMP"]) / 1e6 < device["unmap_at"]
+
+
+LIVE_IOVA, LIVE_PAGES = 0x4000000, 1024  # tests/lab/scenarios/pin-mismatch.py
+CHURN_IOVA, CHURN_PAGES = 0x8000000, 256
+
+
+def test_churn_is_counted_exactly_and_raises_no_false_alert(pin_run, scrape):
+    """4 KiB MAP_DMA / UNMAP_DMA as fast as the scenario can, next to 1024 live 4 KiB
+    mappings: every call counted (the scenario's own count), verification went on, no
+    alert for those IOVAs, pin records the daemon could not take counted as lost (never
+    silently: a tracker holding more than the live mappings has lost records counted),
+    and the container's release leaves nothing tracked.  (Seen: 2,000-3,200 pairs/s,
+    which the daemon's record handling does not keep up with under TCG.)"""
+    churn = pin_run.scenario["churn"]
+    before, after = churn["before"], churn["after"]
+    assert churn["pairs"] >= 200, churn
+    assert after["map_calls"] - before["map_calls"] == churn["pairs"]
+    assert after["unmap_calls"] - before["unmap_calls"] == churn["pairs"]
+    assert before["pin_mappings"] == LIVE_PAGES
+    assert after["pin_mappings"] == LIVE_PAGES or after["events_lost"] > 0, after
+    assert after["verifications"] > before["verifications"]
+    assert scrape.one("vfiomond_pin_mappings") == 0  # released with the container
+    churned = [e for e in journal_entries(pin_run, PIN_MISMATCH_ID)
+               if LIVE_IOVA <= int(e["IOVA"], 16) < CHURN_IOVA + CHURN_PAGES * 4096]
+    assert churned == []

@@ -14,9 +14,12 @@ UNIT_CAPS = sum(1 << c for c in (2, 19, 21, 34, 38, 39))
 PROBE_LOST = "286ab4a7fb4b451bbf7ab26f61586336"
 
 
+LAB_BOOT = ("systemd", False)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
+
+
 @pytest.fixture(scope="module", params=SUITES)
 def run(request):
-    return boot(request.param, "systemd")
+    return boot(request.param, *LAB_BOOT)
 
 
 @pytest.fixture(scope="module")

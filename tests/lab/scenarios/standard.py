@@ -7,11 +7,18 @@ read-write (touched) at IOVA 0x1000000 and 4 MiB read-only (never touched) at
 toggled between them); a forked child touches
 it; PCI_COMMAND memory decode off/on; touch again; munmap; UNMAP_DMA both;
 close.  Prints one JSON line describing what was done; exit 0 only if all ran.
+
+vfiomond's event handling is held back on purpose (SIGSTOP) from edu's UNMAP_DMA
+until ivshmem's buffers are mapped: the kernel unpins edu's buffers, the process
+munmaps them and maps new memory at the same addresses, and only then does the
+daemon see the UNMAP.  A verification of the old mappings at that point would read
+the new memory: a false pin mismatch (the lab test requires none).
 """
 
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -77,7 +84,14 @@ def toggle_memory_decode(device_fd, config):
     v.set_pci_command(device_fd, config, command | v.PCI_COMMAND_MEMORY)
 
 
-def exercise(dev):
+DAEMON = int(os.environ.get("VFIOMOND_PID") or 0)
+
+
+def nothing():
+    pass
+
+
+def exercise(dev, after_map=nothing, before_unmap=nothing):
     record = {
         "device": dev.bdf, "name": dev.name, "vendor_id": dev.vendor_id, "device_id": dev.device_id,
         "iommu_group": dev.iommu_group, "region": BAR_NAMES[dev.bar], "region_index": dev.bar,
@@ -93,8 +107,9 @@ def exercise(dev):
     ]
     for vaddr, iova, flags, touched in maps:
         container.map_dma(vaddr, iova, BUFFER, flags)
-        record["mappings"].append({"iova": iova, "size": BUFFER, "flags": flags, "touched": touched})
+        record["mappings"].append({"iova": iova, "vaddr": vaddr, "size": BUFFER, "flags": flags, "touched": touched})
     log("%s: mapped 2 x 4 MiB" % dev.bdf)
+    after_map()
     # The lab's Prometheus scrapes every second: stay mapped long enough to be seen.
     time.sleep(HOLD)
     record["held_seconds"] = HOLD
@@ -125,6 +140,7 @@ def exercise(dev):
     log("%s: touched %s (%d bytes) from %d threads, a child, and after a decode toggle"
         % (dev.bdf, record["region"], bar.size, THREADS))
 
+    before_unmap()
     for mapping in record["mappings"]:
         mapping["unmapped"] = container.unmap_dma(mapping["iova"], mapping["size"])
     v.munmap(rw, BUFFER)
@@ -145,8 +161,31 @@ def main():
         devices = [d for d in v.find_devices(args.sysfs) if d.name in wanted]
         if sorted(d.name for d in devices) != sorted(wanted):
             raise RuntimeError("devices bound to vfio-pci: %s; wanted %s" % ([d.name for d in devices], wanted))
-        for dev in devices:
-            summary["devices"].append(exercise(dev))
+        delay = {"daemon": DAEMON}
+
+        def hold_daemon():
+            if DAEMON:
+                os.kill(DAEMON, signal.SIGSTOP)
+                delay["stopped_at"] = time.time()
+
+        def release_daemon():
+            if "stopped_at" in delay and "resumed_at" not in delay:
+                os.kill(DAEMON, signal.SIGCONT)
+                delay["resumed_at"] = time.time()
+
+        devices.sort(key=lambda d: d.name != "edu")
+        try:
+            for i, dev in enumerate(devices):
+                last = i == len(devices) - 1
+                summary["devices"].append(exercise(dev, after_map=release_daemon if i else nothing,
+                                                  before_unmap=nothing if last else hold_daemon))
+        finally:
+            release_daemon()
+        # Did the process map new memory where an unmapped DMA buffer was, while the
+        # daemon had not yet seen the UNMAP?
+        first, later = summary["devices"][0]["mappings"], [m for d in summary["devices"][1:] for m in d["mappings"]]
+        delay["reused_vaddrs"] = sorted({m["vaddr"] for m in first} & {m["vaddr"] for m in later})
+        summary["daemon_delayed"] = delay
         maps = [m for d in summary["devices"] for m in d["mappings"]]
         summary["dma_mapped_bytes"] = sum(m["size"] for m in maps)
         summary["dma_unmapped_bytes"] = sum(m["unmapped"] for m in maps)

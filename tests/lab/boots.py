@@ -1,0 +1,54 @@
+"""The lab boots a test session needs, run ahead and side by side.
+
+A boot spends most of its time in one guest CPU (BCC compiling vfiomond's
+programs under TCG), so on a 2-core machine two boots at once take little more
+than one.  tests/lab/conftest.py lists the boots the collected tests need, in the
+order they need them, and starts them here (VFIOMOND_LAB_PARALLEL at once,
+default 2); test_lab.boot() then waits for its result, or boots at once when
+nothing was scheduled (a test run alone)."""
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Dict, Iterable, Optional, Tuple
+
+import lab
+
+BootKey = Tuple[str, str, bool]  # (suite, scenario, with a Prometheus server)
+
+
+def parallel() -> int:
+    try:
+        return max(1, int(os.environ.get("VFIOMOND_LAB_PARALLEL", "2")))
+    except ValueError:
+        return 2
+
+
+class BootPool:
+    def __init__(self) -> None:
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._futures: Dict[BootKey, Future] = {}
+
+    def start(self, keys: Iterable[BootKey]) -> None:
+        keys = [k for k in dict.fromkeys(keys) if k not in self._futures]
+        if not keys:
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=parallel(), thread_name_prefix="lab-boot")
+        for suite, scenario, prometheus in keys:
+            self._futures[(suite, scenario, prometheus)] = self._executor.submit(
+                lab.run, suite, scenario, prometheus=prometheus)
+
+    def result(self, suite: str, scenario: str, prometheus: bool = False) -> lab.LabRun:
+        future = self._futures.get((suite, scenario, prometheus))
+        if future is None:
+            return lab.run(suite, scenario, prometheus=prometheus)
+        return future.result()
+
+    def shutdown(self) -> None:
+        """Boots not started yet are dropped; a boot under way runs to its end."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+POOL = BootPool()
