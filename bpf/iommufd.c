@@ -1,6 +1,6 @@
 /* Probe area "iommufd": IOMMU_IOAS_MAP / IOMMU_IOAS_UNMAP (and the VFIO
  * compat ioctls iommufd serves) and iommufd's pin accounting
- * (drivers/iommu/iommufd, 6.2+; kernel-facts.md section 6).
+ * (drivers/iommu/iommufd, 6.2+).
  * Python side: vfiomond/iommufd.py (the IOMMUFD_* indices are mirrored there
  * and checked by tests/unit/test_iommufd.py).  Names carry the area's prefix:
  * every area is compiled into one BCC program.

@@ -15,7 +15,7 @@ from vfiomond.metricsutil import histogram_family_add
 SOURCE = "faults.c"
 PROBES = ("bar_fault", "remap_pfn_range", "pat_untrack")
 
-# vm_fault_t bits (include/linux/mm_types.h, 5.10 .. 6.18; kernel-facts.md 7).
+# vm_fault_t bits (include/linux/mm_types.h, 5.10 .. 6.18).
 VM_FAULT_OOM = 0x1
 VM_FAULT_SIGBUS = 0x2
 VM_FAULT_NOPAGE = 0x100

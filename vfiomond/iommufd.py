@@ -1,6 +1,6 @@
 """Probe area "iommufd" (bpf/iommufd.c): DMA map/unmap through iommufd and its pin accounting.
 
-All metrics carry backend="iommufd".  Sources (kernel-facts.md section 6, 6.2+):
+All metrics carry backend="iommufd".  Sources (drivers/iommu/iommufd/, 6.2+):
 ``iopt_map_user_pages`` (IOMMU_IOAS_MAP, and MAP_DMA of the VFIO compat container),
 ``iopt_unmap_iova`` / ``iopt_unmap_all`` (IOMMU_IOAS_UNMAP), and
 ``iommu_map`` inside ``iopt_map_user_pages`` (the runs handed to the IOMMU, for pin

@@ -2,8 +2,7 @@
 
 GCC may rename a static function (``vfio_lock_acct.part.0``, ``.isra.0``,
 ``.constprop.0``); ``.cold`` parts are never entry points.  Symbols are resolved
-by name, never by kernel version, because distributions backport heavily
-(kernel-facts.md, header).
+by name, never by kernel version, because distributions backport heavily.
 """
 
 import os

@@ -222,7 +222,7 @@ class PinTracker:
 
     def _remove_range(self, key: SpaceKey, lo: int, hi: int) -> None:
         # Every process that mapped in this space: type1 containers and IOAS can be shared.
-        for k in [k for k in self._keys_of_space(key[1], key[2])]:
+        for k in self._keys_of_space(key[1], key[2]):
             space = self.spaces[k]
             self._forget(k, space, space.remove_range(lo, hi))
 
@@ -253,10 +253,8 @@ class PinTracker:
 
     def drop_backend(self, backend: str) -> int:
         """Stop tracking every mapping of a backend (its probes were disabled)."""
-        n = 0
-        for backend_, space in {(k[1], k[2]) for k in self.spaces if k[1] == backend}:
-            n += self.drop_space(backend_, space, "backend_off")
-        return n
+        return sum(self.drop_space(backend, space, "backend_off")
+                   for space in {k[2] for k in self.spaces if k[1] == backend})
 
     # --------------------------------------------------------------- queries
     def mappings(self, pid: Optional[int] = None) -> List[Mapping]:

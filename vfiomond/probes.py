@@ -1,6 +1,6 @@
 """The probe table: which kernel functions each probe hooks, per kernel shape.
 
-Kernel differences live here, as data (kernel-facts.md sections 1-6).  A probe
+Kernel differences live here, as data (each variant names the kernel functions it needs).  A probe
 (the value of the ``probe`` label of ``vfiomond_probe_attached``) has variants in
 order of preference; the first variant whose required hooks all resolve in
 /proc/kallsyms is used.  Nothing here looks at the kernel version.
@@ -151,7 +151,7 @@ PROBES: Tuple[Probe, ...] = (
             Hook(("__account_locked_vm",), "on_account_locked_vm", "on_account_locked_vm_return"),
         )),
     )),
-    # iommufd (kernel-facts.md section 6): IOMMU_IOAS_MAP/UNMAP and the VFIO
+    # iommufd (drivers/iommu/iommufd/io_pagetable.c, 6.2+): IOMMU_IOAS_MAP/UNMAP and the VFIO
     # compat MAP_DMA/UNMAP_DMA it serves both end in these io_pagetable calls.
     Probe("iommufd_dma_map", "iommufd", (
         Variant("iopt_map_user_pages (IOMMU_IOAS_MAP)", (

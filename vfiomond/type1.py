@@ -3,7 +3,7 @@
 All metrics carry backend="type1" (iommufd gets its own area).  Sources:
 ``vfio_dma_do_map`` / ``vfio_dma_do_unmap`` (5.10 .. 6.18), ``vfio_pin_pages_remote``
 return value, ``vfio_unpin_pages_remote`` npage, ``__account_locked_vm`` inside
-``vfio_lock_acct`` (kernel-facts.md sections 4 and 5).
+``vfio_lock_acct`` / ``mm_lock_acct`` (drivers/vfio/vfio_iommu_type1.c).
 """
 
 import ctypes

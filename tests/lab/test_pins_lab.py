@@ -2,7 +2,7 @@
 
 Debian 12 (6.1) pins the shared zero page for a read-only MAP_DMA of untouched
 memory; after the process writes, the device still reads zeros
-(kernel-facts.md, known issue 8).  vfiomond must see that divergence within a
+(read-only long-term pins before 6.2's "reliable R/O long-term pinning").  vfiomond must see that divergence within a
 verification interval and write a journal entry; on Debian 13 (6.12) the
 same steps stay consistent and vfiomond must stay quiet.
 """

@@ -11,7 +11,7 @@ def ids(version, symbols=None):
     return {a.id: a.status for a in evaluate(KB, parse_version(version), symbols)}
 
 
-# The table of kernel versions, and what applies to each (kernel-facts.md section 9).
+# The table of kernel versions, and what applies to each.
 @pytest.mark.parametrize(
     "version, expected",
     [

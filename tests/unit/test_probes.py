@@ -33,7 +33,7 @@ ffffffffc0000600 t vfio_pin_pages_remote\t[vfio_iommu_type1]
 ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
 """
 
-# 6.16+ shape (kernel-facts.md 3): pfnmap_untrack replaces untrack_pfn;
+# 6.16+ shape: pfnmap_untrack replaces untrack_pfn;
 # vfio_dma_do_map/unmap not inlined.
 NEWER = DEBIAN_6_12.replace("T untrack_pfn", "T pfnmap_untrack") + (
     "ffffffffc0000900 t vfio_dma_do_map\t[vfio_iommu_type1]\n"

@@ -13,8 +13,8 @@ each first tries a map under a 1 MiB RLIMIT_MEMLOCK (refused: ENOMEM), then rais
 the limit.  Every pass records VmLck/VmPin and vfiomond's per-process series
 while mapped, and after.
 
-The root pass on edu also makes a pinned page diverge (kernel-facts.md, known
-issue 8): MADV_DONTNEED on the first page of the read-write buffer while it is
+The root pass on edu also makes a pinned page diverge (the class of
+seeds/003): MADV_DONTNEED on the first page of the read-write buffer while it is
 mapped, then a write there (a new page); edu copies 1 KiB from the IOVA of that
 page to the buffer's second page (real DMA through the IOMMU), and the process
 reads what the device saw.  The mapping is then held for DIVERGED_HOLD seconds

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scenario "pin-mismatch": does the device see what the process wrote? (kernel-facts.md, known issue 8)
+"""Scenario "pin-mismatch": does the device see what the process wrote? (seeds/003: read-only long-term pins before 6.2)
 
 With the edu device: MAP_DMA 2 MiB read-only of never-touched memory at IOVA
 0x2000000 and 2 MiB read-write at 0x1000000; the process then writes 0xAB over

@@ -1,7 +1,6 @@
 """A small VFIO user in pure Python: type1 container, group, device, DMA, BAR mmap.
 
-ioctl numbers and struct layouts from include/uapi/linux/vfio.h (stable ABI,
-kernel-facts.md section 7).  Addresses come from libc mmap through ctypes so
+ioctl numbers and struct layouts from include/uapi/linux/vfio.h (stable ABI).  Addresses come from libc mmap through ctypes so
 that they can be handed to MAP_DMA and touched outside the GIL.
 """
 
