@@ -42,6 +42,29 @@ def pin_call_cost(s):
     return rows
 
 
+def write_fault_lines(s):
+    """The host's write faults (do_wp_page copying the zero page), per fault: by a process
+    holding no pins and by one holding a DMA mapping, untraced, under vfiomond, and
+    under funclatency on do_wp_page (no pins: the reference kprobe + kretprobe)."""
+    ph = s["phases"]
+    if "write_faults" not in ph["none"]:
+        return []
+    lines = ["", "Write faults (do_wp_page, copying the zero page), %d per pass:" % ph["none"]["write_faults"]["faults_per_pass"],
+             "%-24s %12s %8s %14s" % ("", "ns/fault", "x none", "BPF ns/fault")]
+    rows = [("none", ph["none"]["write_faults"]), ("none, holding pins", ph["none"]["write_faults_pinned"]),
+            ("vfiomond", ph["vfiomond"]["write_faults"]),
+            ("vfiomond, holding pins", ph["vfiomond"]["write_faults_pinned"]),
+            ("funclatency", ph["funclatency"].get("write_faults"))]
+    for name, w in rows:
+        if not w:
+            continue
+        base = ph["none"]["write_faults_pinned" if "pins" in name else "write_faults"]["pass_ns_per_fault"]
+        lines.append("%-24s %12.0f %8s %14s" % (
+            name, w["pass_ns_per_fault"], ratio(w["pass_ns_per_fault"], base),
+            "%.0f" % (w["bpf_run_time_ns"] / w["faults"]) if "bpf_run_time_ns" in w else "-"))
+    return lines
+
+
 def report(s):
     ph = s["phases"]
     none = ph["none"]
@@ -84,6 +107,7 @@ def report(s):
     if pin:
         lines += ["", "BPF ns per call of %s (once per physically contiguous run of a MAP_DMA): %s" % (
             s["functions"].get("pin", "the pin function"), "; ".join("%s %.0f (%d calls)" % row for row in pin))]
+    lines += write_fault_lines(s)
     lines += ["", "vfiomond's work per MAP_DMA by size (type1, touched anonymous memory):",
               "%10s %12s %14s %16s %18s" % ("MiB", "BPF calls", "BPF us", "pages pinned", "pin samples held")]
     for row in s["scale"]:

@@ -7,6 +7,7 @@
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
 #include <linux/mm_types.h>
+#include <linux/mm.h>
 
 /* Entries older than this are left over from a missed kretprobe. */
 #define STALE_NS (10ULL * 1000 * 1000 * 1000)
@@ -72,6 +73,7 @@ static __always_inline u32 current_tid(void)
 #define EV_PIN 3
 #define EV_UNMAP 4     /* sent once per unmap begun (unmap_begun), ret < 0 when it failed */
 #define EV_MEMLOCK 5  /* pinning refused: RLIMIT_MEMLOCK (or an -ENOMEM charge) */
+#define EV_WRITE_FAULT 6  /* a write fault on a write-protected PTE in a process holding pins */
 
 struct pin_event {
     u32 type;
@@ -82,7 +84,7 @@ struct pin_event {
     u64 iova;
     u64 size;   /* bytes (map, unmap) */
     u64 npage;  /* pin: pages in the physically contiguous run */
-    u64 pfn;    /* pin: PFN of the run's first page */
+    u64 pfn;    /* pin: PFN of the run's first page; write fault: the PTE it found, raw */
     u64 locked; /* memlock: the mm's locked_vm, pages */
     u64 limit;  /* memlock: RLIMIT_MEMLOCK soft limit, bytes */
     u64 space;
@@ -136,4 +138,25 @@ static __always_inline int holds_sample(u64 off, u64 len, u64 size)
     u64 next = (off + stride - 1) / stride * stride;
     u64 last = size - PAGE_4K;
     return (next < off + len && next < size) || (last >= off && last < off + len);
+}
+
+/* Divergence where it happens: do_wp_page(struct vm_fault *vmf) (mm/memory.c,
+ * 5.10 .. 6.18) handles a write to a page whose PTE is write-protected, and
+ * either keeps the page (reuse) or gives the process a copy (COW: a page shared
+ * after fork, the shared zero page, a read-only pinned page before 6.2's
+ * "reliable R/O long-term pinning", seeds/003).  A copy inside a live DMA
+ * mapping is a divergence: the device keeps the pinned page, the process gets
+ * another.  Sent only for processes that hold pins (each backend checks its
+ * per-process table first: one hash lookup for everyone else); the daemon finds
+ * the mapping and reads whether the page was replaced (vfiomond/pins.py).
+ * vmf->address is page-aligned (__handle_mm_fault); vmf->orig_pte is the PTE
+ * the fault found, sent raw: its PFN field depends on the CPU's physical
+ * address width (x86: physical_mask, a variable), which the daemon reads from
+ * the running system (vfiomond/pagemap.py pte_pfn_decoder). */
+static __always_inline void write_fault_event(struct vm_fault *vmf, struct pin_event *ev)
+{
+    ev->type = EV_WRITE_FAULT;
+    bpf_probe_read_kernel(&ev->vaddr, sizeof(ev->vaddr), &vmf->address);
+    bpf_probe_read_kernel(&ev->pfn, sizeof(vmf->orig_pte) < sizeof(ev->pfn) ? sizeof(vmf->orig_pte) : sizeof(ev->pfn),
+                          &vmf->orig_pte);
 }

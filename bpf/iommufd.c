@@ -17,7 +17,8 @@ enum iommufd_counter {
     /* Pages pinned (+) and unpinned (-) per accounting mode, as
      * do_update_pinned charged them: IOMMUFD_PIN_BASE + 2 * mode + (0 pin, 1 unpin). */
     IOMMUFD_PIN_BASE = 5,
-    IOMMUFD_COUNTERS = 11,
+    IOMMUFD_WRITE_FAULTS = 11,  /* write faults seen in processes holding iommufd pins */
+    IOMMUFD_COUNTERS = 12,
 };
 
 /* iopt_pages->account_mode (IOPT_PAGES_ACCOUNT_*), told apart by what the
@@ -298,5 +299,20 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
             __sync_fetch_and_add(&p->charged_pages, n);
         p->account = mode + 1;
     }
+    return 0;
+}
+
+/* A write fault in a process holding iommufd pins (write_fault_event, common.h;
+ * pinned_pages comes from the pin accounting hook), on this area's ring. */
+int on_iommufd_write_fault(struct pt_regs *ctx)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct iommufd_proc *a = iommufd_proc_acct.lookup(&pid);
+    if (!a || a->pinned_pages <= 0)
+        return 0;
+    struct pin_event ev = {};
+    write_fault_event((struct vm_fault *)PT_REGS_PARM1(ctx), &ev);
+    iommufd_add(IOMMUFD_WRITE_FAULTS, 1);
+    iommufd_emit(&ev);
     return 0;
 }

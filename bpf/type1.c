@@ -16,7 +16,8 @@ enum type1_counter {
     TYPE1_MAP_SUM_NS = 7,
     TYPE1_UNMAP_SUM_NS = 8,
     TYPE1_ZERO_PAGE_PINS = 9,
-    TYPE1_COUNTERS = 10,
+    TYPE1_WRITE_FAULTS = 10,  /* write faults seen in processes holding pins */
+    TYPE1_COUNTERS = 11,
 };
 
 BPF_ARRAY(type1_counters, u64, TYPE1_COUNTERS);
@@ -381,5 +382,20 @@ int on_account_locked_vm_return(struct pt_regs *ctx)
             proc_add(&p->charged_pages, -(s64)a->pages);
     }
     a->armed = 0;
+    return 0;
+}
+
+/* A write fault in a process holding type1 pins (write_fault_event, common.h):
+ * sent on this ring so that it stays in order with the process's maps and unmaps. */
+int on_type1_write_fault(struct pt_regs *ctx)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_acct *a = proc_acct.lookup(&pid);
+    if (!a || a->pinned_pages <= 0)
+        return 0;
+    struct pin_event ev = {};
+    write_fault_event((struct vm_fault *)PT_REGS_PARM1(ctx), &ev);
+    type1_add(TYPE1_WRITE_FAULTS, 1);
+    emit(&ev);
     return 0;
 }

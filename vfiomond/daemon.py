@@ -91,7 +91,8 @@ def _pin_watch(config: Config, facts, sink, unmaps_begun=None) -> Optional[PinWa
         return None
     _log_verified(config.disable)
     watch = PinWatch(PinTracker(config.pin_samples, facts["ZERO_PFN"]), sink, pagemap.read_pfns,
-                     unmaps_begun=unmaps_begun, backends=verified_backends(config.disable))
+                     unmaps_begun=unmaps_begun, backends=verified_backends(config.disable),
+                     pte_pfn=pagemap.pte_pfn_decoder())
     log.info("pin verification every %gs, %d samples per mapping", config.pin_verify_interval, config.pin_samples)
     return watch
 

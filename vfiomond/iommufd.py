@@ -23,7 +23,8 @@ from vfiomond.metricsutil import backend_counter, dma_families
 from vfiomond.processes import ProcAcct
 
 SOURCE = "iommufd.c"
-PROBES = ("iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_samples", "iommufd_pin_accounting")
+PROBES = ("iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_samples", "iommufd_pin_accounting",
+          "iommufd_pin_write_faults")
 BACKEND = "iommufd"
 
 # Indices of iommufd_counters, mirrored from enum iommufd_counter in bpf/iommufd.c.
@@ -34,8 +35,9 @@ COUNTERS = {
     "IOMMUFD_UNMAP_SUM_NS": 3,
     "IOMMUFD_CHARGE_FAILURES": 4,
     "IOMMUFD_PIN_BASE": 5,
+    "IOMMUFD_WRITE_FAULTS": 11,
 }
-N_COUNTERS = 11
+N_COUNTERS = 12
 # Account modes in the order of bpf/iommufd.c's ACCOUNT_* (IOPT_PAGES_ACCOUNT_*).
 ACCOUNTS = ("none", "user", "mm")
 OPS = {0: "map", 1: "unmap"}
@@ -49,7 +51,7 @@ class DmaRow(NamedTuple):
 
 
 class IommufdSnapshot(NamedTuple):
-    counters: Dict[str, int]  # "map_bytes", "unmap_bytes", "charge_failures"
+    counters: Dict[str, int]  # "map_bytes", "unmap_bytes", "charge_failures", "write_faults"
     pinned: Dict[str, int]  # account mode -> pages pinned (charged to pinned_vm)
     unpinned: Dict[str, int]  # account mode -> pages unpinned
     latency: Dict[str, Histogram]  # "map" / "unmap"
@@ -82,6 +84,7 @@ def decode(raw: Iterable[int], hist: Iterable[DmaRow], errors: Iterable[DmaRow])
         "map_bytes": values[COUNTERS["IOMMUFD_MAP_BYTES"]],
         "unmap_bytes": values[COUNTERS["IOMMUFD_UNMAP_BYTES"]],
         "charge_failures": values[COUNTERS["IOMMUFD_CHARGE_FAILURES"]],
+        "write_faults": values[COUNTERS["IOMMUFD_WRITE_FAULTS"]],
     }
     return IommufdSnapshot(counters, pinned, unpinned, latency, errs)
 
@@ -118,6 +121,8 @@ def families(snap: IommufdSnapshot, attached: Set[str]) -> Iterator:
     for op in ("map", "unmap"):
         if "iommufd_dma_" + op in attached:
             yield from dma_families(BACKEND, op, snap.latency[op], snap.counters["%s_bytes" % op], snap.errors[op])
+    if "iommufd_pin_write_faults" in attached:
+        yield _counter("vfiomond_write_faults_total", snap.counters["write_faults"])
     if "iommufd_pin_accounting" not in attached:
         return
     yield _counter("vfiomond_pinned_pages_total", sum(snap.pinned.values()))

@@ -38,6 +38,9 @@ BACKEND_DOCS = {
     "vfiomond_locked_vm_charge_failures_total":
         "Pinning refused for RLIMIT_MEMLOCK (type1 vfio_pin_pages_remote -ENOMEM or a failed __account_locked_vm; "
         "iommufd do_update_pinned -ENOMEM): the map fails.",
+    "vfiomond_write_faults_total":
+        "Write faults on write-protected pages (do_wp_page) in processes holding pins of this backend, counted in "
+        "the kernel; vfiomond_pin_write_faults_total says what each one did to a DMA mapping.",
 }
 
 

@@ -8,7 +8,7 @@ page and the huge zero page).  Documentation/admin-guide/mm/pagemap.rst, 4.2+.
 import ctypes
 import os
 import struct
-from typing import Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 PAGE = 4096
 PRESENT = 1 << 63
@@ -70,3 +70,26 @@ def learn_zero_pfn() -> Optional[int]:
     if pfn is None or is_zero_page(pfn) is False:
         return None
     return pfn
+
+
+def pte_pfn_decoder(cpuinfo: str = "/proc/cpuinfo") -> Optional[Callable[[int], int]]:
+    """How to take the PFN out of a raw page table entry on this machine, or None
+    where the machine does not say.
+
+    x86 (arch/x86/include/asm/pgtable_types.h): PTE_PFN_MASK is PAGE_MASK &
+    physical_mask, and physical_mask is (1 << x86_phys_bits) - 1, the width that
+    /proc/cpuinfo's "address sizes: N bits physical" shows (already reduced by the
+    kernel where memory encryption takes address bits).  The page size is the
+    running system's.
+    """
+    try:
+        with open(cpuinfo) as f:
+            line = next((ln for ln in f if ln.startswith("address sizes")), "")
+    except OSError:
+        return None
+    words = line.split(":", 1)[-1].split()
+    if len(words) < 3 or words[1:3] != ["bits", "physical,"] or not words[0].isdigit():
+        return None
+    page_shift = (os.sysconf("SC_PAGE_SIZE") - 1).bit_length()
+    mask = ((1 << int(words[0])) - 1) & ~((1 << page_shift) - 1)
+    return lambda pte: (pte & mask) >> page_shift

@@ -12,6 +12,12 @@ fork, 09854ba94c6a 5.9, and read-only long-term pins of private mappings before
 6.2's "reliable R/O long-term pinning": type1 on 6.1 pins the zero page for a
 read-only MAP_DMA of untouched memory).
 
+Divergence is also caught where it happens: bpf/common.h sends every write
+fault on a write-protected page (``do_wp_page``) of a process that holds pins,
+with the PFN its PTE held; here a fault inside a live mapping whose page the
+kernel then replaced (COW: the zero page, a page shared after fork) is a
+divergence at that moment, even if the mapping ends before the next pass.
+
 A verification must be about a live mapping: the daemon handles a mapping's
 UNMAP after the kernel has unpinned it, and by then the process may have mapped
 other memory at the same address.  So nothing is verified at unmap time, and a
@@ -39,7 +45,7 @@ log = logging.getLogger("vfiomond")
 
 PAGE = 4096
 
-EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EV_MEMLOCK = 1, 2, 3, 4, 5
+EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EV_MEMLOCK, EV_WRITE_FAULT = 1, 2, 3, 4, 5, 6
 # struct pin_event in bpf/common.h: type, pid, ret, pad, vaddr, iova, size, npage, pfn, locked, limit, space
 EVENT = struct.Struct("<IIiIQQQQQQQQ")
 
@@ -52,7 +58,7 @@ class PinEvent(NamedTuple):
     iova: int
     size: int
     npage: int
-    pfn: int
+    pfn: int  # EV_PIN: first PFN of the run; EV_WRITE_FAULT: the PTE the fault found, raw
     locked: int = 0  # EV_MEMLOCK: the mm's locked_vm, pages
     limit: int = 0  # EV_MEMLOCK: RLIMIT_MEMLOCK soft limit, bytes
     space: int = 0  # the IOVA space: kernel address of the type1 container or the iommufd IOAS
@@ -75,7 +81,8 @@ def sample_offsets(size: int, samples: int) -> List[int]:
 
 
 class Mapping:
-    __slots__ = ("pid", "backend", "space", "vaddr", "iova", "size", "offsets", "pinned", "mismatched", "complete")
+    __slots__ = ("pid", "backend", "space", "vaddr", "iova", "size", "offsets", "pinned", "mismatched", "complete",
+                 "replaced", "alerted")
 
     def __init__(self, pid: int, vaddr: int, iova: int, size: int, samples: int, backend: str = "type1",
                  space: int = 0):
@@ -85,6 +92,11 @@ class Mapping:
         self.pinned: Dict[int, int] = {}  # sample offset -> pinned PFN
         self.mismatched: Set[int] = set()  # sample offsets currently diverged
         self.complete = False  # MAP_DMA returned 0
+        self.replaced: Set[int] = set()  # offsets of pages a write fault replaced (any page, sampled or not)
+        self.alerted = False  # one pin_mismatch alert per mapping
+
+    def holds(self, vaddr: int) -> bool:
+        return self.vaddr <= vaddr < self.vaddr + self.size
 
     def add_run(self, vaddr: int, npage: int, pfn: int) -> None:
         start, end = vaddr - self.vaddr, vaddr - self.vaddr + npage * PAGE
@@ -98,7 +110,28 @@ class Mismatch(NamedTuple):
     vaddr: int
     iova: int
     pinned_pfn: int
-    current_pfn: int
+    current_pfn: Optional[int]  # None: not known (the process unmapped the page, or is gone)
+    mapping: Optional["Mapping"] = None
+
+
+class WriteFault(NamedTuple):
+    """A write fault inside a live mapping, waiting to be told kept or replaced."""
+
+    mapping: Mapping
+    vaddr: int
+    pfn: int  # what the PTE held at the fault (0: unknown)
+    passes: int = 0  # verification passes it has waited
+
+
+# Outcomes of the write faults bpf/common.h reports (vfiomond_pin_write_faults_total):
+#   diverged: inside a live mapping, and the kernel gave the process another page
+#   kept: inside a live mapping, the page stayed (reuse, a shared mapping's write notify)
+#   unknown: inside a live mapping, but the page could not be read again (process gone, page unmapped)
+#   untracked: not inside a mapping vfiomond tracks (the process's other memory)
+WRITE_FAULT_OUTCOMES = ("diverged", "kept", "unknown", "untracked")
+# Passes a write fault whose page still shows the old PFN waits before it counts as kept:
+# the daemon can read the pagemap before the fault has finished.
+WRITE_FAULT_PASSES = 1
 
 
 PfnReader = Callable[[int, Iterable[int]], Dict[int, Optional[int]]]
@@ -118,6 +151,11 @@ class SpaceMappings:
     def __init__(self) -> None:
         self.starts: List[int] = []
         self.by_start: Dict[int, Mapping] = {}
+        self.vstarts: List[Tuple[int, int]] = []  # (vaddr, iova), sorted: which mapping holds an address
+
+    # How many mappings before an address are looked at: mappings of one space overlap
+    # in vaddr only when a buffer is mapped at several IOVAs.
+    OVERLAP_SCAN = 8
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -127,8 +165,25 @@ class SpaceMappings:
         old = self.by_start.get(m.iova)
         if old is None:
             bisect.insort(self.starts, m.iova)
+        else:
+            self._unindex(old)
         self.by_start[m.iova] = m
+        bisect.insort(self.vstarts, (m.vaddr, m.iova))
         return old
+
+    def _unindex(self, m: Mapping) -> None:
+        i = bisect.bisect_left(self.vstarts, (m.vaddr, m.iova))
+        if i < len(self.vstarts) and self.vstarts[i] == (m.vaddr, m.iova):
+            del self.vstarts[i]
+
+    def holding(self, vaddr: int) -> Optional[Mapping]:
+        """A mapping whose user buffer holds ``vaddr``."""
+        i = bisect.bisect_right(self.vstarts, (vaddr, 1 << 64))
+        for start, iova in reversed(self.vstarts[max(0, i - self.OVERLAP_SCAN):i]):
+            m = self.by_start[iova]
+            if m.holds(vaddr):
+                return m
+        return None
 
     def get(self, iova: int) -> Optional[Mapping]:
         return self.by_start.get(iova)
@@ -144,6 +199,7 @@ class SpaceMappings:
         m = self.by_start.pop(iova, None)
         if m is not None:
             del self.starts[bisect.bisect_left(self.starts, iova)]
+            self._unindex(m)
         return m
 
     def remove_range(self, lo: int, hi: int) -> List[Mapping]:
@@ -151,6 +207,11 @@ class SpaceMappings:
         i, j = bisect.bisect_left(self.starts, lo), bisect.bisect_left(self.starts, hi)
         gone = [self.by_start.pop(iova) for iova in self.starts[i:j]]
         del self.starts[i:j]
+        if len(gone) == len(self.vstarts):
+            self.vstarts = []
+        else:
+            for m in gone:
+                self._unindex(m)
         return gone
 
     def values(self) -> Iterable[Mapping]:
@@ -178,6 +239,7 @@ class PinTracker:
         self.mismatches = 0
         self.deferred = 0  # sampled pages whose comparison was not about a provably live mapping
         self.untracked = {"process_limit": 0, "events_lost": 0, "backend_off": 0}  # mappings not (or no longer) tracked
+        self.write_faults: Dict[Tuple[str, str], int] = {}  # (backend, WRITE_FAULT_OUTCOMES) -> faults
 
     # ---------------------------------------------------------------- events
     def on_event(self, ev: PinEvent, backend: str = "type1") -> Optional[Mapping]:
@@ -260,6 +322,19 @@ class PinTracker:
     def mappings(self, pid: Optional[int] = None) -> List[Mapping]:
         return [m for k, s in self.spaces.items() if pid is None or k[0] == pid for m in s.values()]
 
+    def holding(self, pid: int, backend: str, vaddr: int) -> Optional[Mapping]:
+        """A complete mapping of ``pid`` in ``backend`` whose buffer holds ``vaddr``."""
+        for key, space in self.spaces.items():
+            if key[0] == pid and key[1] == backend:
+                m = space.holding(vaddr)
+                if m is not None and m.complete:
+                    return m
+        return None
+
+    def count_write_fault(self, backend: str, outcome: str) -> None:
+        key = (backend, outcome)
+        self.write_faults[key] = self.write_faults.get(key, 0) + 1
+
     def get(self, pid: int, space: int, iova: int, backend: str = "type1") -> Optional[Mapping]:
         s = self.spaces.get((pid, backend, space))
         return s.get(iova) if s is not None else None
@@ -309,7 +384,7 @@ class PinTracker:
                         continue
                     m.mismatched.add(off)
                     self.mismatches += 1
-                    new.append(Mismatch(pid, m.vaddr + off, m.iova + off, pinned, now))
+                    new.append(Mismatch(pid, m.vaddr + off, m.iova + off, pinned, now, m))
         return new
 
     def zero_page_samples(self, m: Mapping) -> int:
@@ -325,6 +400,12 @@ class PinTracker:
         out = {pid: 0 for pid in self.pids()}
         for m in self.mappings():
             out[m.pid] += len(m.mismatched)
+        return out
+
+    def replaced_pages(self) -> Dict[int, int]:
+        out = {pid: 0 for pid in self.pids()}
+        for m in self.mappings():
+            out[m.pid] += len(m.replaced)
         return out
 
 
@@ -360,7 +441,8 @@ def vfio_devices(pid: int, sysfs: str = "/sys", proc: str = "/proc") -> Optional
     return sorted(devices)
 
 
-def families(tracker: PinTracker) -> Iterable:
+def families(tracker: PinTracker, backends: Iterable[str] = ()) -> Iterable:
+    """The pin verification families; write-fault outcomes for ``backends`` (and any seen)."""
     yield GaugeMetricFamily("vfiomond_pin_samples", "Pinned pages tracked for verification.", value=tracker.samples_tracked())
     yield GaugeMetricFamily("vfiomond_pin_mappings", "DMA mappings tracked for pin verification.",
                             value=sum(tracker.per_process.values()))
@@ -396,6 +478,25 @@ def families(tracker: PinTracker) -> Iterable:
     for pid, n in sorted(tracker.mismatched_pages().items()):
         g.add_metric([str(pid), comm(pid)], n)
     yield g
+    c = CounterMetricFamily(
+        "vfiomond_pin_write_faults_total",
+        "Write faults on write-protected pages of processes holding pins, by what they did: diverged (inside a live "
+        "DMA mapping, the kernel gave the process another page), kept (the page stayed), unknown (the page could "
+        "not be read again), untracked (outside the DMA mappings vfiomond tracks).",
+        labels=["backend", "outcome"],
+    )
+    for backend in sorted(set(backends) | {b for b, _ in tracker.write_faults}):
+        for outcome in WRITE_FAULT_OUTCOMES:
+            c.add_metric([backend, outcome], tracker.write_faults.get((backend, outcome), 0))
+    yield c
+    g = GaugeMetricFamily(
+        "vfiomond_pin_replaced_pages",
+        "Pages of live DMA mappings that a write fault replaced (any page, sampled or not), per VFIO process.",
+        labels=["pid", "comm"],
+    )
+    for pid, n in sorted(tracker.replaced_pages().items()):
+        g.add_metric([str(pid), comm(pid)], n)
+    yield g
 
 
 # (count of unmaps begun in the space, or None when the space is not in the kernel's
@@ -418,10 +519,13 @@ class PinWatch:
     difference found by a pass counts only when every unmap begun in the mapping's
     space had been handled when the read ended (PinTracker.verify).  ``backends``:
     the DMA backends whose events are tracked (all of PIN_BACKENDS by default).
+    ``pte_pfn``: the PFN of a raw PTE (pagemap.pte_pfn_decoder); without it the
+    PFN a write fault found is unknown.
     """
 
     def __init__(self, tracker: PinTracker, sink, read: PfnReader, devices=vfio_devices,
-                 unmaps_begun: Optional[UnmapsBegun] = None, backends: Iterable[str] = ("type1", "iommufd")):
+                 unmaps_begun: Optional[UnmapsBegun] = None, backends: Iterable[str] = ("type1", "iommufd"),
+                 pte_pfn: Optional[Callable[[int], int]] = None):
         import threading
 
         self.tracker = tracker
@@ -432,11 +536,16 @@ class PinWatch:
         self.backends = set(backends)
         self._lock = threading.Lock()
         self._unsettled: Dict[Tuple[str, int], int] = {}  # (backend, space) -> unmaps begun, this pass
+        self._pending: List[WriteFault] = []  # write faults whose page had not changed yet when read
+        self._pte_pfn = pte_pfn
         self._stuck: Dict[Tuple[str, int], Tuple[int, int]] = {}  # -> (unmaps begun, passes in a row)
 
     def on_event(self, ev: PinEvent, backend: str = "type1") -> None:
         with self._lock:
             if backend not in self.backends and ev.type != EV_UNMAP:
+                return
+            if ev.type == EV_WRITE_FAULT:
+                self._on_write_fault(ev, backend)
                 return
             completed = self.tracker.on_event(ev, backend)
             if completed is not None:
@@ -472,6 +581,80 @@ class PinWatch:
             ZERO_SAMPLES=zero, SAMPLES=len(m.pinned), DEVICES=",".join(self._devices(m.pid) or []),
         )
 
+    # ------------------------------------------------------------ write faults
+    def _on_write_fault(self, ev: PinEvent, backend: str) -> None:
+        """A write fault of a process holding pins (handled in ring-buffer order, so
+        the tracker's mappings are those live at the fault)."""
+        m = self.tracker.holding(ev.pid, backend, ev.vaddr)
+        if m is None:
+            self.tracker.count_write_fault(backend, "untracked")
+            return
+        fault = WriteFault(m, ev.vaddr, self._pte_pfn(ev.pfn) if self._pte_pfn else 0)
+        if self.tracker.zero_pfn is not None and fault.pfn == self.tracker.zero_pfn:
+            # A write to the zero page is always a copy: the page is replaced now (the
+            # read may come before the fault has put the copy in place: then unknown).
+            now = self._current_pfn(fault)
+            self._diverged(fault, now if now != fault.pfn else None)
+            return
+        self._resolve(fault)
+
+    def _current_pfn(self, fault: WriteFault) -> Optional[int]:
+        """The PFN mapped at the fault's address now, if the mapping is provably still
+        live after the read (no unmap of its space pending): else None."""
+        m = fault.mapping
+        try:
+            now = self._read(m.pid, [fault.vaddr]).get(fault.vaddr)
+        except OSError:
+            return None
+        return now if self._settled(m.backend, m.space) else None
+
+    def _resolve(self, fault: WriteFault) -> None:
+        """Diverged when the page at the address, read while the mapping is live,
+        is not the one the PTE held; kept when it still is after a pass."""
+        m = fault.mapping
+        live = self.tracker.get(m.pid, m.space, m.iova, m.backend) is m
+        now = self._current_pfn(fault) if live and fault.pfn else None
+        if now is not None and now != fault.pfn:
+            self._diverged(fault, now)
+        elif fault.passes < WRITE_FAULT_PASSES and live and fault.pfn:
+            self._pending.append(fault._replace(passes=fault.passes + 1))
+        else:
+            self.tracker.count_write_fault(m.backend, "kept" if now == fault.pfn and now else "unknown")
+
+    def _resolve_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for fault in pending:
+            self._resolve(fault)
+
+    def _diverged(self, fault: WriteFault, now: Optional[int]) -> None:
+        m = fault.mapping
+        self.tracker.count_write_fault(m.backend, "diverged")
+        m.replaced.add((fault.vaddr - m.vaddr) // PAGE * PAGE)
+        off = fault.vaddr - m.vaddr
+        self._alert(Mismatch(m.pid, fault.vaddr, m.iova + off, fault.pfn, now, m), "write_fault")
+
+    def _alert(self, mm: Mismatch, detected_by: str) -> None:
+        """One pin_mismatch alert per mapping: its first diverged page, whoever found it."""
+        m = mm.mapping
+        if m is not None:
+            if m.alerted:
+                return
+            m.alerted = True
+        from vfiomond.alerts import PIN_MISMATCH
+
+        name, devices = comm(mm.pid), ",".join(self._devices(mm.pid) or [])
+        zero = self.tracker.zero_pfn is not None and mm.pinned_pfn == self.tracker.zero_pfn
+        current = "%#x" % mm.current_pfn if mm.current_pfn is not None else "unknown"
+        how = "a write fault replaced it" if detected_by == "write_fault" else "found by a verification pass"
+        self.sink.alert(
+            PIN_MISMATCH,
+            "DMA pin mismatch: %s[%d] vaddr %#x (IOVA %#x) was PFN %#x%s, now maps PFN %s (%s)"
+            % (name, mm.pid, mm.vaddr, mm.iova, mm.pinned_pfn, " (the zero page)" if zero else "", current, how),
+            PID=mm.pid, COMM=name, VADDR="%#x" % mm.vaddr, IOVA="%#x" % mm.iova,
+            PINNED_PFN="%#x" % mm.pinned_pfn, CURRENT_PFN=current, ZERO_PAGE=int(zero), DEVICES=devices,
+            DETECTED_BY=detected_by,
+        )
+
     def _settled(self, backend: str, space: int) -> bool:
         begun, untracked = self._unmaps_begun(backend, space)
         handled = self.tracker.unmaps_handled.get((backend, space), 0)
@@ -487,6 +670,7 @@ class PinWatch:
     def verify_all(self) -> None:
         with self._lock:
             self._unsettled = {}
+            self._resolve_pending()
             for pid in sorted(self.tracker.pids()):
                 if not self._devices(pid):
                     # Gone, or no VFIO group open any more: its DMA mappings are gone too.
@@ -520,22 +704,9 @@ class PinWatch:
         except OSError:
             self.tracker.drop_process(pid)  # exited mid-read
             return
-        if not new:
-            return
-        name, devices = comm(pid), ",".join(self._devices(pid) or [])
-        from vfiomond.alerts import PIN_MISMATCH
-
         for mm in new:
-            zero = self.tracker.zero_pfn is not None and mm.pinned_pfn == self.tracker.zero_pfn
-            self.sink.alert(
-                PIN_MISMATCH,
-                "DMA pin mismatch: %s[%d] vaddr %#x (IOVA %#x) is pinned at PFN %#x but now maps PFN %#x%s"
-                % (name, pid, mm.vaddr, mm.iova, mm.pinned_pfn, mm.current_pfn, " (the pinned page is the zero page)" if zero else ""),
-                PID=pid, COMM=name, VADDR="%#x" % mm.vaddr, IOVA="%#x" % mm.iova,
-                PINNED_PFN="%#x" % mm.pinned_pfn, CURRENT_PFN="%#x" % mm.current_pfn,
-                ZERO_PAGE=int(zero), DEVICES=devices,
-            )
+            self._alert(mm, "sampling")
 
     def families(self) -> List:
         with self._lock:
-            return list(families(self.tracker))
+            return list(families(self.tracker, self.backends))

@@ -140,6 +140,14 @@ PROBES: Tuple[Probe, ...] = (
             Hook(("vfio_unpin_pages_remote",), "on_unpin_pages"),
         )),
     )),
+    # Divergence where it happens (bpf/common.h write_fault_event): do_wp_page, the
+    # write fault that keeps or copies a write-protected page, in processes that hold
+    # type1 pins (everyone else ends at one hash lookup).
+    Probe("pin_write_faults", "type1", (
+        Variant("do_wp_page in processes holding type1 pins", (
+            Hook(("do_wp_page",), "on_type1_write_fault"),
+        )),
+    )),
     Probe("locked_vm_charge", "type1", (
         # A marker function sets a per-thread flag; __account_locked_vm under it is
         # a type1 charge.  mm_lock_acct (6.2 / 6.1.20+) is type1's only caller of
@@ -182,6 +190,15 @@ PROBES: Tuple[Probe, ...] = (
         )),
         Variant("do_update_pinned (up to 6.12)", (
             Hook(("do_update_pinned",), "on_iommufd_update_pinned", "on_iommufd_update_pinned_return"),
+        )),
+    ), feature="iommufd"),
+    # As pin_write_faults, for processes holding iommufd pins (known from the pin
+    # accounting hook), on the iommufd ring buffer.
+    Probe("iommufd_pin_write_faults", "iommufd", (
+        Variant("do_wp_page in processes holding iommufd pins", (
+            Hook(("do_wp_page",), "on_iommufd_write_fault"),
+            Hook(("iopt_pages_update_pinned", "do_update_pinned"), "on_iommufd_update_pinned",
+                 "on_iommufd_update_pinned_return"),
         )),
     ), feature="iommufd"),
 )

@@ -17,7 +17,7 @@ from vfiomond.metricsutil import backend_counter, dma_families
 from vfiomond.processes import ProcAcct
 
 SOURCE = "type1.c"
-PROBES = ("dma_map", "dma_unmap", "pin_pages", "zero_page_pins", "unpin_pages", "locked_vm_charge")
+PROBES = ("dma_map", "dma_unmap", "pin_pages", "zero_page_pins", "unpin_pages", "locked_vm_charge", "pin_write_faults")
 BACKEND = "type1"
 
 # Indices of type1_counters, mirrored from enum type1_counter in bpf/type1.c.
@@ -32,6 +32,7 @@ COUNTERS = {
     "TYPE1_MAP_SUM_NS": 7,
     "TYPE1_UNMAP_SUM_NS": 8,
     "TYPE1_ZERO_PAGE_PINS": 9,
+    "TYPE1_WRITE_FAULTS": 10,
 }
 OPS = {0: "map", 1: "unmap"}
 
@@ -109,6 +110,8 @@ def families(snap: Type1Snapshot, attached: Set[str]) -> Iterator:
         yield z
     if "unpin_pages" in attached:
         yield _counter("vfiomond_unpinned_pages_total", c["TYPE1_UNPINNED_PAGES"])
+    if "pin_write_faults" in attached:
+        yield _counter("vfiomond_write_faults_total", c["TYPE1_WRITE_FAULTS"])
     if "locked_vm_charge" in attached:
         yield _counter("vfiomond_locked_vm_charged_pages_total", c["TYPE1_CHARGED_PAGES"])
         yield _counter("vfiomond_locked_vm_uncharged_pages_total", c["TYPE1_UNCHARGED_PAGES"])

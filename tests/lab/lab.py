@@ -43,9 +43,40 @@ class LabRun(NamedTuple):
     suite: str
     out: str  # the folder the guest wrote into
     metrics: str  # the scrape, as text
-    scenario: dict  # the scenario's JSON summary
+    scenario: dict  # the scenario's JSON summary; several scenarios: {"ok", "scenarios": {name: summary}}
     daemon_rc: Optional[int]  # vfiomond's exit status after SIGTERM
     prometheus: Optional[dict] = None  # promserver.PrometheusServer.report(), with --prometheus
+
+    def part(self, name: str) -> "LabRun":
+        """This boot as one of its scenarios saw it: that scenario's summary; the
+        scrape, journal and logs are the boot's (taken after the last scenario)."""
+        parts = self.scenario.get("scenarios")
+        if parts is None:
+            return self
+        return self._replace(scenario=parts.get(name, {"ok": False, "error": "scenario %s did not run" % name}))
+
+
+def scenario_names(scenario: str) -> list:
+    """The scenarios of a boot: "a+b" runs a, then b, under one vfiomond (guest/init.sh)."""
+    return scenario.split("+")
+
+
+def _summaries(out: str, scenario: str) -> dict:
+    def load(path):
+        try:
+            return json.loads(_read(path) or "{}")
+        except ValueError:
+            return {}
+
+    names = scenario_names(scenario)
+    if len(names) == 1:
+        return load(os.path.join(out, "scenario.json"))
+    parts = {name: load(os.path.join(out, "scenario-%s.json" % name)) for name in names}
+    failed = ["%s: %s" % (n, p.get("error", "no summary")) for n, p in parts.items() if not p.get("ok")]
+    summary = {"ok": not failed, "scenarios": parts}
+    if failed:
+        summary["error"] = "; ".join(failed)
+    return summary
 
 
 class LabError(Exception):
@@ -143,8 +174,9 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
          prometheus: bool) -> LabRun:
     if suite not in SUITES:
         raise LabError("unknown suite %r (%s)" % (suite, ", ".join(SUITES)))
-    if not os.path.isfile(os.path.join(REPO, "tests/lab/scenarios", scenario + ".py")):
-        raise LabError("unknown scenario %r" % scenario)
+    for name in scenario_names(scenario):
+        if not os.path.isfile(os.path.join(REPO, "tests/lab/scenarios", name + ".py")):
+            raise LabError("unknown scenario %r" % name)
     if extra and not os.access(os.path.join(extra, "run"), os.X_OK):
         raise LabError("EXTRA=%s has no executable 'run'" % extra)
     img = image(suite)
@@ -204,10 +236,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
             except subprocess.TimeoutExpired:
                 qemu.kill()
         shutil.rmtree(empty, ignore_errors=True)
-    try:
-        summary = json.loads(_read(os.path.join(out, "scenario.json")) or "{}")
-    except ValueError:
-        summary = {}
+    summary = _summaries(out, scenario)
     rc = _read(os.path.join(out, "vfiomond.rc")).strip()
     return LabRun(suite, out, metrics, summary, int(rc) if rc else None, report)
 
@@ -225,7 +254,8 @@ def record_timings(suite: str, scenario: str, out: str, seconds: float) -> None:
     for line in _read(os.path.join(out, "timeline")).splitlines():
         uptime, _, step = line.partition(" ")
         for phase, prefix in TIMELINE_PHASES:
-            if step.startswith(prefix) and phase not in stamps:
+            # The last scenario's step ends the scenario phase (a boot may run several).
+            if step.startswith(prefix) and (phase not in stamps or phase == "scenario"):
                 try:
                     stamps[phase] = float(uptime)
                 except ValueError:

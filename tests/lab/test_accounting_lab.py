@@ -7,18 +7,18 @@ its own /proc said after its last MAP_DMA.
 
 import pytest
 
-from test_lab import DISTRO_SUITES as SUITES, ZERO_PAGE_PINS, Scrape, boot, journal_entries
+from test_lab import DISTRO_SUITES as SUITES, SHARED_BOOT, Scrape, ZERO_PAGE_PINS, boot, journal_entries
 
 MEMLOCK_REFUSED_ID = "8b0e5d4c2a1f4e3d9c7b6a5f4e3d2c1b"
 ENOMEM = 12
 
 
-LAB_BOOT = ("memlock", False)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
+LAB_BOOT = (SHARED_BOOT, False)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
 
 
 @pytest.fixture(scope="module", params=SUITES)
 def memlock_run(request):
-    return boot(request.param, *LAB_BOOT)
+    return boot(request.param, *LAB_BOOT).part("memlock")
 
 
 @pytest.fixture(scope="module")

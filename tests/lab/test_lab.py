@@ -90,6 +90,13 @@ def journal_entries(run, message_id):
     return [e for e in entries if e.get("MESSAGE_ID") == message_id]
 
 
+# Scenarios that do not disturb each other share one boot per suite (a boot is about
+# 2.5 minutes under TCG, most of it BCC compiling vfiomond's programs): the kernel-log
+# lines, pin integrity, and last the memlock holder, which keeps its mappings until the
+# host has scraped.  Their tests read their own scenario's summary (LabRun.part) and
+# filter the shared scrape and journal by process, IOVA or kind.
+SHARED_BOOT = "kernel-log+pin-mismatch+memlock"
+
 LAB_BOOT = ("standard", True)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from vfiomond.pins import (
-    EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EVENT, PAGE, Mismatch, PinEvent, PinTracker, PinWatch,
+    EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EVENT, PAGE, PinEvent, PinTracker, PinWatch,
     parse_event, sample_offsets, vfio_devices,
 )
 
@@ -89,7 +89,9 @@ def test_divergence_is_reported_once_and_clears():
     t = PinTracker(samples=16, zero_pfn=0x77)
     mapped(t, runs=((0, 16, 0x1000),))
     moved = {VADDR + 3 * PAGE: 0x5555}
-    assert t.verify(t.mappings(), reader(moved)) == [Mismatch(10, VADDR + 3 * PAGE, 0x100000 + 3 * PAGE, 0x1003, 0x5555)]
+    found = t.verify(t.mappings(), reader(moved))
+    assert [mm[:5] for mm in found] == [(10, VADDR + 3 * PAGE, 0x100000 + 3 * PAGE, 0x1003, 0x5555)]
+    assert found[0].mapping is t.get(10, 0, 0x100000)
     assert t.verify(t.mappings(), reader(moved)) == []  # still diverged, not new
     assert t.mismatches == 1 and t.mismatched_pages() == {10: 1}
     t.verify(t.mappings(), reader({}))
@@ -293,7 +295,8 @@ class Kernel:
 def watch_with(kernel, current, **kw):
     t = PinTracker(samples=16, **kw)
     sink = Sink()
-    watch = PinWatch(t, sink, reader(current), devices=lambda pid: ["0000:00:02.0"], unmaps_begun=kernel)
+    watch = PinWatch(t, sink, reader(current), devices=lambda pid: ["0000:00:02.0"], unmaps_begun=kernel,
+                     pte_pfn=lambda pte: (pte & ((1 << 46) - 1)) >> 12)
     return t, sink, watch
 
 
@@ -418,3 +421,109 @@ def test_pins_find_their_mapping_among_many():
         t.on_event(ev(EV_PIN, vaddr=VADDR + iova + PAGE, iova=iova + PAGE, npage=1, pfn=iova >> 12))
     for iova in starts:
         assert t.get(10, 0, iova).pinned == {PAGE: iova >> 12}
+
+
+# Write faults (EV_WRITE_FAULT, bpf/common.h write_fault_event): the PTE's PFN at the
+# fault; the outcome is read from the pagemap while the mapping is provably live.
+from vfiomond.pins import EV_WRITE_FAULT  # noqa: E402
+
+ZERO = 0x77
+
+
+def write_fault(watch, vaddr, pfn, pid=10):
+    """The raw PTE the kernel sends: the PFN between flag bits (NX, present, user, accessed)."""
+    watch.on_event(ev(EV_WRITE_FAULT, pid, vaddr=vaddr, pfn=(1 << 63) | pfn << 12 | 0x25))
+
+
+def test_a_write_to_the_zero_page_in_a_live_mapping_diverges_at_once_even_if_the_mapping_ends():
+    """Seeds/003 on 6.1: the read-only MAP_DMA pinned the zero page, the process
+    writes, the kernel copies; the container closes before any verification pass."""
+    kernel = Kernel()
+    t, sink, watch = watch_with(kernel, {VADDR + 5 * PAGE: 0x4242}, zero_pfn=ZERO)
+    mapped_through(watch, runs=((0, 1, ZERO),))
+    write_fault(watch, VADDR + 5 * PAGE, ZERO)
+    write_fault(watch, VADDR + 6 * PAGE, ZERO)  # same mapping: counted, not alerted again
+    kernel.begun[("type1", 0)] = 1
+    watch.on_event(ev(EV_UNMAP, 10, iova=0, size=(1 << 64) - 1))  # the container's release
+    watch.verify_all()
+    assert t.write_faults == {("type1", "diverged"): 2}
+    assert [k for k, _, _ in sink.alerts] == ["zero_page_pin", "pin_mismatch"]
+    fields = sink.alerts[1][2]
+    assert fields["DETECTED_BY"] == "write_fault" and fields["ZERO_PAGE"] == 1
+    assert fields["IOVA"] == "0x105000" and fields["PINNED_PFN"] == "0x77" and fields["CURRENT_PFN"] == "0x4242"
+    assert t.mappings() == []
+
+
+def test_a_write_fault_that_kept_its_page_is_no_divergence():
+    kernel = Kernel()
+    t, sink, watch = watch_with(kernel, {}, zero_pfn=ZERO)  # the pagemap still shows the pinned pages
+    mapped_through(watch)
+    write_fault(watch, VADDR + 2 * PAGE, 0x1002)
+    assert t.write_faults == {}  # read at once, unchanged: the fault may not have finished
+    watch.verify_all()  # read again a pass later
+    assert t.write_faults == {("type1", "kept"): 1} and sink.alerts == []
+
+
+def test_a_write_fault_whose_page_changed_after_the_first_read_diverges():
+    kernel = Kernel()
+    current = {}
+    t, sink, watch = watch_with(kernel, current, zero_pfn=ZERO)
+    mapped_through(watch)
+    write_fault(watch, VADDR + 2 * PAGE, 0x1002)
+    current[VADDR + 2 * PAGE] = 0x8888  # the copy lands after the first read
+    watch.verify_all()
+    assert t.write_faults == {("type1", "diverged"): 1}
+    assert sink.alerts[0][2]["CURRENT_PFN"] == "0x8888" and sink.alerts[0][2]["ZERO_PAGE"] == 0
+
+
+def test_a_write_fault_read_after_its_mapping_was_unmapped_proves_nothing():
+    """The daemon is late: by the time it reads, the process unmapped the DMA and put
+    other memory at the address.  Not a divergence: unknown."""
+    kernel = Kernel()
+    t, sink, watch = watch_with(kernel, {VADDR + 2 * PAGE: 0x9999}, zero_pfn=ZERO)
+    mapped_through(watch)
+    kernel.begun[("type1", 0)] = 1  # the UNMAP_DMA began; its event is still queued
+    write_fault(watch, VADDR + 2 * PAGE, 0x1002)
+    watch.on_event(ev(EV_UNMAP, 10, iova=0x100000, size=16 * PAGE))
+    watch.verify_all()
+    assert t.write_faults == {("type1", "unknown"): 1} and sink.alerts == []
+
+
+def test_write_faults_outside_tracked_mappings_or_in_a_mapping_being_made_are_untracked():
+    kernel = Kernel()
+    t, sink, watch = watch_with(kernel, {}, zero_pfn=ZERO)
+    mapped_through(watch)
+    write_fault(watch, VADDR + 16 * PAGE, ZERO)  # past the end of the buffer
+    write_fault(watch, VADDR, ZERO, pid=11)  # another process
+    watch.on_event(ev(EV_MAP_BEGIN, 10, vaddr=VADDR + 64 * PAGE, iova=0x900000, size=PAGE))
+    write_fault(watch, VADDR + 64 * PAGE, ZERO)  # GUP's own fault while the map pins
+    assert t.write_faults == {("type1", "untracked"): 3} and sink.alerts == []
+
+
+def test_a_sampling_mismatch_after_a_write_fault_alert_is_counted_not_alerted_again():
+    kernel = Kernel()
+    t, sink, watch = watch_with(kernel, {VADDR: 0x4242}, zero_pfn=ZERO)
+    mapped_through(watch, runs=((0, 1, ZERO),))
+    write_fault(watch, VADDR, ZERO)
+    watch.verify_all()
+    assert t.mismatches == 1 and [k for k, _, _ in sink.alerts] == ["zero_page_pin", "pin_mismatch"]
+
+
+def test_the_mapping_holding_an_address_is_found_among_overlapping_buffers():
+    t = PinTracker(samples=4)
+    mapped(t, size=64 * PAGE, iova=0x100000)
+    mapped(t, size=PAGE, iova=0x900000, vaddr=VADDR + 8 * PAGE)  # part of the same buffer, again
+    assert t.holding(10, "type1", VADDR + 9 * PAGE).iova == 0x100000
+    assert t.holding(10, "type1", VADDR + 8 * PAGE).iova == 0x900000
+    assert t.holding(10, "type1", VADDR + 64 * PAGE) is None
+    t.on_event(ev(EV_UNMAP, 10, iova=0x900000, size=PAGE))
+    assert t.holding(10, "type1", VADDR + 8 * PAGE).iova == 0x100000
+
+
+def test_a_zero_page_write_fault_read_before_the_copy_landed_has_an_unknown_current_pfn():
+    kernel = Kernel()
+    t, sink, watch = watch_with(kernel, {VADDR: ZERO}, zero_pfn=ZERO)
+    mapped_through(watch, runs=((0, 1, ZERO),))
+    write_fault(watch, VADDR, ZERO)
+    fields = sink.alerts[-1][2]
+    assert fields["PINNED_PFN"] == "0x77" and fields["CURRENT_PFN"] == "unknown"

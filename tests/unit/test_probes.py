@@ -6,6 +6,7 @@ from vfiomond.probes import PROBES, kernel_facts, select, wanted_symbols
 # The relevant lines of /proc/kallsyms in the lab guests (addresses made up;
 # names, types and modules as seen there).
 DEBIAN_6_1 = """\
+ffffffff81000008 t do_wp_page
 ffffffff81000010 T __account_locked_vm
 ffffffff81000020 T remap_pfn_range
 ffffffff81000030 T untrack_pfn
@@ -20,6 +21,7 @@ ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
 """
 
 DEBIAN_6_12 = """\
+ffffffff81000008 t do_wp_page
 ffffffff81000010 T __account_locked_vm
 ffffffff81000020 T remap_pfn_range
 ffffffff81000030 T untrack_pfn

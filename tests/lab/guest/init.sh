@@ -2,7 +2,9 @@
 # The lab guest's job, started by /sbin/vfiomond-lab-init (see tests/lab/image.sh)
 # with the checkout at /lab/src (read-only), results at /lab/out, and the
 # user's EXTRA folder at /lab/extra.  Parameters come on the kernel command line:
-#   vfiomond.scenario=NAME vfiomond.port=PORT vfiomond.demo=0|1
+#   vfiomond.scenario=NAME[+NAME...] vfiomond.port=PORT vfiomond.demo=0|1
+# Several scenarios joined by "+" run one after the other under one vfiomond
+# (tests/lab/lab.py: boots that do not disturb each other share a boot).
 # Every step leaves a line in /lab/out/steps; the host reads the files here.
 set -u
 src=/lab/src
@@ -62,7 +64,8 @@ export PYTHONPATH=$src PYTHONUNBUFFERED=1
 python3 -m vfiomond check >"$out/check.txt" 2>&1
 # doctor (as root and as nobody) is checked with the kernel-log scenario; elsewhere it
 # would only add to every boot.
-if [ "$scenario" = kernel-log ]; then
+case "+$scenario+" in *+kernel-log+*) with_doctor=1 ;; *) with_doctor=0 ;; esac
+if [ "$with_doctor" = 1 ]; then
     python3 -m vfiomond doctor --json >"$out/doctor.json" 2>"$out/doctor.err"
     echo $? >"$out/doctor.rc"
     setpriv --reuid=65534 --regid=65534 --clear-groups python3 -m vfiomond doctor --json >"$out/doctor-nobody.json" 2>"$out/doctor-nobody.err"
@@ -70,7 +73,7 @@ fi
 # The symbols vfiomond looks for, as this kernel has them (for diagnosis, and the
 # fixtures of tests/unit/data/kallsyms that scripts/coverage_table.py reads).
 { echo "# $(uname -r)"
-  grep -E ' (vfio|iommufd|iopt|iommu_map$|do_update_pinned|__account_locked_vm|mm_lock_acct|remap_pfn_range|untrack_pfn|pfnmap_untrack)' /proc/kallsyms \
+  grep -E ' (vfio|iommufd|iopt|iommu_map$|do_update_pinned|__account_locked_vm|mm_lock_acct|remap_pfn_range|untrack_pfn|pfnmap_untrack|do_wp_page$)' /proc/kallsyms \
     | sort -k3; } >"$out/kallsyms.txt"
 step "vfiomond check (and doctor) done"
 python3 -m vfiomond run --config "$src/tests/lab/guest/vfiomond.toml" --listen ":$port" >"$out/vfiomond.log" 2>&1 &
@@ -85,9 +88,16 @@ until grep -q "serving /metrics" "$out/vfiomond.log"; do
 done
 step "vfiomond ready"
 
-VFIOMOND_PID=$daemon VFIOMOND_PORT=$port VFIOMOND_HOLD=${hold:-0} python3 "$src/tests/lab/scenarios/$scenario.py" >"$out/scenario.json" 2>"$out/scenario.log"
-echo $? >"$out/scenario.rc"
-step "scenario $scenario exit $(cat "$out/scenario.rc")"
+run_scenario() {  # NAME SUFFIX: output in scenario$SUFFIX.{json,log,rc}
+    VFIOMOND_PID=$daemon VFIOMOND_PORT=$port VFIOMOND_HOLD=${hold:-0} python3 "$src/tests/lab/scenarios/$1.py" \
+        >"$out/scenario$2.json" 2>"$out/scenario$2.log"
+    echo $? >"$out/scenario$2.rc"
+    step "scenario $1 exit $(cat "$out/scenario$2.rc")"
+}
+case "$scenario" in
+*+*) for name in $(echo "$scenario" | tr '+' ' '); do run_scenario "$name" "-$name"; done ;;
+*) run_scenario "$scenario" "" ;;
+esac
 if [ -x /lab/extra/run ]; then
     (cd /lab/extra && ./run) >"$out/extra.log" 2>&1
     echo $? >"$out/extra.rc"

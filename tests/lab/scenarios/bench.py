@@ -12,7 +12,12 @@ Workloads (the same in every phase), on edu through its type1 container:
 - steady: fault passes for STEADY_SECONDS, for the tracer's CPU at a sustained
   fault rate;
 - scale: MAP_DMA of SCALE_MIB sizes once each with vfiomond, to show its
-  in-kernel work and its events to user space per GiB.
+  in-kernel work and its events to user space per GiB;
+- write faults: the host's copy-on-write path (do_wp_page), which vfiomond hooks
+  for every process: WP_PAGES pages of fresh anonymous memory (THP off) read (the
+  zero page is mapped) and then written (each write a do_wp_page that copies), by a
+  process holding no pins ("write_faults") and by one holding a DMA mapping
+  elsewhere ("write_faults_pinned": each fault goes to vfiomond as an event).
 
 Phases: "vfiomond" (the daemon the lab started), "none" (vfiomond stopped),
 "funclatency" (BCC's funclatency-bpfcc on the fault function, then on the map
@@ -47,6 +52,8 @@ REPEAT = 5
 STEADY_SECONDS = 20
 WARM_UP_SECONDS = 3
 SCALE_MIB = (256, 1024)
+WP_PAGES, WP_PASSES = 4096, 9
+WP_IOVA = 0x200000000
 PORT = os.environ.get("VFIOMOND_PORT", "10119")
 OUT = "/lab/out"
 
@@ -217,6 +224,31 @@ class Rig:
             raise RuntimeError("unmapped %d of %d bytes" % (unmapped, size))
         return t1 - t0, t2 - t1
 
+    def write_faults(self, holding_pins=False):
+        """Per-fault ns (median over passes) of writes to pages that map the zero page."""
+        size = WP_PAGES * v.PAGE
+        if holding_pins:
+            self.container.map_dma(self.buffer, WP_IOVA, 2 * MIB, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
+        per_fault, counts, total_ns = [], [], 0
+        try:
+            for _ in range(WP_PASSES):
+                buf = v.mmap_untouched(size)
+                v.read_strided(buf, size, v.PAGE)  # read faults: the zero page everywhere
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                t0 = time.perf_counter_ns()
+                v.touch_pages(buf, size)  # write faults: a copy per page
+                elapsed = time.perf_counter_ns() - t0
+                n = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+                v.munmap(buf, size)
+                total_ns += elapsed
+                counts.append(n)
+                per_fault.append(elapsed / max(n, 1))
+        finally:
+            if holding_pins:
+                self.container.unmap_dma(WP_IOVA, 2 * MIB)
+        return {"pass_ns_per_fault": statistics.median(per_fault), "faults_per_pass": statistics.median(counts),
+                "passes": WP_PASSES, "faults": sum(counts), "seconds": total_ns / 1e9, "holding_pins": holding_pins}
+
     def dma(self):
         maps, unmaps = zip(*(self.map_unmap(DMA_MIB * MIB) for _ in range(REPEAT)))
         return {"size_mib": DMA_MIB, "map_ms": statistics.median(maps) / 1e6, "unmap_ms": statistics.median(unmaps) / 1e6,
@@ -301,6 +333,8 @@ def main():
         time.sleep(WARM_UP_SECONDS)
         phases["vfiomond"] = {"faults": measured(daemon, rig.faults), "dma": measured(daemon, rig.dma),
                               "steady": measured(daemon, lambda: rig.steady(STEADY_SECONDS)),
+                              "write_faults": measured(daemon, rig.write_faults),
+                              "write_faults_pinned": measured(daemon, lambda: rig.write_faults(holding_pins=True)),
                               "rss_kib": rss_kib(daemon), "anon_kib": anon_kib(daemon)}
         summary["scale"] = scale(rig, daemon)
         fault_fn = traced_fault_function(probes["bar_fault"], phases["vfiomond"]["faults"]["bpf_programs"])
@@ -308,11 +342,13 @@ def main():
         stop(daemon)
 
         log("phase none")
-        phases["none"] = {"faults": rig.faults(), "dma": rig.dma(), "steady": rig.steady(STEADY_SECONDS)}
+        phases["none"] = {"faults": rig.faults(), "dma": rig.dma(), "steady": rig.steady(STEADY_SECONDS),
+                          "write_faults": rig.write_faults(), "write_faults_pinned": rig.write_faults(holding_pins=True)}
 
         log("phase funclatency")
         phases["funclatency"] = {}
-        for what, fn, workload in (("faults", fault_fn, rig.faults), ("dma", map_fn, rig.dma), ("pin", pin_fn, rig.dma)):
+        for what, fn, workload in (("faults", fault_fn, rig.faults), ("dma", map_fn, rig.dma), ("pin", pin_fn, rig.dma),
+                                   ("write_faults", "do_wp_page", rig.write_faults)):
             proc, ready = start_and_wait(["funclatency-bpfcc", fn], r"^Tracing", "%s/funclatency-%s.log" % (OUT, what))
             phases["funclatency"][what] = measured(proc.pid, workload)
             phases["funclatency"][what + "_start_seconds"] = ready

@@ -12,6 +12,16 @@ in place (so vfiomond can verify them), unmaps and closes.
 Where the read-only pin took the shared zero page (Debian 12's 6.1), the device
 reads zeros: ``stale`` is true.
 
+Then a divergence that lives less than a second ("brief"): the same read-only map
+of 64 KiB of untouched memory at IOVA 0x3000000, the write, the device's read, and
+the container closed at once (no UNMAP_DMA: the kernel unmaps at release).
+
+Then COW after fork ("fork"): 64 KiB of touched memory mapped read-write at
+IOVA 0x5000000; the process forks, the child writes 0xCD over the buffer and
+exits, the parent writes 0x5A; the device reads the buffer.  Kernels that copy
+pinned pages for the child at fork (5.11+) keep the parent's page: the device
+reads 0x5A.
+
 Then churn, as a guest with a vIOMMU drives type1: 1024 live 4 KiB mappings (one
 MAP_DMA per page of a touched 4 MiB buffer), and for ``--churn`` seconds a 4 KiB
 MAP_DMA / UNMAP_DMA loop over the pages of another touched buffer, as fast as the
@@ -40,6 +50,22 @@ PATTERN = 0xAB
 COPY = 1024
 
 
+def open_edu(container, dev):
+    """The edu device of ``container``, bus master, its BAR mapped: (device fd, BAR address, BAR size)."""
+    device_fd = container.device(dev.bdf)
+    bar = v.region(device_fd, 0)
+    config = v.region(device_fd, v.VFIO_PCI_CONFIG_REGION_INDEX)
+    v.set_pci_command(device_fd, config, v.pci_command(device_fd, config) | v.PCI_COMMAND_MEMORY | v.PCI_COMMAND_MASTER)
+    return device_fd, v.mmap_device(device_fd, bar.size, bar.offset), bar.size
+
+
+def device_reads(bar_addr, iova, rw, rw_iova):
+    """What the device reads at ``iova``: copied into edu's buffer, then to ``rw`` (at ``rw_iova``)."""
+    v.edu_dma(bar_addr, iova, v.EDU_BUFFER, COPY, to_ram=False)
+    v.edu_dma(bar_addr, v.EDU_BUFFER, rw_iova, COPY, to_ram=True)
+    return ctypes.string_at(rw, COPY)
+
+
 def run(dev, wait):
     out = {"device": dev.bdf, "name": dev.name, "iommu_group": dev.iommu_group}
     container = v.Container(dev.iommu_group)
@@ -64,14 +90,8 @@ def run(dev, wait):
         {"iova": RW_IOVA, "size": SIZE, "flags": 3, "touched": True, "vaddr": rw},
     ]
 
-    device_fd = container.device(dev.bdf)
-    bar = v.region(device_fd, 0)
-    config = v.region(device_fd, v.VFIO_PCI_CONFIG_REGION_INDEX)
-    v.set_pci_command(device_fd, config, v.pci_command(device_fd, config) | v.PCI_COMMAND_MEMORY | v.PCI_COMMAND_MASTER)
-    addr = v.mmap_device(device_fd, bar.size, bar.offset)
-    v.edu_dma(addr, RO_IOVA + page * v.PAGE, v.EDU_BUFFER, COPY, to_ram=False)
-    v.edu_dma(addr, v.EDU_BUFFER, RW_IOVA, COPY, to_ram=True)
-    seen = ctypes.string_at(rw, COPY)
+    device_fd, addr, bar_size = open_edu(container, dev)
+    seen = device_reads(addr, RO_IOVA + page * v.PAGE, rw, RW_IOVA)
     out["device_read"] = seen[:16].hex()
     out["wrote"] = bytes([PATTERN]).hex()
     out["stale"] = seen != bytes([PATTERN]) * COPY
@@ -80,13 +100,86 @@ def run(dev, wait):
 
     time.sleep(wait)  # let vfiomond verify while the mappings are in place
     out["unmap_at"] = time.time()
-    v.munmap(addr, bar.size)
+    v.munmap(addr, bar_size)
     for m in out["mappings"]:
         m["unmapped"] = container.unmap_dma(m["iova"], m["size"])
     v.munmap(ro, SIZE)
     v.munmap(rw, SIZE)
     os.close(device_fd)
     container.close()
+    return out
+
+
+BRIEF_IOVA, BRIEF_SIZE = 0x3000000, 64 * 1024
+READBACK_IOVA = 0x6000000  # a touched page the device copies into, in each phase
+
+
+def brief(dev):
+    """The zero-page divergence again, ended by close within a second, without UNMAP_DMA."""
+    out = {"iova": BRIEF_IOVA, "size": BRIEF_SIZE}
+    container = v.Container(dev.iommu_group)
+    device_fd, addr, bar_size = open_edu(container, dev)
+    ro = v.mmap_untouched(BRIEF_SIZE)
+    rw = v.mmap_anonymous(v.PAGE)
+    v.touch_pages(rw, v.PAGE)
+    container.map_dma(rw, READBACK_IOVA, v.PAGE, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
+    out["mapped_at"] = time.time()
+    container.map_dma(ro, BRIEF_IOVA, BRIEF_SIZE, v.VFIO_DMA_MAP_FLAG_READ)
+    pfn_before = v.own_pfn(ro)
+    out["wrote_at"] = time.time()
+    ctypes.memset(ro, PATTERN, BRIEF_SIZE)
+    out["vaddr"] = ro
+    out["pfn_changed"] = v.own_pfn(ro) != pfn_before
+    out["stale"] = device_reads(addr, BRIEF_IOVA, rw, READBACK_IOVA) != bytes([PATTERN]) * COPY
+    v.munmap(addr, bar_size)
+    os.close(device_fd)
+    container.close()  # the release unmaps and unpins everything: no UNMAP_DMA
+    out["closed_at"] = time.time()
+    out["held_seconds"] = out["closed_at"] - out["mapped_at"]
+    v.munmap(ro, BRIEF_SIZE)
+    v.munmap(rw, v.PAGE)
+    print("pin-mismatch: brief divergence held %.2f s (stale: %s)" % (out["held_seconds"], out["stale"]),
+          file=sys.stderr, flush=True)
+    return out
+
+
+FORK_IOVA, FORK_SIZE = 0x5000000, 64 * 1024
+CHILD_PATTERN, PARENT_PATTERN = 0xCD, 0x5A
+
+
+def cow_after_fork(dev):
+    """A pinned, touched private buffer; fork; the child writes it and exits; the parent writes."""
+    out = {"iova": FORK_IOVA, "size": FORK_SIZE}
+    container = v.Container(dev.iommu_group)
+    device_fd, addr, bar_size = open_edu(container, dev)
+    buf = v.mmap_anonymous(FORK_SIZE)
+    v.touch_pages(buf, FORK_SIZE)
+    rw = v.mmap_anonymous(v.PAGE)
+    v.touch_pages(rw, v.PAGE)
+    container.map_dma(rw, READBACK_IOVA, v.PAGE, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
+    container.map_dma(buf, FORK_IOVA, FORK_SIZE, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
+    out["vaddr"] = buf
+    pfn_before = v.own_pfn(buf)
+    child = os.fork()
+    if child == 0:
+        ctypes.memset(buf, CHILD_PATTERN, FORK_SIZE)
+        os._exit(0)
+    os.waitpid(child, 0)
+    ctypes.memset(buf, PARENT_PATTERN, FORK_SIZE)
+    out["pfn_changed"] = v.own_pfn(buf) != pfn_before
+    seen = device_reads(addr, FORK_IOVA, rw, READBACK_IOVA)
+    out["device_read"] = seen[:16].hex()
+    out["stale"] = seen != bytes([PARENT_PATTERN]) * COPY
+    time.sleep(2)  # a verification pass or two with the mappings in place
+    container.unmap_dma(FORK_IOVA, FORK_SIZE)
+    container.unmap_dma(READBACK_IOVA, v.PAGE)
+    v.munmap(addr, bar_size)
+    os.close(device_fd)
+    container.close()
+    v.munmap(buf, FORK_SIZE)
+    v.munmap(rw, v.PAGE)
+    print("pin-mismatch: after fork the device read %s... (stale: %s)" % (seen[:8].hex(), out["stale"]),
+          file=sys.stderr, flush=True)
     return out
 
 
@@ -134,6 +227,8 @@ def churn(dev, seconds):
     v.munmap(live, LIVE_PAGES * v.PAGE)
     v.munmap(pages, CHURN_PAGES * v.PAGE)
     container.close()
+    time.sleep(1.5)  # the daemon handles the release
+    out["released"] = vfiomond_view("released")
     print("pin-mismatch: churned %d 4 KiB map/unmap pairs in %.1f s next to %d live mappings"
           % (pairs, out["seconds"], LIVE_PAGES), file=sys.stderr, flush=True)
     return out
@@ -151,6 +246,8 @@ def main():
         if not edu:
             raise RuntimeError("no edu device bound to vfio-pci")
         summary["devices"] = [run(edu[0], args.wait)]
+        summary["brief"] = brief(edu[0])
+        summary["fork"] = cow_after_fork(edu[0])
         summary["churn"] = churn(edu[0], args.churn)
         summary["ok"] = True
     except Exception as e:
