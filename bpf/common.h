@@ -2,7 +2,8 @@
  *
  * vfiomond/bpfload.py puts this text in front of the area programs and
  * compiles them as one BCC program.  Every map is bounded; a failed insert is
- * counted in lost_events instead of being dropped silently.
+ * counted in lost_events (enum loss: which map, and why) instead of being
+ * dropped silently.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
@@ -20,7 +21,39 @@
  * entry in flight was used at its entry probe, so idle threads' go first). */
 #define THREAD_STATE_ENTRIES 4096
 
-BPF_ARRAY(lost_events, u64, 1);
+/* Every loss is counted under the map that lost it and why (vfiomond/bpfload.py
+ * LOSSES mirrors this enum: map name, reason): "full" a bounded map refused an
+ * insert or a ring buffer had no room, "evicted" an LRU entry in use was gone,
+ * "stale" an entry left by a kretprobe that never ran. */
+enum loss {
+    LOSS_PIN_EVENTS_FULL = 0,
+    LOSS_IOMMUFD_PIN_EVENTS_FULL = 1,
+    LOSS_PROC_ACCT_FULL = 2,
+    LOSS_IOMMUFD_PROC_ACCT_FULL = 3,
+    LOSS_DMA_BY_TID_FULL = 4,
+    LOSS_IOMMUFD_DMA_BY_TID_FULL = 5,
+    LOSS_PIN_BY_TID_FULL = 6,
+    LOSS_ACCT_BY_TID_FULL = 7,
+    LOSS_IOMMUFD_ACCT_BY_TID_FULL = 8,
+    LOSS_UNMAPS_BEGUN_FULL = 9,
+    LOSS_DMA_HIST_FULL = 10,
+    LOSS_DMA_ERRORS_FULL = 11,
+    LOSS_IOMMUFD_DMA_HIST_FULL = 12,
+    LOSS_IOMMUFD_DMA_ERRORS_FULL = 13,
+    LOSS_BAR_FAULTS_BY_VMA_FULL = 14,
+    LOSS_BAR_FAULTS_BY_VMA_EVICTED = 15,
+    LOSS_BAR_FAULT_BY_TID_FULL = 16,
+    LOSS_BAR_FAULT_BY_TID_STALE = 17,
+    LOSS_BAR_FAULT_HIST_FULL = 18,
+    LOSS_BAR_FAULTS_CONCURRENT_FULL = 19,
+    LOSS_REMAP_BY_TID_FULL = 20,
+    LOSS_REMAP_HIST_FULL = 21,
+    LOSS_REMAP_ERRORS_FULL = 22,
+    LOSS_PAT_UNTRACK_FULL = 23,
+    LOSSES = 24,
+};
+
+BPF_ARRAY(lost_events, u64, LOSSES);
 
 /* Kernel facts that change when the vfio modules load or unload, written by
  * the daemon (RUNTIME_FACTS in vfiomond/bpfload.py, same order). */
@@ -40,10 +73,9 @@ static __always_inline u64 kernel_fact(int index)
     return v ? *v : 0;
 }
 
-static __always_inline void count_lost(void)
+static __always_inline void count_lost(int loss)
 {
-    int zero = 0;
-    u64 *v = lost_events.lookup(&zero);
+    u64 *v = lost_events.lookup(&loss);
     if (v)
         __sync_fetch_and_add(v, 1);
 }
@@ -51,12 +83,12 @@ static __always_inline void count_lost(void)
 /* Add n to a counter returned by map.lookup_or_try_init(&key, &zero); a NULL
  * there means the bounded map is full: count it as lost. (BCC cannot rewrite
  * map calls inside macros, so call sites spell out the lookup.) */
-static __always_inline void add_or_lost(u64 *v, u64 n)
+static __always_inline void add_or_lost(u64 *v, u64 n, int loss)
 {
     if (v)
         __sync_fetch_and_add(v, n);
     else
-        count_lost();
+        count_lost(loss);
 }
 
 static __always_inline u32 current_tid(void)
@@ -117,7 +149,7 @@ static __always_inline void unmap_begun(u64 space)
     u64 *untracked = unmap_spaces_untracked.lookup(&first);
     if (untracked)
         __sync_fetch_and_add(untracked, 1);
-    count_lost();
+    count_lost(LOSS_UNMAPS_BEGUN_FULL);
 }
 
 /* Sample points of a mapping of `size` bytes (PIN_SAMPLES of them: first

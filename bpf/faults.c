@@ -145,7 +145,7 @@ static __always_inline void bar_vma_enter(u64 vma_addr, struct vm_area_struct *v
         if (st) {
             /* an earlier vma's entry at a reused address: its faults are over */
             if (bar_faults_by_vma.update(&vma_addr, &fresh) != 0)
-                count_lost();
+                count_lost(LOSS_BAR_FAULTS_BY_VMA_FULL);
             return;
         }
         if (bar_faults_by_vma.insert(&vma_addr, &fresh) == 0)
@@ -153,7 +153,7 @@ static __always_inline void bar_vma_enter(u64 vma_addr, struct vm_area_struct *v
         /* Another thread's first fault on this vma inserted it meanwhile. */
         st = bar_faults_by_vma.lookup(&vma_addr);
         if (!st) {
-            count_lost();
+            count_lost(LOSS_BAR_FAULTS_BY_VMA_FULL);
             return;
         }
     }
@@ -162,7 +162,7 @@ static __always_inline void bar_vma_enter(u64 vma_addr, struct vm_area_struct *v
     if (st->inflight > 0) {
         struct device_key dk = {};
         __builtin_memcpy(dk.device, st->device, DEVICE_LEN);
-        add_or_lost(bar_faults_concurrent.lookup_or_try_init(&dk, &zero), 1);
+        add_or_lost(bar_faults_concurrent.lookup_or_try_init(&dk, &zero), 1, LOSS_BAR_FAULTS_CONCURRENT_FULL);
     }
     __sync_fetch_and_add(&st->inflight, 1);
 }
@@ -182,10 +182,12 @@ static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
         if (now - t->ts < STALE_NS) {
             int zero_index = 0;
             t->depth++; /* vfio_pci_mmap_page_fault -> huge_fault(vmf, 0) */
-            add_or_lost(bar_fault_nested.lookup(&zero_index), 1);
+            u64 *nested = bar_fault_nested.lookup(&zero_index);  /* an array's slot 0: always there */
+            if (nested)
+                __sync_fetch_and_add(nested, 1);
             return 0;
         }
-        count_lost(); /* left by a missed kretprobe: start over */
+        count_lost(LOSS_BAR_FAULT_BY_TID_STALE); /* left by a missed kretprobe: start over */
     }
     if (t) {
         t->ts = now;
@@ -195,7 +197,7 @@ static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
     } else {
         struct bar_fault_thread fresh = {.ts = now, .vma = (u64)vma, .depth = 1, .order = order};
         if (bar_fault_by_tid.update(&tid, &fresh) != 0) {
-            count_lost();
+            count_lost(LOSS_BAR_FAULT_BY_TID_FULL);
             return 0;
         }
     }
@@ -230,7 +232,7 @@ int on_bar_fault_return(struct pt_regs *ctx)
         key.region = st->region;
         __sync_fetch_and_add(&st->inflight, -1);
     } else {
-        count_lost(); /* evicted from the LRU while in flight: device unknown */
+        count_lost(LOSS_BAR_FAULTS_BY_VMA_EVICTED); /* evicted from the LRU while in flight: device unknown */
     }
     struct bar_fault_val zero = {};
     struct bar_fault_val *v = bar_fault_hist.lookup_or_try_init(&key, &zero);
@@ -238,7 +240,7 @@ int on_bar_fault_return(struct pt_regs *ctx)
         __sync_fetch_and_add(&v->count, 1);
         __sync_fetch_and_add(&v->sum_ns, delta);
     } else {
-        count_lost();
+        count_lost(LOSS_BAR_FAULT_HIST_FULL);
     }
     return 0;
 }
@@ -284,7 +286,7 @@ int on_remap_pfn_range(struct pt_regs *ctx)
     if (r)
         *r = fresh;
     else if (remap_by_tid.update(&tid, &fresh) != 0)
-        count_lost();
+        count_lost(LOSS_REMAP_BY_TID_FULL);
     return 0;
 }
 
@@ -302,7 +304,7 @@ int on_remap_pfn_range_return(struct pt_regs *ctx)
     key.context = r->context;
     if (ret != 0) {
         key.err = -ret;
-        add_or_lost(remap_errors.lookup_or_try_init(&key, &zero), 1);
+        add_or_lost(remap_errors.lookup_or_try_init(&key, &zero), 1, LOSS_REMAP_ERRORS_FULL);
         key.err = 0;
     }
     key.slot = bpf_log2l(delta);
@@ -314,7 +316,7 @@ int on_remap_pfn_range_return(struct pt_regs *ctx)
         if (ret == 0)
             __sync_fetch_and_add(&v->bytes, r->size);
     } else {
-        count_lost();
+        count_lost(LOSS_REMAP_HIST_FULL);
     }
     return 0;
 }
@@ -337,7 +339,7 @@ int on_untrack_pfn(struct pt_regs *ctx)
     struct device_key dk = {};
     u8 region;
     vma_device(vma, dk.device, &region);
-    add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1);
+    add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1, LOSS_PAT_UNTRACK_FULL);
     return 0;
 }
 
@@ -346,6 +348,6 @@ int on_pfnmap_untrack(struct pt_regs *ctx)
 {
     u64 zero = 0;
     struct device_key dk = {};
-    add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1);
+    add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1, LOSS_PAT_UNTRACK_FULL);
     return 0;
 }

@@ -59,7 +59,7 @@ static __always_inline void iommufd_emit(struct pin_event *ev)
 {
     ev->pid = bpf_get_current_pid_tgid() >> 32;
     if (iommufd_pin_events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
-        count_lost();
+        count_lost(LOSS_IOMMUFD_PIN_EVENTS_FULL);
 }
 
 struct iommufd_dma_key {
@@ -92,7 +92,7 @@ static __always_inline struct iommufd_proc *iommufd_proc_entry(void)
     struct iommufd_proc zero = {};
     struct iommufd_proc *a = iommufd_proc_acct.lookup_or_try_init(&pid, &zero);
     if (!a)
-        count_lost();
+        count_lost(LOSS_IOMMUFD_PROC_ACCT_FULL);
     return a;
 }
 
@@ -103,7 +103,7 @@ static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
         unmap_begun(d->iopt);
     d->ts = bpf_ktime_get_ns();
     if (iommufd_dma_by_tid.update(&tid, d) != 0)
-        count_lost();
+        count_lost(LOSS_IOMMUFD_DMA_BY_TID_FULL);
     return 0;
 }
 
@@ -206,12 +206,12 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
     } else {
         iommufd_dma_event(d, ret, 0);
         key.err = -ret;
-        add_or_lost(iommufd_dma_errors.lookup_or_try_init(&key, &zero), 1);
+        add_or_lost(iommufd_dma_errors.lookup_or_try_init(&key, &zero), 1, LOSS_IOMMUFD_DMA_ERRORS_FULL);
         key.err = 0;
     }
     iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_SUM_NS : IOMMUFD_UNMAP_SUM_NS, delta);
     key.slot = bpf_log2l(delta);
-    add_or_lost(iommufd_dma_hist.lookup_or_try_init(&key, &zero), 1);
+    add_or_lost(iommufd_dma_hist.lookup_or_try_init(&key, &zero), 1, LOSS_IOMMUFD_DMA_HIST_FULL);
     iommufd_dma_by_tid.delete(&tid);
     return 0;
 }
@@ -260,7 +260,7 @@ int on_iommufd_update_pinned(struct pt_regs *ctx)
     if (a)
         *a = fresh;
     else if (iommufd_acct_by_tid.update(&tid, &fresh) != 0)
-        count_lost();
+        count_lost(LOSS_IOMMUFD_ACCT_BY_TID_FULL);
     return 0;
 }
 

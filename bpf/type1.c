@@ -50,7 +50,7 @@ static __always_inline void emit(struct pin_event *ev)
 {
     ev->pid = bpf_get_current_pid_tgid() >> 32;
     if (pin_events.ringbuf_output(ev, sizeof(*ev), 0) != 0)
-        count_lost();
+        count_lost(LOSS_PIN_EVENTS_FULL);
 }
 
 struct dma_key {
@@ -81,7 +81,7 @@ static __always_inline struct proc_acct *proc_entry(void)
     struct proc_acct zero = {};
     struct proc_acct *a = proc_acct.lookup_or_try_init(&pid, &zero);
     if (!a)
-        count_lost();
+        count_lost(LOSS_PROC_ACCT_FULL);
     return a;
 }
 
@@ -129,7 +129,7 @@ static __always_inline int dma_enter(u64 space, u8 op, struct vfio_iommu_type1_d
         emit(&ev);
     }
     if (dma_by_tid.update(&tid, &d) != 0)
-        count_lost();
+        count_lost(LOSS_DMA_BY_TID_FULL);
     return 0;
 }
 
@@ -168,12 +168,12 @@ static __always_inline int dma_return(struct pt_regs *ctx)
             proc_add(&a->mapped_bytes, d->op == OP_MAP ? (s64)ev.size : -(s64)ev.size);
     } else {
         key.err = -ret;
-        add_or_lost(dma_errors.lookup_or_try_init(&key, &zero), 1);
+        add_or_lost(dma_errors.lookup_or_try_init(&key, &zero), 1, LOSS_DMA_ERRORS_FULL);
         key.err = 0;
     }
     type1_add(d->op == OP_MAP ? TYPE1_MAP_SUM_NS : TYPE1_UNMAP_SUM_NS, delta);
     key.slot = bpf_log2l(delta);
-    add_or_lost(dma_hist.lookup_or_try_init(&key, &zero), 1);
+    add_or_lost(dma_hist.lookup_or_try_init(&key, &zero), 1, LOSS_DMA_HIST_FULL);
     dma_by_tid.delete(&tid);
     return 0;
 }
@@ -263,7 +263,7 @@ int on_pin_pages(struct pt_regs *ctx)
     if (p)
         *p = fresh;
     else if (pin_by_tid.update(&tid, &fresh) != 0)
-        count_lost();
+        count_lost(LOSS_PIN_BY_TID_FULL);
     return 0;
 }
 
@@ -337,7 +337,7 @@ int on_lock_acct(struct pt_regs *ctx)
     if (a)
         *a = fresh;
     else if (acct_by_tid.update(&tid, &fresh) != 0)
-        count_lost();
+        count_lost(LOSS_ACCT_BY_TID_FULL);
     return 0;
 }
 

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 
 from vfiomond import faults, footprint, iommufd, type1
 from vfiomond.errors import VfiomondError
+from vfiomond.losses import LOSSES
 from vfiomond.probes import FEATURES, PROBES, Selected
 
 log = logging.getLogger("vfiomond")
@@ -83,10 +84,16 @@ class Program:
     def _distinct(self) -> List[object]:
         return list({id(b): b for b in self._programs.values()}.values())
 
-    def lost_events(self) -> int:
+    def lost_events(self) -> Dict[Tuple[str, str], int]:
+        """(BPF map, reason) -> events lost (losses.LOSSES, bpf/common.h enum loss)."""
         import ctypes
 
-        return sum(bpf.get_table("lost_events")[ctypes.c_int(0)].value for bpf in self._distinct())
+        out = dict.fromkeys(LOSSES, 0)
+        for bpf in self._distinct():
+            table = bpf.get_table("lost_events")
+            for i, loss in enumerate(LOSSES):
+                out[loss] += table[ctypes.c_int(i)].value
+        return out
 
     def fault_nesting_seen(self) -> bool:
         """A BAR fault entered vfio_pci_mmap_huge_fault from inside vfio_pci_mmap_page_fault."""

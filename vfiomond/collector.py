@@ -105,7 +105,10 @@ class VfiomondCollector:
 
         lost = CounterMetricFamily(
             "vfiomond_events_lost_total",
-            "Kernel-side events not recorded: a bounded map was full, or a kretprobe was missed.",
+            "Kernel-side events not recorded, by the BPF map that lost them and why: full (a bounded map or a "
+            "ring buffer had no room), evicted (an LRU entry in use was gone), stale (left by a missed kretprobe).",
+            labels=["map", "reason"],
         )
-        lost.add_metric([], self.program.lost_events())
+        for (bpf_map, reason), n in sorted(self.program.lost_events().items()):
+            lost.add_metric([bpf_map, reason], n)
         yield lost

@@ -17,6 +17,7 @@ from vfiomond.errors import ConfigError, VfiomondError
 from vfiomond.exposition import serve
 from vfiomond.kernellog import KernelLogWatcher
 from vfiomond.kernel import Kallsyms
+from vfiomond.losses import LossLog
 from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
 from vfiomond.processes import memlock_alert
 from vfiomond.probes import kernel_facts, select, wanted_symbols
@@ -65,6 +66,8 @@ def _fixed_facts(pin_samples: int) -> Dict[str, int]:
 MODULE_QUIET = 0.5
 # Seconds between deleting the per-process BPF entries of processes that are gone.
 HOUSEKEEPING_INTERVAL = 30.0
+# Seconds between two looks at the kernel-side losses (logged when they grow).
+LOSS_CHECK_INTERVAL = 5.0
 
 
 def verified_backends(disabled: Sequence[str]) -> Set[str]:
@@ -324,6 +327,8 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     signal.signal(signal.SIGHUP, on_hup)
     next_verify = time.monotonic() + config.pin_verify_interval
     next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+    next_loss_check = time.monotonic() + LOSS_CHECK_INTERVAL
+    losses = LossLog()
     statuses = program.statuses
     while not stop.is_set():
         if events:
@@ -347,6 +352,9 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
                 if area in program.areas():
                     program.forget_exited(area, table)
             next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        if now >= next_loss_check:
+            losses.check(program.lost_events())
+            next_loss_check = now + LOSS_CHECK_INTERVAL
         daemon.drop_redundant_fault_hook()
         if program.statuses != statuses:
             statuses = program.statuses

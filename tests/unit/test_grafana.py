@@ -344,7 +344,7 @@ SERIES: List[Tuple[str, str]] = [
     ('vfiomond_kernel_advisory_info{%s, id="ro-longterm-pin-divergence", severity="critical", status="affected"}' % J, "1x60"),
     ('vfiomond_alerts_total{%s, kind="pin_mismatch"}' % J, "0+1x60"),
     ('vfiomond_alerts_suppressed_total{%s, kind="pin_mismatch"}' % J, "0+1x60"),
-    ('vfiomond_events_lost_total{%s}' % J, "0+1x60"),
+    ('vfiomond_events_lost_total{%s, map="pin_events", reason="full"}' % J, "0+1x60"),
     ('ALERTS{%s, alertname="VfiomondPinMismatch", alertstate="firing", severity="critical"}' % J, "1x60"),
 ]
 for _result in ("nopage", "sigbus"):

@@ -103,7 +103,7 @@ class _Program:
         return _Tables(area)
 
     def lost_events(self):
-        return 0
+        return {("pin_events", "full"): 0}
 
 
 def test_collector_merges_the_backends_into_one_family_each():

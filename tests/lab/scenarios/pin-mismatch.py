@@ -193,6 +193,7 @@ def vfiomond_view(name):
     return {"at": time.time(), "pin_mappings": sum(v.sample(text, "vfiomond_pin_mappings")),
             "verifications": sum(v.sample(text, "vfiomond_pin_verifications_total")),
             "events_lost": sum(v.sample(text, "vfiomond_events_lost_total")),
+            "lost_pin_events": sum(v.sample(text, "vfiomond_events_lost_total", map="pin_events", reason="full")),
             "map_calls": sum(v.sample(text, "vfiomond_dma_map_duration_seconds_count", backend="type1")),
             "unmap_calls": sum(v.sample(text, "vfiomond_dma_unmap_duration_seconds_count", backend="type1")),
             "name": name}

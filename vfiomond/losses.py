@@ -1,0 +1,77 @@
+"""Kernel-side losses, named: which BPF map lost what, and why.
+
+bpf/common.h counts every loss in ``lost_events`` under ``enum loss``; LOSSES
+lists the same entries in the same order as (map, reason):
+
+- ``full``: a bounded map refused an insert, or a ring buffer had no room for an event;
+- ``evicted``: an LRU entry still in use was gone when its return probe looked;
+- ``stale``: an entry was left behind by a kretprobe that never ran.
+
+They are exported as ``vfiomond_events_lost_total{map,reason}`` and logged when
+they grow (LossLog: one line per map and reason, at most once a minute).
+"""
+
+import logging
+import time
+from typing import Callable, Dict, Tuple
+
+log = logging.getLogger("vfiomond")
+
+Loss = Tuple[str, str]  # (BPF map, reason)
+
+LOSSES: Tuple[Loss, ...] = (
+    ("pin_events", "full"),
+    ("iommufd_pin_events", "full"),
+    ("proc_acct", "full"),
+    ("iommufd_proc_acct", "full"),
+    ("dma_by_tid", "full"),
+    ("iommufd_dma_by_tid", "full"),
+    ("pin_by_tid", "full"),
+    ("acct_by_tid", "full"),
+    ("iommufd_acct_by_tid", "full"),
+    ("unmaps_begun", "full"),
+    ("dma_hist", "full"),
+    ("dma_errors", "full"),
+    ("iommufd_dma_hist", "full"),
+    ("iommufd_dma_errors", "full"),
+    ("bar_faults_by_vma", "full"),
+    ("bar_faults_by_vma", "evicted"),
+    ("bar_fault_by_tid", "full"),
+    ("bar_fault_by_tid", "stale"),
+    ("bar_fault_hist", "full"),
+    ("bar_faults_concurrent", "full"),
+    ("remap_by_tid", "full"),
+    ("remap_hist", "full"),
+    ("remap_errors", "full"),
+    ("pat_untrack", "full"),
+)
+
+WHAT = {
+    "full": "full: events or entries dropped",
+    "evicted": "entries evicted while in use: calls not attributed",
+    "stale": "entries left by missed kretprobes: calls not measured",
+}
+
+LOG_INTERVAL = 60.0  # seconds between two log lines about one map and reason
+
+
+class LossLog:
+    """Logs the losses that grew since it last looked, one line per map and reason,
+    at most one line per LOG_INTERVAL for each (the rest is summed into the next)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._logged: Dict[Loss, int] = {}  # count at the last line (or at start)
+        self._last: Dict[Loss, float] = {}
+
+    def check(self, counts: Dict[Loss, int]) -> None:
+        now = self._clock()
+        for loss, n in counts.items():
+            before = self._logged.setdefault(loss, 0)
+            if n <= before or now - self._last.get(loss, -LOG_INTERVAL) < LOG_INTERVAL:
+                continue
+            self._logged[loss], self._last[loss] = n, now
+            bpf_map, reason = loss
+            log.warning("BPF map %s %s: %d lost since the last report (%d in all); "
+                        "see vfiomond_events_lost_total{map=%r,reason=%r}",
+                        bpf_map, WHAT.get(reason, reason), n - before, n, bpf_map, reason)
