@@ -216,3 +216,48 @@ def test_programs_compiled_per_area_are_all_polled():
     p.open_ring_buffer("iommufd", "iommufd_pin_events", print)
     p.poll(500)
     assert type1.polls == [500] and iommufd.polls == [0]
+
+
+class FloodBPF(RingBPF):
+    """A ring buffer that always has another record, delivered the way libbpf does:
+    one callback per record until the buffer is empty or a callback returns < 0."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+        self.callbacks = []
+        self.delivered = 0
+
+    def __getitem__(self, table):
+        bpf = self
+
+        class Table:
+            def open_ring_buffer(self, callback):
+                bpf.callbacks.append(callback)
+
+        return Table()
+
+    def ring_buffer_poll(self, timeout_ms):
+        while True:
+            self.clock[0] += 0.01  # each record takes 10 ms to handle
+            self.delivered += 1
+            if self.callbacks[0](None, b"x" * 8, 8) < 0:
+                return
+
+
+def test_a_flood_of_records_does_not_hold_the_main_loop(monkeypatch):
+    import ctypes
+
+    from vfiomond import bpfload
+
+    clock = [0.0]
+    monkeypatch.setattr(bpfload.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(ctypes, "string_at", lambda data, size: data)
+    bpf = FloodBPF(clock)
+    p = Program({"type1": bpf})
+    seen = []
+    p.open_ring_buffer("type1", "pin_events", seen.append)
+    p.poll(500)
+    assert bpf.delivered == len(seen) == 26 and p.polls_cut == 1  # 0.25 s of records, each handled
+    p.poll(500)
+    assert len(seen) == 52 and p.polls_cut == 2
