@@ -173,7 +173,7 @@ static __always_inline int holds_sample(u64 off, u64 len, u64 size)
 }
 
 /* Divergence where it happens: do_wp_page(struct vm_fault *vmf) (mm/memory.c,
- * 5.10 .. 6.18) handles a write to a page whose PTE is write-protected, and
+ * 5.10 .. 7.2 in the lab) handles a write to a page whose PTE is write-protected, and
  * either keeps the page (reuse) or gives the process a copy (COW: a page shared
  * after fork, the shared zero page, a read-only pinned page before 6.2's
  * "reliable R/O long-term pinning", seeds/003).  A copy inside a live DMA

@@ -591,9 +591,10 @@ class PinWatch:
             return
         fault = WriteFault(m, ev.vaddr, self._pte_pfn(ev.pfn) if self._pte_pfn else 0)
         if self.tracker.zero_pfn is not None and fault.pfn == self.tracker.zero_pfn:
-            # A write to the zero page is always a copy: the page is replaced now (the
-            # read may come before the fault has put the copy in place: then unknown).
-            now = self._current_pfn(fault)
+            # A write to the zero page is always a copy: the page is replaced now.  The
+            # current PFN is read only for the mapping's one alert (the read may come
+            # before the fault has put the copy in place: then unknown).
+            now = None if m.alerted else self._current_pfn(fault)
             self._diverged(fault, now if now != fault.pfn else None)
             return
         self._resolve(fault)
@@ -629,8 +630,8 @@ class PinWatch:
     def _diverged(self, fault: WriteFault, now: Optional[int]) -> None:
         m = fault.mapping
         self.tracker.count_write_fault(m.backend, "diverged")
-        m.replaced.add((fault.vaddr - m.vaddr) // PAGE * PAGE)
-        off = fault.vaddr - m.vaddr
+        off = fault.vaddr - m.vaddr  # page-aligned: vmf->address and the mapping's start are
+        m.replaced.add(off)
         self._alert(Mismatch(m.pid, fault.vaddr, m.iova + off, fault.pfn, now, m), "write_fault")
 
     def _alert(self, mm: Mismatch, detected_by: str) -> None:
