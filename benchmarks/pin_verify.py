@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vfiomond.pagemap import PAGE, read_pfns  # noqa: E402
-from vfiomond.pins import EV_MAP_BEGIN, EV_MAP_END, EV_PIN, PinEvent, PinTracker, sample_offsets  # noqa: E402
+from vfiomond.pins import Mapping, PinTracker, sample_offsets  # noqa: E402
 
 
 def main():
@@ -40,11 +40,9 @@ def main():
         usable = (size - PAGE) & ~(PAGE - 1)
         buffers.append(buf)
         iova = (i + 1) << 32
-        tracker.on_event(PinEvent(EV_MAP_BEGIN, pid, 0, vaddr, iova, usable, 0, 0))
         current = read_pfns(pid, [vaddr + off for off in sample_offsets(usable, args.samples)])
-        for va, pfn in current.items():  # one single-page "run" per sample page
-            tracker.on_event(PinEvent(EV_PIN, pid, 0, va, iova + va - vaddr, 0, 1, pfn or 0))
-        tracker.on_event(PinEvent(EV_MAP_END, pid, 0, vaddr, iova, usable, 0, 0))
+        pinned = {va - vaddr: pfn or 0 for va, pfn in current.items()}
+        tracker.adopt(Mapping("type1", 0, iova, 1, pid, vaddr, usable, pinned))
     samples = tracker.samples_tracked()
     start = time.perf_counter()
     for _ in range(args.passes):

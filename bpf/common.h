@@ -24,7 +24,9 @@
 /* Every loss is counted under the map that lost it and why (vfiomond/bpfload.py
  * LOSSES mirrors this enum: map name, reason): "full" a bounded map refused an
  * insert or a ring buffer had no room, "evicted" an LRU entry in use was gone,
- * "stale" an entry left by a kretprobe that never ran. */
+ * "stale" an entry left by a kretprobe that never ran, "split" a buffer
+ * needed more address blocks than one call may insert (type1.c pin_spans),
+ * "unread" a kernel read failed (the entry it was for is left behind). */
 enum loss {
     LOSS_PIN_EVENTS_FULL = 0,
     LOSS_IOMMUFD_PIN_EVENTS_FULL = 1,
@@ -35,22 +37,26 @@ enum loss {
     LOSS_PIN_BY_TID_FULL = 6,
     LOSS_ACCT_BY_TID_FULL = 7,
     LOSS_IOMMUFD_ACCT_BY_TID_FULL = 8,
-    LOSS_UNMAPS_BEGUN_FULL = 9,
-    LOSS_DMA_HIST_FULL = 10,
-    LOSS_DMA_ERRORS_FULL = 11,
-    LOSS_IOMMUFD_DMA_HIST_FULL = 12,
-    LOSS_IOMMUFD_DMA_ERRORS_FULL = 13,
-    LOSS_BAR_FAULTS_BY_VMA_FULL = 14,
-    LOSS_BAR_FAULTS_BY_VMA_EVICTED = 15,
-    LOSS_BAR_FAULT_BY_TID_FULL = 16,
-    LOSS_BAR_FAULT_BY_TID_STALE = 17,
-    LOSS_BAR_FAULT_HIST_FULL = 18,
-    LOSS_BAR_FAULTS_CONCURRENT_FULL = 19,
-    LOSS_REMAP_BY_TID_FULL = 20,
-    LOSS_REMAP_HIST_FULL = 21,
-    LOSS_REMAP_ERRORS_FULL = 22,
-    LOSS_PAT_UNTRACK_FULL = 23,
-    LOSSES = 24,
+    LOSS_DMA_HIST_FULL = 9,
+    LOSS_DMA_ERRORS_FULL = 10,
+    LOSS_IOMMUFD_DMA_HIST_FULL = 11,
+    LOSS_IOMMUFD_DMA_ERRORS_FULL = 12,
+    LOSS_BAR_FAULTS_BY_VMA_FULL = 13,
+    LOSS_BAR_FAULTS_BY_VMA_EVICTED = 14,
+    LOSS_BAR_FAULT_BY_TID_FULL = 15,
+    LOSS_BAR_FAULT_BY_TID_STALE = 16,
+    LOSS_BAR_FAULT_HIST_FULL = 17,
+    LOSS_BAR_FAULTS_CONCURRENT_FULL = 18,
+    LOSS_REMAP_BY_TID_FULL = 19,
+    LOSS_REMAP_HIST_FULL = 20,
+    LOSS_REMAP_ERRORS_FULL = 21,
+    LOSS_PAT_UNTRACK_FULL = 22,
+    LOSS_PIN_MAPS_FULL = 23,
+    LOSS_PIN_SPANS_FULL = 24,
+    LOSS_PIN_SPANS_SPLIT = 25,
+    LOSS_PIN_MAPS_UNREAD = 26,
+    LOSS_PIN_SPACE_STALE_FULL = 27,
+    LOSSES = 28,
 };
 
 BPF_ARRAY(lost_events, u64, LOSSES);
@@ -62,7 +68,9 @@ enum kernel_fact {
     FACT_VFIO_PGOFF_IS_PFN = 1,  /* a BAR vma's vm_pgoff is the BAR's PFN (up to 6.9) */
     FACT_TYPE1_IOCTL_MAP = 2,    /* the type1 ioctl hook measures MAP_DMA */
     FACT_TYPE1_IOCTL_UNMAP = 3,  /* ... and UNMAP_DMA */
-    KERNEL_FACTS = 4,
+    FACT_PIN_MAPS = 4,           /* vfio_remove_dma is hooked: type1 mappings may enter pin_maps */
+    FACT_IOMMUFD_PIN_MAPS = 5,   /* iopt_area_unfill_domains is hooked: iommufd mappings may too */
+    KERNEL_FACTS = 6,
 };
 
 BPF_ARRAY(kernel_facts, u64, KERNEL_FACTS);
@@ -96,16 +104,13 @@ static __always_inline u32 current_tid(void)
     return (u32)bpf_get_current_pid_tgid();
 }
 
-/* Events for pin verification (vfiomond/pins.py), one ring buffer per DMA
- * backend, in order: MAP_BEGIN, the sampled PIN runs of that map, MAP_END;
- * UNMAP (IOVA 0 and size 2^64 - 1: the whole space).  `space` names the IOVA space: the type1 container (struct
- * vfio_iommu *) or the iommufd IOAS (struct io_pagetable *). */
-#define EV_MAP_BEGIN 1
-#define EV_MAP_END 2
-#define EV_PIN 3
-#define EV_UNMAP 4     /* sent once per unmap begun (unmap_begun), ret < 0 when it failed */
-#define EV_MEMLOCK 5  /* pinning refused: RLIMIT_MEMLOCK (or an -ENOMEM charge) */
-#define EV_WRITE_FAULT 6  /* a write fault on a write-protected PTE in a process holding pins */
+/* Records for pin verification (vfiomond/pins.py), one ring buffer per DMA
+ * backend: only what is rare, since the mappings themselves live in pin_maps
+ * (below).  `space` names the IOVA space: the type1 container
+ * (struct vfio_iommu *) or the iommufd IOAS (struct io_pagetable *). */
+#define EV_MAP_END 2      /* a complete mapping pinned the zero page (pin_map_end) */
+#define EV_MEMLOCK 5      /* pinning refused: RLIMIT_MEMLOCK (or an -ENOMEM charge) */
+#define EV_WRITE_FAULT 6  /* a write fault inside a live DMA mapping (write_fault_in) */
 
 struct pin_event {
     u32 type;
@@ -115,61 +120,38 @@ struct pin_event {
     u64 vaddr;
     u64 iova;
     u64 size;   /* bytes (map, unmap) */
-    u64 npage;  /* pin: pages in the physically contiguous run */
-    u64 pfn;    /* pin: PFN of the run's first page; write fault: the PTE it found, raw */
-    u64 locked; /* memlock: the mm's locked_vm, pages */
+    u64 npage;  /* MAP_END: sample pages at the zero page */
+    u64 pfn;    /* write fault: the PTE it found, raw */
+    u64 locked; /* memlock: the mm's locked_vm, pages; MAP_END: sample pages pinned */
     u64 limit;  /* memlock: RLIMIT_MEMLOCK soft limit, bytes */
     u64 space;
+    u64 map_vaddr;  /* write fault: the mapping's buffer (iova, size: the mapping's) */
+    u64 seq;        /* MAP_END, write fault: the mapping's seq in pin_maps */
 };
 
-/* Unmaps begun, per IOVA space: bumped at the entry of every unmap (UNMAP_DMA,
- * a type1 container's release, IOMMU_IOAS_UNMAP, an IOAS's iopt_unmap_all),
- * before the kernel unpins anything; each such unmap sends exactly one EV_UNMAP
- * when it returns (whatever its result).  A pin verification read from
- * /proc/PID/pagemap is about live mappings only if every unmap of the space that
- * began before the read ended had been applied (vfiomond/pins.py: the daemon
- * compares this count with the EV_UNMAP records it handled).  Entries stay for
- * the life of the program: the count of a space only grows.  A space that finds
- * the table full is counted in unmap_spaces_untracked (and lost_events); the
- * daemon then trusts no verification of a space it cannot find here. */
-#define UNMAP_SPACES 16384
-
-BPF_HASH(unmaps_begun, u64, u64, UNMAP_SPACES);
-BPF_ARRAY(unmap_spaces_untracked, u64, 1);
-
-static __always_inline void unmap_begun(u64 space)
-{
-    u64 zero = 0;
-    u64 *n = unmaps_begun.lookup_or_try_init(&space, &zero);
-    if (n) {
-        __sync_fetch_and_add(n, 1);
-        return;
-    }
-    int first = 0;
-    u64 *untracked = unmap_spaces_untracked.lookup(&first);
-    if (untracked)
-        __sync_fetch_and_add(untracked, 1);
-    count_lost(LOSS_UNMAPS_BEGUN_FULL);
-}
-
-/* Sample points of a mapping of `size` bytes (PIN_SAMPLES of them: first
- * page, last page, an even stride): a pin run is reported only if it holds
- * one, so events per mapping stay bounded whatever its size.  Must agree with
- * sample_offsets() in vfiomond/pins.py. */
+/* Sample points of a mapping of `size` bytes: slot k < PIN_SAMPLES at offset
+ * k * stride (while inside the mapping), slot PIN_SAMPLES at the last page.  A
+ * mapping keeps at most PIN_SAMPLES + 1 pinned PFNs whatever its size.  Must
+ * agree with sample_offsets() in vfiomond/pins.py. */
 #ifndef PIN_SAMPLES
 #define PIN_SAMPLES 16
 #endif
-#define PAGE_4K 4096ULL
+#define PIN_SLOTS (PIN_SAMPLES + 1)
+
+static __always_inline u64 sample_stride(u64 size)
+{
+    u64 stride = (size / (PIN_SAMPLES - 1)) & PAGE_MASK;
+    return stride < PAGE_SIZE ? PAGE_SIZE : stride;
+}
 
 /* Does [off, off + len) of a mapping of `size` bytes hold a sample point? */
 static __always_inline int holds_sample(u64 off, u64 len, u64 size)
 {
-    u64 stride = (size / (PIN_SAMPLES - 1)) & ~(PAGE_4K - 1);
-    if (stride < PAGE_4K)
-        stride = PAGE_4K;
-    u64 next = (off + stride - 1) / stride * stride;
-    u64 last = size - PAGE_4K;
-    return (next < off + len && next < size) || (last >= off && last < off + len);
+    u64 stride = sample_stride(size);
+    u64 k = (off + stride - 1) / stride;
+    u64 next = k * stride;
+    u64 last = size - PAGE_SIZE;
+    return (k < PIN_SAMPLES && next < off + len && next < size) || (last >= off && last < off + len);
 }
 
 /* Divergence where it happens: do_wp_page(struct vm_fault *vmf) (mm/memory.c,
@@ -185,10 +167,296 @@ static __always_inline int holds_sample(u64 off, u64 len, u64 size)
  * the fault found, sent raw: its PFN field depends on the CPU's physical
  * address width (x86: physical_mask, a variable), which the daemon reads from
  * the running system (vfiomond/pagemap.py pte_pfn_decoder). */
+static __always_inline u64 fault_address(struct vm_fault *vmf)
+{
+    u64 address = 0;
+    bpf_probe_read_kernel(&address, sizeof(address), &vmf->address);
+    return address;
+}
+
 static __always_inline void write_fault_event(struct vm_fault *vmf, struct pin_event *ev)
 {
     ev->type = EV_WRITE_FAULT;
-    bpf_probe_read_kernel(&ev->vaddr, sizeof(ev->vaddr), &vmf->address);
+    ev->vaddr = fault_address(vmf);
     bpf_probe_read_kernel(&ev->pfn, sizeof(vmf->orig_pte) < sizeof(ev->pfn) ? sizeof(vmf->orig_pte) : sizeof(ev->pfn),
                           &vmf->orig_pte);
+}
+
+/* Pin verification's table of the live DMA mappings of both backends
+ * (vfiomond/pintable.py), keyed by (IOVA space, IOVA): made when the mapping
+ * starts pinning, its sample slots filled from the pinned runs, complete when
+ * the map returns 0, deleted where the kernel ends the mapping, before it
+ * unpins (type1.c: vfio_remove_dma; iommufd.c: iopt_area_unfill_domains).  So
+ * an entry read again after a /proc/PID/pagemap read, with the same seq,
+ * proves that the read was of a live mapping.  Maps and unmaps cost a few hash
+ * updates here and nothing in user space, whatever their rate: the daemon
+ * reads the table once per verification pass.  Entries are allocated as
+ * mappings come (no preallocation: a value holds PIN_SLOTS PFNs); a full table
+ * is counted (LOSS_PIN_MAPS_FULL) and that mapping is not verified.  Each
+ * backend makes entries only while its removal hook is attached (its kernel
+ * fact), and the daemon empties the table when the hook goes. */
+#define PIN_MAPS_MAX 65536
+#define PIN_FILLED_WORDS ((PIN_SLOTS + 63) / 64)
+#define PIN_BACKEND_TYPE1 1
+#define PIN_BACKEND_IOMMUFD 2
+
+struct pin_map_key {
+    u64 space;  /* struct vfio_iommu * (type1) or struct io_pagetable * (iommufd) */
+    u64 iova;
+};
+
+struct pin_map {
+    u64 seq;       /* bpf_ktime_get_ns() when made: successive mappings at one key differ */
+    u64 vaddr;
+    u64 size;
+    u32 pid;
+    u8 complete;   /* the map returned 0 */
+    u8 backend;    /* PIN_BACKEND_* */
+    u8 pad[2];
+    u64 filled[PIN_FILLED_WORDS];  /* bit per sample slot: its PFN is known */
+    u64 pfn[PIN_SLOTS];            /* sample slot -> pinned PFN (holds_sample) */
+};
+
+BPF_F_TABLE("hash", struct pin_map_key, struct pin_map, pin_maps, PIN_MAPS_MAX, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(pin_map_scratch, struct pin_map, 1);  /* too large for the BPF stack */
+
+/* Per IOVA space, the time after which its older entries prove nothing: the
+ * process gave up its buffers' addresses (type1 VFIO_DMA_UNMAP_FLAG_VADDR,
+ * 5.12+, to exec a new VMM; the pins stay), or the kernel changed the space's
+ * mappings in a way the table does not follow (iommufd: an area split by the
+ * VFIO compat unmap, a domain detached).  The daemon does not verify those
+ * entries, nor does a write fault inside them count. */
+BPF_HASH(pin_space_stale, u64, u64, 4096);
+
+static __always_inline void pin_space_stale_now(u64 space)
+{
+    u64 now = bpf_ktime_get_ns();
+    if (pin_space_stale.update(&space, &now) != 0)
+        count_lost(LOSS_PIN_SPACE_STALE_FULL);
+}
+
+/* Which DMA mapping holds an address of a process: an LPM trie over (pid, the
+ * address, big-endian), each mapping's buffer split into aligned power-of-two
+ * blocks (a 2 MiB-aligned buffer of 1 GiB is one; at most PIN_SPAN_BLOCKS per
+ * buffer, the rest counted as LOSS_PIN_SPANS_SPLIT).  One lookup tells a write
+ * fault's mapping in the kernel, while it is live, so a mapping that ends
+ * before the daemon reads the fault is still named. */
+#define PIN_SPAN_BITS 96  /* pid, 32 bits, and the address, 64 */
+#define PIN_SPAN_BLOCKS 64
+#define PIN_SPANS_MAX 262144
+
+struct pin_span_key {
+    u32 prefixlen;
+    u32 pid;
+    u64 vaddr_be;
+};
+
+struct pin_span {
+    u64 space;
+    u64 iova;   /* the mapping's */
+    u64 vaddr;  /* the mapping's buffer */
+    u64 size;
+    u64 seq;
+    u64 backend;
+};
+
+BPF_LPM_TRIE(pin_spans, struct pin_span_key, struct pin_span, PIN_SPANS_MAX);
+
+/* log2 of a power of two (no ctz instruction before BPF ISA v4). */
+static __always_inline u32 log2_pow2(u64 b)
+{
+    u32 lg = 0;
+    if (b >> 32) { lg += 32; b >>= 32; }
+    if (b >> 16) { lg += 16; b >>= 16; }
+    if (b >> 8) { lg += 8; b >>= 8; }
+    if (b >> 4) { lg += 4; b >>= 4; }
+    if (b >> 2) { lg += 2; b >>= 2; }
+    if (b >> 1) lg += 1;
+    return lg;
+}
+
+/* The largest aligned block at v that fits in [v, end). */
+static __always_inline u64 span_block(u64 v, u64 end)
+{
+    u64 block = v & -v;
+    u64 h = end - v;  /* its highest bit */
+    h |= h >> 1; h |= h >> 2; h |= h >> 4; h |= h >> 8; h |= h >> 16; h |= h >> 32;
+    h -= h >> 1;
+    return (block == 0 || block > h) ? h : block;
+}
+
+static __always_inline void pin_spans_insert(struct pin_map_key *key, struct pin_map *m)
+{
+    struct pin_span_key k = {.pid = m->pid};
+    struct pin_span span = {.space = key->space, .iova = key->iova, .vaddr = m->vaddr, .size = m->size,
+                            .seq = m->seq, .backend = m->backend};
+    u64 v = m->vaddr, end = m->vaddr + m->size;
+    for (int i = 0; i < PIN_SPAN_BLOCKS && v < end; i++) {
+        u64 block = span_block(v, end);
+        k.prefixlen = PIN_SPAN_BITS - log2_pow2(block);
+        k.vaddr_be = __builtin_bswap64(v);
+        int err = pin_spans.insert(&k, &span);
+        if (err != 0 && err != -EEXIST)  /* -EEXIST: the buffer is also mapped at another IOVA */
+            count_lost(LOSS_PIN_SPANS_FULL);
+        v += block;
+    }
+    if (v < end)
+        count_lost(LOSS_PIN_SPANS_SPLIT);
+}
+
+/* The blocks of a mapping's buffer that are still its own (same seq). */
+static __always_inline void pin_spans_delete(u32 pid, u64 vaddr, u64 size, u64 seq)
+{
+    struct pin_span_key k = {.pid = pid};
+    u64 v = vaddr, end = vaddr + size;
+    for (int i = 0; i < PIN_SPAN_BLOCKS && v < end; i++) {
+        u64 block = span_block(v, end);
+        k.prefixlen = PIN_SPAN_BITS - log2_pow2(block);
+        k.vaddr_be = __builtin_bswap64(v);
+        struct pin_span *span = pin_spans.lookup(&k);
+        if (span && span->seq == seq)
+            pin_spans.delete(&k);
+        v += block;
+    }
+}
+
+/* A mapping of `size` bytes at `iova` of `space`, of the buffer at `vaddr` of
+ * the calling process, starts pinning.  Returns its seq (0: not in the table:
+ * `kept` is 0, the IOVA is taken, or the table is full). */
+static __always_inline u64 pin_map_begin(u64 space, u64 iova, u64 vaddr, u64 size, u8 backend, u64 kept)
+{
+    if (!kept || size < PAGE_SIZE)
+        return 0;
+    int zero = 0;
+    struct pin_map *m = pin_map_scratch.lookup(&zero);
+    if (!m)
+        return 0;
+    m->seq = bpf_ktime_get_ns();
+    m->vaddr = vaddr;
+    m->size = size;
+    m->pid = bpf_get_current_pid_tgid() >> 32;
+    m->complete = 0;
+    m->backend = backend;
+    for (int i = 0; i < PIN_FILLED_WORDS; i++)
+        m->filled[i] = 0;
+    struct pin_map_key k = {.space = space, .iova = iova};
+    int err = pin_maps.insert(&k, m);
+    if (err == 0)
+        return m->seq;
+    if (err != -EEXIST)  /* -EEXIST: the IOVA is mapped; this map fails */
+        count_lost(LOSS_PIN_MAPS_FULL);
+    return 0;
+}
+
+/* A run of `npage` pages from PFN `pfn` pinned at offset `off` of the mapping
+ * being made: the sample slots it holds get their PFN. */
+static __always_inline void pin_map_fill(struct pin_map_key *k, u64 seq, u64 off, u64 npage, u64 pfn)
+{
+    struct pin_map *m = pin_maps.lookup(k);
+    if (!m || m->seq != seq)
+        return;
+    u64 size = m->size, end = off + (npage << PAGE_SHIFT);
+    u64 stride = sample_stride(size);
+    u64 first = (off + stride - 1) / stride;
+    for (u32 i = 0; i < PIN_SAMPLES; i++) {
+        u64 slot = first + i;
+        u64 at = slot * stride;
+        if (slot >= PIN_SAMPLES || at >= end || at >= size)
+            break;
+        m->pfn[slot] = pfn + ((at - off) >> PAGE_SHIFT);
+        m->filled[slot / 64] |= 1ULL << (slot % 64);
+    }
+    u64 last = size - PAGE_SIZE;
+    if (last >= off && last < end) {
+        m->pfn[PIN_SAMPLES] = pfn + ((last - off) >> PAGE_SHIFT);
+        m->filled[PIN_SAMPLES / 64] |= 1ULL << (PIN_SAMPLES % 64);
+    }
+}
+
+/* The map returned: its entry is complete (and its buffer's spans in
+ * pin_spans) or, when it failed, gone.  Fills `ev` as a MAP_END record when the
+ * complete mapping pinned the zero page (sample slots at ZERO_PFN: npage, of
+ * `locked` slots pinned); returns whether it did. */
+static __always_inline int pin_map_end(struct pin_map_key *k, u64 seq, int ok, struct pin_event *ev)
+{
+    struct pin_map *m = pin_maps.lookup(k);
+    if (!seq || !m || m->seq != seq)
+        return 0;  /* not made, or the kernel ended the mapping already */
+    if (!ok) {
+        pin_maps.delete(k);
+        return 0;
+    }
+    m->complete = 1;
+    u32 pid = m->pid;
+    u64 vaddr = m->vaddr, size = m->size;
+    pin_spans_insert(k, m);
+    /* An unmap on another thread may have ended it since the map dropped its
+     * locks: then these spans are nobody's. */
+    m = pin_maps.lookup(k);
+    if (!m || m->seq != seq) {
+        pin_spans_delete(pid, vaddr, size, seq);
+        return 0;
+    }
+#ifdef ZERO_PFN
+    u64 zero = 0, filled = 0;
+    for (u32 slot = 0; slot < PIN_SLOTS; slot++) {
+        if (!(m->filled[slot / 64] & (1ULL << (slot % 64))))
+            continue;
+        filled++;
+        if (m->pfn[slot] == ZERO_PFN)
+            zero++;
+    }
+    if (zero) {
+        ev->type = EV_MAP_END;
+        ev->vaddr = vaddr;
+        ev->iova = k->iova;
+        ev->size = size;
+        ev->npage = zero;
+        ev->locked = filled;
+        ev->space = k->space;
+        ev->seq = seq;
+        return 1;
+    }
+#endif
+    return 0;
+}
+
+/* The kernel ends the mapping at (space, iova) before it unpins.  Returns
+ * whether an entry of exactly `size` bytes was there (0 also when `size` is 0). */
+static __always_inline int pin_map_remove(u64 space, u64 iova, u64 size)
+{
+    struct pin_map_key k = {.space = space, .iova = iova};
+    struct pin_map *m = pin_maps.lookup(&k);
+    if (!m)
+        return 0;
+    int whole = m->size == size;
+    if (m->complete)
+        pin_spans_delete(m->pid, m->vaddr, m->size, m->seq);
+    pin_maps.delete(&k);
+    return whole;
+}
+
+/* A write fault at `address` of process `pid`: the span of a live mapping of
+ * `backend` that holds it, if any (entries of a stale space do not count). */
+static __always_inline struct pin_span *pin_span_of(u32 pid, u64 address, u8 backend)
+{
+    struct pin_span_key k = {.prefixlen = PIN_SPAN_BITS, .pid = pid, .vaddr_be = __builtin_bswap64(address)};
+    struct pin_span *span = pin_spans.lookup(&k);
+    if (!span || span->backend != backend)
+        return NULL;
+    u64 *stale = pin_space_stale.lookup(&span->space);
+    if (stale && span->seq <= *stale)
+        return NULL;
+    return span;
+}
+
+/* The write-fault record of a fault inside `span`'s mapping. */
+static __always_inline void write_fault_in(struct vm_fault *vmf, struct pin_span *span, struct pin_event *ev)
+{
+    ev->space = span->space;
+    ev->iova = span->iova;
+    ev->size = span->size;
+    ev->map_vaddr = span->vaddr;
+    ev->seq = span->seq;
+    write_fault_event(vmf, ev);
 }

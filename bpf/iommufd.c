@@ -7,6 +7,7 @@
  */
 #include <linux/cred.h>
 #include <linux/sched/user.h>
+#include <linux/interval_tree.h>
 
 enum iommufd_counter {
     IOMMUFD_MAP_BYTES = 0,
@@ -18,7 +19,8 @@ enum iommufd_counter {
      * do_update_pinned charged them: IOMMUFD_PIN_BASE + 2 * mode + (0 pin, 1 unpin). */
     IOMMUFD_PIN_BASE = 5,
     IOMMUFD_WRITE_FAULTS = 11,  /* write faults seen in processes holding iommufd pins */
-    IOMMUFD_COUNTERS = 12,
+    IOMMUFD_WRITE_FAULTS_OUTSIDE = 12,  /* ... outside their DMA mappings (not sent) */
+    IOMMUFD_COUNTERS = 13,
 };
 
 /* iopt_pages->account_mode (IOPT_PAGES_ACCOUNT_*), told apart by what the
@@ -48,12 +50,14 @@ struct iommufd_inflight {
     u64 uptr;      /* map: the user's buffer */
     u64 iova_ptr;  /* map: unsigned long *, the IOVA (allocated before any page is mapped) */
     u64 iova;      /* map: *iova_ptr once read; unmap: the IOVA asked for */
+    u64 seq;       /* map: its pin_maps entry's seq (0: none) */
     u8 op;
-    u8 begun;      /* map: EV_MAP_BEGIN sent */
-    u8 all;        /* unmap: iopt_unmap_all */
+    u8 begun;      /* map: the first run reached iommu_map (IOVA read, entry made) */
 };
 
-BPF_RINGBUF_OUTPUT(iommufd_pin_events, 256);  /* 1 MiB, as type1's pin_events */
+/* 1 MiB, as type1's pin_events: rare records only (a map that pinned the zero
+ * page, write faults inside DMA mappings); maps and unmaps live in pin_maps. */
+BPF_RINGBUF_OUTPUT(iommufd_pin_events, 256);
 
 static __always_inline void iommufd_emit(struct pin_event *ev)
 {
@@ -99,8 +103,6 @@ static __always_inline struct iommufd_proc *iommufd_proc_entry(void)
 static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
 {
     u32 tid = current_tid();
-    if (d->op == IOMMUFD_OP_UNMAP)
-        unmap_begun(d->iopt);
     d->ts = bpf_ktime_get_ns();
     if (iommufd_dma_by_tid.update(&tid, d) != 0)
         count_lost(LOSS_IOMMUFD_DMA_BY_TID_FULL);
@@ -127,19 +129,20 @@ int on_iopt_unmap_iova(struct pt_regs *ctx)
 
 int on_iopt_unmap_all(struct pt_regs *ctx)
 {
-    struct iommufd_inflight d = {.op = IOMMUFD_OP_UNMAP, .iopt = PT_REGS_PARM1(ctx), .unmapped = PT_REGS_PARM2(ctx),
-                                 .all = 1};
+    struct iommufd_inflight d = {.op = IOMMUFD_OP_UNMAP, .iopt = PT_REGS_PARM1(ctx), .unmapped = PT_REGS_PARM2(ctx)};
     return iommufd_dma_enter(&d);
 }
 
-/* The pin events of an IOMMU_IOAS_MAP (type1's layout, vfiomond/pins.py).
- * iommufd pins user pages in batches inside static helpers, then hands each
- * physically contiguous run to iommu_map(domain, iova, paddr, size, prot[, gfp])
- * (batch_to_domain, drivers/iommu/iommufd/pages.c, 6.2+): the page the device
- * will DMA to, at its IOVA.  Runs of the map in flight on this thread that
- * hold a sample point are sent; iommu_map calls of anyone else (the DMA API
- * on translated default domains, type1) end at the lookup.  A domain attached
- * after the map is filled by another path, not sampled. */
+/* iommufd's entries in pin_maps (common.h).  iommufd pins user pages in
+ * batches inside static helpers, then hands each physically contiguous run to
+ * iommu_map(domain, iova, paddr, size, prot[, gfp]) (batch_to_domain,
+ * drivers/iommu/iommufd/pages.c, 6.2+): the page the device will DMA to, at its
+ * IOVA.  The first run of the map in flight on this thread makes the entry (the
+ * IOVA is allocated by then), each run fills the sample slots it holds;
+ * iommu_map calls of anyone else (the DMA API on translated default domains,
+ * type1) end at the lookup.  A domain attached after the map is filled by
+ * another path, not sampled; an IOAS without a domain pins nothing at map time
+ * and makes no entry. */
 int on_iommufd_iommu_map(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
@@ -149,39 +152,51 @@ int on_iommufd_iommu_map(struct pt_regs *ctx)
     if (!d->begun) {
         bpf_probe_read_kernel(&d->iova, sizeof(d->iova), (void *)d->iova_ptr);
         d->begun = 1;
-        struct pin_event begin = {.type = EV_MAP_BEGIN, .vaddr = d->uptr, .iova = d->iova, .size = d->length,
-                                  .space = d->iopt};
-        iommufd_emit(&begin);
+        d->seq = pin_map_begin(d->iopt, d->iova, d->uptr, d->length, PIN_BACKEND_IOMMUFD,
+                               kernel_fact(FACT_IOMMUFD_PIN_MAPS));
     }
     u64 iova = PT_REGS_PARM2(ctx);
-    u64 size = PT_REGS_PARM4(ctx);
-    if (iova < d->iova || d->length < PAGE_4K)
+    if (!d->seq || iova < d->iova)
         return 0;
-    u64 off = iova - d->iova;
-    if (holds_sample(off, size, d->length)) {
-        struct pin_event ev = {.type = EV_PIN, .vaddr = d->uptr + off, .iova = iova,
-                               .npage = (size + PAGE_4K - 1) / PAGE_4K, .pfn = PT_REGS_PARM3(ctx) / PAGE_4K,
-                               .space = d->iopt};
-        iommufd_emit(&ev);
-    }
+    struct pin_map_key k = {.space = d->iopt, .iova = d->iova};
+    pin_map_fill(&k, d->seq, iova - d->iova, (PT_REGS_PARM4(ctx) + PAGE_SIZE - 1) >> PAGE_SHIFT,
+                 PT_REGS_PARM3(ctx) >> PAGE_SHIFT);
     return 0;
 }
 
-/* The pin events' end of a map (MAP_END, once MAP_BEGIN went out) or an unmap
- * (UNMAP, also when it failed; iopt_unmap_all: the whole IOVA space). */
-static __always_inline void iommufd_dma_event(struct iommufd_inflight *d, int ret, u64 bytes)
+/* iopt_area_unfill_domains(struct iopt_area *area, struct iopt_pages *pages):
+ * every unmap of an area (IOMMU_IOAS_UNMAP, iopt_unmap_all when the IOAS goes,
+ * the VFIO compat UNMAP_DMA) unfills it before it unpins
+ * (iopt_unmap_iova_range, drivers/iommu/iommufd/io_pagetable.c, 6.2+).
+ * struct iopt_area is private to iommufd; it has begun with its IOVA interval,
+ * its pages interval and its io_pagetable since iommufd's start (51fe6141f0f6,
+ * 6.2).  An area that is not a whole entry of the table (the VFIO compat unmap
+ * split it, or it was mapped before the entry could be made) makes the IOAS's
+ * older entries stale: what is still pinned there is no longer known. */
+struct iopt_area_head {
+    struct interval_tree_node node;
+    struct interval_tree_node pages_node;
+    u64 iopt;
+};
+
+int on_iopt_area_unfill(struct pt_regs *ctx)
 {
-    struct pin_event ev = {.ret = ret, .vaddr = d->uptr, .iova = d->iova, .size = d->length, .space = d->iopt};
-    if (d->op == IOMMUFD_OP_MAP) {
-        if (!d->begun)
-            return;
-        ev.type = EV_MAP_END;
-    } else {
-        /* Sent whatever the result: one per unmap_begun (a failed one removes nothing). */
-        ev.type = EV_UNMAP;
-        ev.size = d->all ? ~0ULL : bytes;
+    struct iopt_area_head area = {};
+    if (bpf_probe_read_kernel(&area, sizeof(area), (void *)PT_REGS_PARM1(ctx)) != 0) {
+        count_lost(LOSS_PIN_MAPS_UNREAD);
+        return 0;
     }
-    iommufd_emit(&ev);
+    if (!pin_map_remove(area.iopt, area.node.start, area.node.last - area.node.start + 1))
+        pin_space_stale_now(area.iopt);
+    return 0;
+}
+
+/* iopt_table_remove_domain(iopt, domain): a device left the IOAS; with its last
+ * domain the areas' pages are unpinned (iopt_unfill_domain). */
+int on_iopt_remove_domain(struct pt_regs *ctx)
+{
+    pin_space_stale_now(PT_REGS_PARM1(ctx));
+    return 0;
 }
 
 int on_iommufd_dma_return(struct pt_regs *ctx)
@@ -194,17 +209,21 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
     u64 delta = bpf_ktime_get_ns() - d->ts;
     int ret = (int)PT_REGS_RC(ctx);
     struct iommufd_dma_key key = {.op = d->op};
+    if (d->op == IOMMUFD_OP_MAP) {
+        struct pin_map_key k = {.space = d->iopt, .iova = d->iova};
+        struct pin_event ev = {};
+        if (pin_map_end(&k, d->seq, ret == 0, &ev))
+            iommufd_emit(&ev);
+    }
     if (ret == 0) {
         u64 bytes = d->length;
         if (d->op == IOMMUFD_OP_UNMAP)
             bpf_probe_read_kernel(&bytes, sizeof(bytes), (void *)d->unmapped);
         iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_BYTES : IOMMUFD_UNMAP_BYTES, bytes);
-        iommufd_dma_event(d, ret, bytes);
         struct iommufd_proc *a = iommufd_proc_entry();
         if (a)
             __sync_fetch_and_add(&a->mapped_bytes, d->op == IOMMUFD_OP_MAP ? (s64)bytes : -(s64)bytes);
     } else {
-        iommufd_dma_event(d, ret, 0);
         key.err = -ret;
         add_or_lost(iommufd_dma_errors.lookup_or_try_init(&key, &zero), 1, LOSS_IOMMUFD_DMA_ERRORS_FULL);
         key.err = 0;
@@ -303,16 +322,23 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
 }
 
 /* A write fault in a process holding iommufd pins (write_fault_event, common.h;
- * pinned_pages comes from the pin accounting hook), on this area's ring. */
+ * pinned_pages comes from the pin accounting hook), sent on this area's ring
+ * only when it falls inside one of the process's IOAS mappings (pin_spans). */
 int on_iommufd_write_fault(struct pt_regs *ctx)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     struct iommufd_proc *a = iommufd_proc_acct.lookup(&pid);
     if (!a || a->pinned_pages <= 0)
         return 0;
-    struct pin_event ev = {};
-    write_fault_event((struct vm_fault *)PT_REGS_PARM1(ctx), &ev);
     iommufd_add(IOMMUFD_WRITE_FAULTS, 1);
+    struct vm_fault *vmf = (struct vm_fault *)PT_REGS_PARM1(ctx);
+    struct pin_span *span = pin_span_of(pid, fault_address(vmf), PIN_BACKEND_IOMMUFD);
+    if (!span) {
+        iommufd_add(IOMMUFD_WRITE_FAULTS_OUTSIDE, 1);
+        return 0;
+    }
+    struct pin_event ev = {};
+    write_fault_in(vmf, span, &ev);
     iommufd_emit(&ev);
     return 0;
 }

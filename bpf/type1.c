@@ -17,7 +17,8 @@ enum type1_counter {
     TYPE1_UNMAP_SUM_NS = 8,
     TYPE1_ZERO_PAGE_PINS = 9,
     TYPE1_WRITE_FAULTS = 10,  /* write faults seen in processes holding pins */
-    TYPE1_COUNTERS = 11,
+    TYPE1_WRITE_FAULTS_OUTSIDE = 11,  /* ... outside their DMA mappings (not sent) */
+    TYPE1_COUNTERS = 12,
 };
 
 BPF_ARRAY(type1_counters, u64, TYPE1_COUNTERS);
@@ -39,11 +40,15 @@ struct dma_inflight {
     u64 size;
     u64 unmap;  /* struct vfio_iommu_type1_dma_unmap *: the kernel writes the unmapped size back */
     u64 space;  /* struct vfio_iommu *: the container's IOVA space */
+    u64 seq;    /* map: its pin_maps entry's seq (0: none) */
+    u32 flags;  /* map: VFIO_DMA_MAP_FLAG_* */
     u8 op;
     u8 user;    /* unmap points to user memory (ioctl fallback) */
 };
 
-/* 1 MiB: about 12,000 events (a 4 KiB MAP_DMA and its UNMAP_DMA send four). */
+/* 1 MiB: about 9,000 events.  Only rare events use it (a MAP_DMA that pinned
+ * the zero page, write faults inside DMA mappings, memlock refusals): maps
+ * and unmaps live in pin_maps, whatever their rate. */
 BPF_RINGBUF_OUTPUT(pin_events, 256);
 
 static __always_inline void emit(struct pin_event *ev)
@@ -90,6 +95,76 @@ static __always_inline void proc_add(s64 *field, s64 n)
     __sync_fetch_and_add(field, n);
 }
 
+/* type1's entries in pin_maps (common.h): made at the entry of MAP_DMA, filled
+ * from vfio_pin_pages_remote's runs, deleted at the entry of vfio_remove_dma(
+ * iommu, dma), which every path that ends a mapping takes before it unpins
+ * (UNMAP_DMA including VFIO_DMA_UNMAP_FLAG_ALL, a MAP_DMA that failed after
+ * pinning, and vfio_iommu_unmap_unpin_all when the container is released or
+ * its last group detached; drivers/vfio/vfio_iommu_type1.c, 5.10 .. 7.2 in the
+ * lab).  VFIO_DMA_MAP_FLAG_VADDR (5.12+) gives a mapping a new address: a new
+ * seq for it; VFIO_DMA_UNMAP_FLAG_VADDR takes the container's addresses away
+ * (pin_space_stale). */
+static __always_inline u64 type1_map_begin(u64 space, struct dma_inflight *d)
+{
+#ifdef VFIO_DMA_MAP_FLAG_VADDR
+    if (d->flags & VFIO_DMA_MAP_FLAG_VADDR)
+        return 0;
+#endif
+    return pin_map_begin(space, d->iova, d->vaddr, d->size, PIN_BACKEND_TYPE1, kernel_fact(FACT_PIN_MAPS));
+}
+
+#ifdef VFIO_DMA_MAP_FLAG_VADDR
+static __always_inline void type1_map_readdress(struct pin_map_key *k, struct dma_inflight *d)
+{
+    struct pin_map *m = pin_maps.lookup(k);
+    if (!m)
+        return;
+    if (m->complete)
+        pin_spans_delete(m->pid, m->vaddr, m->size, m->seq);
+    m->seq = bpf_ktime_get_ns();
+    m->vaddr = d->vaddr;
+    m->pid = bpf_get_current_pid_tgid() >> 32;
+    if (m->complete)
+        pin_spans_insert(k, m);
+}
+#endif
+
+static __always_inline void type1_map_end(struct dma_inflight *d, int ret)
+{
+    struct pin_map_key k = {.space = d->space, .iova = d->iova};
+#ifdef VFIO_DMA_MAP_FLAG_VADDR
+    if ((d->flags & VFIO_DMA_MAP_FLAG_VADDR) && ret == 0 && kernel_fact(FACT_PIN_MAPS)) {
+        type1_map_readdress(&k, d);
+        return;
+    }
+#endif
+    struct pin_event ev = {};
+    if (pin_map_end(&k, d->seq, ret == 0, &ev))
+        emit(&ev);
+}
+
+/* vfio_remove_dma(struct vfio_iommu *iommu, struct vfio_dma *dma): the mapping
+ * ends; it unpins next.  struct vfio_dma is private to vfio_iommu_type1.c; its
+ * first fields have been node, iova, vaddr, size since the driver's start
+ * (73fa0d10d077, v3.6). */
+struct vfio_dma_head {
+    struct rb_node node;
+    dma_addr_t iova;
+    unsigned long vaddr;
+    size_t size;
+};
+
+int on_remove_dma(struct pt_regs *ctx)
+{
+    struct vfio_dma_head dma = {};
+    if (bpf_probe_read_kernel(&dma, sizeof(dma), (void *)PT_REGS_PARM2(ctx)) != 0) {
+        count_lost(LOSS_PIN_MAPS_UNREAD);
+        return 0;
+    }
+    pin_map_remove(PT_REGS_PARM1(ctx), dma.iova, dma.size);
+    return 0;
+}
+
 /* The MAP_DMA was refused: report the process's locked_vm and RLIMIT_MEMLOCK. */
 static __always_inline void memlock_refused(u64 request, int err)
 {
@@ -119,14 +194,12 @@ static __always_inline int dma_enter(u64 space, u8 op, struct vfio_iommu_type1_d
     d.space = space;
     d.op = op;
     d.user = user;
-    if (op == OP_UNMAP)
-        unmap_begun(space);
     if (map) {
         d.vaddr = map->vaddr;
         d.iova = map->iova;
         d.size = map->size;
-        struct pin_event ev = {.type = EV_MAP_BEGIN, .vaddr = d.vaddr, .iova = d.iova, .size = d.size, .space = space};
-        emit(&ev);
+        d.flags = map->flags;
+        d.seq = type1_map_begin(space, &d);
     }
     if (dma_by_tid.update(&tid, &d) != 0)
         count_lost(LOSS_DMA_BY_TID_FULL);
@@ -144,28 +217,26 @@ static __always_inline int dma_return(struct pt_regs *ctx)
     int ret = (int)PT_REGS_RC(ctx);
     struct dma_key key = {};
     key.op = d->op;
-    struct pin_event ev = {.type = EV_MAP_END, .ret = ret, .vaddr = d->vaddr, .iova = d->iova, .size = d->size,
-                           .space = d->space};
+    u64 size = d->size;
     if (d->op == OP_UNMAP) {
         struct vfio_iommu_type1_dma_unmap u = {};
         if (d->user)
             bpf_probe_read_user(&u, sizeof(u), (void *)d->unmap);
         else
             bpf_probe_read_kernel(&u, sizeof(u), (void *)d->unmap);
-        ev.type = EV_UNMAP;
-        ev.iova = u.iova;
-        ev.size = u.size; /* on success: the size the kernel unmapped */
-#ifdef VFIO_DMA_UNMAP_FLAG_ALL
-        if (u.flags & VFIO_DMA_UNMAP_FLAG_ALL) /* 5.12+: every mapping of the container */
-            ev.size = ~0ULL;
+        size = u.size; /* on success: the size the kernel unmapped */
+#ifdef VFIO_DMA_UNMAP_FLAG_VADDR
+        if (ret == 0 && (u.flags & VFIO_DMA_UNMAP_FLAG_VADDR))
+            pin_space_stale_now(d->space);
 #endif
+    } else {
+        type1_map_end(d, ret);
     }
-    emit(&ev);
     if (ret == 0) {
-        type1_add(d->op == OP_MAP ? TYPE1_MAP_BYTES : TYPE1_UNMAP_BYTES, ev.size);
+        type1_add(d->op == OP_MAP ? TYPE1_MAP_BYTES : TYPE1_UNMAP_BYTES, size);
         struct proc_acct *a = proc_entry();
         if (a)
-            proc_add(&a->mapped_bytes, d->op == OP_MAP ? (s64)ev.size : -(s64)ev.size);
+            proc_add(&a->mapped_bytes, d->op == OP_MAP ? (s64)size : -(s64)size);
     } else {
         key.err = -ret;
         add_or_lost(dma_errors.lookup_or_try_init(&key, &zero), 1, LOSS_DMA_ERRORS_FULL);
@@ -215,32 +286,6 @@ int on_type1_ioctl(struct pt_regs *ctx)
     if (cmd == VFIO_IOMMU_UNMAP_DMA && kernel_fact(FACT_TYPE1_IOCTL_UNMAP))
         return dma_enter(PT_REGS_PARM1(ctx), OP_UNMAP, NULL, arg, 1);
     return 0;
-}
-
-/* Every mapping of a container may be unpinned without UNMAP_DMA:
- * vfio_iommu_type1_release(void *iommu_data) when the container's last file
- * reference is gone (close or exit), and vfio_iommu_type1_detach_group(
- * iommu_data, group) when the last group leaves it (vfio_iommu_unmap_unpin_all).
- * Both are in the driver ops table.  A detach that leaves groups behind unpins
- * nothing, but is taken as an unmap of the whole space all the same: the
- * daemon then stops verifying those mappings (never a false alert).  One
- * whole-space EV_UNMAP each, sent at the entry. */
-static __always_inline int type1_space_unpinned(u64 space)
-{
-    unmap_begun(space);
-    struct pin_event ev = {.type = EV_UNMAP, .iova = 0, .size = ~0ULL, .space = space};
-    emit(&ev);
-    return 0;
-}
-
-int on_type1_release(struct pt_regs *ctx)
-{
-    return type1_space_unpinned(PT_REGS_PARM1(ctx));
-}
-
-int on_type1_detach_group(struct pt_regs *ctx)
-{
-    return type1_space_unpinned(PT_REGS_PARM1(ctx));
 }
 
 /* vfio_pin_pages_remote(dma, vaddr, npage, unsigned long *pfn_base, limit[, batch])
@@ -293,13 +338,9 @@ int on_pin_pages_return(struct pt_regs *ctx)
     if (pfn == ZERO_PFN)
         type1_add(TYPE1_ZERO_PAGE_PINS, pinned);
 #endif
-    if (d && d->op == OP_MAP && p->vaddr >= d->vaddr && d->size >= PAGE_4K) {
-        u64 off = p->vaddr - d->vaddr;
-        if (holds_sample(off, (u64)pinned * PAGE_4K, d->size)) {
-            struct pin_event ev = {.type = EV_PIN, .vaddr = p->vaddr, .iova = d->iova + off,
-                                   .npage = pinned, .pfn = pfn, .space = d->space};
-            emit(&ev);
-        }
+    if (d && d->op == OP_MAP && d->seq && p->vaddr >= d->vaddr) {
+        struct pin_map_key k = {.space = d->space, .iova = d->iova};
+        pin_map_fill(&k, d->seq, p->vaddr - d->vaddr, (u64)pinned, pfn);
     }
     return 0;
 }
@@ -371,7 +412,7 @@ int on_account_locked_vm_return(struct pt_regs *ctx)
     int ret = (int)PT_REGS_RC(ctx);
     struct proc_acct *p = proc_entry();
     if (ret != 0) {
-        memlock_refused(a->pages * PAGE_4K, ret);
+        memlock_refused(a->pages * PAGE_SIZE, ret);
     } else if (a->inc) {
         type1_add(TYPE1_CHARGED_PAGES, a->pages);
         if (p)
@@ -385,17 +426,24 @@ int on_account_locked_vm_return(struct pt_regs *ctx)
     return 0;
 }
 
-/* A write fault in a process holding type1 pins (write_fault_event, common.h):
- * sent on this ring so that it stays in order with the process's maps and unmaps. */
+/* A write fault in a process holding type1 pins (write_fault_event, common.h),
+ * sent only when it falls inside one of the process's DMA mappings (pin_spans,
+ * one lookup); the others are counted here. */
 int on_type1_write_fault(struct pt_regs *ctx)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     struct proc_acct *a = proc_acct.lookup(&pid);
     if (!a || a->pinned_pages <= 0)
         return 0;
-    struct pin_event ev = {};
-    write_fault_event((struct vm_fault *)PT_REGS_PARM1(ctx), &ev);
     type1_add(TYPE1_WRITE_FAULTS, 1);
+    struct vm_fault *vmf = (struct vm_fault *)PT_REGS_PARM1(ctx);
+    struct pin_span *span = pin_span_of(pid, fault_address(vmf), PIN_BACKEND_TYPE1);
+    if (!span) {
+        type1_add(TYPE1_WRITE_FAULTS_OUTSIDE, 1);
+        return 0;
+    }
+    struct pin_event ev = {};
+    write_fault_in(vmf, span, &ev);
     emit(&ev);
     return 0;
 }

@@ -49,7 +49,8 @@ class ProbeStatus(NamedTuple):
 
 # Kernel facts the BPF programs read at run time from the kernel_facts array
 # (enum kernel_fact in bpf/common.h): they change when vfio modules load.
-RUNTIME_FACTS = ("VFIO_PCI_MMAP_OPS", "VFIO_PGOFF_IS_PFN", "TYPE1_IOCTL_MAP", "TYPE1_IOCTL_UNMAP")
+RUNTIME_FACTS = ("VFIO_PCI_MMAP_OPS", "VFIO_PGOFF_IS_PFN", "TYPE1_IOCTL_MAP", "TYPE1_IOCTL_UNMAP", "PIN_MAPS",
+                 "IOMMUFD_PIN_MAPS")
 
 # Kernel features (probes.FEATURES) only choose probes; the BPF programs do not read them.
 _FEATURE_FACTS = {fact for fact, _ in FEATURES.values()}
@@ -135,7 +136,6 @@ class Program:
         for key, att in list(self._hooks.items()):
             if wanted.get(key) != att or att.module in gone:
                 self._detach(key)
-        self._set_facts(facts, usable)
         statuses = []
         for sel in selections:
             name = sel.probe.name
@@ -151,6 +151,10 @@ class Program:
                     statuses.append(ProbeStatus(name, False, "attach failed: " + err))
                 else:
                     statuses.append(ProbeStatus(name, True, ",".join(dict.fromkeys(sym.name for _, sym in sel.hooks))))
+        # After attaching: a fact a variant sets says its hooks are in place
+        # (PIN_MAPS: entries are made only while their removal is seen).
+        attached = {st.name for st in statuses if st.attached}
+        self._set_facts(facts, [s for s in usable if s.probe.name in attached])
         self.statuses = statuses
         return statuses
 
@@ -219,20 +223,6 @@ class Program:
         bpf[table].open_ring_buffer(on_record)
         if all(b is not bpf for b in self._polled):
             self._polled.append(bpf)  # one BCC object polls all of its ring buffers
-
-    def unmaps_begun(self, area: str, space: int) -> Tuple[Optional[int], int]:
-        """bpf/common.h's unmaps_begun of one IOVA space of a DMA backend (None: not
-        in the table), and the unmaps its table had no room for."""
-        import ctypes
-
-        if area not in self._programs:
-            return None, 0
-        bpf = self._programs[area]
-        try:
-            begun: Optional[int] = bpf.get_table("unmaps_begun")[ctypes.c_ulonglong(space)].value
-        except KeyError:
-            begun = None
-        return begun, bpf.get_table("unmap_spaces_untracked")[ctypes.c_int(0)].value
 
     def forget_exited(self, area: str, table: str) -> int:
         """Delete the entries of a pid-keyed table whose process is gone."""

@@ -28,6 +28,10 @@ class Config(NamedTuple):
 
 # Fields a reload (SIGHUP) cannot change in a running daemon: the listening
 # socket, what is compiled into the BPF programs, and the threads started once.
+# Each live DMA mapping holds samples + 1 PFNs in the kernel's table (bpf/common.h
+# pin_maps, up to 65,536 mappings): 64 keeps an entry under 600 bytes.
+MAX_PIN_SAMPLES = 64
+
 RESTART_ONLY = ("listen", "strict", "watch_kernel_log", "pin_verify", "pin_samples")
 
 # section -> key -> type
@@ -83,8 +87,8 @@ def validate(config: Config, origin: str) -> Config:
         raise ConfigError("%s: daemon.log_level must be one of %s" % (origin, ", ".join(LOG_LEVELS)))
     if not 0.1 <= config.pin_verify_interval <= 86400:
         raise ConfigError("%s: pins.verify_interval must be between 0.1 and 86400 seconds" % origin)
-    if not 2 <= config.pin_samples <= 1024:
-        raise ConfigError("%s: pins.samples must be between 2 and 1024" % origin)
+    if not 2 <= config.pin_samples <= MAX_PIN_SAMPLES:
+        raise ConfigError("%s: pins.samples must be between 2 and %d" % (origin, MAX_PIN_SAMPLES))
     known = {p.name for p in PROBES}
     for name in config.disable:
         if name not in known:

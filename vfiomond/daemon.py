@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from vfiomond import __version__, advisories, bpfload, devices, footprint, kernel, pagemap, privileges
+from vfiomond import __version__, advisories, bpfload, devices, footprint, iommufd, kernel, pagemap, privileges, type1
 from vfiomond.alerts import PROBE_LOST, AlertSink
 from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
@@ -19,15 +19,17 @@ from vfiomond.kernellog import KernelLogWatcher
 from vfiomond.kernel import Kallsyms
 from vfiomond.losses import LossLog
 from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
+from vfiomond.pintable import PinTable
 from vfiomond.processes import memlock_alert
 from vfiomond.probes import kernel_facts, select, wanted_symbols
 from vfiomond.service import Notifier
 
-# Per DMA backend (probe area): its pin-event ring buffer, and the probes whose
-# events pin verification needs (without the unmaps, a reused buffer would look diverged).
+# Per DMA backend (probe area): its pin-event ring buffer, and the probes pin
+# verification needs (the map, and the probe that keeps the backend's entries in
+# the kernel's table of live mappings: bpf/common.h pin_maps).
 PIN_VERIFY = {
-    "type1": ("pin_events", ("dma_map", "dma_unmap", "pin_pages")),
-    "iommufd": ("iommufd_pin_events", ("iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_samples")),
+    "type1": ("pin_events", ("dma_map", "pin_samples", "pin_pages")),
+    "iommufd": ("iommufd_pin_events", ("iommufd_dma_map", "iommufd_pin_samples")),
 }
 
 log = logging.getLogger("vfiomond")
@@ -83,7 +85,7 @@ def _log_verified(disabled: Sequence[str]) -> None:
             log.warning("pin verification of %s mappings off: probes disabled: %s", backend, ", ".join(off))
 
 
-def _pin_watch(config: Config, facts, sink, unmaps_begun=None) -> Optional[PinWatch]:
+def _pin_watch(config: Config, facts, sink, kernel=None) -> Optional[PinWatch]:
     """The pin watch (None: verification off).  It is made even when the disabled
     probes leave it no backend: a reload can give it one (PinWatch.set_backends)."""
     if not config.pin_verify:
@@ -94,10 +96,32 @@ def _pin_watch(config: Config, facts, sink, unmaps_begun=None) -> Optional[PinWa
         return None
     _log_verified(config.disable)
     watch = PinWatch(PinTracker(config.pin_samples, facts["ZERO_PFN"]), sink, pagemap.read_pfns,
-                     unmaps_begun=unmaps_begun, backends=verified_backends(config.disable),
-                     pte_pfn=pagemap.pte_pfn_decoder())
+                     backends=verified_backends(config.disable),
+                     pte_pfn=pagemap.pte_pfn_decoder(), kernel=kernel)
     log.info("pin verification every %gs, %d samples per mapping", config.pin_verify_interval, config.pin_samples)
     return watch
+
+
+# Per DMA backend: the probe that keeps its entries in the kernel's table of live
+# mappings, and its counter of write faults outside them.
+PIN_TABLE_KEEPER = {"type1": ("pin_samples", "type1_counters", type1.COUNTERS["TYPE1_WRITE_FAULTS_OUTSIDE"]),
+                    "iommufd": ("iommufd_pin_samples", "iommufd_counters",
+                                iommufd.COUNTERS["IOMMUFD_WRITE_FAULTS_OUTSIDE"])}
+
+
+def _pin_tables(program: bpfload.Program, config: Config) -> Dict[str, PinTable]:
+    """The kernel's table of live mappings, per backend whose BPF program compiled."""
+    import ctypes
+
+    out = {}
+    for backend, (keeper, counters, outside) in PIN_TABLE_KEEPER.items():
+        if backend not in program.areas():
+            continue
+        tables = program.tables(backend)
+        out[backend] = PinTable(backend, tables, config.pin_samples,
+                                kept=lambda probe=keeper: probe in program.attached(),
+                                outside=lambda t=tables, c=counters, i=outside: t(c)[ctypes.c_int(i)].value)
+    return out
 
 
 def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], sink: Optional[AlertSink] = None,
@@ -281,7 +305,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     sink = AlertSink()
     advisories_ = advisories.AdvisoryWatch(issues, sink)
     advisories_.evaluate(syms)
-    watch = _pin_watch(config, facts, sink, program.unmaps_begun)
+    watch = _pin_watch(config, facts, sink, _pin_tables(program, config))
     daemon = Daemon(config, program, fixed, advisories_, sink, watch)
     daemon.on_udev(udev.events(), time.monotonic())
     detectors = [advisories_.report, devices.InventoryMetrics(daemon.inventory), daemon.reloads]

@@ -4,7 +4,8 @@ All metrics carry backend="iommufd".  Sources (drivers/iommu/iommufd/, 6.2+):
 ``iopt_map_user_pages`` (IOMMU_IOAS_MAP, and MAP_DMA of the VFIO compat container),
 ``iopt_unmap_iova`` / ``iopt_unmap_all`` (IOMMU_IOAS_UNMAP), and
 ``iommu_map`` inside ``iopt_map_user_pages`` (the runs handed to the IOMMU, for pin
-verification: vfiomond/pins.py, events on the ``iommufd_pin_events`` ring buffer),
+verification: the kernel's table of live mappings, vfiomond/pintable.py, until
+``iopt_area_unfill_domains``),
 ``do_update_pinned`` (6.2 .. 6.12) / ``iopt_pages_update_pinned`` (6.13+), which
 charges every change of pinned pages to pinned_vm and, by the pages' account
 mode, to nothing (NONE: the mapper had CAP_IPC_LOCK), the user's locked_vm
@@ -36,8 +37,9 @@ COUNTERS = {
     "IOMMUFD_CHARGE_FAILURES": 4,
     "IOMMUFD_PIN_BASE": 5,
     "IOMMUFD_WRITE_FAULTS": 11,
+    "IOMMUFD_WRITE_FAULTS_OUTSIDE": 12,
 }
-N_COUNTERS = 12
+N_COUNTERS = 13
 # Account modes in the order of bpf/iommufd.c's ACCOUNT_* (IOPT_PAGES_ACCOUNT_*).
 ACCOUNTS = ("none", "user", "mm")
 OPS = {0: "map", 1: "unmap"}

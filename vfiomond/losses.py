@@ -5,7 +5,9 @@ lists the same entries in the same order as (map, reason):
 
 - ``full``: a bounded map refused an insert, or a ring buffer had no room for an event;
 - ``evicted``: an LRU entry still in use was gone when its return probe looked;
-- ``stale``: an entry was left behind by a kretprobe that never ran.
+- ``stale``: an entry was left behind by a kretprobe that never ran;
+- ``split``: a DMA buffer needed more address blocks than one call inserts;
+- ``unread``: a kernel read failed, so the entry it was for stays behind.
 
 They are exported as ``vfiomond_events_lost_total{map,reason}`` and logged when
 they grow (LossLog: one line per map and reason, at most once a minute).
@@ -29,7 +31,6 @@ LOSSES: Tuple[Loss, ...] = (
     ("pin_by_tid", "full"),
     ("acct_by_tid", "full"),
     ("iommufd_acct_by_tid", "full"),
-    ("unmaps_begun", "full"),
     ("dma_hist", "full"),
     ("dma_errors", "full"),
     ("iommufd_dma_hist", "full"),
@@ -44,12 +45,19 @@ LOSSES: Tuple[Loss, ...] = (
     ("remap_hist", "full"),
     ("remap_errors", "full"),
     ("pat_untrack", "full"),
+    ("pin_maps", "full"),
+    ("pin_spans", "full"),
+    ("pin_spans", "split"),
+    ("pin_maps", "unread"),
+    ("pin_space_stale", "full"),
 )
 
 WHAT = {
     "full": "full: events or entries dropped",
     "evicted": "entries evicted while in use: calls not attributed",
     "stale": "entries left by missed kretprobes: calls not measured",
+    "split": "DMA buffers in more address blocks than one call inserts: write faults in the rest not attributed",
+    "unread": "kernel reads failed: entries left behind",
 }
 
 LOG_INTERVAL = 60.0  # seconds between two log lines about one map and reason

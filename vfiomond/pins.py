@@ -1,37 +1,39 @@
 """Pin integrity: is the page the IOMMU was given still the page the process maps?
 
-Per DMA mapping, the BPF programs send the physically contiguous runs that hold
-one of the mapping's sample points: bpf/type1.c the pins of a MAP_DMA
-(``vfio_pin_pages_remote``: a run from ``*pfn_base``, 5.10+), bpf/iommufd.c the
-runs an IOMMU_IOAS_MAP hands to ``iommu_map`` (6.2+).  Here each mapping keeps
-the pinned PFN of at most ``samples + 1`` pages; verification compares them with
-/proc/PID/pagemap.  A present page whose PFN differs from the pinned one is a pin
+Each DMA mapping keeps the pinned PFN of at most ``samples + 1`` pages (its
+sample points); verification compares them with /proc/PID/pagemap.  The live
+mappings of both backends are kept in the kernel (bpf/common.h ``pin_maps``,
+read through vfiomond/pintable.py): made when a mapping starts pinning, filled
+from the pinned runs (type1: ``vfio_pin_pages_remote`` from ``*pfn_base``,
+5.10+; iommufd: the runs an IOMMU_IOAS_MAP hands to ``iommu_map``, 6.2+),
+deleted where the kernel ends the mapping, before it unpins.  Each pass makes
+the tracker's mappings the table's, so no map or unmap rate can make the daemon
+lose them.  A present page whose PFN differs from the pinned one is a pin
 mismatch: the device DMAs to a page the process no longer sees (seeds/003: the
 THP refcount redesign 1f25fe20a76a, v4.5, fixed by 6d0a07edd17c; later COW after
 fork, 09854ba94c6a 5.9, and read-only long-term pins of private mappings before
 6.2's "reliable R/O long-term pinning": type1 on 6.1 pins the zero page for a
 read-only MAP_DMA of untouched memory).
 
-Divergence is also caught where it happens: bpf/common.h sends every write
-fault on a write-protected page (``do_wp_page``) of a process that holds pins,
-with the PFN its PTE held; here a fault inside a live mapping whose page the
-kernel then replaced (COW: the zero page, a page shared after fork) is a
-divergence at that moment, even if the mapping ends before the next pass.
+Divergence is also caught where it happens: bpf/common.h sends the write faults
+on write-protected pages (``do_wp_page``) of processes that hold pins when they
+fall inside a live DMA mapping, named by the kernel (``pin_spans``), with the
+PFN their PTE held; here a fault whose page the kernel then replaced (COW: the
+zero page, a page shared after fork) is a divergence at that moment, even if
+the mapping ends before the next pass.
 
-A verification must be about a live mapping: the daemon handles a mapping's
-UNMAP after the kernel has unpinned it, and by then the process may have mapped
-other memory at the same address.  So nothing is verified at unmap time, and a
-difference found by a periodic pass counts only if every unmap of the mapping's
-IOVA space that began before the read ended had been handled (the kernel counts
-the unmaps begun: unmaps_begun in bpf/common.h).
+A verification must be about a live mapping: the kernel unpins before the daemon
+can know, and by then the process may have mapped other memory at the same
+address.  So a difference counts only if the mapping's entry is still in the
+kernel's table, with the same seq, after the read.
 
 Memory and work per mapping are bounded by the sample count, never by the
-mapping's size; mappings are indexed by IOVA per process and space (an event
-costs O(log n) lookups) and capped per process, with the overflow counted.
+mapping's size; a pass costs O(live mappings); the kernel's table is bounded
+(full: counted as lost).
 """
 
-import bisect
 import logging
+import mmap
 import os
 import struct
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
@@ -43,66 +45,80 @@ from vfiomond.processes import vfio_files
 
 log = logging.getLogger("vfiomond")
 
-PAGE = 4096
+PAGE = mmap.PAGESIZE  # the running system's (the BPF side uses the kernel's PAGE_SIZE)
 
-EV_MAP_BEGIN, EV_MAP_END, EV_PIN, EV_UNMAP, EV_MEMLOCK, EV_WRITE_FAULT = 1, 2, 3, 4, 5, 6
-# struct pin_event in bpf/common.h: type, pid, ret, pad, vaddr, iova, size, npage, pfn, locked, limit, space
-EVENT = struct.Struct("<IIiIQQQQQQQQ")
+EV_MAP_END, EV_MEMLOCK, EV_WRITE_FAULT = 2, 5, 6  # bpf/common.h
+# struct pin_event in bpf/common.h: type, pid, ret, pad, vaddr, iova, size, npage, pfn, locked, limit, space,
+# map_vaddr, seq
+EVENT = struct.Struct("<IIiIQQQQQQQQQQ")
 
 
 class PinEvent(NamedTuple):
     type: int
     pid: int
     ret: int
-    vaddr: int
-    iova: int
-    size: int
-    npage: int
-    pfn: int  # EV_PIN: first PFN of the run; EV_WRITE_FAULT: the PTE the fault found, raw
-    locked: int = 0  # EV_MEMLOCK: the mm's locked_vm, pages
+    vaddr: int  # EV_MAP_END: the mapping's buffer; EV_WRITE_FAULT: the faulting page
+    iova: int  # the mapping's
+    size: int  # the mapping's, bytes
+    npage: int  # EV_MAP_END: sample pages pinned at the zero page
+    pfn: int  # EV_WRITE_FAULT: the PTE the fault found, raw
+    locked: int = 0  # EV_MEMLOCK: the mm's locked_vm, pages; EV_MAP_END: sample pages pinned
     limit: int = 0  # EV_MEMLOCK: RLIMIT_MEMLOCK soft limit, bytes
     space: int = 0  # the IOVA space: kernel address of the type1 container or the iommufd IOAS
+    map_vaddr: int = 0  # EV_WRITE_FAULT: the mapping's buffer
+    seq: int = 0  # the mapping's seq in pin_maps
 
 
 def parse_event(raw: bytes) -> PinEvent:
-    t, pid, ret, _pad, vaddr, iova, size, npage, pfn, locked, limit, space = EVENT.unpack_from(raw)
-    return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn, locked, limit, space)
+    t, pid, ret, _pad, vaddr, iova, size, npage, pfn, locked, limit, space, map_vaddr, seq = EVENT.unpack_from(raw)
+    return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn, locked, limit, space, map_vaddr, seq)
+
+
+def sample_slots(size: int, samples: int) -> List[Optional[int]]:
+    """Offset of each of a mapping's ``samples + 1`` sample slots (None: past its end):
+    slot k < samples at k * stride, slot ``samples`` at the last page.
+
+    The slots of bpf/common.h (holds_sample, pin_map.pfn).
+    """
+    if size < PAGE:
+        return [None] * (samples + 1)
+    stride = max(PAGE, (size // (samples - 1)) & ~(PAGE - 1))
+    return [k * stride if k * stride < size else None for k in range(samples)] + [size - PAGE]
 
 
 def sample_offsets(size: int, samples: int) -> List[int]:
-    """Offsets of a mapping's sample pages: every ``stride`` from 0, and the last page.
+    """Offsets of a mapping's sample pages, sorted (sample_slots without repeats)."""
+    return sorted({off for off in sample_slots(size, samples) if off is not None})
 
-    Must agree with holds_sample() in bpf/common.h (tests/unit/test_pins.py).
-    """
-    if size < PAGE:
-        return []
-    stride = max(PAGE, (size // (samples - 1)) & ~(PAGE - 1))
-    return sorted(set(range(0, size, stride)) | {size - PAGE})
+
+class KernelMapping(NamedTuple):
+    """A mapping as bpf/common.h's pin_maps holds it."""
+
+    space: int
+    iova: int
+    seq: int
+    pid: int
+    vaddr: int
+    size: int
+    pinned: Dict[int, int]  # sample offset -> pinned PFN
 
 
 class Mapping:
-    __slots__ = ("pid", "backend", "space", "vaddr", "iova", "size", "offsets", "pinned", "mismatched", "complete",
-                 "replaced", "alerted")
+    __slots__ = ("pid", "backend", "space", "vaddr", "iova", "size", "seq", "pinned", "mismatched", "replaced",
+                 "alerted")
 
-    def __init__(self, pid: int, vaddr: int, iova: int, size: int, samples: int, backend: str = "type1",
-                 space: int = 0):
-        self.pid, self.vaddr, self.iova, self.size = pid, vaddr, iova, size
-        self.backend, self.space = backend, space
-        self.offsets = sample_offsets(size, samples)
-        self.pinned: Dict[int, int] = {}  # sample offset -> pinned PFN
+    def __init__(self, backend: str, space: int, iova: int, seq: int, pid: int, vaddr: int, size: int,
+                 pinned: Optional[Dict[int, int]] = None):
+        self.backend, self.space, self.iova, self.seq = backend, space, iova, seq
+        self.pid, self.vaddr, self.size = pid, vaddr, size
+        self.pinned: Dict[int, int] = dict(pinned or {})  # sample offset -> pinned PFN
         self.mismatched: Set[int] = set()  # sample offsets currently diverged
-        self.complete = False  # MAP_DMA returned 0
         self.replaced: Set[int] = set()  # offsets of pages a write fault replaced (any page, sampled or not)
         self.alerted = False  # one pin_mismatch alert per mapping
 
-    def holds(self, vaddr: int) -> bool:
-        return self.vaddr <= vaddr < self.vaddr + self.size
-
-    def add_run(self, vaddr: int, npage: int, pfn: int) -> None:
-        start, end = vaddr - self.vaddr, vaddr - self.vaddr + npage * PAGE
-        lo = bisect.bisect_left(self.offsets, start)
-        for off in self.offsets[lo:bisect.bisect_left(self.offsets, end)]:
-            self.pinned[off] = pfn + (off - start) // PAGE
+    @property
+    def key(self) -> "MapKey":
+        return (self.backend, self.space, self.iova)
 
 
 class Mismatch(NamedTuple):
@@ -111,7 +127,7 @@ class Mismatch(NamedTuple):
     iova: int
     pinned_pfn: int
     current_pfn: Optional[int]  # None: not known (the process unmapped the page, or is gone)
-    mapping: Optional["Mapping"] = None
+    mapping: Optional[Mapping] = None
 
 
 class WriteFault(NamedTuple):
@@ -127,7 +143,7 @@ class WriteFault(NamedTuple):
 #   diverged: inside a live mapping, and the kernel gave the process another page
 #   kept: inside a live mapping, the page stayed (reuse, a shared mapping's write notify)
 #   unknown: inside a live mapping, but the page could not be read again (process gone, page unmapped)
-#   untracked: not inside a mapping vfiomond tracks (the process's other memory)
+#   untracked: outside every live DMA mapping (counted by the kernel, not sent)
 WRITE_FAULT_OUTCOMES = ("diverged", "kept", "unknown", "untracked")
 # Passes a write fault whose page still shows the old PFN waits before it counts as kept:
 # the daemon can read the pagemap before the fault has finished.
@@ -135,239 +151,110 @@ WRITE_FAULT_PASSES = 1
 
 
 PfnReader = Callable[[int, Iterable[int]], Dict[int, Optional[int]]]
-SpaceKey = Tuple[int, str, int]  # (pid, backend, IOVA space)
-# (backend, space) -> whether every unmap of it that began has been handled (see PinWatch).
-Settled = Callable[[str, int], bool]
-
-# Mappings tracked per process: a guest with a vIOMMU maps 4 KiB at a time, and each
-# tracked mapping costs a few hundred bytes; past this, maps are counted, not tracked.
-MAX_MAPPINGS_PER_PROCESS = 16384
-
-
-class SpaceMappings:
-    """The mappings of one process in one IOVA space, by start IOVA: lookups are
-    O(log n) (bisect); an insert or removal moves the list's tail (memmove)."""
-
-    def __init__(self) -> None:
-        self.starts: List[int] = []
-        self.by_start: Dict[int, Mapping] = {}
-        self.vstarts: List[Tuple[int, int]] = []  # (vaddr, iova), sorted: which mapping holds an address
-
-    # How many mappings before an address are looked at: mappings of one space overlap
-    # in vaddr only when a buffer is mapped at several IOVAs.
-    OVERLAP_SCAN = 8
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def add(self, m: Mapping) -> Optional[Mapping]:
-        """Insert ``m``; returns the mapping it replaced at the same IOVA, if any."""
-        old = self.by_start.get(m.iova)
-        if old is None:
-            bisect.insort(self.starts, m.iova)
-        else:
-            self._unindex(old)
-        self.by_start[m.iova] = m
-        bisect.insort(self.vstarts, (m.vaddr, m.iova))
-        return old
-
-    def _unindex(self, m: Mapping) -> None:
-        i = bisect.bisect_left(self.vstarts, (m.vaddr, m.iova))
-        if i < len(self.vstarts) and self.vstarts[i] == (m.vaddr, m.iova):
-            del self.vstarts[i]
-
-    def holding(self, vaddr: int) -> Optional[Mapping]:
-        """A mapping whose user buffer holds ``vaddr``."""
-        i = bisect.bisect_right(self.vstarts, (vaddr, 1 << 64))
-        for start, iova in reversed(self.vstarts[max(0, i - self.OVERLAP_SCAN):i]):
-            m = self.by_start[iova]
-            if m.holds(vaddr):
-                return m
-        return None
-
-    def get(self, iova: int) -> Optional[Mapping]:
-        return self.by_start.get(iova)
-
-    def containing(self, iova: int) -> Optional[Mapping]:
-        i = bisect.bisect_right(self.starts, iova) - 1
-        if i < 0:
-            return None
-        m = self.by_start[self.starts[i]]
-        return m if iova < m.iova + m.size else None
-
-    def remove(self, iova: int) -> Optional[Mapping]:
-        m = self.by_start.pop(iova, None)
-        if m is not None:
-            del self.starts[bisect.bisect_left(self.starts, iova)]
-            self._unindex(m)
-        return m
-
-    def remove_range(self, lo: int, hi: int) -> List[Mapping]:
-        """Remove the mappings that start in [lo, hi)."""
-        i, j = bisect.bisect_left(self.starts, lo), bisect.bisect_left(self.starts, hi)
-        gone = [self.by_start.pop(iova) for iova in self.starts[i:j]]
-        del self.starts[i:j]
-        if len(gone) == len(self.vstarts):
-            self.vstarts = []
-        else:
-            for m in gone:
-                self._unindex(m)
-        return gone
-
-    def values(self) -> Iterable[Mapping]:
-        return self.by_start.values()
+MapKey = Tuple[str, int, int]  # (backend, IOVA space, IOVA)
+# Whether a mapping was still live when the read about it ended (PinWatch: its
+# pin_maps entry is there, with the same seq).
+Live = Callable[[Mapping], bool]
 
 
 class PinTracker:
-    """Mappings by process, backend and IOVA space, fed in ring-buffer order by
-    ``on_event`` (each backend's ring buffer keeps its own order).
+    """The mappings pin verification follows, by (backend, space, IOVA) and by
+    process: each pass makes them the kernel's (``sync``); write faults may add
+    one the pass has not seen yet (``adopt``)."""
 
-    Also counts, per (backend, space), the EV_UNMAP records handled: bpf/common.h's
-    unmaps_begun counts the unmaps begun, and a verification is about live mappings
-    only when the two agree (PinWatch).
-    """
-
-    def __init__(self, samples: int, zero_pfn: Optional[int] = None,
-                 max_per_process: int = MAX_MAPPINGS_PER_PROCESS):
+    def __init__(self, samples: int, zero_pfn: Optional[int] = None):
         self.samples = samples
         self.zero_pfn = zero_pfn
-        self.max_per_process = max_per_process
-        self.spaces: Dict[SpaceKey, SpaceMappings] = {}
-        self.per_process: Dict[int, int] = {}  # pid -> mappings tracked
-        self.unmaps_handled: Dict[Tuple[str, int], int] = {}
+        self.by_key: Dict[MapKey, Mapping] = {}
+        self.by_pid: Dict[int, Dict[MapKey, Mapping]] = {}
         self.verifications = 0
         self.mismatches = 0
         self.deferred = 0  # sampled pages whose comparison was not about a provably live mapping
-        self.untracked = {"process_limit": 0, "events_lost": 0, "backend_off": 0}  # mappings not (or no longer) tracked
+        self.untracked = {"backend_off": 0}  # mappings dropped from verification
         self.write_faults: Dict[Tuple[str, str], int] = {}  # (backend, WRITE_FAULT_OUTCOMES) -> faults
+        self.outside: Dict[str, int] = {}  # backend -> write faults the kernel found outside every mapping
 
-    # ---------------------------------------------------------------- events
-    def on_event(self, ev: PinEvent, backend: str = "type1") -> Optional[Mapping]:
-        """Apply one event; returns the mapping a successful MAP_END completed."""
-        key = (ev.pid, backend, ev.space)
-        if ev.type == EV_UNMAP:
-            self.unmaps_handled[(backend, ev.space)] = self.unmaps_handled.get((backend, ev.space), 0) + 1
-            if ev.ret == 0:
-                self._remove_range(key, ev.iova, min(ev.iova + ev.size, 1 << 64))
-            return None
-        if ev.type == EV_MAP_BEGIN:
-            self._begin(key, ev)
-            return None
-        space = self.spaces.get(key)
-        if space is None:
-            return None
-        if ev.type == EV_PIN:
-            m = space.containing(ev.iova)
-            if m is not None and not m.complete:
-                m.add_run(ev.vaddr, ev.npage, ev.pfn)
-        elif ev.type == EV_MAP_END:
-            m = space.get(ev.iova)
-            if m is None:
-                return None
-            if ev.ret == 0:
-                m.complete = True
-                return m
-            self._forget(key, space, [space.remove(ev.iova)])
-        return None
+    def adopt(self, m: Mapping) -> None:
+        """Track ``m`` (in place of what was at its key)."""
+        self._remove(m.key)
+        self.by_key[m.key] = m
+        self.by_pid.setdefault(m.pid, {})[m.key] = m
 
-    def _begin(self, key: SpaceKey, ev: PinEvent) -> None:
-        pid = ev.pid
-        space = self.spaces.get(key)
-        replacing = space is not None and space.get(ev.iova) is not None
-        if not replacing and self.per_process.get(pid, 0) >= self.max_per_process:
-            self.untracked["process_limit"] += 1
+    def _remove(self, key: MapKey) -> None:
+        m = self.by_key.pop(key, None)
+        if m is None:
             return
-        if space is None:
-            space = self.spaces[key] = SpaceMappings()
-        if space.add(Mapping(pid, ev.vaddr, ev.iova, ev.size, self.samples, key[1], ev.space)) is None:
-            self.per_process[pid] = self.per_process.get(pid, 0) + 1
+        mine = self.by_pid.get(m.pid)
+        if mine is not None:
+            mine.pop(key, None)
+            if not mine:
+                del self.by_pid[m.pid]
 
-    def _remove_range(self, key: SpaceKey, lo: int, hi: int) -> None:
-        # Every process that mapped in this space: type1 containers and IOAS can be shared.
-        for k in self._keys_of_space(key[1], key[2]):
-            space = self.spaces[k]
-            self._forget(k, space, space.remove_range(lo, hi))
-
-    def _keys_of_space(self, backend: str, space: int) -> List[SpaceKey]:
-        return [k for k in self.spaces if k[1] == backend and k[2] == space]
-
-    def _forget(self, key: SpaceKey, space: SpaceMappings, gone: List[Optional[Mapping]]) -> None:
-        n = sum(1 for m in gone if m is not None)
-        if n:
-            left = self.per_process.get(key[0], 0) - n
-            if left > 0:
-                self.per_process[key[0]] = left
-            else:
-                self.per_process.pop(key[0], None)
-        if not len(space):
-            self.spaces.pop(key, None)
-
-    def drop_space(self, backend: str, space: int, reason: str) -> int:
-        """Stop tracking every mapping of an IOVA space (its events were lost)."""
-        n = 0
-        for k in self._keys_of_space(backend, space):
-            s = self.spaces[k]
-            gone = s.remove_range(0, 1 << 64)
-            n += len(gone)
-            self._forget(k, s, gone)
-        self.untracked[reason] += n
-        return n
+    def sync(self, backend: str, entries: Iterable[KernelMapping]) -> None:
+        """Make ``backend``'s mappings those of the kernel's table: new ones (or a new
+        seq at a key) come in, with their samples; those gone from it leave.  What
+        the tracker learned of a mapping (its alert, diverged pages) stays while its
+        seq does.  O(entries + tracked)."""
+        seen: Set[MapKey] = set()
+        for e in entries:
+            key = (backend, e.space, e.iova)
+            seen.add(key)
+            old = self.by_key.get(key)
+            if old is not None and old.seq == e.seq:
+                if not old.pinned:  # first known from a write fault's record, which has no samples
+                    old.pinned = dict(e.pinned)
+                continue
+            self.adopt(Mapping(backend, e.space, e.iova, e.seq, e.pid, e.vaddr, e.size, e.pinned))
+        for key in [k for k in self.by_key if k[0] == backend and k not in seen]:
+            self._remove(key)
 
     def drop_backend(self, backend: str) -> int:
         """Stop tracking every mapping of a backend (its probes were disabled)."""
-        return sum(self.drop_space(backend, space, "backend_off")
-                   for space in {k[2] for k in self.spaces if k[1] == backend})
+        gone = [k for k in self.by_key if k[0] == backend]
+        for key in gone:
+            self._remove(key)
+        self.untracked["backend_off"] += len(gone)
+        return len(gone)
 
     # --------------------------------------------------------------- queries
     def mappings(self, pid: Optional[int] = None) -> List[Mapping]:
-        return [m for k, s in self.spaces.items() if pid is None or k[0] == pid for m in s.values()]
+        if pid is None:
+            return list(self.by_key.values())
+        return list(self.by_pid.get(pid, {}).values())
 
-    def holding(self, pid: int, backend: str, vaddr: int) -> Optional[Mapping]:
-        """A complete mapping of ``pid`` in ``backend`` whose buffer holds ``vaddr``."""
-        for key, space in self.spaces.items():
-            if key[0] == pid and key[1] == backend:
-                m = space.holding(vaddr)
-                if m is not None and m.complete:
-                    return m
-        return None
+    def get(self, backend: str, space: int, iova: int) -> Optional[Mapping]:
+        return self.by_key.get((backend, space, iova))
+
+    def pids(self) -> Set[int]:
+        return set(self.by_pid)
+
+    def drop_process(self, pid: int) -> None:
+        for key in list(self.by_pid.get(pid, {})):
+            self._remove(key)
 
     def count_write_fault(self, backend: str, outcome: str) -> None:
         key = (backend, outcome)
         self.write_faults[key] = self.write_faults.get(key, 0) + 1
 
-    def get(self, pid: int, space: int, iova: int, backend: str = "type1") -> Optional[Mapping]:
-        s = self.spaces.get((pid, backend, space))
-        return s.get(iova) if s is not None else None
-
-    def pids(self) -> Set[int]:
-        return set(self.per_process)
-
-    def drop_process(self, pid: int) -> None:
-        for key in [k for k in self.spaces if k[0] == pid]:
-            del self.spaces[key]
-        self.per_process.pop(pid, None)
-
     def verify(self, mappings: Iterable[Mapping], read: PfnReader,
-               settled: Settled = lambda backend, space: True) -> List[Mismatch]:
+               live: Live = lambda m: True) -> List[Mismatch]:
         """Compare pinned and current PFNs; returns the samples newly found diverged.
 
         A sample whose page is not present now (unmapped by the process) is not a
         mismatch: there is no page to compare.  A difference counts only if
-        ``settled(backend, space)``, asked after the read, says that no unmap of the
-        mapping's IOVA space began that this tracker has not applied: else the read
-        may be of memory the process mapped after the kernel unpinned (the mapping
-        is then gone, or it is compared again at the next pass).  ``read`` raises
-        OSError when the process is gone.
+        ``live(mapping)``, asked after the read, says the mapping was still live:
+        else the read may be of memory the process mapped after the kernel unpinned
+        (the mapping is then gone, or it is compared again at the next pass).
+        ``read`` raises OSError when the process is gone.
         """
         new = []
         by_pid: Dict[int, List[Mapping]] = {}
         for m in mappings:
-            if m.complete:
-                by_pid.setdefault(m.pid, []).append(m)
+            by_pid.setdefault(m.pid, []).append(m)
         for pid, ms in by_pid.items():
             current = read(pid, [m.vaddr + off for m in ms for off in m.pinned])
-            proven: Dict[Tuple[str, int], bool] = {}
             for m in ms:
+                proven: Optional[bool] = None
                 for off, pinned in m.pinned.items():
                     now = current.get(m.vaddr + off)
                     self.verifications += 1
@@ -376,10 +263,9 @@ class PinTracker:
                         continue
                     if off in m.mismatched:
                         continue
-                    where = (m.backend, m.space)
-                    if where not in proven:
-                        proven[where] = settled(*where)
-                    if not proven[where]:
+                    if proven is None:
+                        proven = live(m)
+                    if not proven:
                         self.deferred += 1
                         continue
                     m.mismatched.add(off)
@@ -387,26 +273,14 @@ class PinTracker:
                     new.append(Mismatch(pid, m.vaddr + off, m.iova + off, pinned, now, m))
         return new
 
-    def zero_page_samples(self, m: Mapping) -> int:
-        """Sample pages of ``m`` pinned at the shared zero page (0 when its PFN is unknown)."""
-        if self.zero_pfn is None:
-            return 0
-        return sum(1 for pfn in m.pinned.values() if pfn == self.zero_pfn)
-
     def samples_tracked(self) -> int:
-        return sum(len(m.pinned) for m in self.mappings())
+        return sum(len(m.pinned) for m in self.by_key.values())
 
     def mismatched_pages(self) -> Dict[int, int]:
-        out = {pid: 0 for pid in self.pids()}
-        for m in self.mappings():
-            out[m.pid] += len(m.mismatched)
-        return out
+        return {pid: sum(len(m.mismatched) for m in ms.values()) for pid, ms in self.by_pid.items()}
 
     def replaced_pages(self) -> Dict[int, int]:
-        out = {pid: 0 for pid in self.pids()}
-        for m in self.mappings():
-            out[m.pid] += len(m.replaced)
-        return out
+        return {pid: sum(len(m.replaced) for m in ms.values()) for pid, ms in self.by_pid.items()}
 
 
 def comm(pid: int) -> str:
@@ -445,22 +319,21 @@ def families(tracker: PinTracker, backends: Iterable[str] = ()) -> Iterable:
     """The pin verification families; write-fault outcomes for ``backends`` (and any seen)."""
     yield GaugeMetricFamily("vfiomond_pin_samples", "Pinned pages tracked for verification.", value=tracker.samples_tracked())
     yield GaugeMetricFamily("vfiomond_pin_mappings", "DMA mappings tracked for pin verification.",
-                            value=sum(tracker.per_process.values()))
+                            value=len(tracker.by_key))
     c = CounterMetricFamily("vfiomond_pin_verifications_total", "Sampled pinned pages compared with the process mapping.")
     c.add_metric([], tracker.verifications)
     yield c
     c = CounterMetricFamily(
         "vfiomond_pin_verifications_deferred_total",
-        "Sampled pinned pages whose difference was not counted: an unmap of their IOVA space had begun and was "
-        "not yet applied when the read ended (compared again at the next pass, if still mapped).",
+        "Sampled pinned pages whose difference was not counted: their mapping was no longer provably live when "
+        "the read ended (compared again at the next pass, if still mapped).",
     )
     c.add_metric([], tracker.deferred)
     yield c
     c = CounterMetricFamily(
         "vfiomond_pin_mappings_untracked_total",
-        "DMA mappings left out of pin verification: over the per-process limit (process_limit), dropped after "
-        "unmap events of their IOVA space were lost (events_lost), or when a probe their backend needs was "
-        "disabled (backend_off).",
+        "DMA mappings dropped from pin verification because a probe their backend needs was disabled "
+        "(backend_off).",
         labels=["reason"],
     )
     for reason, n in sorted(tracker.untracked.items()):
@@ -487,7 +360,10 @@ def families(tracker: PinTracker, backends: Iterable[str] = ()) -> Iterable:
     )
     for backend in sorted(set(backends) | {b for b, _ in tracker.write_faults}):
         for outcome in WRITE_FAULT_OUTCOMES:
-            c.add_metric([backend, outcome], tracker.write_faults.get((backend, outcome), 0))
+            n = tracker.write_faults.get((backend, outcome), 0)
+            if outcome == "untracked":
+                n += tracker.outside.get(backend, 0)
+            c.add_metric([backend, outcome], n)
     yield c
     g = GaugeMetricFamily(
         "vfiomond_pin_replaced_pages",
@@ -499,62 +375,59 @@ def families(tracker: PinTracker, backends: Iterable[str] = ()) -> Iterable:
     yield g
 
 
-# (count of unmaps begun in the space, or None when the space is not in the kernel's
-# table; unmaps of the backend's spaces the table had no room for).
-UnmapsBegun = Callable[[str, int], Tuple[Optional[int], int]]
-
-# Verification passes in a row that find a space's unmaps begun unchanged and ahead
-# of those handled before its EV_UNMAP records count as lost (an unmap in flight
-# returns within one pass; a kretprobe that missed, or a full ring buffer, never does).
-LOST_AFTER_PASSES = 3
-
-
 class PinWatch:
-    """Feeds the tracker from the ring buffers, verifies on demand, raises alerts.
+    """Follows the kernel's tables, verifies on demand, handles the backends'
+    records (write faults, zero-page pins), raises alerts.
 
     The main loop calls ``on_event`` (ring-buffer callbacks) and ``verify_all``;
     the HTTP thread calls ``families``: one lock keeps them apart.
 
-    ``unmaps_begun(backend, space)`` reads bpf/common.h's unmaps_begun: a
-    difference found by a pass counts only when every unmap begun in the mapping's
-    space had been handled when the read ended (PinTracker.verify).  ``backends``:
-    the DMA backends whose events are tracked (all of PIN_BACKENDS by default).
-    ``pte_pfn``: the PFN of a raw PTE (pagemap.pte_pfn_decoder); without it the
-    PFN a write fault found is unknown.
+    ``kernel``: backend -> pintable.PinTable, the kernel's table of its live
+    mappings; each pass makes the tracker's mappings those of the tables, and a
+    difference counts only if the mapping's entry is unchanged after the read.
+    ``backends``: the DMA backends verified (all by default).  ``pte_pfn``: the
+    PFN of a raw PTE (pagemap.pte_pfn_decoder); without it the PFN a write fault
+    found is unknown.
     """
 
     def __init__(self, tracker: PinTracker, sink, read: PfnReader, devices=vfio_devices,
-                 unmaps_begun: Optional[UnmapsBegun] = None, backends: Iterable[str] = ("type1", "iommufd"),
-                 pte_pfn: Optional[Callable[[int], int]] = None):
+                 backends: Iterable[str] = ("type1", "iommufd"), pte_pfn: Optional[Callable[[int], int]] = None,
+                 kernel: Optional[Dict[str, object]] = None):
         import threading
 
         self.tracker = tracker
         self.sink = sink
         self._read = read
         self._devices = devices
-        self._unmaps_begun = unmaps_begun or (lambda backend, space: (None, 0))
         self.backends = set(backends)
         self._lock = threading.Lock()
-        self._unsettled: Dict[Tuple[str, int], int] = {}  # (backend, space) -> unmaps begun, this pass
         self._pending: List[WriteFault] = []  # write faults whose page had not changed yet when read
         self._pte_pfn = pte_pfn
-        self._stuck: Dict[Tuple[str, int], Tuple[int, int]] = {}  # -> (unmaps begun, passes in a row)
+        self._kernel = dict(kernel or {})
 
-    def on_event(self, ev: PinEvent, backend: str = "type1") -> None:
+    def on_event(self, ev: PinEvent, backend: str) -> None:
         with self._lock:
-            if backend not in self.backends and ev.type != EV_UNMAP:
+            if backend not in self.backends:
                 return
             if ev.type == EV_WRITE_FAULT:
-                self._on_write_fault(ev, backend)
-                return
-            completed = self.tracker.on_event(ev, backend)
-            if completed is not None:
-                self._check_zero_pins(completed)
+                self._on_write_fault(ev, self._named_mapping(ev, backend))
+            elif ev.type == EV_MAP_END:
+                self._zero_pin_alert(ev.pid, ev.vaddr, ev.iova, ev.size, zero=ev.npage, samples=ev.locked)
+
+    def _named_mapping(self, ev: PinEvent, backend: str) -> Mapping:
+        """The tracked mapping a record names (the kernel named it while it was live);
+        one the last pass did not see yet is tracked from now on (the next pass
+        gives it its samples, or drops it if it is gone)."""
+        m = self.tracker.get(backend, ev.space, ev.iova)
+        if m is None or m.seq != ev.seq:
+            m = Mapping(backend, ev.space, ev.iova, ev.seq, ev.pid, ev.map_vaddr, ev.size)
+            self.tracker.adopt(m)
+        return m
 
     def set_backends(self, backends: Iterable[str]) -> None:
         """A reload changed which backends have every probe verification needs:
-        mappings of a backend turned off are dropped (without its unmap events they
-        would look diverged once reused); one turned on starts from its next map."""
+        mappings of a backend turned off are dropped; one turned on starts from
+        the kernel's table at the next pass (its entries made from then on)."""
         with self._lock:
             new = set(backends)
             for backend in sorted(self.backends - new):
@@ -564,31 +437,24 @@ class PinWatch:
                 log.info("pin verification of %s mappings started: mappings made from now on are verified", backend)
             self.backends = new
 
-    def _check_zero_pins(self, m: Optional[Mapping]) -> None:
-        """A mapping pinned (partly) at the zero page: the device reads zeros, nothing
-        is charged to locked_vm for it, and the process's first write diverges."""
-        zero = self.tracker.zero_page_samples(m) if m is not None else 0
-        if not zero:
-            return
+    def _zero_pin_alert(self, pid: int, vaddr: int, iova: int, size: int, zero: int, samples: int) -> None:
+        """A mapping pinned (partly) at the zero page (``zero`` of its ``samples``
+        sampled pages): the device reads zeros, nothing is charged to locked_vm for
+        it, and the process's first write diverges."""
         from vfiomond.alerts import ZERO_PAGE_PIN
 
-        name = comm(m.pid)
+        name = comm(pid)
         self.sink.alert(
             ZERO_PAGE_PIN,
             "DMA mapping pinned the shared zero page: %s[%d] vaddr %#x (IOVA %#x, %d bytes), %d of %d sampled pages"
-            % (name, m.pid, m.vaddr, m.iova, m.size, zero, len(m.pinned)),
-            PID=m.pid, COMM=name, VADDR="%#x" % m.vaddr, IOVA="%#x" % m.iova, SIZE_BYTES=m.size,
-            ZERO_SAMPLES=zero, SAMPLES=len(m.pinned), DEVICES=",".join(self._devices(m.pid) or []),
+            % (name, pid, vaddr, iova, size, zero, samples),
+            PID=pid, COMM=name, VADDR="%#x" % vaddr, IOVA="%#x" % iova, SIZE_BYTES=size,
+            ZERO_SAMPLES=zero, SAMPLES=samples, DEVICES=",".join(self._devices(pid) or []),
         )
 
     # ------------------------------------------------------------ write faults
-    def _on_write_fault(self, ev: PinEvent, backend: str) -> None:
-        """A write fault of a process holding pins (handled in ring-buffer order, so
-        the tracker's mappings are those live at the fault)."""
-        m = self.tracker.holding(ev.pid, backend, ev.vaddr)
-        if m is None:
-            self.tracker.count_write_fault(backend, "untracked")
-            return
+    def _on_write_fault(self, ev: PinEvent, m: Mapping) -> None:
+        """A write fault inside the live mapping ``m`` (named by the kernel)."""
         fault = WriteFault(m, ev.vaddr, self._pte_pfn(ev.pfn) if self._pte_pfn else 0)
         if self.tracker.zero_pfn is not None and fault.pfn == self.tracker.zero_pfn:
             # A write to the zero page is always a copy: the page is replaced now.  The
@@ -601,19 +467,19 @@ class PinWatch:
 
     def _current_pfn(self, fault: WriteFault) -> Optional[int]:
         """The PFN mapped at the fault's address now, if the mapping is provably still
-        live after the read (no unmap of its space pending): else None."""
+        live after the read: else None."""
         m = fault.mapping
         try:
             now = self._read(m.pid, [fault.vaddr]).get(fault.vaddr)
         except OSError:
             return None
-        return now if self._settled(m.backend, m.space) else None
+        return now if self._live(m) else None
 
     def _resolve(self, fault: WriteFault) -> None:
         """Diverged when the page at the address, read while the mapping is live,
         is not the one the PTE held; kept when it still is after a pass."""
         m = fault.mapping
-        live = self.tracker.get(m.pid, m.space, m.iova, m.backend) is m
+        live = self.tracker.get(*m.key) is m
         now = self._current_pfn(fault) if live and fault.pfn else None
         if now is not None and now != fault.pfn:
             self._diverged(fault, now)
@@ -656,21 +522,14 @@ class PinWatch:
             DETECTED_BY=detected_by,
         )
 
-    def _settled(self, backend: str, space: int) -> bool:
-        begun, untracked = self._unmaps_begun(backend, space)
-        handled = self.tracker.unmaps_handled.get((backend, space), 0)
-        if begun is None:
-            if not untracked:
-                return True  # no unmap of this space ever began
-            begun = handled + 1  # the kernel's table had no room for it: unknown
-        if begun <= handled:
-            return True
-        self._unsettled[(backend, space)] = begun
-        return False
+    def _live(self, m: Mapping) -> bool:
+        """Was ``m`` live when the read about it ended (asked after the read)?"""
+        table = self._kernel.get(m.backend)
+        return table is not None and table.seq(m.space, m.iova) == m.seq
 
     def verify_all(self) -> None:
         with self._lock:
-            self._unsettled = {}
+            self._sync_kernel()
             self._resolve_pending()
             for pid in sorted(self.tracker.pids()):
                 if not self._devices(pid):
@@ -678,30 +537,19 @@ class PinWatch:
                     self.tracker.drop_process(pid)
                     continue
                 self._verify(pid, self.tracker.mappings(pid))
-            self._settle_lost_unmaps()
 
-    def _settle_lost_unmaps(self) -> None:
-        """A space whose unmaps begun stayed ahead of those handled for
-        LOST_AFTER_PASSES passes lost EV_UNMAP records: which of its mappings are
-        gone is unknown, so none of them is verified any more (counted, logged)."""
-        stuck = {}
-        for where, begun in self._unsettled.items():
-            last, passes = self._stuck.get(where, (begun, 0))
-            passes = passes + 1 if last == begun else 1
-            if passes < LOST_AFTER_PASSES:
-                stuck[where] = (begun, passes)
+    def _sync_kernel(self) -> None:
+        """Each verified backend's mappings from the kernel's table, once per pass."""
+        for backend in sorted(self.backends):
+            table = self._kernel.get(backend)
+            if table is None:
                 continue
-            backend, space = where
-            handled = self.tracker.unmaps_handled.get(where, 0)
-            n = self.tracker.drop_space(backend, space, "events_lost")
-            self.tracker.unmaps_handled[where] = begun
-            log.warning("pin verification: unmap events of %s IOVA space %#x were lost (%d begun, %d handled); "
-                        "its %d tracked mappings are no longer verified", backend, space, begun, handled, n)
-        self._stuck = stuck
+            self.tracker.sync(backend, table.mappings() or [])
+            self.tracker.outside[backend] = table.outside()
 
     def _verify(self, pid: int, mappings: List[Mapping]) -> None:
         try:
-            new = self.tracker.verify(mappings, self._read, self._settled)
+            new = self.tracker.verify(mappings, self._read, self._live)
         except OSError:
             self.tracker.drop_process(pid)  # exited mid-read
             return

@@ -69,10 +69,6 @@ def kernel_facts(syms: Kallsyms) -> Dict[str, int]:
 
 
 _FAULT_RET = "on_bar_fault_return"
-_TYPE1_UNPIN_ALL = (
-    Hook(("vfio_iommu_type1_release",), "on_type1_release", optional=True),
-    Hook(("vfio_iommu_type1_detach_group",), "on_type1_detach_group", optional=True),
-)
 
 PROBES: Tuple[Probe, ...] = (
     Probe("bar_fault", "faults", (
@@ -112,16 +108,22 @@ PROBES: Tuple[Probe, ...] = (
             Hook(("vfio_iommu_type1_ioctl",), "on_type1_ioctl", "on_dma_return", reads_args=True),
         ), sets_facts=("TYPE1_IOCTL_MAP",)),
     )),
-    # Mappings also go without UNMAP_DMA: vfio_iommu_type1_release (the container
-    # freed at close or exit) and vfio_iommu_type1_detach_group (the last group
-    # leaving unpins all), both in the driver ops table like the ioctl.
     Probe("dma_unmap", "type1", (
         Variant("vfio_dma_do_unmap", (
             Hook(("vfio_dma_do_unmap",), "on_dma_unmap", "on_dma_return"),
-        ) + _TYPE1_UNPIN_ALL),
+        )),
         Variant("vfio_iommu_type1_ioctl(VFIO_IOMMU_UNMAP_DMA)", (
             Hook(("vfio_iommu_type1_ioctl",), "on_type1_ioctl", "on_dma_return", reads_args=True),
-        ) + _TYPE1_UNPIN_ALL, sets_facts=("TYPE1_IOCTL_UNMAP",)),
+        ), sets_facts=("TYPE1_IOCTL_UNMAP",)),
+    )),
+    # Pin verification's table of live mappings (bpf/type1.c pin_maps): every path
+    # that ends a type1 mapping (UNMAP_DMA, a failed MAP_DMA, a container's release
+    # or last detach) calls vfio_remove_dma before it unpins; entries are made only
+    # while this hook is attached (the PIN_MAPS fact), so none outlives its mapping.
+    Probe("pin_samples", "type1", (
+        Variant("vfio_remove_dma ends a mapping before it unpins", (
+            Hook(("vfio_remove_dma",), "on_remove_dma"),
+        ), sets_facts=("PIN_MAPS",)),
     )),
     Probe("pin_pages", "type1", (
         Variant("vfio_pin_pages_remote return value and *pfn_base", (
@@ -142,7 +144,8 @@ PROBES: Tuple[Probe, ...] = (
     )),
     # Divergence where it happens (bpf/common.h write_fault_event): do_wp_page, the
     # write fault that keeps or copies a write-protected page, in processes that hold
-    # type1 pins (everyone else ends at one hash lookup).
+    # type1 pins (everyone else ends at one hash lookup), sent when inside one of
+    # their DMA mappings (bpf/type1.c pin_spans).
     Probe("pin_write_faults", "type1", (
         Variant("do_wp_page in processes holding type1 pins", (
             Hook(("do_wp_page",), "on_type1_write_fault"),
@@ -176,11 +179,15 @@ PROBES: Tuple[Probe, ...] = (
     # iommu_map (batch_to_domain, pages.c).  iommu_map is also the DMA API's
     # path on translated default domains: its calls by anyone else cost a
     # kprobe and a hash lookup (benchmarks/RESULTS.md); probes.disable turns it off.
+    # Entries leave pin_maps where each area is unfilled before its unpin; a domain
+    # detached makes the IOAS's entries stale (bpf/iommufd.c).
     Probe("iommufd_pin_samples", "iommufd", (
-        Variant("iommu_map inside iopt_map_user_pages", (
+        Variant("iommu_map inside iopt_map_user_pages, until iopt_area_unfill_domains", (
             Hook(("iopt_map_user_pages",), "on_iopt_map_user_pages", "on_iommufd_dma_return"),
             Hook(("iommu_map",), "on_iommufd_iommu_map"),
-        )),
+            Hook(("iopt_area_unfill_domains",), "on_iopt_area_unfill"),
+            Hook(("iopt_table_remove_domain",), "on_iopt_remove_domain"),
+        ), sets_facts=("IOMMUFD_PIN_MAPS",)),
     ), feature="iommufd"),
     # Every change of an iopt_pages' pinned count goes through this one
     # function, which charges pinned_vm and, by account mode, locked_vm.
@@ -193,7 +200,7 @@ PROBES: Tuple[Probe, ...] = (
         )),
     ), feature="iommufd"),
     # As pin_write_faults, for processes holding iommufd pins (known from the pin
-    # accounting hook), on the iommufd ring buffer.
+    # accounting hook), inside their IOAS mappings, on the iommufd ring buffer.
     Probe("iommufd_pin_write_faults", "iommufd", (
         Variant("do_wp_page in processes holding iommufd pins", (
             Hook(("do_wp_page",), "on_iommufd_write_fault"),

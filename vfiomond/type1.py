@@ -17,7 +17,7 @@ from vfiomond.metricsutil import backend_counter, dma_families
 from vfiomond.processes import ProcAcct
 
 SOURCE = "type1.c"
-PROBES = ("dma_map", "dma_unmap", "pin_pages", "zero_page_pins", "unpin_pages", "locked_vm_charge", "pin_write_faults")
+PROBES = ("dma_map", "dma_unmap", "pin_samples", "pin_pages", "zero_page_pins", "unpin_pages", "locked_vm_charge", "pin_write_faults")
 BACKEND = "type1"
 
 # Indices of type1_counters, mirrored from enum type1_counter in bpf/type1.c.
@@ -33,6 +33,7 @@ COUNTERS = {
     "TYPE1_UNMAP_SUM_NS": 8,
     "TYPE1_ZERO_PAGE_PINS": 9,
     "TYPE1_WRITE_FAULTS": 10,
+    "TYPE1_WRITE_FAULTS_OUTSIDE": 11,
 }
 OPS = {0: "map", 1: "unmap"}
 
@@ -116,3 +117,4 @@ def families(snap: Type1Snapshot, attached: Set[str]) -> Iterator:
         yield _counter("vfiomond_locked_vm_charged_pages_total", c["TYPE1_CHARGED_PAGES"])
         yield _counter("vfiomond_locked_vm_uncharged_pages_total", c["TYPE1_UNCHARGED_PAGES"])
         yield _counter("vfiomond_locked_vm_charge_failures_total", c["TYPE1_CHARGE_FAILURES"])
+

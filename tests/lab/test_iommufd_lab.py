@@ -54,28 +54,41 @@ def test_iommufd_probes_attached(run, scrape):
         EXPECTED_SYMBOLS["iommufd"])
 
 
+def churned_pages(run):
+    """Pages the churn mapped (its live mappings and each map of the loop), one page each."""
+    churn = run.scenario["churn"]
+    return churn["live_mappings"] + churn["pairs"]
+
+
 def test_dma_bytes_and_calls_match_the_scenario(run, scrape):
     iommufd = dict(backend="iommufd")
-    assert scrape.one("vfiomond_dma_map_bytes_total", **iommufd) == run.scenario["dma_mapped_bytes"] == 8 * BUFFER
-    assert scrape.one("vfiomond_dma_unmap_bytes_total", **iommufd) == run.scenario["dma_unmapped_bytes"]
+    churn = run.scenario["churn"]
+    assert run.scenario["dma_mapped_bytes"] == 8 * BUFFER
+    assert scrape.one("vfiomond_dma_map_bytes_total", **iommufd) == 8 * BUFFER + churned_pages(run) * PAGE
+    # The churn's live mappings go with its IOAS (iopt_unmap_all reports no bytes).
+    assert scrape.one("vfiomond_dma_unmap_bytes_total", **iommufd) == \
+        run.scenario["dma_unmapped_bytes"] + churn["pairs"] * PAGE
     refused = [p for p in run.scenario["passes"] if p.get("refused_under_1mib_limit")]
     assert len(refused) == 2  # USER and MM mode both enforce RLIMIT_MEMLOCK
-    assert scrape.one("vfiomond_dma_map_duration_seconds_count", **iommufd) == 8 + len(refused)
-    # IOMMU_IOAS_UNMAP 8 times, and iopt_unmap_all(iopt, NULL) once per IOAS destroyed at close
-    assert scrape.one("vfiomond_dma_unmap_duration_seconds_count", **iommufd) == 8 + len(run.scenario["passes"])
+    assert scrape.one("vfiomond_dma_map_duration_seconds_count", **iommufd) == 8 + len(refused) + churned_pages(run)
+    # IOMMU_IOAS_UNMAP 8 times, iopt_unmap_all(iopt, NULL) once per IOAS destroyed at
+    # close (each pass's and the churn's), and the churn's unmaps.
+    assert scrape.one("vfiomond_dma_unmap_duration_seconds_count", **iommufd) == \
+        8 + len(run.scenario["passes"]) + 1 + churn["pairs"]
     assert scrape.one("vfiomond_dma_map_errors_total", errno="ENOMEM", **iommufd) == len(refused)
     assert scrape.one("vfiomond_locked_vm_charge_failures_total", **iommufd) == len(refused)
     # The type1 module is loaded and probed, and nothing went through it.
     assert scrape.one("vfiomond_dma_map_bytes_total", backend="type1") == 0
 
 
-def test_pins_by_account_mode(scrape):
+def test_pins_by_account_mode(run, scrape):
     pages = 2 * BUFFER // PAGE  # per pass: read-write and read-only buffers
-    for account, n in (("none", 2 * pages), ("user", pages), ("mm", pages)):
+    churned = churned_pages(run)  # as root: account mode NONE
+    for account, n in (("none", 2 * pages + churned), ("user", pages), ("mm", pages)):
         assert scrape.one("vfiomond_iommufd_pinned_pages_total", account=account) == n, account
         assert scrape.one("vfiomond_iommufd_unpinned_pages_total", account=account) == n, account
     iommufd = dict(backend="iommufd")
-    assert scrape.one("vfiomond_pinned_pages_total", **iommufd) == 4 * pages
+    assert scrape.one("vfiomond_pinned_pages_total", **iommufd) == 4 * pages + churned
     assert scrape.one("vfiomond_locked_vm_charged_pages_total", **iommufd) == 2 * pages
     assert scrape.one("vfiomond_locked_vm_uncharged_pages_total", **iommufd) == 2 * pages
 
@@ -127,3 +140,20 @@ def test_a_diverged_pinned_page_is_seen_by_the_device_and_by_vfiomond(run, scrap
     assert alert["PINNED_PFN"] == "%#x" % diverged["pfn_before"]
     assert alert["CURRENT_PFN"] == "%#x" % diverged["pfn_after"]
     assert alert["DEVICES"] == edu["device"]  # found through the VFIO cdev the process holds
+
+
+def test_iommufd_churn_loses_nothing_and_raises_no_false_alert(run, scrape):
+    """4 KiB IOMMU_IOAS_MAP / IOMMU_IOAS_UNMAP as fast as the scenario can, next to 256
+    live mappings: every call counted, nothing lost (the mappings live in the kernel's
+    table), exactly the live mappings tracked afterwards, none once the IOAS is closed,
+    and no alert for those IOVAs."""
+    churn = run.scenario["churn"]
+    before, after = churn["before"], churn["after"]
+    assert churn["pairs"] >= 100, churn
+    assert after["map_calls"] - before["map_calls"] == churn["pairs"]
+    assert after["unmap_calls"] - before["unmap_calls"] == churn["pairs"]
+    assert before["pin_mappings"] == after["pin_mappings"] == 256, churn
+    assert after["events_lost"] == 0 and after["verifications"] > before["verifications"]
+    assert churn["released"]["pin_mappings"] == 0
+    churned = [e for e in journal_entries(run, PIN_MISMATCH_ID) if 0x4000000 <= int(e["IOVA"], 16) < 0x9000000]
+    assert churned == []

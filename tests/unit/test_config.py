@@ -73,7 +73,7 @@ def test_shipped_default_config_is_valid_and_default():
 @pytest.mark.parametrize(
     "data, words",
     [
-        ({"pins": {"samples": 1}}, "pins.samples must be between 2 and 1024"),
+        ({"pins": {"samples": 1}}, "pins.samples must be between 2 and 64"),
         ({"pins": {"verify_interval": 0}}, "pins.verify_interval must be between"),
         ({"pins": {"verify_interval": "1s"}}, "pins.verify_interval must be a number"),
     ],

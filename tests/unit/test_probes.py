@@ -18,6 +18,7 @@ ffffffffc0000500 t vfio_lock_acct.part.0\t[vfio_iommu_type1]
 ffffffffc0000600 t vfio_pin_pages_remote\t[vfio_iommu_type1]
 ffffffffc0000700 t vfio_pin_pages_remote.cold\t[vfio_iommu_type1]
 ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
+ffffffffc0000900 t vfio_remove_dma\t[vfio_iommu_type1]
 """
 
 DEBIAN_6_12 = """\
@@ -33,6 +34,7 @@ ffffffffc0000410 t vfio_iommu_type1_ioctl.cold\t[vfio_iommu_type1]
 ffffffffc0000500 t vfio_lock_acct.part.0\t[vfio_iommu_type1]
 ffffffffc0000600 t vfio_pin_pages_remote\t[vfio_iommu_type1]
 ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
+ffffffffc0000900 t vfio_remove_dma\t[vfio_iommu_type1]
 """
 
 # 6.16+ shape: pfnmap_untrack replaces untrack_pfn;
@@ -150,6 +152,8 @@ IOMMUFD_6_12 = DEBIAN_6_12 + (
     "ffffffff81100400 T iopt_unmap_all\n"
     "ffffffff81100500 t do_update_pinned\n"
     "ffffffff81000600 T iommu_map\n"
+    "ffffffff81100600 T iopt_area_unfill_domains\n"
+    "ffffffff81100700 T iopt_table_remove_domain\n"
 )
 
 
@@ -165,7 +169,8 @@ def test_iommufd_probes_on_a_kernel_with_iommufd():
     assert symbols(sel["iommufd_dma_map"]) == "iopt_map_user_pages"
     assert symbols(sel["iommufd_dma_unmap"]) == "iopt_unmap_iova,iopt_unmap_all"
     assert symbols(sel["iommufd_pin_accounting"]) == "do_update_pinned"
-    assert symbols(sel["iommufd_pin_samples"]) == "iopt_map_user_pages,iommu_map"
+    assert symbols(sel["iommufd_pin_samples"]) == \
+        "iopt_map_user_pages,iommu_map,iopt_area_unfill_domains,iopt_table_remove_domain"
     sel, _ = selection(IOMMUFD_6_12.replace("t do_update_pinned", "t iopt_pages_update_pinned"))
     assert symbols(sel["iommufd_pin_accounting"]) == "iopt_pages_update_pinned"
 

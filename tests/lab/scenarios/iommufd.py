@@ -18,7 +18,12 @@ seeds/003): MADV_DONTNEED on the first page of the read-write buffer while it is
 mapped, then a write there (a new page); edu copies 1 KiB from the IOVA of that
 page to the buffer's second page (real DMA through the IOMMU), and the process
 reads what the device saw.  The mapping is then held for DIVERGED_HOLD seconds
-so that vfiomond verifies it.  Prints one JSON line; exit 0 only if all ran.
+so that vfiomond verifies it.
+
+Last, churn through iommufd (edu, as root): 256 live 4 KiB IOAS mappings, and
+for CHURN seconds a 4 KiB IOMMU_IOAS_MAP / IOMMU_IOAS_UNMAP loop as fast as the
+process can, with vfiomond scraped before, after and once the IOAS is closed.
+Prints one JSON line; exit 0 only if all ran.
 """
 
 import argparse
@@ -39,6 +44,9 @@ PATTERN = 0xAB
 COPY = 1024  # edu's DMA limit in QEMU 7.2 (see pin-mismatch.py)
 DIVERGED_HOLD = 3.0  # seconds: three of the lab's verification intervals
 PORT = os.environ.get("VFIOMOND_PORT", "10119")
+CHURN = 3.0  # seconds of 4 KiB map/unmap churn
+LIVE_PAGES, CHURN_PAGES = 256, 64
+LIVE_IOVA, CHURN_IOVA = 0x4000000, 0x8000000
 # (account mode, devices) of the passes run in children without CAP_IPC_LOCK.
 CHILD_PASSES = (("user", "edu"), ("mm", "edu"))
 
@@ -147,6 +155,49 @@ def exercise(dev, account):
     return record
 
 
+def churn_view(name):
+    text = v.scrape(PORT)
+    iommufd = {"backend": "iommufd"}
+    return {"name": name, "at": time.time(), "pin_mappings": sum(v.sample(text, "vfiomond_pin_mappings")),
+            "verifications": sum(v.sample(text, "vfiomond_pin_verifications_total")),
+            "events_lost": sum(v.sample(text, "vfiomond_events_lost_total")),
+            "map_calls": sum(v.sample(text, "vfiomond_dma_map_duration_seconds_count", **iommufd)),
+            "unmap_calls": sum(v.sample(text, "vfiomond_dma_unmap_duration_seconds_count", **iommufd))}
+
+
+def churn(dev):
+    """4 KiB IOAS maps and unmaps as fast as the process can, next to LIVE_PAGES live ones."""
+    out = {"live_mappings": LIVE_PAGES}
+    iommufd = v.Iommufd()
+    device_fd = iommufd.bind(dev.bdf)
+    live = v.mmap_anonymous(LIVE_PAGES * v.PAGE)
+    v.touch_pages(live, LIVE_PAGES * v.PAGE)
+    pages = v.mmap_anonymous(CHURN_PAGES * v.PAGE)
+    v.touch_pages(pages, CHURN_PAGES * v.PAGE)
+    for i in range(LIVE_PAGES):
+        iommufd.map(live + i * v.PAGE, LIVE_IOVA + i * v.PAGE, v.PAGE, True)
+    time.sleep(2)  # a verification pass or two with the live mappings
+    out["before"] = churn_view("before")
+    pairs, start = 0, time.monotonic()
+    while time.monotonic() - start < CHURN:
+        i = pairs % CHURN_PAGES
+        iommufd.map(pages + i * v.PAGE, CHURN_IOVA + i * v.PAGE, v.PAGE, True)
+        iommufd.unmap(CHURN_IOVA + i * v.PAGE, v.PAGE)
+        pairs += 1
+    out["seconds"] = time.monotonic() - start
+    out["pairs"] = pairs
+    time.sleep(2.5)  # a verification pass after the churn
+    out["after"] = churn_view("after")
+    os.close(device_fd)
+    iommufd.close()
+    v.munmap(live, LIVE_PAGES * v.PAGE)
+    v.munmap(pages, CHURN_PAGES * v.PAGE)
+    time.sleep(2.5)
+    out["released"] = churn_view("released")
+    log("churned %d 4 KiB IOAS map/unmap pairs in %.1f s next to %d live mappings" % (pairs, out["seconds"], LIVE_PAGES))
+    return out
+
+
 def child_pass(account, device):
     """Run one pass in a child without CAP_IPC_LOCK (root keeps CAP_SYS_RESOURCE
     for IOMMU_OPTION and the limit); returns its record."""
@@ -176,6 +227,7 @@ def main():
             summary["passes"].append(exercise(dev, "none"))
         for account, device in CHILD_PASSES:
             summary["passes"].append(child_pass(account, device))
+        summary["churn"] = churn(next(d for d in devices if d.name == "edu"))
         maps = [m for rec in summary["passes"] for m in rec["mappings"]]
         summary["dma_mapped_bytes"] = sum(m["size"] for m in maps)
         summary["dma_unmapped_bytes"] = sum(m["unmapped"] for m in maps)
