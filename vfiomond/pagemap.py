@@ -6,11 +6,12 @@ page and the huge zero page).  Documentation/admin-guide/mm/pagemap.rst, 4.2+.
 """
 
 import ctypes
+import mmap
 import os
 import struct
 from typing import Callable, Dict, Iterable, Optional
 
-PAGE = 4096
+PAGE = mmap.PAGESIZE  # the running system's page size
 PRESENT = 1 << 63
 PFN_MASK = (1 << 55) - 1
 KPF_ZERO_PAGE = 1 << 24

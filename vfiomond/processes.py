@@ -5,6 +5,7 @@ A VFIO user is a process with /dev/vfio/vfio, /dev/vfio/N, /dev/vfio/devices/vfi
 """
 
 import math
+import mmap
 import os
 import re
 import threading
@@ -12,7 +13,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-PAGE = 4096
+PAGE = mmap.PAGESIZE  # the running system's page size
 _VFIO_PATHS = ("/dev/vfio/", "/dev/iommu")
 _LIBVIRT_SCOPE = re.compile(r"machine-qemu\\x2d\d+\\x2d(.+?)\.scope")
 
