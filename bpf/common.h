@@ -131,8 +131,8 @@ struct pin_event {
 
 /* Sample points of a mapping of `size` bytes: slot k < PIN_SAMPLES at offset
  * k * stride (while inside the mapping), slot PIN_SAMPLES at the last page.  A
- * mapping keeps at most PIN_SAMPLES + 1 pinned PFNs whatever its size.  Must
- * agree with sample_offsets() in vfiomond/pins.py. */
+ * mapping keeps at most PIN_SAMPLES + 1 pinned PFNs whatever its size
+ * (pin_map_fill).  Must agree with sample_slots() in vfiomond/pins.py. */
 #ifndef PIN_SAMPLES
 #define PIN_SAMPLES 16
 #endif
@@ -144,25 +144,16 @@ static __always_inline u64 sample_stride(u64 size)
     return stride < PAGE_SIZE ? PAGE_SIZE : stride;
 }
 
-/* Does [off, off + len) of a mapping of `size` bytes hold a sample point? */
-static __always_inline int holds_sample(u64 off, u64 len, u64 size)
-{
-    u64 stride = sample_stride(size);
-    u64 k = (off + stride - 1) / stride;
-    u64 next = k * stride;
-    u64 last = size - PAGE_SIZE;
-    return (k < PIN_SAMPLES && next < off + len && next < size) || (last >= off && last < off + len);
-}
-
 /* Divergence where it happens: do_wp_page(struct vm_fault *vmf) (mm/memory.c,
  * 5.10 .. 7.2 in the lab) handles a write to a page whose PTE is write-protected, and
  * either keeps the page (reuse) or gives the process a copy (COW: a page shared
  * after fork, the shared zero page, a read-only pinned page before 6.2's
  * "reliable R/O long-term pinning", seeds/003).  A copy inside a live DMA
  * mapping is a divergence: the device keeps the pinned page, the process gets
- * another.  Sent only for processes that hold pins (each backend checks its
- * per-process table first: one hash lookup for everyone else); the daemon finds
- * the mapping and reads whether the page was replaced (vfiomond/pins.py).
+ * another.  Looked at only in processes that hold pins (each backend checks its
+ * per-process table first: one hash lookup for everyone else) and sent only
+ * inside a live DMA mapping, which the kernel names (pin_span_of, write_fault_in,
+ * below); the daemon reads whether the page was replaced (vfiomond/pins.py).
  * vmf->address is page-aligned (__handle_mm_fault); vmf->orig_pte is the PTE
  * the fault found, sent raw: its PFN field depends on the CPU's physical
  * address width (x86: physical_mask, a variable), which the daemon reads from
@@ -172,14 +163,6 @@ static __always_inline u64 fault_address(struct vm_fault *vmf)
     u64 address = 0;
     bpf_probe_read_kernel(&address, sizeof(address), &vmf->address);
     return address;
-}
-
-static __always_inline void write_fault_event(struct vm_fault *vmf, struct pin_event *ev)
-{
-    ev->type = EV_WRITE_FAULT;
-    ev->vaddr = fault_address(vmf);
-    bpf_probe_read_kernel(&ev->pfn, sizeof(vmf->orig_pte) < sizeof(ev->pfn) ? sizeof(vmf->orig_pte) : sizeof(ev->pfn),
-                          &vmf->orig_pte);
 }
 
 /* Pin verification's table of the live DMA mappings of both backends
@@ -214,7 +197,7 @@ struct pin_map {
     u8 backend;    /* PIN_BACKEND_* */
     u8 pad[2];
     u64 filled[PIN_FILLED_WORDS];  /* bit per sample slot: its PFN is known */
-    u64 pfn[PIN_SLOTS];            /* sample slot -> pinned PFN (holds_sample) */
+    u64 pfn[PIN_SLOTS];            /* sample slot -> pinned PFN (pin_map_fill) */
 };
 
 BPF_F_TABLE("hash", struct pin_map_key, struct pin_map, pin_maps, PIN_MAPS_MAX, BPF_F_NO_PREALLOC);
@@ -450,13 +433,18 @@ static __always_inline struct pin_span *pin_span_of(u32 pid, u64 address, u8 bac
     return span;
 }
 
-/* The write-fault record of a fault inside `span`'s mapping. */
-static __always_inline void write_fault_in(struct vm_fault *vmf, struct pin_span *span, struct pin_event *ev)
+/* The record of a write fault at `address` (fault_address) inside `span`'s
+ * mapping, with the PTE the fault found. */
+static __always_inline void write_fault_in(struct vm_fault *vmf, u64 address, struct pin_span *span,
+                                           struct pin_event *ev)
 {
+    ev->type = EV_WRITE_FAULT;
+    ev->vaddr = address;
     ev->space = span->space;
     ev->iova = span->iova;
     ev->size = span->size;
     ev->map_vaddr = span->vaddr;
     ev->seq = span->seq;
-    write_fault_event(vmf, ev);
+    bpf_probe_read_kernel(&ev->pfn, sizeof(vmf->orig_pte) < sizeof(ev->pfn) ? sizeof(vmf->orig_pte) : sizeof(ev->pfn),
+                          &vmf->orig_pte);
 }

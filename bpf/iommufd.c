@@ -321,7 +321,7 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
     return 0;
 }
 
-/* A write fault in a process holding iommufd pins (write_fault_event, common.h;
+/* A write fault in a process holding iommufd pins (write_fault_in, common.h;
  * pinned_pages comes from the pin accounting hook), sent on this area's ring
  * only when it falls inside one of the process's IOAS mappings (pin_spans). */
 int on_iommufd_write_fault(struct pt_regs *ctx)
@@ -332,13 +332,14 @@ int on_iommufd_write_fault(struct pt_regs *ctx)
         return 0;
     iommufd_add(IOMMUFD_WRITE_FAULTS, 1);
     struct vm_fault *vmf = (struct vm_fault *)PT_REGS_PARM1(ctx);
-    struct pin_span *span = pin_span_of(pid, fault_address(vmf), PIN_BACKEND_IOMMUFD);
+    u64 address = fault_address(vmf);
+    struct pin_span *span = pin_span_of(pid, address, PIN_BACKEND_IOMMUFD);
     if (!span) {
         iommufd_add(IOMMUFD_WRITE_FAULTS_OUTSIDE, 1);
         return 0;
     }
     struct pin_event ev = {};
-    write_fault_in(vmf, span, &ev);
+    write_fault_in(vmf, address, span, &ev);
     iommufd_emit(&ev);
     return 0;
 }

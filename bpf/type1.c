@@ -290,8 +290,8 @@ int on_type1_ioctl(struct pt_regs *ctx)
 
 /* vfio_pin_pages_remote(dma, vaddr, npage, unsigned long *pfn_base, limit[, batch])
  * returns the pages pinned: one physically contiguous run starting at
- * *pfn_base (5.10 .. 6.18).  A run is sent to user space only if it holds a
- * sample point of the MAP_DMA in flight on this thread (holds_sample). */
+ * *pfn_base (5.10 .. 6.18).  A run fills the sample slots it holds of the
+ * MAP_DMA in flight on this thread (pin_map_fill, common.h). */
 struct pin_inflight {
     u64 vaddr;
     u64 pfn_base;  /* unsigned long * (kernel) */
@@ -426,7 +426,7 @@ int on_account_locked_vm_return(struct pt_regs *ctx)
     return 0;
 }
 
-/* A write fault in a process holding type1 pins (write_fault_event, common.h),
+/* A write fault in a process holding type1 pins (write_fault_in, common.h),
  * sent only when it falls inside one of the process's DMA mappings (pin_spans,
  * one lookup); the others are counted here. */
 int on_type1_write_fault(struct pt_regs *ctx)
@@ -437,13 +437,14 @@ int on_type1_write_fault(struct pt_regs *ctx)
         return 0;
     type1_add(TYPE1_WRITE_FAULTS, 1);
     struct vm_fault *vmf = (struct vm_fault *)PT_REGS_PARM1(ctx);
-    struct pin_span *span = pin_span_of(pid, fault_address(vmf), PIN_BACKEND_TYPE1);
+    u64 address = fault_address(vmf);
+    struct pin_span *span = pin_span_of(pid, address, PIN_BACKEND_TYPE1);
     if (!span) {
         type1_add(TYPE1_WRITE_FAULTS_OUTSIDE, 1);
         return 0;
     }
     struct pin_event ev = {};
-    write_fault_in(vmf, span, &ev);
+    write_fault_in(vmf, address, span, &ev);
     emit(&ev);
     return 0;
 }

@@ -78,7 +78,7 @@ def sample_slots(size: int, samples: int) -> List[Optional[int]]:
     """Offset of each of a mapping's ``samples + 1`` sample slots (None: past its end):
     slot k < samples at k * stride, slot ``samples`` at the last page.
 
-    The slots of bpf/common.h (holds_sample, pin_map.pfn).
+    The slots of bpf/common.h (sample_stride, pin_map_fill).
     """
     if size < PAGE:
         return [None] * (samples + 1)

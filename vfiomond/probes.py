@@ -142,7 +142,7 @@ PROBES: Tuple[Probe, ...] = (
             Hook(("vfio_unpin_pages_remote",), "on_unpin_pages"),
         )),
     )),
-    # Divergence where it happens (bpf/common.h write_fault_event): do_wp_page, the
+    # Divergence where it happens (bpf/common.h write_fault_in): do_wp_page, the
     # write fault that keeps or copies a write-protected page, in processes that hold
     # type1 pins (everyone else ends at one hash lookup), sent when inside one of
     # their DMA mappings (bpf/type1.c pin_spans).

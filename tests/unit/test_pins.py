@@ -12,15 +12,20 @@ MIB = 1 << 20
 VADDR, IOVA, SPACE, OTHER_SPACE, ZERO = 0x7F0000000000, 0x100000, 0xFFFF888000001000, 0xFFFF888000002000, 0x77
 
 
-def holds_sample(off, length, size, samples):
-    """holds_sample() of bpf/common.h (u64 arithmetic): which pinned runs the kernel samples."""
+def filled_by(off, length, size, samples):
+    """The offsets pin_map_fill() of bpf/common.h fills from a run pinned at
+    [off, off + length) (u64 arithmetic)."""
     stride = (size // (samples - 1)) & ~(PAGE - 1)
     if stride < PAGE:
         stride = PAGE
-    k = (off + stride - 1) // stride
-    nxt = k * stride
-    last = size - PAGE
-    return (k < samples and nxt < off + length and nxt < size) or (last >= off and last < off + length)
+    out = set()
+    slot = (off + stride - 1) // stride
+    while slot < samples and slot * stride < off + length and slot * stride < size:
+        out.add(slot * stride)
+        slot += 1
+    if off <= size - PAGE < off + length:
+        out.add(size - PAGE)
+    return out
 
 
 @pytest.mark.parametrize("size", [PAGE, 3 * PAGE, 64 * PAGE, 2 * MIB, 4 * MIB + 3 * PAGE, 1 << 30])
@@ -31,7 +36,7 @@ def test_kernel_and_daemon_agree_on_sample_pages(size, samples):
     assert len(sample_slots(size, samples)) == samples + 1 and len(offsets) <= samples + 1
     probe = set(offsets) | {o + PAGE for o in offsets if o + PAGE < size} | {max(0, o - PAGE) for o in offsets}
     for off in sorted(probe):
-        assert holds_sample(off, PAGE, size, samples) == (off in offsets), off
+        assert (filled_by(off, PAGE, size, samples) == {off}) == (off in offsets), off
 
 
 def test_samples_are_bounded_whatever_the_size():
