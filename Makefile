@@ -13,13 +13,14 @@ LAB = $(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario $(SCENARIO) $(if $(
 deps:
 	@scripts/install-deps.sh
 
-# The main job: the standard scenario in the lab, VM kept up for a browser,
-# scraped by a real Prometheus server that loads the alert rules.
+# The main job: the standard scenario in the lab, then QEMU as the VFIO user (scenario
+# vmm: its VM "lab-vm" stays up with both devices), kept up for a browser, scraped by
+# a real Prometheus server that loads the alert rules.
 demo: deps
-	$(LAB) --demo --prometheus
+	$(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario standard+vmm --demo --prometheus
 
 lab: deps
-	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid|iommufd METRICS_OUT=FILE [SCENARIO=standard|iommufd|pin-mismatch|memlock|kernel-log|idle|hotplug|systemd|bench] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
+	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid|iommufd METRICS_OUT=FILE [SCENARIO=standard|vmm|dpdk|iommufd|pin-mismatch|memlock|kernel-log|idle|hotplug|systemd|bench] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
 	$(LAB) --metrics-out $(METRICS_OUT)
 
 # Unit tests, then the lab tests on Debian 12 (6.1), Debian 13 (6.12) and the iommufd build.

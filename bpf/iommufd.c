@@ -86,6 +86,8 @@ struct iommufd_proc {
     u64 charge_failures;
     u32 account;        /* mode of the last change + 1 (0: none seen) */
     u32 pad;
+    u64 map_ns;         /* time in iopt_map_user_pages calls, failed ones too */
+    u64 map_bytes;      /* bytes of successful maps, never decreases */
 };
 
 BPF_HASH(iommufd_proc_acct, u32, struct iommufd_proc, 4096);
@@ -215,14 +217,18 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
         if (pin_map_end(&k, d->seq, ret == 0, &ev))
             iommufd_emit(&ev);
     }
+    struct iommufd_proc *a = (ret == 0 || d->op == IOMMUFD_OP_MAP) ? iommufd_proc_entry() : 0;
+    if (a && d->op == IOMMUFD_OP_MAP)
+        __sync_fetch_and_add(&a->map_ns, delta);
     if (ret == 0) {
         u64 bytes = d->length;
         if (d->op == IOMMUFD_OP_UNMAP)
             bpf_probe_read_kernel(&bytes, sizeof(bytes), (void *)d->unmapped);
         iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_BYTES : IOMMUFD_UNMAP_BYTES, bytes);
-        struct iommufd_proc *a = iommufd_proc_entry();
         if (a)
             __sync_fetch_and_add(&a->mapped_bytes, d->op == IOMMUFD_OP_MAP ? (s64)bytes : -(s64)bytes);
+        if (a && d->op == IOMMUFD_OP_MAP)
+            __sync_fetch_and_add(&a->map_bytes, bytes);
     } else {
         key.err = -ret;
         add_or_lost(iommufd_dma_errors.lookup_or_try_init(&key, &zero), 1, LOSS_IOMMUFD_DMA_ERRORS_FULL);

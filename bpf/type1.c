@@ -76,6 +76,9 @@ struct proc_acct {
     s64 pinned_pages;
     s64 charged_pages;
     u64 charge_failures;
+    u64 map_ns;     /* time in MAP_DMA calls, failed ones too */
+    u64 map_bytes;  /* bytes of successful MAP_DMA calls, never decreases */
+    s64 zero_pages; /* pinned at the zero page now (never charged: the seed's gap) */
 };
 
 BPF_HASH(proc_acct, u32, struct proc_acct, 4096);
@@ -232,11 +235,15 @@ static __always_inline int dma_return(struct pt_regs *ctx)
     } else {
         type1_map_end(d, ret);
     }
+    struct proc_acct *a = (ret == 0 || d->op == OP_MAP) ? proc_entry() : 0;
+    if (a && d->op == OP_MAP)
+        proc_add((s64 *)&a->map_ns, delta);
     if (ret == 0) {
         type1_add(d->op == OP_MAP ? TYPE1_MAP_BYTES : TYPE1_UNMAP_BYTES, size);
-        struct proc_acct *a = proc_entry();
         if (a)
             proc_add(&a->mapped_bytes, d->op == OP_MAP ? (s64)size : -(s64)size);
+        if (a && d->op == OP_MAP)
+            proc_add((s64 *)&a->map_bytes, size);
     } else {
         key.err = -ret;
         add_or_lost(dma_errors.lookup_or_try_init(&key, &zero), 1, LOSS_DMA_ERRORS_FULL);
@@ -335,8 +342,11 @@ int on_pin_pages_return(struct pt_regs *ctx)
     u64 pfn = 0;
     bpf_probe_read_kernel(&pfn, sizeof(pfn), (void *)p->pfn_base);
 #ifdef ZERO_PFN
-    if (pfn == ZERO_PFN)
+    if (pfn == ZERO_PFN) {
         type1_add(TYPE1_ZERO_PAGE_PINS, pinned);
+        if (a)
+            proc_add(&a->zero_pages, pinned);
+    }
 #endif
     if (d && d->op == OP_MAP && d->seq && p->vaddr >= d->vaddr) {
         struct pin_map_key k = {.space = d->space, .iova = d->iova};
@@ -345,7 +355,8 @@ int on_pin_pages_return(struct pt_regs *ctx)
     return 0;
 }
 
-/* vfio_unpin_pages_remote(dma, iova, pfn, long npage, bool do_accounting) */
+/* vfio_unpin_pages_remote(dma, iova, pfn, long npage, bool do_accounting): one
+ * physically contiguous run, so zero-page pins come one page a call. */
 int on_unpin_pages(struct pt_regs *ctx)
 {
     long npage = (long)PT_REGS_PARM4(ctx);
@@ -354,6 +365,10 @@ int on_unpin_pages(struct pt_regs *ctx)
         struct proc_acct *a = proc_entry();
         if (a)
             proc_add(&a->pinned_pages, -npage);
+#ifdef ZERO_PFN
+        if (a && PT_REGS_PARM3(ctx) == ZERO_PFN)
+            proc_add(&a->zero_pages, -npage);
+#endif
     }
     return 0;
 }

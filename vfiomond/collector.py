@@ -86,7 +86,8 @@ class VfiomondCollector:
             duration.add_metric([area], time.monotonic() - start)
         yield from merged.values()
         if accts:
-            yield from processes.families(processes.read_users(), accts)
+            spaces = {pid: processes.dma_spaces(files) for pid, files in processes.scraped_vfio_files().items()}
+            yield from processes.families(processes.read_users(), accts, spaces)
         yield success
         yield duration
 

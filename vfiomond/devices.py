@@ -128,15 +128,46 @@ class Inventory:
 
     def users(self, open_files: Mapping[int, Iterable[str]]) -> Dict[str, int]:
         """PCI address -> processes that have its IOMMU group or its cdev open."""
-        by_path: Dict[str, List[str]] = {}
+        holders = self.holders(open_files)
+        return {bdf: len(holders.get(bdf, {})) for bdf in self.devices}
+
+    def holders(self, open_files: Mapping[int, Iterable[str]]) -> Dict[str, Dict[int, str]]:
+        """PCI address -> {pid: "group" or "cdev"}: which process holds the device, and
+        through what (its IOMMU group /dev/vfio/N, or its VFIO cdev /dev/vfio/devices/vfioM)."""
+        by_path: Dict[str, List[tuple]] = {}
         for dev in self.devices.values():
             for path in dev.paths():
-                by_path.setdefault(path, []).append(dev.device)
-        counts = {bdf: 0 for bdf in self.devices}
-        for files in open_files.values():
-            for bdf in {bdf for f in files for bdf in by_path.get(f, ())}:
-                counts[bdf] += 1
-        return counts
+                via = "cdev" if path.startswith("/dev/vfio/devices/") else "group"
+                by_path.setdefault(path, []).append((dev.device, via))
+        out: Dict[str, Dict[int, str]] = {}
+        for pid, files in open_files.items():
+            for f in files:
+                for bdf, via in by_path.get(f, ()):
+                    out.setdefault(bdf, {})[pid] = via
+        return out
+
+
+def holder_family(holders: Mapping[str, Mapping[int, str]], proc: str = "/proc") -> GaugeMetricFamily:
+    """vfiomond_device_holder_info: one series per (device, process holding it)."""
+    from vfiomond.processes import vm_name
+
+    fam = GaugeMetricFamily(
+        "vfiomond_device_holder_info",
+        "A process holding a VFIO device (value 1): through its IOMMU group (via=\"group\") or its VFIO cdev "
+        "(via=\"cdev\"), with the process's comm and VM name (as on vfiomond_process_* series).",
+        labels=["device", "pid", "comm", "vm", "via"],
+    )
+    for bdf, pids in sorted(holders.items()):
+        for pid, via in sorted(pids.items()):
+            try:
+                with open("%s/%d/cmdline" % (proc, pid), "rb") as f:
+                    cmdline = f.read()
+                with open("%s/%d/cgroup" % (proc, pid)) as f:
+                    cgroup = f.read()
+            except OSError:
+                continue  # gone since the scan
+            fam.add_metric([bdf, str(pid), _read("%s/%d/comm" % (proc, pid)), vm_name(cmdline, cgroup), via], 1)
+    return fam
 
 
 def families(devices: Mapping[str, VfioDevice], users: Mapping[str, int]) -> Iterator:
@@ -165,7 +196,9 @@ class InventoryMetrics:
 
     def families(self) -> Iterator:
         devices = self._inventory.devices
-        yield from families(devices, self._inventory.users(self._open_files()) if devices else {})
+        open_files = self._open_files() if devices else {}
+        yield from families(devices, self._inventory.users(open_files) if devices else {})
+        yield holder_family(self._inventory.holders(open_files) if devices else {})
 
 
 def holders(bdf: str, open_files: Mapping[int, Iterable[str]], sysfs: str = "/sys") -> Dict[int, str]:

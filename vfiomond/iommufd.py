@@ -103,7 +103,7 @@ def read(tables) -> IommufdSnapshot:
     rows = lambda name: [DmaRow(k.op, k.slot, k.err, v.value) for k, v in tables(name).items()]  # noqa: E731
     acct = {
         k.value: ProcAcct(v.mapped_bytes, v.pinned_pages, v.charged_pages, v.charge_failures, v.exempt_pages,
-                          account_name(v.account))
+                          account_name(v.account), v.map_ns / 1e9, v.map_bytes)
         for k, v in tables("iommufd_proc_acct").items()
     }
     return decode(raw, rows("iommufd_dma_hist"), rows("iommufd_dma_errors"))._replace(acct=acct)

@@ -84,6 +84,36 @@ def vm_name(cmdline: bytes, cgroup: str) -> str:
     return ""
 
 
+# QEMU's size suffixes (util/cutils.c qemu_strtosz); -m without one is MiB.
+_SIZE_UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def guest_ram_bytes(cmdline: bytes) -> Optional[int]:
+    """Guest RAM of a QEMU process from its ``-m [size=]N[kMGT]`` (softmmu/vl.c
+    parse_memory_options; libvirt writes ``-m size=4194304k``), bytes; None for a
+    process without ``-m`` (not QEMU, or QEMU's machine default) or an unreadable one."""
+    args = cmdline.split(b"\0")
+    for i, arg in enumerate(args[:-1]):
+        if arg in (b"-m", b"--m"):
+            for option in _qemu_options(args[i + 1].decode(errors="replace")):
+                key, eq, value = option.rpartition("=")
+                if eq and key != "size":
+                    continue
+                m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmgtBKMGT]?)", value.strip())
+                if m:
+                    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "m").lower()])
+            return None
+    return None
+
+
+def dma_spaces(files: Iterable[str]) -> int:
+    """DMA address spaces a VFIO user has open: type1 containers (/dev/vfio/vfio) and
+    iommufd contexts (/dev/iommu).  Each charges its pins to RLIMIT_MEMLOCK on its
+    own (type1: vfio_lock_acct per container; iommufd: per iopt_pages), so a VM
+    pinning all its RAM in two spaces needs twice its RAM."""
+    return sum(1 for f in files if f in ("/dev/vfio/vfio", "/dev/iommu"))
+
+
 def vfio_files(pid: int, proc: str = "/proc") -> Optional[List[str]]:
     """Paths of the VFIO / iommufd character devices process ``pid`` has open;
     None when the process is gone."""
@@ -149,6 +179,7 @@ class ProcessInfo(NamedTuple):
     locked_vm_bytes: int
     pinned_vm_bytes: int
     memlock_limit_bytes: float
+    guest_ram_bytes: Optional[int] = None  # QEMU's -m; None for other processes
 
 
 def _read(path: str, mode: str = "r"):
@@ -165,10 +196,11 @@ def read_process(pid: int, proc: str = "/proc") -> Optional[ProcessInfo]:
         # The limit VFIO accounting applies: none for a process with CAP_IPC_LOCK.
         limit = math.inf if has_ipc_lock(status_text) else parse_memlock_limit(_read(base + "limits"))
         comm = _read(base + "comm").strip()
-        vm = vm_name(_read(base + "cmdline", "rb"), _read(base + "cgroup"))
+        cmdline = _read(base + "cmdline", "rb")
+        vm = vm_name(cmdline, _read(base + "cgroup"))
     except (OSError, ValueError):
         return None
-    return ProcessInfo(pid, comm, vm, status["VmLck"], status["VmPin"], limit)
+    return ProcessInfo(pid, comm, vm, status["VmLck"], status["VmPin"], limit, guest_ram_bytes(cmdline))
 
 
 class ProcAcct(NamedTuple):
@@ -187,11 +219,15 @@ class ProcAcct(NamedTuple):
     charge_failures: int
     exempt_pages: int = 0
     account: str = ""
+    map_seconds: float = 0.0  # time in map calls, failed ones too
+    map_bytes: int = 0  # bytes of successful map calls, never decreases
 
 
-def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]]) -> Iterator:
+def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]],
+             spaces: Optional[Dict[int, int]] = None) -> Iterator:
     """Per-process gauges for live VFIO users; labels pid, comm, vm, and backend
-    for what ``accts`` (backend -> pid -> ProcAcct) holds."""
+    for what ``accts`` (backend -> pid -> ProcAcct) holds.  ``spaces``: pid -> DMA
+    address spaces open (``dma_spaces``), for the memlock a VM needs."""
     labels = ["pid", "comm", "vm"]
     g = {
         name: GaugeMetricFamily("vfiomond_process_" + name, doc, labels=labels + extra)
@@ -204,13 +240,23 @@ def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]]
             ("charged_bytes", "Bytes the VFIO backend has charged to a locked_vm for the process now (type1 and "
              "iommufd MM mode: the mm's, VmLck; iommufd USER mode: the user's).", ["backend"]),
             ("uncharged_pinned_bytes",
-             "Pinned bytes not charged to locked_vm (zero pages, reserved PFNs): the accounting gap. Pins exempt by "
-             "design (iommufd, CAP_IPC_LOCK) are not counted.", ["backend"]),
+             "Pinned bytes not charged to locked_vm: the accounting gap (type1: the zero page). Pins exempt by "
+             "design (reserved PFNs such as peer BARs mapped for P2P, iommufd's NONE mode, CAP_IPC_LOCK) are not "
+             "counted.", ["backend"]),
             ("pin_account_info", "Where the backend charges the process's pinned pages: account=\"mm\" (the mm's "
              "locked_vm, VmLck), \"user\" (the user's locked_vm, not in /proc), \"none\" (CAP_IPC_LOCK, iommufd).",
              ["backend", "account"]),
+            ("memlock_required_bytes", "RLIMIT_MEMLOCK a QEMU VM needs to pin all its guest RAM (-m) in every DMA "
+             "address space it has open (VFIO containers, iommufd): compare with vfiomond_process_memlock_limit_bytes. "
+             "QEMU processes only; a vIOMMU guest needs less (it maps what its drivers map).", []),
         )
     }
+    map_time = CounterMetricFamily(
+        "vfiomond_process_dma_map_seconds", "Time the process spent in DMA map calls (type1 MAP_DMA, iommufd "
+        "iopt_map_user_pages), failed ones too: how long pinning took a VM.", labels=labels + ["backend"])
+    map_bytes = CounterMetricFamily(
+        "vfiomond_process_dma_map_bytes", "Bytes the process DMA-mapped by successful map calls since it started "
+        "(never decreases).", labels=labels + ["backend"])
     failures = CounterMetricFamily(
         "vfiomond_process_locked_vm_charge_failures_total",
         "MAP_DMA pinning refused for RLIMIT_MEMLOCK (or a failed locked_vm charge).",
@@ -221,6 +267,8 @@ def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]]
         g["locked_vm_bytes"].add_metric(base, info.locked_vm_bytes)
         g["pinned_vm_bytes"].add_metric(base, info.pinned_vm_bytes)
         g["memlock_limit_bytes"].add_metric(base, info.memlock_limit_bytes)
+        if info.guest_ram_bytes is not None:
+            g["memlock_required_bytes"].add_metric(base, info.guest_ram_bytes * max(1, (spaces or {}).get(info.pid, 0)))
         for backend, acct in sorted(accts.items()):
             a = acct.get(info.pid, ProcAcct(0, 0, 0, 0))
             g["dma_mapped_bytes"].add_metric(base + [backend], a.mapped_bytes)
@@ -230,8 +278,12 @@ def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]]
             if a.account:
                 g["pin_account_info"].add_metric(base + [backend, a.account], 1)
             failures.add_metric(base + [backend], a.charge_failures)
+            map_time.add_metric(base + [backend], a.map_seconds)
+            map_bytes.add_metric(base + [backend], a.map_bytes)
     yield from g.values()
     yield failures
+    yield map_time
+    yield map_bytes
 
 
 RLIM_INFINITY = (1 << 64) - 1

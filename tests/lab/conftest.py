@@ -36,9 +36,12 @@ def _suite(item):
 
 
 def _boot_key(item):
-    """(suite, scenario, Prometheus) of the boot an item's module fixture asks for (LAB_BOOT)."""
+    """(suite, scenario, Prometheus) of the boot an item's module fixture asks for
+    (LAB_BOOT: one (scenario, Prometheus) for every suite, or a dict by suite)."""
     scenario = getattr(item.module, "LAB_BOOT", None)
     suite = _suite(item)
+    if isinstance(scenario, dict):
+        scenario = scenario.get(suite)
     if scenario is None or suite is None:
         return None
     return (suite,) + tuple(scenario)

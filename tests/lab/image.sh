@@ -26,11 +26,16 @@ dist=$suite
 common=python3,python3-bpfcc,bpfcc-tools,python3-prometheus-client,python3-pyudev,python3-systemd,\
 kmod,pciutils,iproute2,udev,systemd-sysv,procps,xz-utils
 packages=linux-image-amd64,linux-headers-amd64,$common
+# The real VFIO users of the scenarios vmm and dpdk (tests/lab/scenarios): the
+# suite's QEMU as the L2 VMM, and DPDK's testpmd (in dpdk-dev) with the e1000
+# PMD for the lab's e1000e.  Debian 12: QEMU 7.2, DPDK 22.11; Debian 13: QEMU 10.0,
+# DPDK 24.11 (the iommufd suite has trixie's).
+clients=qemu-system-x86,dpdk,dpdk-dev
 key_files="$0"
 case "$suite" in
-    bookworm) packages="$packages,initramfs-tools" ;;
+    bookworm) packages="$packages,initramfs-tools,$clients,librte-net-e1000-23" ;;
     # linux-source-6.12: the iommufd suite's kernel, kept out of trixie's image.
-    trixie) packages="$packages,initramfs-tools,linux-source-6.12" ;;
+    trixie) packages="$packages,initramfs-tools,linux-source-6.12,$clients,librte-net-e1000-25" ;;
     # BCC reads this kernel's headers from the kheaders module (needs xz-utils).
     iommufd) key_files="$0 $here/kernel.sh $here/iommufd.config" ;;
     # sid's kernel packages pull in dracut, which conflicts with initramfs-tools.

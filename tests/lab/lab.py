@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The VFIO lab: boot a cached Debian guest under QEMU (q35, emulated Intel IOMMU,
-edu + ivshmem-plain bound to vfio-pci), run vfiomond and a scenario inside,
+edu + ivshmem-plain bound to vfio-pci, an e1000e for DPDK), run vfiomond and a scenario inside,
 scrape /metrics from the host through a forwarded loopback port, power off.
 
     lab.py --suite bookworm --metrics-out /tmp/m.prom [--scenario standard] [--extra DIR]
@@ -124,6 +124,9 @@ def qemu_command(img: str, out: str, extra: str, host_port: int, scenario: str, 
         "-virtfs", "local,path=%s,mount_tag=extra,security_model=none,readonly=on" % extra,
         "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d" % (host_port, GUEST_PORT),
         "-device", "virtio-net-pci,netdev=n0",
+        # An 82574L for DPDK's e1000 PMD (scenario dpdk binds it to vfio-pci); its
+        # network reaches nothing.
+        "-netdev", "user,id=n1,restrict=on", "-device", "e1000e,netdev=n1",
         "-display", "none", "-monitor", "none", "-serial", "file:" + os.path.join(out, "console.log"),
         "-no-reboot",
     ] + (["-initrd", img + "/initrd.img"] if os.path.exists(img + "/initrd.img") else [])

@@ -109,6 +109,31 @@ def test_users_count_processes_with_the_group_or_cdev_open():
     assert inv.users(open_files) == {EDU: 2, IVSHMEM: 0}
 
 
+def test_holders_name_each_process_and_how_it_holds_the_device(tmp_path):
+    from vfiomond.devices import holder_family
+
+    inv = Inventory()
+    inv.apply(UdevEvent("add", "pci", EDU, dict(EDU_FACTS, vfio_cdev="vfio0")))
+    inv.apply(UdevEvent("add", "pci", IVSHMEM, dict(EDU_FACTS, iommu_group="3")))
+    open_files = {10: ["/dev/vfio/vfio", "/dev/vfio/2", "/dev/vfio/3"], 11: ["/dev/vfio/devices/vfio0", "/dev/iommu"],
+                  12: ["/dev/vfio/2"]}  # 12 exits before its series are made
+    assert inv.holders(open_files) == {EDU: {10: "group", 11: "cdev", 12: "group"}, IVSHMEM: {10: "group"}}
+    for pid, comm, cmdline in ((10, "qemu-system-x86", b"qemu-system-x86_64\0-name\0guest=web01\0"),
+                               (11, "qemu-system-x86", b"qemu-system-x86_64\0-name\0db\0")):
+        d = tmp_path / str(pid)
+        d.mkdir()
+        (d / "comm").write_text(comm + "\n")
+        (d / "cmdline").write_bytes(cmdline)
+        (d / "cgroup").write_text("0::/\n")
+    s = exposition([holder_family(inv.holders(open_files), proc=str(tmp_path))])
+    qemu = dict(comm="qemu-system-x86")
+    assert s == {
+        key("vfiomond_device_holder_info", device=EDU, pid="10", vm="web01", via="group", **qemu): 1,
+        key("vfiomond_device_holder_info", device=EDU, pid="11", vm="db", via="cdev", **qemu): 1,
+        key("vfiomond_device_holder_info", device=IVSHMEM, pid="10", vm="web01", via="group", **qemu): 1,
+    }
+
+
 def test_families():
     inv = Inventory()
     inv.apply(UdevEvent("add", "pci", IVSHMEM, dict(EDU_FACTS, vendor="0x1af4", device="0x1110", iommu_group="3",

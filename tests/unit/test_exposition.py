@@ -53,3 +53,31 @@ def test_address_in_use_is_an_oserror(server):
     port = int(server.rsplit(":", 1)[1])
     with pytest.raises(OSError):
         serve("127.0.0.1", port, CollectorRegistry())
+
+
+class OneVm:
+    def collect(self):
+        who = ["4242", "qemu-system-x86", "lab-vm"]
+        g = GaugeMetricFamily("vfiomond_process_dma_mapped_bytes", "", labels=["pid", "comm", "vm", "backend"])
+        g.add_metric(who + ["type1"], 1 << 30)
+        g.add_metric(who + ["iommufd"], 1 << 29)
+        yield g
+        g = GaugeMetricFamily("vfiomond_process_memlock_limit_bytes", "", labels=["pid", "comm", "vm"])
+        g.add_metric(who, float("inf"))
+        yield g
+        h = GaugeMetricFamily("vfiomond_device_holder_info", "", labels=["device", "pid", "comm", "vm", "via"])
+        for bdf in ("0000:00:03.0", "0000:00:02.0"):
+            h.add_metric([bdf, "4242", "qemu-system-x86", "lab-vm", "group"], 1)
+        yield h
+
+
+def test_landing_page_shows_each_vfio_user():
+    from vfiomond.exposition import users_table
+
+    registry = CollectorRegistry(auto_describe=False)
+    assert users_table(registry) == "<p>No VFIO users now.</p>"
+    registry.register(OneVm())
+    table = users_table(registry)
+    row = table.split("\n")[2]
+    assert row.startswith("<tr><td>4242</td><td>qemu-system-x86</td><td>lab-vm</td><td>0000:00:02.0 0000:00:03.0</td>")
+    assert "<td>1.500</td>" in row and "<td>inf</td>" in row  # both backends' mappings; an unlimited limit

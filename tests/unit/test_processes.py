@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from vfiomond.processes import (ProcAcct, ProcessInfo, families, has_ipc_lock, parse_memlock_limit, parse_status,
-                                read_process, vm_name)
+from vfiomond.processes import (ProcAcct, ProcessInfo, dma_spaces, families, guest_ram_bytes, has_ipc_lock,
+                                parse_memlock_limit, parse_status, read_process, vm_name)
 
 from test_faults import exposition, key
 
@@ -117,3 +117,38 @@ def test_one_proc_scan_per_scrape():
     scan.new_scrape()
     assert scan() == {2: ["/dev/vfio/2"]}  # never stale across scrapes
     assert len(scans) == 2
+
+
+@pytest.mark.parametrize(
+    "cmdline, ram",
+    [
+        (b"qemu-system-x86_64\0-m\x004096\0", 4096 << 20),  # MiB without a suffix
+        (b"qemu-system-x86_64\0-m\0size=4194304k,slots=16,maxmem=16G\0", 4 << 30),  # libvirt
+        (b"qemu-system-x86_64\0-m\x00256M\0", 256 << 20),
+        (b"qemu-system-x86_64\0-m\x001.5G\0", 3 << 29),
+        (b"qemu-system-x86_64\0-m\0slots=4,size=2G\0", 2 << 30),
+        (b"qemu-system-x86_64\0-name\0guest=a\0", None),  # QEMU's machine default: unknown here
+        (b"dpdk-testpmd\0-l\x000-1\0", None),
+        (b"qemu-system-x86_64\0-m\0lots\0", None),
+    ],
+)
+def test_guest_ram_from_the_qemu_command_line(cmdline, ram):
+    assert guest_ram_bytes(cmdline) == ram
+
+
+def test_dma_spaces_count_containers_and_iommufd_contexts():
+    assert dma_spaces(["/dev/vfio/vfio", "/dev/vfio/12", "/dev/vfio/13"]) == 1
+    assert dma_spaces(["/dev/vfio/vfio", "/dev/vfio/12", "/dev/vfio/vfio", "/dev/vfio/13"]) == 2  # vIOMMU: one each
+    assert dma_spaces(["/dev/iommu", "/dev/vfio/devices/vfio0"]) == 1
+    assert dma_spaces(["/dev/vfio/12"]) == 0
+
+
+def test_memlock_a_vm_needs_and_its_pinning_time():
+    infos = [ProcessInfo(42, "qemu", "web01", 0, 0, 5 << 30, 4 << 30), ProcessInfo(43, "testpmd", "", 0, 0, math.inf)]
+    acct = {42: ProcAcct(4 << 30, 1 << 20, 1 << 20, 0, map_seconds=12.5, map_bytes=6 << 30)}
+    s = exposition(families(infos, {"type1": acct}, spaces={42: 2, 43: 1}))
+    web = dict(pid="42", comm="qemu", vm="web01")
+    assert s[key("vfiomond_process_memlock_required_bytes", **web)] == 8 << 30  # two containers: RAM twice
+    assert not any("memlock_required" in k and '"43"' in k for k in s)  # not QEMU: no guess
+    assert s[key("vfiomond_process_dma_map_seconds_total", backend="type1", **web)] == 12.5
+    assert s[key("vfiomond_process_dma_map_bytes_total", backend="type1", **web)] == 6 << 30

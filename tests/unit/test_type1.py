@@ -33,3 +33,12 @@ def test_families_carry_backend_and_skip_unattached():
     assert s["vfiomond_dma_map_errors_total[('backend', 'type1'), ('errno', 'ENOSPC')]"] == 1
     assert s["vfiomond_dma_map_duration_seconds_count[('backend', 'type1')]"] == 0
     assert not any("unmap" in k or "unpinned" in k or "locked_vm" in k for k in s)
+
+
+def test_reserved_pfns_other_than_the_zero_page_are_exempt():
+    from vfiomond.type1 import exempt_pages
+
+    # 64 MiB of RAM charged, a peer's 256 MiB BAR mapped for P2P, 32 zero pages
+    assert exempt_pages(16384 + 65536 + 32, 16384, 32) == 65536
+    assert exempt_pages(100, 100, 0) == 0
+    assert exempt_pages(10, 12, 0) == 0  # a charge seen before its pin: never negative

@@ -25,7 +25,11 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 hostname vfiomond-lab
 ip link set lo up
 modprobe virtio_net
-nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+# The virtio NIC carries the host's scrapes (the e1000e is DPDK's).
+nic=
+for dev in /sys/class/net/*; do
+    [ "$(basename "$(readlink "$dev/device/driver" 2>/dev/null)")" = virtio_net ] && nic=${dev##*/} && break
+done
 [ -n "$nic" ] && ip link set "$nic" up && ip addr add 10.0.2.15/24 dev "$nic" || fail "no network interface"
 step "booted $(uname -r)"
 
