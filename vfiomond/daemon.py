@@ -311,7 +311,8 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     detectors = [advisories_.report, devices.InventoryMetrics(daemon.inventory), daemon.reloads]
     watcher = None
     if config.watch_kernel_log:
-        watcher = KernelLogWatcher(issues, sink, advisories.running_kernel()[0])
+        watcher = KernelLogWatcher(issues, sink, advisories.running_kernel()[0],
+                                   memlock_probed=lambda: "pin_pages" in daemon.program.attached())
         try:
             watcher.start()
             detectors.append(watcher)

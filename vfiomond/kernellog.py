@@ -124,9 +124,14 @@ class KernelLogWatcher:
     """Counts and alerts splats; runs its reader in a daemon thread."""
 
     def __init__(self, issues: List[dict], sink, running: Optional[Tuple[int, int, int]],
-                 holders: Optional[Callable[[str], Dict[int, str]]] = None):
+                 holders: Optional[Callable[[str], Dict[int, str]]] = None,
+                 memlock_probed: Callable[[], bool] = lambda: False):
         self.issues = issues
         self._holders = holders or _holders_now
+        # Whether a probe raises the memlock_refused alert for type1's refusals itself
+        # (with the process, the request and the limit): then the kernel's log line of
+        # the same refusal is counted only, so that one refusal is one alert.
+        self._memlock_probed = memlock_probed
         self.sink = sink
         self.running = running
         self.counts: Dict[Tuple[str, str, str], int] = {}
@@ -161,11 +166,28 @@ class KernelLogWatcher:
         if splat.kind == "vfio":
             self._check_removal(splat.header)
             return  # other vfio-pci messages are counted, not alerted
+        if splat.kind == "memlock":
+            self._memlock_refused(splat.header)
+            return
         self.sink.alert(
             KERNEL_SPLAT,
             "kernel %s%s%s: %s" % (splat.kind, " in VFIO" if splat.vfio else "", " (known issue %s)" % issue if issue else "", splat.header),
             KIND=splat.kind, SITE=splat.site or "", FUNCTION=splat.function, FRAMES=" ".join(splat.frames[:16]),
             VFIO=int(splat.vfio), PFNMAP=int(splat.pfnmap), KNOWN_ISSUE=issue or "", SPLAT=splat.text,
+        )
+
+    def _memlock_refused(self, header: str) -> None:
+        """type1's "vfio_pin_pages_remote: RLIMIT_MEMLOCK (N) exceeded" (a refusal, not a
+        splat): the memlock_refused alert, unless the pin probe raises it already."""
+        if self._memlock_probed():
+            return
+        from vfiomond.alerts import MEMLOCK_REFUSED
+
+        m = re.search(r"RLIMIT_MEMLOCK \((\d+)\) exceeded", header)
+        self.sink.alert(
+            MEMLOCK_REFUSED,
+            "VFIO DMA mapping refused: %s (from the kernel log; no attached probe names the process)" % header,
+            LIMIT_BYTES=m.group(1) if m else "", BACKEND="type1", SOURCE="kernel_log",
         )
 
     def _check_removal(self, line: str) -> None:

@@ -306,5 +306,5 @@ def memlock_alert(sink, ev) -> None:
         "VFIO DMA mapping of %d bytes refused for %s[%d]: locked_vm %d bytes, RLIMIT_MEMLOCK %s bytes"
         % (ev.size, comm, ev.pid, ev.locked * PAGE, limit),
         PID=ev.pid, COMM=comm, VM=vm, REQUEST_BYTES=ev.size, LOCKED_BYTES=ev.locked * PAGE,
-        LIMIT_BYTES=limit, ERRNO=-ev.ret, BACKEND="type1",
+        LIMIT_BYTES=limit, ERRNO=-ev.ret, BACKEND="type1", SOURCE="probe",
     )

@@ -73,3 +73,25 @@ def test_holders_of_a_device_group_and_cdev(tmp_path):
     assert sorted(found) == [2, os.getpid()]
     with open("/proc/self/comm") as f:
         assert found[os.getpid()] == f.read().strip()
+
+
+MEMLOCK_LINE = "[ 1234.567890] vfio_pin_pages_remote: RLIMIT_MEMLOCK (16777216) exceeded"
+
+
+def test_one_memlock_refusal_is_one_alert():
+    """type1 logs each refusal; the pin probe alerts it with the process: the log line is
+    then only counted (it used to raise a kernel_splat alert too)."""
+    sink = Sink()
+    watcher = KernelLogWatcher([], sink, (6, 1, 0), memlock_probed=lambda: True)
+    feed(watcher, [MEMLOCK_LINE])
+    assert sink.alerts == []
+    assert list(watcher.counts.items()) == [(("memlock", "none", "none"), 1)]
+
+
+def test_memlock_refusal_from_the_log_alone_without_the_probe():
+    sink = Sink()
+    watcher = KernelLogWatcher([], sink, (6, 1, 0), memlock_probed=lambda: False)
+    feed(watcher, [MEMLOCK_LINE])
+    (kind, message, fields), = sink.alerts
+    assert kind == "memlock_refused" and fields["LIMIT_BYTES"] == "16777216" and fields["SOURCE"] == "kernel_log"
+    assert "RLIMIT_MEMLOCK (16777216) exceeded" in message
