@@ -131,6 +131,12 @@ int on_iopt_unmap_iova(struct pt_regs *ctx)
 
 int on_iopt_unmap_all(struct pt_regs *ctx)
 {
+    /* unmapped == NULL: iommufd_ioas_destroy tearing an IOAS down at close
+     * (drivers/iommu/iommufd/ioas.c, 6.2 ..), not an unmap call; the ioctls
+     * (IOMMU_IOAS_UNMAP of everything, VFIO compat UNMAP_FLAG_ALL) pass a pointer.
+     * Not counted, as type1's teardown of a container at close is not. */
+    if (!PT_REGS_PARM2(ctx))
+        return 0;
     struct iommufd_inflight d = {.op = IOMMUFD_OP_UNMAP, .iopt = PT_REGS_PARM1(ctx), .unmapped = PT_REGS_PARM2(ctx)};
     return iommufd_dma_enter(&d);
 }
