@@ -237,13 +237,13 @@ static __always_inline int dma_return(struct pt_regs *ctx)
     }
     struct proc_acct *a = (ret == 0 || d->op == OP_MAP) ? proc_entry() : 0;
     if (a && d->op == OP_MAP)
-        proc_add((s64 *)&a->map_ns, delta);
+        __sync_fetch_and_add(&a->map_ns, delta);
     if (ret == 0) {
         type1_add(d->op == OP_MAP ? TYPE1_MAP_BYTES : TYPE1_UNMAP_BYTES, size);
         if (a)
             proc_add(&a->mapped_bytes, d->op == OP_MAP ? (s64)size : -(s64)size);
         if (a && d->op == OP_MAP)
-            proc_add((s64 *)&a->map_bytes, size);
+            __sync_fetch_and_add(&a->map_bytes, size);
     } else {
         key.err = -ret;
         add_or_lost(dma_errors.lookup_or_try_init(&key, &zero), 1, LOSS_DMA_ERRORS_FULL);

@@ -128,7 +128,10 @@ class Inventory:
 
     def users(self, open_files: Mapping[int, Iterable[str]]) -> Dict[str, int]:
         """PCI address -> processes that have its IOMMU group or its cdev open."""
-        holders = self.holders(open_files)
+        return self.user_counts(self.holders(open_files))
+
+    def user_counts(self, holders: Mapping[str, Mapping[int, str]]) -> Dict[str, int]:
+        """PCI address -> how many processes ``holders`` (from ``holders()``) names for it."""
         return {bdf: len(holders.get(bdf, {})) for bdf in self.devices}
 
     def holders(self, open_files: Mapping[int, Iterable[str]]) -> Dict[str, Dict[int, str]]:
@@ -196,9 +199,9 @@ class InventoryMetrics:
 
     def families(self) -> Iterator:
         devices = self._inventory.devices
-        open_files = self._open_files() if devices else {}
-        yield from families(devices, self._inventory.users(open_files) if devices else {})
-        yield holder_family(self._inventory.holders(open_files) if devices else {})
+        holders = self._inventory.holders(self._open_files()) if devices else {}
+        yield from families(devices, self._inventory.user_counts(holders))
+        yield holder_family(holders)
 
 
 def holders(bdf: str, open_files: Mapping[int, Iterable[str]], sysfs: str = "/sys") -> Dict[int, str]:

@@ -19,7 +19,8 @@ LANDING = """<!DOCTYPE html>
 </body></html>
 """
 GIB = float(1 << 30)
-# Columns of the landing page's table of VFIO users: (heading, series, backend summed).
+# Columns of the landing page's table of VFIO users: (heading, series); a series with a
+# backend label is summed over the backends.
 USER_COLUMNS = (
     ("DMA-mapped GiB", "vfiomond_process_dma_mapped_bytes"),
     ("locked_vm GiB", "vfiomond_process_locked_vm_bytes"),

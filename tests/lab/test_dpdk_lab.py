@@ -9,29 +9,20 @@ Debian 12 runs DPDK 22.11, Debian 13 DPDK 24.11; both pick the type1 container.
 
 import pytest
 
-from test_lab import SUITES, boot
-from test_vmm_lab import LAB_BOOT
+from test_lab import SUITES
+from test_vmm_lab import LAB_BOOT, client_run, ok_summary, one
 
 DPDK_SUITES = [s for s in SUITES if "dpdk" in LAB_BOOT.get(s, ("",))[0].split("+")]
 
 
 @pytest.fixture(scope="module", params=DPDK_SUITES)
 def dpdk_run(request):
-    scenario, prometheus = LAB_BOOT[request.param]
-    return boot(request.param, scenario, prometheus).part("dpdk")
+    return client_run(request.param, "dpdk")
 
 
 @pytest.fixture(scope="module")
 def summary(dpdk_run):
-    assert dpdk_run.scenario.get("ok") is True, dpdk_run.scenario
-    return dpdk_run.scenario
-
-
-def one(view, name, **labels):
-    values = [value for sample_labels, value in view["series"].get(name, [])
-              if all(sample_labels.get(k) == v for k, v in labels.items())]
-    assert len(values) == 1, (name, labels, view["series"].get(name))
-    return values[0]
+    return ok_summary(dpdk_run)
 
 
 def test_every_run_happened_on_type1(summary):

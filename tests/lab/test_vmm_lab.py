@@ -22,16 +22,25 @@ PAGE = 4096  # the lab guest's (x86_64)
 ZERO_PAGE_PIN_ID = "0179e5ffcd3b48f6a3e76e619fe9d7c7"
 
 
+def client_run(suite, name):
+    """Scenario ``name`` of the suite's LAB_BOOT boot."""
+    scenario, prometheus = LAB_BOOT[suite]
+    return boot(suite, scenario, prometheus).part(name)
+
+
+def ok_summary(run):
+    assert run.scenario.get("ok") is True, run.scenario
+    return run.scenario
+
+
 @pytest.fixture(scope="module", params=VMM_SUITES)
 def vmm_run(request):
-    scenario, prometheus = LAB_BOOT[request.param]
-    return boot(request.param, scenario, prometheus).part("vmm")
+    return client_run(request.param, "vmm")
 
 
 @pytest.fixture(scope="module")
 def summary(vmm_run):
-    assert vmm_run.scenario.get("ok") is True, vmm_run.scenario
-    return vmm_run.scenario
+    return ok_summary(vmm_run)
 
 
 def runs(summary, ended=False):
