@@ -8,7 +8,7 @@ EXTRA ?=
 PROMETHEUS ?=
 LAB = $(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario $(SCENARIO) $(if $(EXTRA),--extra $(EXTRA)) $(if $(PROMETHEUS),--prometheus)
 
-.PHONY: deps demo lab test test-all unit lab-images bench install clean
+.PHONY: deps demo lab test test-all unit lab-images bench reliability install clean
 
 deps:
 	@scripts/install-deps.sh
@@ -20,7 +20,7 @@ demo: deps
 	$(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario standard+vmm --demo --prometheus
 
 lab: deps
-	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid|iommufd METRICS_OUT=FILE [SCENARIO=standard|vmm|dpdk|iommufd|pin-mismatch|memlock|kernel-log|idle|hotplug|systemd|bench] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
+	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid|iommufd METRICS_OUT=FILE [SCENARIO=standard|vmm|dpdk|iommufd|pin-mismatch|losses|memlock|kernel-log|idle|hotplug|systemd|bench] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
 	$(LAB) --metrics-out $(METRICS_OUT)
 
 # Unit tests, then the lab tests on Debian 12 (6.1), Debian 13 (6.12) and the iommufd build.
@@ -49,6 +49,16 @@ lab-images: deps
 bench: deps
 	$(PYTHON) benchmarks/bench.py --suite $(if $(filter command line,$(origin SUITE)),$(SUITE),trixie)
 	$(PYTHON) benchmarks/scrape.py
+
+# Soak, fault and load figures of benchmarks/RELIABILITY.md: the soak scenario in the lab
+# (1,000,000 BAR faults, 100,000 MAP_DMA/UNMAP_DMA pairs, 50,000 live mappings, 100
+# concurrent scrapers), then the scrape cost with 100,000 open files on this host.
+reliability: deps
+	@mkdir -p build
+	$(PYTHON) tests/lab/lab.py --suite $(if $(filter command line,$(origin SUITE)),$(SUITE),trixie) --scenario soak \
+		--timeout 2400 --metrics-out build/soak.prom --out build/soak
+	$(PYTHON) benchmarks/scrape.py --host-fds 100000 --scrapes 20
+	$(PYTHON) benchmarks/scrape.py --host-fds 100000 --scrapes 20 --full-scan
 
 # vfiomond on this host, as a systemd service (see README, "Operating it").
 install:

@@ -8,10 +8,15 @@ and /proc readers, with three stand-ins for what only a big VFIO host has:
   both backends), served as BCC tables would be (key/value objects);
 - the device inventory: DEVICES devices, each with an IOMMU group;
 - the VFIO users: PROCESSES real processes (sleep) whose /proc files are read as
-  a VFIO user's are; the real scan of every /proc/PID/fd on the host runs too,
-  so its cost is included, but the open /dev/vfio files are declared, not held.
+  a VFIO user's are, found as the daemon finds them (processes.UserFinder: the
+  open files of the candidates the probes named are read, for their cost), but
+  the open /dev/vfio files are declared, not held.
 
-    python3 benchmarks/scrape.py [--devices 64] [--processes 64] [--scrapes 50]
+``--host-fds N`` adds a process holding N open files (a big host: databases,
+sockets); ``--full-scan`` reads every process's open files on each scrape, as
+vfiomond did before the UserFinder, for comparison.
+
+    python3 benchmarks/scrape.py [--devices 64] [--processes 64] [--scrapes 50] [--host-fds N] [--full-scan]
 
 Prints the median and worst time of ``generate_latest`` over the collector (what
 one GET /metrics costs besides HTTP) and the size of the page.
@@ -103,7 +108,7 @@ class Program:
         return self._maps.__getitem__
 
     def lost_events(self):
-        return 0
+        return {}
 
 
 def inventory(n_devices):
@@ -115,26 +120,49 @@ def inventory(n_devices):
     return inv
 
 
+def fd_holder(n: int) -> subprocess.Popen:
+    """A process holding ``n`` open files of /dev/null (its file limit raised to fit)."""
+    code = ("import os, resource, sys, time\n"
+            "n = int(sys.argv[1])\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, n + 64))\n"
+            "fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(n)]\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(3600)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(n)], stdout=subprocess.PIPE, universal_newlines=True)
+    if child.stdout.readline().strip() != "ready":
+        raise SystemExit("the fd holder did not start (raising RLIMIT_NOFILE needs root)")
+    return child
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=64)
     p.add_argument("--processes", type=int, default=64)
     p.add_argument("--scrapes", type=int, default=50)
+    p.add_argument("--host-fds", type=int, default=0, help="open files held by one more (non-VFIO) process")
+    p.add_argument("--full-scan", action="store_true", help="read every process's open files on each scrape")
     args = p.parse_args()
     children = [subprocess.Popen(["sleep", "3600"]) for _ in range(args.processes)]
+    if args.host_fds:
+        children.append(fd_holder(args.host_fds))
     try:
         pids = [c.pid for c in children]
         declared = {pid: ["/dev/vfio/%d" % (100 + i % args.devices), "/dev/iommu"] for i, pid in enumerate(pids)}
 
+        finder = processes.UserFinder(lambda: pids)
+
         def open_files():
-            processes.open_vfio_files()  # the real scan of /proc/*/fd, for its cost
+            if args.full_scan:
+                processes.open_vfio_files()  # the real scan of every /proc/*/fd, for its cost
+            else:
+                finder()  # the candidates' fds, as the daemon reads them
             return declared
 
-        processes.scraped_vfio_files._fn = open_files
+        processes.scraped_vfio_files.use(open_files)
         inv = inventory(args.devices)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(VfiomondCollector(Program(tables(args.devices, pids)), os.uname().release,
-                                            detectors=[devices.InventoryMetrics(inv)]))
+                                            detectors={"devices": devices.InventoryMetrics(inv)}))
         times, size = [], 0
         for _ in range(args.scrapes):
             start = time.perf_counter()
@@ -142,8 +170,9 @@ def main():
             times.append(time.perf_counter() - start)
             size = len(page)
         samples = sum(1 for line in page.decode().splitlines() if line and not line.startswith("#"))
-        print("devices=%d processes=%d scrapes=%d page=%d bytes, %d samples" % (
-            args.devices, args.processes, args.scrapes, size, samples))
+        print("devices=%d processes=%d host_fds=%d %s scrapes=%d page=%d bytes, %d samples" % (
+            args.devices, args.processes, args.host_fds, "full-scan" if args.full_scan else "candidates",
+            args.scrapes, size, samples))
         print("scrape: median %.1f ms, worst %.1f ms" % (statistics.median(times) * 1e3, max(times) * 1e3))
     finally:
         for c in children:

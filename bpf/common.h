@@ -19,14 +19,20 @@
  * than all the rest of a fault's programs (benchmarks/RESULTS.md, 2026-11-24);
  * the LRU bounds the map and drops the entries of threads that are gone (an
  * entry in flight was used at its entry probe, so idle threads' go first). */
+#ifndef THREAD_STATE_ENTRIES  /* sized from the CPU count by the daemon (bpfload.thread_state_entries) */
 #define THREAD_STATE_ENTRIES 4096
+#endif
 
-/* Every loss is counted under the map that lost it and why (vfiomond/bpfload.py
+/* Every loss is counted under the map that lost it and why (vfiomond/losses.py
  * LOSSES mirrors this enum: map name, reason): "full" a bounded map refused an
  * insert or a ring buffer had no room, "evicted" an LRU entry in use was gone,
- * "stale" an entry left by a kretprobe that never ran, "split" a buffer
- * needed more address blocks than one call may insert (type1.c pin_spans),
- * "unread" a kernel read failed (the entry it was for is left behind). */
+ * "missing" a return probe found no entry in flight for its thread (the LRU
+ * evicted it, the insert at the entry failed, or the entry probe missed the
+ * call: counted once, at the return), "stale" an entry left by a return probe
+ * that never ran (found by the thread's next call, or by the daemon once the
+ * thread is gone), "split" a buffer needed more address blocks than one call
+ * may insert (type1.c pin_spans), "unread" a kernel read failed (what it was
+ * for is left out). */
 enum loss {
     LOSS_PIN_EVENTS_FULL = 0,
     LOSS_IOMMUFD_PIN_EVENTS_FULL = 1,
@@ -34,20 +40,20 @@ enum loss {
     LOSS_IOMMUFD_PROC_ACCT_FULL = 3,
     LOSS_DMA_BY_TID_FULL = 4,
     LOSS_IOMMUFD_DMA_BY_TID_FULL = 5,
-    LOSS_PIN_BY_TID_FULL = 6,
-    LOSS_ACCT_BY_TID_FULL = 7,
-    LOSS_IOMMUFD_ACCT_BY_TID_FULL = 8,
+    LOSS_PIN_BY_TID_MISSING = 6,
+    LOSS_ACCT_BY_TID_MISSING = 7,
+    LOSS_IOMMUFD_ACCT_BY_TID_MISSING = 8,
     LOSS_DMA_HIST_FULL = 9,
     LOSS_DMA_ERRORS_FULL = 10,
     LOSS_IOMMUFD_DMA_HIST_FULL = 11,
     LOSS_IOMMUFD_DMA_ERRORS_FULL = 12,
     LOSS_BAR_FAULTS_BY_VMA_FULL = 13,
     LOSS_BAR_FAULTS_BY_VMA_EVICTED = 14,
-    LOSS_BAR_FAULT_BY_TID_FULL = 15,
+    LOSS_BAR_FAULT_BY_TID_MISSING = 15,
     LOSS_BAR_FAULT_BY_TID_STALE = 16,
     LOSS_BAR_FAULT_HIST_FULL = 17,
     LOSS_BAR_FAULTS_CONCURRENT_FULL = 18,
-    LOSS_REMAP_BY_TID_FULL = 19,
+    LOSS_REMAP_BY_TID_MISSING = 19,
     LOSS_REMAP_HIST_FULL = 20,
     LOSS_REMAP_ERRORS_FULL = 21,
     LOSS_PAT_UNTRACK_FULL = 22,
@@ -56,7 +62,17 @@ enum loss {
     LOSS_PIN_SPANS_SPLIT = 25,
     LOSS_PIN_MAPS_UNREAD = 26,
     LOSS_PIN_SPACE_STALE_FULL = 27,
-    LOSSES = 28,
+    LOSS_DMA_BY_TID_STALE = 28,
+    LOSS_IOMMUFD_DMA_BY_TID_STALE = 29,
+    LOSS_PIN_BY_TID_STALE = 30,
+    LOSS_ACCT_BY_TID_STALE = 31,
+    LOSS_IOMMUFD_ACCT_BY_TID_STALE = 32,
+    LOSS_REMAP_BY_TID_STALE = 33,
+    LOSS_PIN_BY_TID_UNREAD = 34,
+    LOSS_DMA_BY_TID_UNREAD = 35,
+    LOSS_IOMMUFD_DMA_BY_TID_UNREAD = 36,
+    LOSS_VFIO_OPENERS_FULL = 37,
+    LOSSES = 38,
 };
 
 BPF_ARRAY(lost_events, u64, LOSSES);

@@ -196,10 +196,8 @@ static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
         t->order = order;
     } else {
         struct bar_fault_thread fresh = {.ts = now, .vma = (u64)vma, .depth = 1, .order = order};
-        if (bar_fault_by_tid.update(&tid, &fresh) != 0) {
-            count_lost(LOSS_BAR_FAULT_BY_TID_FULL);
-            return 0;
-        }
+        if (bar_fault_by_tid.update(&tid, &fresh) != 0)
+            return 0; /* counted once, as missing, by the return probe */
     }
     bar_vma_enter((u64)vma, vma);
     return 0;
@@ -219,8 +217,10 @@ int on_bar_fault_return(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct bar_fault_thread *t = bar_fault_by_tid.lookup(&tid);
-    if (!t || !t->depth)
+    if (!t || !t->depth) {
+        count_lost(LOSS_BAR_FAULT_BY_TID_MISSING); /* evicted, never inserted, or the entry probe missed it */
         return 0;
+    }
     if (--t->depth)
         return 0;
     u64 delta = bpf_ktime_get_ns() - t->ts;
@@ -283,10 +283,13 @@ int on_remap_pfn_range(struct pt_regs *ctx)
     struct remap_inflight fresh = {.ts = bpf_ktime_get_ns(), .size = PT_REGS_PARM4(ctx), .active = 1,
                                    .context = t && t->depth ? CONTEXT_VFIO_FAULT : CONTEXT_OTHER};
     struct remap_inflight *r = remap_by_tid.lookup(&tid);
-    if (r)
+    if (r) {
+        if (r->active)
+            count_lost(LOSS_REMAP_BY_TID_STALE); /* the previous call's return probe never ran */
         *r = fresh;
-    else if (remap_by_tid.update(&tid, &fresh) != 0)
-        count_lost(LOSS_REMAP_BY_TID_FULL);
+    } else {
+        remap_by_tid.update(&tid, &fresh); /* a failure is counted, as missing, by the return probe */
+    }
     return 0;
 }
 
@@ -295,8 +298,10 @@ int on_remap_pfn_range_return(struct pt_regs *ctx)
     u64 zero = 0;
     u32 tid = current_tid();
     struct remap_inflight *r = remap_by_tid.lookup(&tid);
-    if (!r || !r->active)
+    if (!r || !r->active) {
+        count_lost(LOSS_REMAP_BY_TID_MISSING);
         return 0;
+    }
     r->active = 0;
     u64 delta = bpf_ktime_get_ns() - r->ts;
     int ret = (int)PT_REGS_RC(ctx);

@@ -106,6 +106,8 @@ static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
 {
     u32 tid = current_tid();
     d->ts = bpf_ktime_get_ns();
+    if (iommufd_dma_by_tid.lookup(&tid))
+        count_lost(LOSS_IOMMUFD_DMA_BY_TID_STALE); /* left by a return probe that never ran */
     if (iommufd_dma_by_tid.update(&tid, d) != 0)
         count_lost(LOSS_IOMMUFD_DMA_BY_TID_FULL);
     return 0;
@@ -158,10 +160,12 @@ int on_iommufd_iommu_map(struct pt_regs *ctx)
     if (!d || d->op != IOMMUFD_OP_MAP)
         return 0;
     if (!d->begun) {
-        bpf_probe_read_kernel(&d->iova, sizeof(d->iova), (void *)d->iova_ptr);
         d->begun = 1;
-        d->seq = pin_map_begin(d->iopt, d->iova, d->uptr, d->length, PIN_BACKEND_IOMMUFD,
-                               kernel_fact(FACT_IOMMUFD_PIN_MAPS));
+        if (bpf_probe_read_kernel(&d->iova, sizeof(d->iova), (void *)d->iova_ptr) != 0)
+            count_lost(LOSS_IOMMUFD_DMA_BY_TID_UNREAD); /* IOVA unknown: the mapping is not sampled */
+        else
+            d->seq = pin_map_begin(d->iopt, d->iova, d->uptr, d->length, PIN_BACKEND_IOMMUFD,
+                                   kernel_fact(FACT_IOMMUFD_PIN_MAPS));
     }
     u64 iova = PT_REGS_PARM2(ctx);
     if (!d->seq || iova < d->iova)
@@ -228,8 +232,10 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
         __sync_fetch_and_add(&a->map_ns, delta);
     if (ret == 0) {
         u64 bytes = d->length;
-        if (d->op == IOMMUFD_OP_UNMAP)
-            bpf_probe_read_kernel(&bytes, sizeof(bytes), (void *)d->unmapped);
+        if (d->op == IOMMUFD_OP_UNMAP && bpf_probe_read_kernel(&bytes, sizeof(bytes), (void *)d->unmapped) != 0) {
+            count_lost(LOSS_IOMMUFD_DMA_BY_TID_UNREAD); /* the call is counted, its bytes are not */
+            bytes = 0;
+        }
         iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_BYTES : IOMMUFD_UNMAP_BYTES, bytes);
         if (a)
             __sync_fetch_and_add(&a->mapped_bytes, d->op == IOMMUFD_OP_MAP ? (s64)bytes : -(s64)bytes);
@@ -288,10 +294,13 @@ int on_iommufd_update_pinned(struct pt_regs *ctx)
     struct iommufd_acct_inflight fresh = {.npages = PT_REGS_PARM2(ctx), .inc = (u8)PT_REGS_PARM3(ctx), .active = 1};
     iommufd_locked_vm(&fresh.user_locked, &fresh.mm_locked);
     struct iommufd_acct_inflight *a = iommufd_acct_by_tid.lookup(&tid);
-    if (a)
+    if (a) {
+        if (a->active)
+            count_lost(LOSS_IOMMUFD_ACCT_BY_TID_STALE); /* the previous call's return probe never ran */
         *a = fresh;
-    else if (iommufd_acct_by_tid.update(&tid, &fresh) != 0)
-        count_lost(LOSS_IOMMUFD_ACCT_BY_TID_FULL);
+    } else {
+        iommufd_acct_by_tid.update(&tid, &fresh); /* a failure is counted, as missing, by the return probe */
+    }
     return 0;
 }
 
@@ -299,8 +308,10 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct iommufd_acct_inflight *a = iommufd_acct_by_tid.lookup(&tid);
-    if (!a || !a->active)
+    if (!a || !a->active) {
+        count_lost(LOSS_IOMMUFD_ACCT_BY_TID_MISSING); /* a charge or uncharge unseen */
         return 0;
+    }
     a->active = 0;
     int ret = (int)PT_REGS_RC(ctx);
     struct iommufd_proc *p = iommufd_proc_entry();

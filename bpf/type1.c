@@ -204,6 +204,10 @@ static __always_inline int dma_enter(u64 space, u8 op, struct vfio_iommu_type1_d
         d.flags = map->flags;
         d.seq = type1_map_begin(space, &d);
     }
+    /* An entry still there was left by a return probe that never ran (kretprobe
+     * maxactive exhausted: many threads asleep in MAP_DMA on one container's lock). */
+    if (dma_by_tid.lookup(&tid))
+        count_lost(LOSS_DMA_BY_TID_STALE);
     if (dma_by_tid.update(&tid, &d) != 0)
         count_lost(LOSS_DMA_BY_TID_FULL);
     return 0;
@@ -223,10 +227,10 @@ static __always_inline int dma_return(struct pt_regs *ctx)
     u64 size = d->size;
     if (d->op == OP_UNMAP) {
         struct vfio_iommu_type1_dma_unmap u = {};
-        if (d->user)
-            bpf_probe_read_user(&u, sizeof(u), (void *)d->unmap);
-        else
-            bpf_probe_read_kernel(&u, sizeof(u), (void *)d->unmap);
+        long err = d->user ? bpf_probe_read_user(&u, sizeof(u), (void *)d->unmap)
+                           : bpf_probe_read_kernel(&u, sizeof(u), (void *)d->unmap);
+        if (err != 0)
+            count_lost(LOSS_DMA_BY_TID_UNREAD); /* the call is counted, its bytes are not */
         size = u.size; /* on success: the size the kernel unmapped */
 #ifdef VFIO_DMA_UNMAP_FLAG_VADDR
         if (ret == 0 && (u.flags & VFIO_DMA_UNMAP_FLAG_VADDR))
@@ -261,7 +265,8 @@ static __always_inline int dma_return(struct pt_regs *ctx)
 int on_dma_map(struct pt_regs *ctx)
 {
     struct vfio_iommu_type1_dma_map map = {};
-    bpf_probe_read_kernel(&map, sizeof(map), (void *)PT_REGS_PARM2(ctx));
+    if (bpf_probe_read_kernel(&map, sizeof(map), (void *)PT_REGS_PARM2(ctx)) != 0)
+        count_lost(LOSS_DMA_BY_TID_UNREAD); /* the call is counted, its bytes and pins are not */
     return dma_enter(PT_REGS_PARM1(ctx), OP_MAP, &map, 0, 0);
 }
 
@@ -287,7 +292,8 @@ int on_type1_ioctl(struct pt_regs *ctx)
     u64 arg = PT_REGS_PARM3(ctx);
     if (cmd == VFIO_IOMMU_MAP_DMA && kernel_fact(FACT_TYPE1_IOCTL_MAP)) {
         struct vfio_iommu_type1_dma_map map = {};
-        bpf_probe_read_user(&map, sizeof(map), (void *)arg);
+        if (bpf_probe_read_user(&map, sizeof(map), (void *)arg) != 0)
+            count_lost(LOSS_DMA_BY_TID_UNREAD); /* the call is counted, its bytes and pins are not */
         return dma_enter(PT_REGS_PARM1(ctx), OP_MAP, &map, 0, 1);
     }
     if (cmd == VFIO_IOMMU_UNMAP_DMA && kernel_fact(FACT_TYPE1_IOCTL_UNMAP))
@@ -312,10 +318,13 @@ int on_pin_pages(struct pt_regs *ctx)
     u32 tid = current_tid();
     struct pin_inflight fresh = {.vaddr = PT_REGS_PARM2(ctx), .pfn_base = PT_REGS_PARM4(ctx), .active = 1};
     struct pin_inflight *p = pin_by_tid.lookup(&tid);
-    if (p)
+    if (p) {
+        if (p->active)
+            count_lost(LOSS_PIN_BY_TID_STALE); /* the previous call's return probe never ran */
         *p = fresh;
-    else if (pin_by_tid.update(&tid, &fresh) != 0)
-        count_lost(LOSS_PIN_BY_TID_FULL);
+    } else {
+        pin_by_tid.update(&tid, &fresh); /* a failure is counted, as missing, by the return probe */
+    }
     return 0;
 }
 
@@ -323,8 +332,10 @@ int on_pin_pages_return(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct pin_inflight *p = pin_by_tid.lookup(&tid);
-    if (!p || !p->active)
+    if (!p || !p->active) {
+        count_lost(LOSS_PIN_BY_TID_MISSING); /* a run pinned, unseen: the accounting misses it */
         return 0;
+    }
     p->active = 0;
     long pinned = (long)PT_REGS_RC(ctx);
     struct dma_inflight *d = dma_by_tid.lookup(&tid);
@@ -340,7 +351,11 @@ int on_pin_pages_return(struct pt_regs *ctx)
     if (a)
         proc_add(&a->pinned_pages, pinned);
     u64 pfn = 0;
-    bpf_probe_read_kernel(&pfn, sizeof(pfn), (void *)p->pfn_base);
+    if (bpf_probe_read_kernel(&pfn, sizeof(pfn), (void *)p->pfn_base) != 0) {
+        /* PFN unknown: neither a zero-page pin nor a sample (PFN 0 would look diverged). */
+        count_lost(LOSS_PIN_BY_TID_UNREAD);
+        return 0;
+    }
 #ifdef ZERO_PFN
     if (pfn == ZERO_PFN) {
         type1_add(TYPE1_ZERO_PAGE_PINS, pinned);
@@ -390,10 +405,13 @@ int on_lock_acct(struct pt_regs *ctx)
     u32 tid = current_tid();
     struct acct_inflight fresh = {.in_lock_acct = 1};
     struct acct_inflight *a = acct_by_tid.lookup(&tid);
-    if (a)
+    if (a) {
+        if (a->in_lock_acct)
+            count_lost(LOSS_ACCT_BY_TID_STALE); /* the previous call's return probe never ran */
         *a = fresh;
-    else if (acct_by_tid.update(&tid, &fresh) != 0)
-        count_lost(LOSS_ACCT_BY_TID_FULL);
+    } else {
+        acct_by_tid.update(&tid, &fresh); /* a failure is counted, as missing, by the return probe */
+    }
     return 0;
 }
 
@@ -401,8 +419,10 @@ int on_lock_acct_return(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct acct_inflight *a = acct_by_tid.lookup(&tid);
-    if (a)
+    if (a && a->in_lock_acct)
         a->in_lock_acct = a->armed = 0;
+    else
+        count_lost(LOSS_ACCT_BY_TID_MISSING); /* a charge inside it may have gone unseen */
     return 0;
 }
 

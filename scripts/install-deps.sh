@@ -3,7 +3,7 @@
 # Debian-like host (root); prometheus brings promtool for the alert rules.
 # Already installed packages are left alone.
 set -eu
-packages="python3 python3-prometheus-client python3-pytest prometheus qemu-system-x86 qemu-utils debootstrap debian-archive-keyring e2fsprogs zstd"
+packages="python3 python3-prometheus-client python3-pytest python3-hypothesis python3-yaml python3-bcrypt openssl prometheus qemu-system-x86 qemu-utils debootstrap debian-archive-keyring e2fsprogs zstd"
 # The iommufd suite builds its guest kernel (tests/lab/kernel.sh).
 packages="$packages make gcc libc6-dev bc bison flex cpio libelf-dev libssl-dev"
 missing=""

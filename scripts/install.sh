@@ -12,7 +12,8 @@ python=${PYTHON:-/usr/bin/python3}
 dest=${DESTDIR:-}
 
 if [ -z "$dest" ]; then
-    packages="python3 python3-bpfcc python3-prometheus-client python3-pyudev python3-systemd linux-headers-$(uname -r)"
+    # python3-yaml, python3-bcrypt: read only for a web configuration (--web.config.file).
+    packages="python3 python3-bpfcc python3-prometheus-client python3-pyudev python3-systemd python3-yaml python3-bcrypt linux-headers-$(uname -r)"
     if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
         # Debian 11 has no python3-tomli; vfiomond reads TOML with python3-toml there.
         if apt-cache show python3-tomli >/dev/null 2>&1; then packages="$packages python3-tomli"; else packages="$packages python3-toml"; fi

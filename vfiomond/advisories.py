@@ -24,7 +24,9 @@ _NUMBERS = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 def parse_version(text: str) -> Optional[Version]:
     """(major, minor, patch) of the first version in ``text``: "6.12.0-rc5+" -> (6, 12, 0)."""
     m = _NUMBERS.search(text)
-    if not m:
+    # No version has a 10-digit part; int() of 4300+ digits is a ValueError (the taint
+    # line of a kernel log splat is text that reaches here).
+    if not m or any(len(part) > 9 for part in m.groups("")):
         return None
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 

@@ -6,8 +6,9 @@ Without systemd-python or a journal, entries go to stderr as one line each.
 
 import logging
 import sys
+import threading
 import time
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 log = logging.getLogger("vfiomond")
 
@@ -41,6 +42,9 @@ def _journal_sender() -> Optional[Callable]:
 
 
 class AlertSink:
+    """Alerts from every thread (the main loop, the kernel-log watcher, pin
+    verification) and counts read by the HTTP threads: one lock guards both."""
+
     def __init__(self, send: Optional[Callable] = None, clock: Callable[[], float] = time.monotonic):
         self._send = send if send is not None else _journal_sender()
         self._clock = clock
@@ -48,6 +52,14 @@ class AlertSink:
         self._last: Dict[str, float] = {}
         self.sent: Dict[str, int] = {k.name: 0 for k in KINDS}
         self.suppressed: Dict[str, int] = {k.name: 0 for k in KINDS}
+        self.unsent: Dict[str, int] = {k.name: 0 for k in KINDS}  # the journal refused them: on stderr
+        self.journal_failing = False
+        self._lock = threading.Lock()
+
+    def counts(self) -> Dict[str, Tuple[int, int, int]]:
+        """kind -> (sent, suppressed, of the sent ones written to stderr: the journal refused them)."""
+        with self._lock:
+            return {k: (self.sent[k], self.suppressed[k], self.unsent[k]) for k in self.sent}
 
     def _allow(self, kind: AlertKind) -> bool:
         now = self._clock()
@@ -62,19 +74,27 @@ class AlertSink:
 
     def alert(self, kind: AlertKind, message: str, **fields) -> bool:
         """Send one entry; upper-case ``fields`` become journal fields. False if rate-limited."""
-        if not self._allow(kind):
-            self.suppressed[kind.name] += 1
-            return False
-        self.sent[kind.name] += 1
+        with self._lock:
+            if not self._allow(kind):
+                self.suppressed[kind.name] += 1
+                return False
+            self.sent[kind.name] += 1
+            send = self._send
         entry = {k: str(v) for k, v in fields.items()}
-        if self._send is not None:
+        if send is not None:
             try:
-                self._send(message, MESSAGE_ID=kind.message_id, PRIORITY=str(kind.priority),
-                           SYSLOG_IDENTIFIER="vfiomond", VFIOMOND_ALERT=kind.name, **entry)
+                send(message, MESSAGE_ID=kind.message_id, PRIORITY=str(kind.priority),
+                     SYSLOG_IDENTIFIER="vfiomond", VFIOMOND_ALERT=kind.name, **entry)
+                if self.journal_failing:
+                    self.journal_failing = False
+                    log.info("journal available again; alerts go to the journal")
                 return True
-            except OSError as e:  # no journal socket
-                log.warning("journal unavailable (%s); alerts go to stderr", e)
-                self._send = None
+            except OSError as e:  # no journal socket (journald stopped or restarting): try again next time
+                if not self.journal_failing:
+                    self.journal_failing = True
+                    log.warning("journal unavailable (%s); alerts go to stderr until it is back", e)
+                with self._lock:
+                    self.unsent[kind.name] += 1
         details = " ".join("%s=%s" % kv for kv in sorted(entry.items()))
         print("vfiomond alert %s: %s %s" % (kind.name, message, details), file=sys.stderr, flush=True)
         return True

@@ -10,14 +10,14 @@ import os
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from vfiomond import faults, footprint, iommufd, type1
+from vfiomond import faults, footprint, iommufd, type1, users
 from vfiomond.errors import VfiomondError
 from vfiomond.losses import LOSSES
 from vfiomond.probes import FEATURES, PROBES, Selected
 
 log = logging.getLogger("vfiomond")
 
-AREAS = {"faults": faults, "type1": type1, "iommufd": iommufd}
+AREAS = {"faults": faults, "type1": type1, "iommufd": iommufd, "users": users}
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Installed: vfiomond/bpf/ (package data); from a checkout: ../bpf/.
@@ -87,6 +87,8 @@ class Program:
         self._polled: List[object] = []  # BPF objects with an open ring buffer
         self._handling_since: Optional[float] = None  # first record of the poll in progress
         self.polls_cut = 0  # polls that returned with records left (POLL_BUDGET)
+        self.bad_records: Dict[str, int] = {}  # ring buffer -> malformed records skipped
+        self._daemon_losses: Dict[Tuple[str, str], int] = {}  # found by the daemon, not the programs
 
     def tables(self, area: str) -> Callable[[str], object]:
         bpf = self._programs[area]
@@ -100,6 +102,8 @@ class Program:
         import ctypes
 
         out = dict.fromkeys(LOSSES, 0)
+        for loss, n in list(self._daemon_losses.items()):  # a copy: the main loop adds keys
+            out[loss] = out.get(loss, 0) + n  # daemon-side reasons (malformed) are not in LOSSES
         for bpf in self._distinct():
             table = bpf.get_table("lost_events")
             for i, loss in enumerate(LOSSES):
@@ -200,8 +204,11 @@ class Program:
         except Exception as e:  # the kernel may have dropped it with its module
             log.debug("detaching %s %s: %s", kind, symbol, _first_line(e))
 
-    def open_ring_buffer(self, area: str, table: str, callback: Callable[[bytes], None]) -> None:
-        """Call ``callback(raw bytes)`` for each record of a BPF_RINGBUF_OUTPUT table."""
+    def open_ring_buffer(self, area: str, table: str, parse: Callable[[bytes], object],
+                         callback: Callable[[object], None]) -> None:
+        """Call ``callback(parse(raw bytes))`` for each record of a BPF_RINGBUF_OUTPUT table.
+        A record ``parse`` refuses (ValueError) is a malformed one: counted as lost;
+        a failure of ``callback`` is logged and the loop goes on."""
         import ctypes
 
         def on_record(_ctx, data, size):
@@ -209,9 +216,19 @@ class Program:
             if self._handling_since is None:
                 self._handling_since = now
             try:
-                callback(ctypes.string_at(data, size))
-            except Exception:  # a bad record must not stop the loop
-                log.exception("handling a %s record failed", table)
+                record = parse(ctypes.string_at(data, size))
+            except ValueError as e:  # a malformed record (pins.parse_event): counted, one line
+                self.bad_records[table] = n = self.bad_records.get(table, 0) + 1
+                # Exported as vfiomond_events_lost_total{map=table,reason="malformed"}.
+                loss = (table, "malformed")
+                self._daemon_losses[loss] = self._daemon_losses.get(loss, 0) + 1
+                if n & (n - 1) == 0:  # the 1st, 2nd, 4th, ...: a stream of them is not a log flood
+                    log.warning("skipped a malformed %s record (%d so far): %s", table, n, e)
+            else:
+                try:
+                    callback(record)
+                except Exception:  # a record whose handling fails must not stop the loop
+                    log.exception("handling a %s record failed", table)
             if now - self._handling_since < POLL_BUDGET:
                 return 0
             # libbpf stops consuming when a callback returns < 0 (this record is
@@ -221,6 +238,7 @@ class Program:
 
         bpf = self._programs[area]
         bpf[table].open_ring_buffer(on_record)
+        self._daemon_losses.setdefault((table, "malformed"), 0)  # exported at 0 from the start
         if all(b is not bpf for b in self._polled):
             self._polled.append(bpf)  # one BCC object polls all of its ring buffers
 
@@ -234,6 +252,30 @@ class Program:
             except KeyError:
                 pass
         return len(gone)
+
+    def forget_exited_threads(self, area: str, table: str) -> int:
+        """Delete the entries of a thread-keyed table (dma_by_tid, iommufd_dma_by_tid)
+        whose thread is gone: each was left by a return probe that never ran, and
+        counts as a stale loss of that table.  /proc/TID names any live thread."""
+        t = self._programs[area][table]
+        gone = [k for k in list(t.keys()) if not os.path.exists("/proc/%d" % k.value)]
+        for k in gone:
+            try:
+                del t[k]
+            except KeyError:  # the thread id was reused and its new call ended meanwhile
+                continue
+            loss = (table, "stale")
+            self._daemon_losses[loss] = self._daemon_losses.get(loss, 0) + 1
+        return len(gone)
+
+    def vfio_user_candidates(self) -> Set[int]:
+        """PIDs that opened a VFIO or iommufd device (area users) or hold DMA mappings
+        (the backends' per-process maps: a process handed its fds over a socket)."""
+        out: Set[int] = set()
+        for area, table in (("users", "vfio_openers"), ("type1", "proc_acct"), ("iommufd", "iommufd_proc_acct")):
+            if area in self._programs:
+                out.update(k.value for k in self._programs[area][table].keys())
+        return out
 
     def forget_device(self, device: str) -> int:
         """Delete the map entries of a PCI device that left its VFIO driver."""
@@ -263,6 +305,34 @@ def _source(areas: Sequence[str]) -> str:
     parts = [open(os.path.join(d, "common.h")).read()]
     parts += [open(os.path.join(d, AREAS[a].SOURCE)).read() for a in areas]
     return "\n".join(parts)
+
+
+# Free LRU nodes a CPU may hold on its own list (LOCAL_FREE_TARGET, kernel/bpf/bpf_lru_list.h,
+# unchanged since the LRU maps came, 3a08c2fd7634, 4.10): a common LRU hash evicts once the
+# others' lists hold what is left, long before it is full on a host with many CPUs.
+LRU_LOCAL_FREE_TARGET = 128
+THREADS_IN_FLIGHT = 4096  # threads in a probed call at once that the per-thread maps hold
+
+
+def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
+    """CPUs the kernel sizes per-CPU data for ("0-63", "0,2-5"); os.cpu_count() if unreadable."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        n = 0
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+        return n
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
+def thread_state_entries(cpus: int) -> int:
+    """Entries of the per-thread LRU maps (THREAD_STATE in bpf/common.h): the threads
+    in flight plus what every CPU's free list may hold, so an entry in use is not
+    evicted before THREADS_IN_FLIGHT threads are in probed calls at once."""
+    return THREADS_IN_FLIGHT + LRU_LOCAL_FREE_TARGET * cpus
 
 
 def _cflags(facts: Dict[str, int]) -> List[str]:

@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="TOML configuration file")
     run.add_argument("--strict", action="store_true", help="exit if any probe cannot be attached")
     run.add_argument("--log-level", choices=configmod.LOG_LEVELS)
+    run.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                     help="exporter-toolkit web configuration (YAML): TLS, basic auth, response headers")
     check = sub.add_parser("check", help="show which probes this kernel offers (reads /proc/kallsyms; attaches nothing)")
     check.add_argument("--json", action="store_true", help="print JSON")
     scan = sub.add_parser("scan-log", help="find and attribute kernel splats in a saved kernel log")
@@ -118,6 +120,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             overrides["strict"] = True
         if args.log_level:
             overrides["log_level"] = args.log_level
+        if args.web_config_file is not None:
+            overrides["web_config_file"] = args.web_config_file
         load_config = configmod.loader(args.config, overrides)
         cfg = load_config()
         logging.basicConfig(

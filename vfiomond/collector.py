@@ -1,12 +1,15 @@
 """The prometheus_client collector: fresh metric families on every scrape.
 
-It only reads BPF maps (through the areas' ``read``) and formats; a failing
-area costs its own ``vfiomond_scrape_collector_success`` 0, not the scrape.
+It only reads BPF maps (through the areas' ``read``), /proc for the VFIO users,
+and the detectors' state, and formats.  Each part is a collector of its own, in
+the manner of node_exporter: one that raises costs its own
+``vfiomond_scrape_collector_success`` 0 and a log line (once, until it recovers),
+never the scrape.
 """
 
 import logging
 import time
-from typing import Dict, Iterator
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -17,40 +20,60 @@ log = logging.getLogger("vfiomond")
 
 
 class VfiomondCollector:
-    def __init__(self, program: Program, kernel: str, detectors=(), alerts=None):
-        """``detectors``: objects whose ``families()`` yield their own metric families.
-        Probe statuses are read from ``program`` at each scrape: modules come and go."""
+    def __init__(self, program: Program, kernel: str, detectors: Optional[Mapping[str, object]] = None, alerts=None):
+        """``detectors``: collector name -> object whose ``families()`` yields its own
+        metric families.  Probe statuses are read from ``program`` at each scrape:
+        modules come and go."""
         self.program = program
-        self.detectors = list(detectors)
+        self.detectors = dict(detectors or {})
         self.alerts = alerts
         self.kernel = kernel
-        self._failed_before = set()
+        self._failing: set = set()  # collectors whose last run raised (logged once)
 
     def collect(self) -> Iterator:
         processes.scraped_vfio_files.new_scrape()
+        results: List[Tuple[str, bool, float]] = []
+        merged: Dict[str, object] = {}  # the DMA backends export the same families, label backend
+        accts: Dict[str, object] = {}  # backend -> pid -> ProcAcct
+
+        def run(name: str, fn: Callable[[], Iterable]) -> list:
+            start = time.monotonic()
+            try:
+                fams = list(fn())
+                ok = True
+                if name in self._failing:
+                    self._failing.discard(name)
+                    log.info("collector %s works again", name)
+            except Exception as e:  # one collector must not fail the scrape
+                fams, ok = [], False
+                if name not in self._failing:
+                    self._failing.add(name)
+                    log.error("collector %s failed: %s: %s", name, type(e).__name__, e)
+            results.append((name, ok, time.monotonic() - start))
+            return fams
+
+        yield from run("build", self._build)
+        yield from run("probes", self._probes)
+        for area in self.program.areas():
+            for fam in run(area, lambda a=area: self._area(a, accts)):
+                if fam.name in merged:
+                    merged[fam.name].samples.extend(fam.samples)
+                else:
+                    merged[fam.name] = fam
+        yield from merged.values()
+        if accts:
+            yield from run("processes", lambda: self._processes(accts))
+        for name, detector in self.detectors.items():
+            yield from run(name, detector.families)
+        if self.alerts is not None:
+            yield from run("alerts", self._alerts)
+        yield from run("losses", self._losses)
+        yield from self._collector_families(results)
+
+    def _build(self) -> Iterator:
         info = GaugeMetricFamily("vfiomond_build_info", "vfiomond version and kernel release.", labels=["version", "kernel"])
         info.add_metric([__version__, self.kernel], 1)
         yield info
-        attached = GaugeMetricFamily(
-            "vfiomond_probe_attached", "1 if the probe is attached to the running kernel, else 0.", labels=["probe"]
-        )
-        symbols = GaugeMetricFamily(
-            "vfiomond_probe_info", "Kernel symbols an attached probe uses.", labels=["probe", "symbols"]
-        )
-        statuses = self.program.statuses
-        for s in statuses:
-            attached.add_metric([s.name], 1 if s.attached else 0)
-            if s.attached:
-                symbols.add_metric([s.name, s.detail], 1)
-        yield attached
-        yield symbols
-
-        success = GaugeMetricFamily(
-            "vfiomond_scrape_collector_success", "1 if the area's maps were read.", labels=["collector"]
-        )
-        duration = GaugeMetricFamily(
-            "vfiomond_scrape_collector_duration_seconds", "Time to read the area's maps.", labels=["collector"]
-        )
         features = GaugeMetricFamily(
             "vfiomond_kernel_feature", "1 if the running kernel has the feature (iommufd: CONFIG_IOMMUFD, loaded); "
             "the feature's probes are left out without it.", labels=["feature"])
@@ -58,58 +81,79 @@ class VfiomondCollector:
             features.add_metric([name], 1 if present else 0)
         yield features
 
-        attached_names = {s.name for s in statuses if s.attached}
-        merged: Dict[str, object] = {}  # the DMA backends export the same families, label backend
-        accts = {}  # backend -> pid -> ProcAcct
-        for area in self.program.areas():
-            start = time.monotonic()
-            ok = 1
-            try:
-                module = AREAS[area]
-                snap = module.read(self.program.tables(area))
-                fams = list(module.families(snap, attached_names))
-                process_acct = getattr(module, "process_acct", None)  # the DMA backends
-                acct = process_acct(snap, attached_names) if process_acct else None
-            except Exception as e:  # one area must not fail the scrape
-                ok, fams, acct = 0, [], None
-                if area not in self._failed_before:
-                    log.error("reading the maps of area %s failed: %s", area, e)
-                    self._failed_before.add(area)
-            if acct is not None:
-                accts[module.BACKEND] = acct
-            for fam in fams:
-                if fam.name in merged:
-                    merged[fam.name].samples.extend(fam.samples)
-                else:
-                    merged[fam.name] = fam
-            success.add_metric([area], ok)
-            duration.add_metric([area], time.monotonic() - start)
-        yield from merged.values()
-        if accts:
-            spaces = {pid: processes.dma_spaces(files) for pid, files in processes.scraped_vfio_files().items()}
-            yield from processes.families(processes.read_users(), accts, spaces)
-        yield success
-        yield duration
+    def _probes(self) -> Iterator:
+        attached = GaugeMetricFamily(
+            "vfiomond_probe_attached", "1 if the probe is attached to the running kernel, else 0.", labels=["probe"]
+        )
+        symbols = GaugeMetricFamily(
+            "vfiomond_probe_info", "Kernel symbols an attached probe uses.", labels=["probe", "symbols"]
+        )
+        for s in self.program.statuses:
+            attached.add_metric([s.name], 1 if s.attached else 0)
+            if s.attached:
+                symbols.add_metric([s.name, s.detail], 1)
+        yield attached
+        yield symbols
 
-        for detector in self.detectors:
-            yield from detector.families()
-        if self.alerts is not None:
-            sent = CounterMetricFamily("vfiomond_alerts_total", "Alerts written to the journal.", labels=["kind"])
-            dropped = CounterMetricFamily(
-                "vfiomond_alerts_suppressed_total", "Alerts not written: over the kind's rate limit.", labels=["kind"]
-            )
-            for kind in sorted(self.alerts.sent):
-                sent.add_metric([kind], self.alerts.sent[kind])
-                dropped.add_metric([kind], self.alerts.suppressed[kind])
-            yield sent
-            yield dropped
+    def _area(self, area: str, accts: Dict[str, object]) -> List:
+        """One probe area's maps; its per-process accounting goes to ``accts``."""
+        attached_names = {s.name for s in self.program.statuses if s.attached}
+        module = AREAS[area]
+        snap = module.read(self.program.tables(area))
+        fams = list(module.families(snap, attached_names))
+        process_acct = getattr(module, "process_acct", None)  # the DMA backends
+        acct = process_acct(snap, attached_names) if process_acct else None
+        if acct is not None:
+            accts[module.BACKEND] = acct
+        return fams
 
+    def _processes(self, accts) -> Iterator:
+        spaces = {pid: processes.dma_spaces(files) for pid, files in processes.scraped_vfio_files().items()}
+        return processes.families(processes.read_users(), accts, spaces)
+
+    def _alerts(self) -> Iterator:
+        sent = CounterMetricFamily("vfiomond_alerts_total", "Alerts written to the journal.", labels=["kind"])
+        dropped = CounterMetricFamily(
+            "vfiomond_alerts_suppressed_total", "Alerts not written: over the kind's rate limit.", labels=["kind"]
+        )
+        stderr = CounterMetricFamily(
+            "vfiomond_alerts_journal_failures", "Alerts the journal refused (journald stopped or restarting): "
+            "written to stderr instead.", labels=["kind"]
+        )
+        counts = self.alerts.counts()
+        for kind in sorted(counts):
+            sent.add_metric([kind], counts[kind][0])
+            dropped.add_metric([kind], counts[kind][1])
+            stderr.add_metric([kind], counts[kind][2])
+        yield sent
+        yield dropped
+        yield stderr
+
+    def _losses(self) -> Iterator:
         lost = CounterMetricFamily(
             "vfiomond_events_lost_total",
             "Kernel-side events not recorded, by the BPF map that lost them and why: full (a bounded map or a "
-            "ring buffer had no room), evicted (an LRU entry in use was gone), stale (left by a missed kretprobe).",
+            "ring buffer had no room), evicted (an LRU entry in use was gone), missing (a return probe found no "
+            "entry for its call), stale (an entry left by a return probe that never ran), split (a buffer in "
+            "more address blocks than one call indexes), unread (a kernel read failed), malformed (a ring-buffer "
+            "record too short to decode).",
             labels=["map", "reason"],
         )
         for (bpf_map, reason), n in sorted(self.program.lost_events().items()):
             lost.add_metric([bpf_map, reason], n)
         yield lost
+
+    @staticmethod
+    def _collector_families(results: List[Tuple[str, bool, float]]) -> Iterator:
+        success = GaugeMetricFamily(
+            "vfiomond_scrape_collector_success", "1 if the collector's part of this scrape was read (a probe area's "
+            "maps, the VFIO users in /proc, a detector's state); 0 if it failed (logged).", labels=["collector"]
+        )
+        duration = GaugeMetricFamily(
+            "vfiomond_scrape_collector_duration_seconds", "Time the collector took in this scrape.", labels=["collector"]
+        )
+        for name, ok, seconds in results:
+            success.add_metric([name], 1 if ok else 0)
+            duration.add_metric([name], seconds)
+        yield success
+        yield duration

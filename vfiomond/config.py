@@ -4,9 +4,13 @@ Every key is validated; an unknown key or a bad value is a one-line
 ConfigError naming the key.
 """
 
+import ipaddress
+import json
+import re
 import socket
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
+from vfiomond import webconfig
 from vfiomond.errors import ConfigError
 from vfiomond.probes import PROBES
 
@@ -24,6 +28,7 @@ class Config(NamedTuple):
     pin_verify: bool = True  # verify pinned pages against the process mapping
     pin_verify_interval: float = 30.0  # seconds between verification passes
     pin_samples: int = 16  # sampled pages per DMA mapping (plus its last page)
+    web_config_file: str = ""  # --web.config.file: TLS and basic auth (vfiomond.webconfig); "" for none
 
 
 # Fields a reload (SIGHUP) cannot change in a running daemon: the listening
@@ -32,11 +37,11 @@ class Config(NamedTuple):
 # pin_maps, up to 65,536 mappings): 64 keeps an entry under 600 bytes.
 MAX_PIN_SAMPLES = 64
 
-RESTART_ONLY = ("listen", "strict", "watch_kernel_log", "pin_verify", "pin_samples")
+RESTART_ONLY = ("listen", "strict", "watch_kernel_log", "pin_verify", "pin_samples", "web_config_file")
 
 # section -> key -> type
 _SCHEMA = {
-    "daemon": {"listen": str, "log_level": str, "watch_kernel_log": bool},
+    "daemon": {"listen": str, "log_level": str, "watch_kernel_log": bool, "web_config_file": str},
     "probes": {"strict": bool, "disable": list},
     "pins": {"verify": bool, "verify_interval": (int, float), "samples": int},
 }
@@ -44,17 +49,48 @@ _SCHEMA = {
 _FIELDS = {("pins", "verify"): "pin_verify", ("pins", "verify_interval"): "pin_verify_interval", ("pins", "samples"): "pin_samples"}
 
 
+# ASCII digits only: str.isdigit() and int() also take other scripts' digits ("\u0661"),
+# isdigit() even superscripts ("\u00b2") that int() refuses.  Leading zeros are allowed,
+# five significant digits at most (int() refuses more than 4300 digits).
+_PORT = re.compile(r"0*[0-9]{1,5}")
+# A TOML bare key: printed as it is; any other name is quoted (json.dumps: a TOML basic
+# string) so that a name with a line break or a control character stays on one line.
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+
+
 def parse_listen(value: str) -> Tuple[str, int]:
     """``HOST:PORT``, ``:PORT`` or ``[V6]:PORT`` -> (host, port); "" means every address."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
         raise ConfigError("listen address %r: expected HOST:PORT, e.g. :%d" % (value, DEFAULT_PORT))
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if host and ":" not in host:
+    if not host.isprintable():
+        # getaddrinfo() stops at a NUL ("localhost\0x" resolves as localhost), then bind()
+        # raises TypeError; no host name has a control character or a line break.
+        raise ConfigError("listen address %r: the host has an unprintable character" % (value,))
+    if host.startswith("[") or host.endswith("]"):
+        # The brackets must hold an IPv6 address and nothing else: "[::1]::5" would
+        # otherwise be host "[::1]:".
+        try:
+            if not (host.startswith("[") and host.endswith("]")):
+                raise ValueError(host)
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ConfigError("listen address %r: expected [IPV6-ADDRESS]:PORT, e.g. [::1]:%d"
+                              % (value, DEFAULT_PORT)) from None
+        return host[1:-1], int(port)
+    if ":" in host:  # as Go's net.SplitHostPort: "::1:5" is ambiguous
+        raise ConfigError("listen address %r: an IPv6 address goes in brackets, e.g. [::1]:%d" % (value, DEFAULT_PORT))
+    if host:
         try:
             socket.getaddrinfo(host, None)
         except socket.gaierror:
             raise ConfigError("listen address %r: unknown host %r" % (value, host)) from None
+        except UnicodeError:  # getaddrinfo encodes the name with IDNA: a label over 63 characters or empty ("a..b")
+            raise ConfigError("listen address %r: %r is not a valid host name" % (value, host)) from None
     return host, int(port)
 
 
@@ -62,14 +98,14 @@ def from_dict(data: Dict[str, Any], origin: str) -> Config:
     values: Dict[str, Any] = {}
     for section, body in data.items():
         if section not in _SCHEMA:
-            raise ConfigError("%s: unknown section [%s]" % (origin, section))
+            raise ConfigError("%s: unknown section [%s]" % (origin, _key(section)))
         if not isinstance(body, dict):
             raise ConfigError("%s: [%s] must be a table" % (origin, section))
         for key, value in body.items():
-            name = "%s.%s" % (section, key)
             expected = _SCHEMA[section].get(key)
             if expected is None:
-                raise ConfigError("%s: unknown key %s" % (origin, name))
+                raise ConfigError("%s: unknown key %s.%s" % (origin, section, _key(key)))
+            name = "%s.%s" % (section, key)
             if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
                 kind = expected.__name__ if isinstance(expected, type) else "number"
                 raise ConfigError("%s: %s must be a %s" % (origin, name, kind))
@@ -90,9 +126,15 @@ def validate(config: Config, origin: str) -> Config:
     if not 2 <= config.pin_samples <= MAX_PIN_SAMPLES:
         raise ConfigError("%s: pins.samples must be between 2 and %d" % (origin, MAX_PIN_SAMPLES))
     known = {p.name for p in PROBES}
+    # TOML allows any array (disable = [[1]], [{}]): a list or a table in it would fail
+    # the set lookup below with a TypeError (unhashable).
+    if not all(isinstance(name, str) for name in config.disable):
+        raise ConfigError("%s: probes.disable takes probe names (strings), e.g. disable = [\"pat_untrack\"]" % origin)
     for name in config.disable:
         if name not in known:
             raise ConfigError("%s: probes.disable: unknown probe %r (known: %s)" % (origin, name, ", ".join(sorted(known))))
+    if config.web_config_file:
+        webconfig.load(config.web_config_file)  # its own one-line error names the file and the key
     return config
 
 

@@ -8,7 +8,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from vfiomond import __version__, advisories, bpfload, devices, footprint, iommufd, kernel, pagemap, privileges, type1
+from vfiomond import (__version__, advisories, bpfload, devices, footprint, iommufd, kernel, pagemap, privileges,
+                      processes, type1)
 from vfiomond.alerts import PROBE_LOST, AlertSink
 from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
@@ -23,6 +24,7 @@ from vfiomond.pintable import PinTable
 from vfiomond.processes import memlock_alert
 from vfiomond.probes import kernel_facts, select, wanted_symbols
 from vfiomond.service import Notifier
+from vfiomond.workers import Supervisor
 
 # Per DMA backend (probe area): its pin-event ring buffer, and the probes pin
 # verification needs (the map, and the probe that keeps the backend's entries in
@@ -57,7 +59,8 @@ def probe_kernel(pin_samples: int = Config().pin_samples, extra_symbols=()):
 
 def _fixed_facts(pin_samples: int) -> Dict[str, int]:
     """Facts that no module load changes (compiled into the BPF programs)."""
-    facts = {"PIN_SAMPLES": pin_samples}
+    facts = {"PIN_SAMPLES": pin_samples,
+             "THREAD_STATE_ENTRIES": bpfload.thread_state_entries(bpfload.possible_cpus())}
     zero_pfn = pagemap.learn_zero_pfn()
     if zero_pfn is not None:
         facts["ZERO_PFN"] = zero_pfn
@@ -68,6 +71,9 @@ def _fixed_facts(pin_samples: int) -> Dict[str, int]:
 MODULE_QUIET = 0.5
 # Seconds between deleting the per-process BPF entries of processes that are gone.
 HOUSEKEEPING_INTERVAL = 30.0
+# Seconds between two full scans of every process's open files for VFIO users: for
+# the fds that reach a process without a VFIO call (passed over a socket, inherited).
+USERS_RESCAN_INTERVAL = 300.0
 # Seconds between two looks at the kernel-side losses (logged when they grow).
 LOSS_CHECK_INTERVAL = 5.0
 
@@ -242,7 +248,12 @@ class Daemon:
             logging.getLogger().setLevel(new.log_level.upper())
         if new.disable != old.disable:
             log.info("reload: disabled probes now: %s", ", ".join(new.disable) or "none")
-            self.reprobe(set())
+            try:
+                self.reprobe(set())
+            except VfiomondError as e:  # e.g. kallsyms unreadable now: the probes stay as they were
+                log.error("reload: probing the kernel failed, probes unchanged: %s", e)
+                self.reloads.record(False)
+                return str(e)
             if self.pin_watch is not None:
                 _log_verified(new.disable)
                 self.pin_watch.set_backends(verified_backends(new.disable))
@@ -301,6 +312,14 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
         program.close()
         raise VfiomondError("strict mode: probes not attached: " + ", ".join(missing))
 
+    notifier.status("finding VFIO users")
+    users = processes.UserFinder(program.vfio_user_candidates)
+    users.full_scan()
+    processes.scraped_vfio_files.use(users)
+    log.info("VFIO users: %d found by a full scan of /proc in %.2f s; from now on a scrape reads the open files of "
+             "the processes the probes saw open a VFIO device or map DMA (full scan every %.0f s)",
+             users.found_by_scan_only, users.full_scan_seconds, USERS_RESCAN_INTERVAL)
+
     notifier.status("starting detectors")
     sink = AlertSink()
     advisories_ = advisories.AdvisoryWatch(issues, sink)
@@ -308,28 +327,32 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     watch = _pin_watch(config, facts, sink, _pin_tables(program, config))
     daemon = Daemon(config, program, fixed, advisories_, sink, watch)
     daemon.on_udev(udev.events(), time.monotonic())
-    detectors = [advisories_.report, devices.InventoryMetrics(daemon.inventory), daemon.reloads]
+    supervisor = Supervisor()
+    supervisor.add("udev", udev.alive, udev.start)
+    detectors = {"advisories": advisories_.report, "devices": devices.InventoryMetrics(daemon.inventory),
+                 "reloads": daemon.reloads, "workers": supervisor, "vfio_users": users}
     watcher = None
     if config.watch_kernel_log:
         watcher = KernelLogWatcher(issues, sink, advisories.running_kernel()[0],
                                    memlock_probed=lambda: "pin_pages" in daemon.program.attached())
         try:
             watcher.start()
-            detectors.append(watcher)
+            detectors["kernel_log"] = watcher
+            supervisor.add("kernel_log", watcher.alive, watcher.start)
         except OSError as e:
             log.warning("kernel log not watched: %s", e)
             watcher = None
     if watch is not None:
-        detectors.append(watch)
+        detectors["pins"] = watch
     # Opened whether or not verification is on: an unread ring buffer fills and its events count as lost.
     events = [area for area in PIN_VERIFY if area in program.areas()]
     for area in events:
-        program.open_ring_buffer(area, PIN_VERIFY[area][0],
-                                 lambda raw, a=area: _dispatch(parse_event(raw), watch, sink, a))
+        program.open_ring_buffer(area, PIN_VERIFY[area][0], parse_event,
+                                 lambda ev, a=area: _dispatch(ev, watch, sink, a))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(VfiomondCollector(program, release, detectors, sink))
     try:
-        server = serve(host, port, registry)
+        server = serve(host, port, registry, web_config=config.web_config_file)
     except OSError as e:
         udev.stop()
         program.close()
@@ -353,34 +376,38 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     next_verify = time.monotonic() + config.pin_verify_interval
     next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
     next_loss_check = time.monotonic() + LOSS_CHECK_INTERVAL
+    next_users_scan = time.monotonic() + USERS_RESCAN_INTERVAL
     losses = LossLog()
     statuses = program.statuses
+    task = supervisor.task  # each periodic task isolated: one that raises is logged and counted
     while not stop.is_set():
         if events:
-            program.poll(500)
+            task("ring_buffers", program.poll, 500)
         else:
             stop.wait(0.5)
-        daemon.on_udev(udev.events(), time.monotonic())
+        task("udev", daemon.on_udev, udev.events(), time.monotonic())
         if reload_requested.is_set():
             reload_requested.clear()
             notifier.reloading()
-            error = daemon.reload(load_config) if load_config else "no configuration to reload"
+            error = task("reload", daemon.reload, load_config) if load_config else "no configuration to reload"
             notifier.ready(("reload failed, running with the previous configuration: %s; " % error if error else "")
                            + _status(program, daemon))
         now = time.monotonic()
         if watch is not None and now >= next_verify:
-            program.poll(0)  # drain first: an UNMAP still queued would defer differences (PinTracker.verify)
-            watch.verify_all()
+            task("ring_buffers", program.poll, 0)  # drain first: an UNMAP still queued would defer differences
+            task("pin_verify", watch.verify_all)
             next_verify = time.monotonic() + daemon.config.pin_verify_interval
         if now >= next_housekeeping:
-            for area, table in (("type1", "proc_acct"), ("iommufd", "iommufd_proc_acct")):
-                if area in program.areas():
-                    program.forget_exited(area, table)
+            task("housekeeping", _housekeeping, program)
             next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        if now >= next_users_scan:
+            task("users_scan", users.full_scan)
+            next_users_scan = time.monotonic() + USERS_RESCAN_INTERVAL
         if now >= next_loss_check:
-            losses.check(program.lost_events())
+            task("losses", lambda: losses.check(program.lost_events()))
             next_loss_check = now + LOSS_CHECK_INTERVAL
-        daemon.drop_redundant_fault_hook()
+        task("fault_hooks", daemon.drop_redundant_fault_hook)
+        supervisor.check()
         if program.statuses != statuses:
             statuses = program.statuses
             notifier.status(_status(program, daemon))
@@ -394,6 +421,16 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     program.close()
     log.info("stopped")
     return 0
+
+
+def _housekeeping(program: bpfload.Program) -> None:
+    """Delete the BPF entries of processes and threads that are gone."""
+    for area, table in (("type1", "proc_acct"), ("iommufd", "iommufd_proc_acct"), ("users", "vfio_openers")):
+        if area in program.areas():
+            program.forget_exited(area, table)
+    for area, table in (("type1", "dma_by_tid"), ("iommufd", "iommufd_dma_by_tid")):
+        if area in program.areas():
+            program.forget_exited_threads(area, table)
 
 
 def _summary(program: bpfload.Program) -> str:

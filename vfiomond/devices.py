@@ -165,7 +165,7 @@ def holder_family(holders: Mapping[str, Mapping[int, str]], proc: str = "/proc")
             try:
                 with open("%s/%d/cmdline" % (proc, pid), "rb") as f:
                     cmdline = f.read()
-                with open("%s/%d/cgroup" % (proc, pid)) as f:
+                with open("%s/%d/cgroup" % (proc, pid), errors="replace") as f:  # names are any bytes
                     cgroup = f.read()
             except OSError:
                 continue  # gone since the scan
@@ -230,7 +230,9 @@ def holders(bdf: str, open_files: Mapping[int, Iterable[str]], sysfs: str = "/sy
 
 def _read(path: str) -> str:
     try:
-        with open(path) as f:
+        # errors="replace": /proc/PID/comm holds any bytes a process named itself with;
+        # a UnicodeDecodeError here stopped the kernel-log thread and failed the scrape.
+        with open(path, errors="replace") as f:
             return f.read().strip()
     except OSError:
         return ""
@@ -344,6 +346,10 @@ class DeviceWatcher:
                 out.append(self._queue.get_nowait())
             except queue.Empty:
                 return out
+
+    def alive(self) -> bool:
+        """The udev observer thread runs (True when udev events are not followed at all)."""
+        return self._observer is None or self._observer.is_alive()
 
     def stop(self) -> None:
         if self._observer is not None:

@@ -19,7 +19,7 @@ class Check(NamedTuple):
 
 def _read(path: str, default: str = "") -> str:
     try:
-        with open(path) as f:
+        with open(path, errors="replace") as f:  # /proc/cmdline is the boot loader's bytes
             return f.read().strip()
     except OSError:
         return default

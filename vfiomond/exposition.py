@@ -1,14 +1,32 @@
-"""The HTTP endpoint: /metrics through prometheus_client, a landing page at /."""
+"""The HTTP endpoint: /metrics through prometheus_client, a landing page at /.
+
+With a web configuration (vfiomond.webconfig: the exporter-toolkit file of
+``--web.config.file``) the socket speaks TLS and every path asks for basic auth.
+Each connection is served in its own thread, TLS handshake included, under a
+timeout: a client that connects and sends nothing holds its own thread only.
+"""
 
 import html
+import logging
 import socket
+import ssl
+import sys
 import threading
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
-from vfiomond import __version__
+from vfiomond import __version__, webconfig
+
+log = logging.getLogger("vfiomond")
+# Seconds a connection may take to send its first bytes and finish the TLS handshake,
+# and (REQUEST_TIMEOUT) that each later read or write of the request may take.
+HANDSHAKE_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 30.0
+WEB_CONFIG = "vfiomond.web_config"  # the WSGI environ key of the connection's WebConfig
+NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+           b"Client sent an HTTP request to an HTTPS server.\n")
 
 LANDING = """<!DOCTYPE html>
 <html><head><title>vfiomond</title></head>
@@ -64,10 +82,68 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
     thread: threading.Thread
+    web = None  # webconfig.Watched or webconfig.Fixed: the configuration of each new connection
+    connections = threading.local()  # .web: the WebConfig of the connection this thread serves
 
     def thread_alive(self) -> bool:
         """Whether the accepting thread still runs (the watchdog pings only then)."""
         return self.thread.is_alive()
+
+    def finish_request(self, request, client_address):
+        """In the connection's own thread (ThreadingMixIn): the TLS handshake, then the request."""
+        web = self.connections.web = self.web.current() if self.web is not None else None
+        if web is None or not web.tls:
+            return super().finish_request(request, client_address)
+        conn = _tls_accept(request, client_address, web)
+        if conn is None:
+            return None
+        try:
+            return super().finish_request(conn, client_address)
+        finally:
+            self.shutdown_request(conn)  # the plain socket, detached by the TLS one, has nothing left to close
+
+    def handle_error(self, request, client_address):
+        """A client that went away or timed out is not a traceback on stderr."""
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("HTTP connection from %s: %s", client_address[0], sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)
+
+
+def _tls_accept(sock: socket.socket, client_address, web: "webconfig.WebConfig"):
+    """The TLS socket once the handshake is done (and the client certificate's SANs
+    allowed), or None with ``sock`` closed.  A plain HTTP request gets a 400 in
+    plain HTTP, as Go's servers answer it."""
+    sock.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        first = sock.recv(1, socket.MSG_PEEK)
+        if first and first != b"\x16":  # not a TLS handshake record
+            _refuse_plain_http(sock)
+            first = b""
+        if not first:
+            sock.close()
+            return None
+        conn = web.ssl_context().wrap_socket(sock, server_side=True)
+    except OSError as e:  # ssl.SSLError, timeouts, resets
+        log.debug("TLS handshake with %s failed: %s", client_address[0], e)
+        sock.close()
+        return None
+    if not web.peer_allowed(conn.getpeercert()):
+        log.info("TLS client %s refused: no SAN of its certificate is in client_allowed_sans", client_address[0])
+        conn.close()
+        return None
+    return conn
+
+
+def _refuse_plain_http(sock: socket.socket) -> None:
+    """Answer 400, then read what the client sent until it closes (briefly): closing
+    with its request unread would reset the connection before it reads the answer."""
+    sock.sendall(NOT_TLS)
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(1.0)
+    for _ in range(16):
+        if not sock.recv(4096):
+            break
 
 
 class _Server6(_Server):
@@ -75,8 +151,39 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT
+
     def log_message(self, format, *args):  # noqa: A002 (stdlib signature)
         pass
+
+    def get_environ(self):
+        env = super().get_environ()
+        env[WEB_CONFIG] = getattr(self.server.connections, "web", None)
+        if isinstance(self.connection, ssl.SSLSocket):
+            env["HTTPS"] = "on"
+        return env
+
+
+def secured(inner):
+    """``inner`` behind the connection's web configuration: its response headers
+    on every answer, and basic auth on every path (401 without the right user and
+    password)."""
+
+    def dispatch(environ, start_response):
+        web = environ.get(WEB_CONFIG)
+        if web is None:
+            return inner(environ, start_response)
+
+        def start(status, headers, exc_info=None):
+            return start_response(status, list(headers) + web.headers, exc_info)
+
+        if not web.check_auth(environ.get("HTTP_AUTHORIZATION")):
+            start("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                       ("WWW-Authenticate", 'Basic realm="%s"' % webconfig.REALM)])
+            return [b"Unauthorized\n"]
+        return inner(environ, start)
+
+    return dispatch
 
 
 def app(registry):
@@ -94,16 +201,29 @@ def app(registry):
     return dispatch
 
 
-def serve(host: str, port: int, registry):
+def serve(host: str, port: int, registry, web_config=None):
     """Start serving in a daemon thread; returns the server (call .shutdown()).
 
-    Raises OSError when the address cannot be bound.
+    ``web_config``: None or "" (plain HTTP, no auth), the path of a web
+    configuration file (read now, and again whenever it or a file it names
+    changes), or a loaded webconfig.WebConfig.  Raises OSError when the address
+    cannot be bound, ConfigError when the web configuration does not load.
     """
+    web = None
+    if isinstance(web_config, webconfig.WebConfig):
+        web = webconfig.Fixed(web_config)
+    elif web_config:
+        web = webconfig.Watched(web_config)
     server_class = _Server6 if ":" in host else _Server
     bind = host or ("::" if socket.has_ipv6 and _ipv6_works() else "0.0.0.0")
     if ":" in bind:
         server_class = _Server6
-    server = make_server(bind, port, app(registry), server_class, _QuietHandler)
+    server = make_server(bind, port, secured(app(registry)), server_class, _QuietHandler)
+    server.web = web
+    if web is not None:
+        config = web.current()
+        log.info("web config %s: %s", config.path, config.summary())
+        config.log_notes()
     server.thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     server.thread.start()
     return server

@@ -94,7 +94,7 @@ class Kallsyms:
 def unloading_modules(path: str = PROC_MODULES) -> Set[str]:
     """Modules in state "Unloading" in /proc/modules (name size refs deps state address)."""
     try:
-        with open(path) as f:
+        with open(path, errors="replace") as f:  # as kallsyms: a UnicodeDecodeError is no OSError
             return {p[0] for p in (line.split() for line in f) if len(p) > 4 and p[4] == "Unloading"}
     except OSError:
         return set()

@@ -40,11 +40,47 @@ def parse_kmsg(record: bytes) -> str:
     return rest.split("\n", 1)[0]
 
 
-def kmsg_lines(stop: threading.Event, path: str = "/dev/kmsg") -> Iterator[Optional[str]]:
-    """New kernel log lines; None when idle for IDLE_FLUSH seconds."""
+def kmsg_seq(record: bytes) -> Optional[int]:
+    """The sequence number of a /dev/kmsg record (its second field); None if unreadable."""
+    try:
+        return int(record.split(b",", 2)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+class LogPosition:
+    """Where a kernel log reader is, so that a restarted reader goes on from there
+    (no line read twice, none skipped), and the lines it could not read.
+    ``seq``: the last /dev/kmsg record read; ``cursor``: the last journal entry's."""
+
+    def __init__(self) -> None:
+        self.seq: Optional[int] = None
+        self.cursor: Optional[str] = None
+        self.lost = 0  # records the kernel overwrote before they were read (/dev/kmsg)
+
+    def read_kmsg(self, seq: Optional[int]) -> bool:
+        """Record ``seq`` as read; False for a record read before (a restarted reader)."""
+        if seq is None:
+            return True
+        if self.seq is not None:
+            if seq <= self.seq:
+                return False
+            self.lost += seq - self.seq - 1
+        self.seq = seq
+        return True
+
+
+def kmsg_lines(stop: threading.Event, position: Optional[LogPosition] = None,
+               path: str = "/dev/kmsg") -> Iterator[Optional[str]]:
+    """New kernel log lines; None when idle for IDLE_FLUSH seconds.  From the end of
+    the log on a first start, from ``position`` on a restart.  A record the kernel
+    overwrote before it was read (EPIPE, a flood) is counted in ``position.lost``
+    from the gap in sequence numbers."""
+    position = position if position is not None else LogPosition()
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        os.lseek(fd, 0, os.SEEK_END)
+        if position.seq is None:
+            os.lseek(fd, 0, os.SEEK_END)
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         while not stop.is_set():
@@ -52,11 +88,13 @@ def kmsg_lines(stop: threading.Event, path: str = "/dev/kmsg") -> Iterator[Optio
                 yield None
                 continue
             try:
-                yield parse_kmsg(os.read(fd, 8192))
+                record = os.read(fd, 8192)
             except BlockingIOError:
                 continue
-            except BrokenPipeError:  # overwritten before we read it
+            except BrokenPipeError:  # overwritten before we read it: the next record's seq shows how many
                 continue
+            if position.read_kmsg(kmsg_seq(record)):
+                yield parse_kmsg(record)
     finally:
         os.close(fd)
 
@@ -69,29 +107,48 @@ def journal_line(entry) -> str:
     unable to handle..." -> "BUG" + "unable to handle..."); put it back.
     Records of the kernel itself (facility 0) are never split.
     """
-    message = str(entry.get("MESSAGE", ""))
-    ident = entry.get("SYSLOG_IDENTIFIER")
-    if ident and str(entry.get("SYSLOG_FACILITY", "0")) != "0":
+    message = _field_text(entry.get("MESSAGE", ""))
+    ident = _field_text(entry.get("SYSLOG_IDENTIFIER", ""))
+    if ident and _field_text(entry.get("SYSLOG_FACILITY", "0")) != "0":
         return "%s: %s" % (ident, message)
     return message
 
 
-def journal_lines(stop: threading.Event) -> Iterator[Optional[str]]:
+def _field_text(value) -> str:
+    """A journal field as text.  systemd-python hands a field that is not valid UTF-8
+    (a kernel line quoting a process's comm) over as bytes, and one that occurs twice
+    as a list: str() of them gave "b'BUG: ...'", which matches no splat header."""
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def journal_lines(stop: threading.Event, position: Optional[LogPosition] = None) -> Iterator[Optional[str]]:
+    """The journal's kernel messages, from its end on a first start, after
+    ``position.cursor`` on a restart."""
     from systemd import journal
 
+    position = position if position is not None else LogPosition()
     reader = journal.Reader()
     reader.add_match(_TRANSPORT="kernel")
-    reader.seek_tail()
-    reader.get_previous()
+    if position.cursor is not None:
+        reader.seek_cursor(position.cursor)
+        reader.get_next()  # the entry at the cursor was read before
+    else:
+        reader.seek_tail()
+        reader.get_previous()
     while not stop.is_set():
         if reader.wait(IDLE_FLUSH) == journal.NOP:  # seconds
             yield None
             continue
         for entry in reader:
+            position.cursor = entry.get("__CURSOR", position.cursor)
             yield journal_line(entry)
 
 
-def choose_source() -> Tuple[str, Callable[[threading.Event], Iterator[Optional[str]]]]:
+def choose_source() -> Tuple[str, Callable[..., Iterator[Optional[str]]]]:
     """/dev/kmsg if it can be opened (CAP_SYSLOG where dmesg_restrict=1), else the
     journal's kernel transport.  /dev/kmsg first: in the lab (6.1, 5.10) journald
     stored nothing while a device removal waited for its VFIO user, so through the
@@ -137,12 +194,20 @@ class KernelLogWatcher:
         self.counts: Dict[Tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.position = LogPosition()  # a restarted reader goes on from here
+        self.handling_errors = 0  # splats whose handling raised (logged; the reader goes on)
         self.source = ""
 
     def start(self) -> None:
+        """Start the reader thread (again, after it died: from where it was)."""
         self.source, lines = choose_source()
-        threading.Thread(target=self._run, args=(lines,), name="kernellog", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, args=(lines,), name="kernellog", daemon=True)
+        self._thread.start()
         log.info("watching the kernel log through %s", self.source)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()
@@ -150,11 +215,20 @@ class KernelLogWatcher:
     def _run(self, lines) -> None:
         assembler = splats.Assembler()
         try:
-            for line in lines(self._stop):
+            for line in lines(self._stop, self.position):
                 for splat in assembler.feed(line) if line is not None else assembler.flush():
-                    self.on_splat(splat)
+                    self._handle(splat)
         except OSError as e:
             log.error("kernel log watch stopped: %s", e)
+
+    def _handle(self, splat: "splats.Splat") -> None:
+        """One splat; a failure to handle it is counted and logged, and the reader goes on."""
+        try:
+            self.on_splat(splat)
+        except Exception as e:
+            with self._lock:
+                self.handling_errors += 1
+            log.error("handling a kernel log report failed (%s: %s): %s", type(e).__name__, e, splat.header[:200])
 
     def on_splat(self, splat: splats.Splat) -> None:
         from vfiomond.alerts import KERNEL_SPLAT
@@ -217,4 +291,11 @@ class KernelLogWatcher:
         with self._lock:
             for key, n in sorted(self.counts.items()):
                 c.add_metric(list(key), n)
+            errors = self.handling_errors
         yield c
+        yield CounterMetricFamily(
+            "vfiomond_kernel_log_lines_lost", "Kernel log records overwritten in the kernel's buffer before they were "
+            "read (/dev/kmsg sequence gaps: a flood of lines); their reports may be missing.", value=self.position.lost)
+        yield CounterMetricFamily(
+            "vfiomond_kernel_log_handling_errors", "Kernel log reports whose handling failed (logged; the watch "
+            "goes on).", value=errors)

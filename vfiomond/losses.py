@@ -5,9 +5,21 @@ lists the same entries in the same order as (map, reason):
 
 - ``full``: a bounded map refused an insert, or a ring buffer had no room for an event;
 - ``evicted``: an LRU entry still in use was gone when its return probe looked;
-- ``stale``: an entry was left behind by a kretprobe that never ran;
+- ``missing``: a return probe found no entry in flight for its thread (the LRU
+  evicted it, the insert at the entry failed, or the entry probe missed the
+  call): one lost call, counted once, at its return;
+- ``stale``: an entry was left behind by a return probe that never ran (a
+  kretprobe out of instances): counted by the thread's next call, or by the
+  daemon when the thread is gone (``Program.forget_exited_threads``);
 - ``split``: a DMA buffer needed more address blocks than one call inserts;
-- ``unread``: a kernel read failed, so the entry it was for stays behind.
+- ``unread``: a kernel read failed: what it was for is left out (an entry left
+  behind, a run's PFN not sampled, an unmap's bytes not counted).
+
+One reason is the daemon's, not the programs', and so not in LOSSES (nor in
+bpf/common.h): ``Program.lost_events`` adds it to theirs:
+
+- ``malformed``: a ring-buffer record too short to decode, dropped
+  (``Program.open_ring_buffer``; the map is the ring buffer).
 
 They are exported as ``vfiomond_events_lost_total{map,reason}`` and logged when
 they grow (LossLog: one line per map and reason, at most once a minute).
@@ -28,20 +40,20 @@ LOSSES: Tuple[Loss, ...] = (
     ("iommufd_proc_acct", "full"),
     ("dma_by_tid", "full"),
     ("iommufd_dma_by_tid", "full"),
-    ("pin_by_tid", "full"),
-    ("acct_by_tid", "full"),
-    ("iommufd_acct_by_tid", "full"),
+    ("pin_by_tid", "missing"),
+    ("acct_by_tid", "missing"),
+    ("iommufd_acct_by_tid", "missing"),
     ("dma_hist", "full"),
     ("dma_errors", "full"),
     ("iommufd_dma_hist", "full"),
     ("iommufd_dma_errors", "full"),
     ("bar_faults_by_vma", "full"),
     ("bar_faults_by_vma", "evicted"),
-    ("bar_fault_by_tid", "full"),
+    ("bar_fault_by_tid", "missing"),
     ("bar_fault_by_tid", "stale"),
     ("bar_fault_hist", "full"),
     ("bar_faults_concurrent", "full"),
-    ("remap_by_tid", "full"),
+    ("remap_by_tid", "missing"),
     ("remap_hist", "full"),
     ("remap_errors", "full"),
     ("pat_untrack", "full"),
@@ -50,14 +62,26 @@ LOSSES: Tuple[Loss, ...] = (
     ("pin_spans", "split"),
     ("pin_maps", "unread"),
     ("pin_space_stale", "full"),
+    ("dma_by_tid", "stale"),
+    ("iommufd_dma_by_tid", "stale"),
+    ("pin_by_tid", "stale"),
+    ("acct_by_tid", "stale"),
+    ("iommufd_acct_by_tid", "stale"),
+    ("remap_by_tid", "stale"),
+    ("pin_by_tid", "unread"),
+    ("dma_by_tid", "unread"),
+    ("iommufd_dma_by_tid", "unread"),
+    ("vfio_openers", "full"),
 )
 
 WHAT = {
     "full": "full: events or entries dropped",
     "evicted": "entries evicted while in use: calls not attributed",
+    "missing": "calls whose entry was gone at their return: not measured",
     "stale": "entries left by missed kretprobes: calls not measured",
     "split": "DMA buffers in more address blocks than one call inserts: write faults in the rest not attributed",
-    "unread": "kernel reads failed: entries left behind",
+    "unread": "kernel reads failed: what they were for is left out",
+    "malformed": "records too short to decode: dropped",
 }
 
 LOG_INTERVAL = 60.0  # seconds between two log lines about one map and reason

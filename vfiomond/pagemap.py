@@ -84,12 +84,15 @@ def pte_pfn_decoder(cpuinfo: str = "/proc/cpuinfo") -> Optional[Callable[[int], 
     running system's.
     """
     try:
-        with open(cpuinfo) as f:
+        with open(cpuinfo, errors="replace") as f:
             line = next((ln for ln in f if ln.startswith("address sizes")), "")
     except OSError:
         return None
     words = line.split(":", 1)[-1].split()
-    if len(words) < 3 or words[1:3] != ["bits", "physical,"] or not words[0].isdigit():
+    # 1 to 64 bits, in ASCII digits: "²".isdigit() holds (int() of it is a ValueError),
+    # and 1 << a huge width is an OverflowError or a MemoryError.
+    if (len(words) < 3 or words[1:3] != ["bits", "physical,"]
+            or not (words[0].isascii() and words[0].isdigit() and len(words[0]) <= 2) or not 0 < int(words[0]) <= 64):
         return None
     page_shift = (os.sysconf("SC_PAGE_SIZE") - 1).bit_length()
     mask = ((1 << int(words[0])) - 1) & ~((1 << page_shift) - 1)

@@ -70,6 +70,11 @@ class PinEvent(NamedTuple):
 
 
 def parse_event(raw: bytes) -> PinEvent:
+    """One pin_events record; ValueError (one line) for a record shorter than struct
+    pin_event, where struct.error said only what unpack_from wanted.  Bytes past it
+    are left alone."""
+    if len(raw) < EVENT.size:
+        raise ValueError("pin event record of %d bytes, struct pin_event has %d" % (len(raw), EVENT.size))
     t, pid, ret, _pad, vaddr, iova, size, npage, pfn, locked, limit, space, map_vaddr, seq = EVENT.unpack_from(raw)
     return PinEvent(t, pid, ret, vaddr, iova, size, npage, pfn, locked, limit, space, map_vaddr, seq)
 
@@ -285,7 +290,9 @@ class PinTracker:
 
 def comm(pid: int) -> str:
     try:
-        with open("/proc/%d/comm" % pid) as f:
+        # errors="replace": a process names itself with any bytes (PR_SET_NAME), and a
+        # UnicodeDecodeError here failed the scrape and the alert.
+        with open("/proc/%d/comm" % pid, errors="replace") as f:
             return f.read().strip()
     except OSError:
         return ""

@@ -211,6 +211,29 @@ PROBES: Tuple[Probe, ...] = (
 )
 
 
+# The processes that open a VFIO or iommufd character device: a scrape reads the
+# open files of these (and of the DMA mappers) only (vfiomond/processes.py UserFinder).
+# vfio_group_fops_open and vfio_fops_open: 5.10 .. 7.2 (drivers/vfio/vfio_main.c, then
+# group.c and container.c from 6.2; vfio_fops_open only with CONFIG_VFIO_CONTAINER).
+# A process using a device's cdev (/dev/vfio/devices/vfioN, 6.6+) binds it to an
+# iommufd it opened (iommufd_open); vfio_device_fops_cdev_open itself is listed in
+# Debian 13's kallsyms but refused by kprobes there, so it is not hooked.
+USER_PROBES: Tuple[Probe, ...] = (
+    Probe("vfio_open", "users", (
+        Variant("vfio_group_fops_open, vfio_fops_open", (
+            Hook(("vfio_group_fops_open",), "on_vfio_group_open", reads_args=False),
+            Hook(("vfio_fops_open",), "on_vfio_container_open", reads_args=False, optional=True),
+        )),
+    )),
+    Probe("iommufd_open", "users", (
+        Variant("iommufd_fops_open", (
+            Hook(("iommufd_fops_open",), "on_iommufd_open", reads_args=False),
+        )),
+    ), feature="iommufd"),
+)
+PROBES = PROBES + USER_PROBES
+
+
 class Selected(NamedTuple):
     """The outcome for one probe on this kernel."""
 

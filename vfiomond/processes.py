@@ -9,7 +9,8 @@ import mmap
 import os
 import re
 import threading
-from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional
+import time
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -22,30 +23,51 @@ CAP_IPC_LOCK = 14
 
 
 def parse_status(text: str) -> Dict[str, int]:
-    """VmLck and VmPin of /proc/PID/status, in bytes (0 when absent)."""
+    """VmLck and VmPin of /proc/PID/status, in bytes (0 when absent); ValueError for a
+    line without a number."""
     out = {"VmLck": 0, "VmPin": 0}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): see has_ipc_lock
         key, _, value = line.partition(":")
         if key in out:
-            out[key] = int(value.split()[0]) * 1024
+            out[key] = _number(key, value, 10) * 1024
     return out
+
+
+def _number(key: str, value: str, base: int) -> int:
+    """The first word of a /proc/PID/status value; a line without one (never written by
+    the kernel) is a ValueError naming the key, which read_process turns into a skip,
+    not an IndexError."""
+    words = value.split()
+    try:
+        return int(words[0], base)
+    except (IndexError, ValueError):
+        raise ValueError("/proc status line %s: %r is not a number" % (key, value.strip()[:40])) from None
 
 
 def has_ipc_lock(status_text: str) -> bool:
     """CAP_IPC_LOCK in CapEff of /proc/PID/status: type1 (mm_lock_acct) and iommufd
-    then charge locked_vm without checking RLIMIT_MEMLOCK."""
-    for line in status_text.splitlines():
+    then charge locked_vm without checking RLIMIT_MEMLOCK.  ValueError for a CapEff
+    line without a hex number."""
+    # Lines end at "\n" only: the Name: line holds the process's comm, which the kernel
+    # escapes "\n" in but not "\x1c" or "\u2028", where splitlines() also breaks; a
+    # process named "\x1cCapEff: 4000" made a CapEff line of its own, read first.
+    for line in status_text.split("\n"):
         if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) >> CAP_IPC_LOCK & 1)
+            return bool(_number("CapEff", line[len("CapEff:"):], 16) >> CAP_IPC_LOCK & 1)
     return False
 
 
 def parse_memlock_limit(text: str) -> float:
-    """Soft "Max locked memory" of /proc/PID/limits, bytes; +Inf when unlimited."""
-    for line in text.splitlines():
+    """Soft "Max locked memory" of /proc/PID/limits, bytes; +Inf when unlimited, NaN
+    without the line; ValueError for the line without a number."""
+    for line in text.split("\n"):
         if line.startswith("Max locked memory"):
-            soft = line[len("Max locked memory"):].split()[0]
-            return math.inf if soft == "unlimited" else float(soft)
+            words = line[len("Max locked memory"):].split()
+            # A line without a number (never written by the kernel) is a ValueError, as
+            # float() gives for a bad one, not an IndexError: read_process skips it.
+            if not words or not (words[0] == "unlimited" or (words[0].isascii() and words[0].isdigit())):
+                raise ValueError("/proc limits line %r: no soft limit" % line[:80])
+            return math.inf if words[0] == "unlimited" else float(words[0])
     return math.nan
 
 
@@ -99,9 +121,17 @@ def guest_ram_bytes(cmdline: bytes) -> Optional[int]:
                 key, eq, value = option.rpartition("=")
                 if eq and key != "size":
                     continue
-                m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmgtBKMGT]?)", value.strip())
+                # ASCII digits only, as qemu_strtosz takes; a size past 2**64 - 1 is refused
+                # there (ERANGE) and here None (int(float) of it raised OverflowError).
+                m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([bkmgtBKMGT]?)", value.strip())
                 if m:
-                    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "m").lower()])
+                    number, unit = m.group(1), _SIZE_UNITS[(m.group(2) or "m").lower()]
+                    digits = number.lstrip("0") or "0"
+                    if "." in number:
+                        size = float(number) * unit  # inf for a huge one
+                    else:  # exact, and never int() of 4300+ digits (a ValueError)
+                        size = int(digits) * unit if len(digits) <= 20 else 2 ** 64
+                    return int(size) if size < 2 ** 64 else None
             return None
     return None
 
@@ -134,7 +164,9 @@ def vfio_files(pid: int, proc: str = "/proc") -> Optional[List[str]]:
 
 
 def open_vfio_files(proc: str = "/proc") -> Dict[int, List[str]]:
-    """pid -> the VFIO / iommufd character devices it has open, for every VFIO user."""
+    """pid -> the VFIO / iommufd character devices it has open, for every VFIO user:
+    every fd of every process is read (about 8 us a fd), so this is for a full scan
+    (UserFinder.full_scan), never for each scrape."""
     out = {}
     for entry in os.listdir(proc):
         if entry.isdigit():
@@ -144,14 +176,78 @@ def open_vfio_files(proc: str = "/proc") -> Dict[int, List[str]]:
     return out
 
 
+class UserFinder:
+    """The VFIO users, found by reading the open files of candidates only, so that a
+    scrape costs what the host's VFIO work costs, not what its process count does.
+
+    Candidates: the processes ``candidates()`` names (those the BPF programs saw
+    open a VFIO or iommufd device, or map DMA: Program.vfio_user_candidates), and
+    those a full scan of /proc found (``full_scan``: at start, for the users that
+    were already running, then every few minutes, for fds passed over a socket or
+    inherited across fork without any VFIO call), kept while they hold VFIO files.
+    """
+
+    def __init__(self, candidates: Callable[[], Iterable[int]], proc: str = "/proc"):
+        self._candidates = candidates
+        self._proc = proc
+        self._scanned: Set[int] = set()
+        self._lock = threading.Lock()
+        self.full_scans = 0
+        self.full_scan_seconds = 0.0  # the last one's
+        self.found_by_scan_only = 0  # users of the last full scan that no candidate named
+
+    def full_scan(self) -> Dict[int, List[str]]:
+        start = time.monotonic()
+        found = open_vfio_files(self._proc)
+        try:
+            unseen = set(found) - set(self._candidates())
+        except Exception:  # candidates from BPF maps: no program yet, or closing
+            unseen = set(found)
+        with self._lock:
+            self._scanned |= set(found)
+            self.full_scans += 1
+            self.full_scan_seconds = time.monotonic() - start
+            self.found_by_scan_only = len(unseen)
+        return found
+
+    def families(self) -> Iterator:
+        with self._lock:
+            scans, seconds, unseen = self.full_scans, self.full_scan_seconds, self.found_by_scan_only
+        yield CounterMetricFamily("vfiomond_vfio_users_full_scans", "Full scans of every process's open files for "
+                                  "VFIO users (at start, then every few minutes; a scrape reads the candidates' only).",
+                                  value=scans)
+        yield GaugeMetricFamily("vfiomond_vfio_users_full_scan_seconds", "Time the last full scan took.", value=seconds)
+        yield GaugeMetricFamily("vfiomond_vfio_users_found_by_scan_only", "VFIO users the last full scan found that "
+                                "no probe had seen open a VFIO device or map DMA (fds passed over a socket, "
+                                "inherited, or opened before vfiomond started).", value=unseen)
+
+    def __call__(self) -> Dict[int, List[str]]:
+        with self._lock:
+            pids = set(self._scanned)
+        pids.update(self._candidates())
+        out = {}
+        for pid in sorted(pids):
+            files = vfio_files(pid, self._proc)
+            if files:
+                out[pid] = files
+        with self._lock:
+            self._scanned &= set(out)
+        return out
+
+
 class _PerScrape:
     """``fn()``'s result, computed once per scrape: the collector calls ``new_scrape()``
-    first, and the per-process series and the device users then share one /proc scan."""
+    first, and the per-process series and the device users then share one look.
+    The daemon hands it its UserFinder (``use``); until then it scans /proc."""
 
     def __init__(self, fn: Callable[[], Dict[int, List[str]]]):
         self._fn = fn
         self._lock = threading.Lock()
         self._value: Optional[Dict[int, List[str]]] = None
+
+    def use(self, fn: Callable[[], Dict[int, List[str]]]) -> None:
+        with self._lock:
+            self._fn, self._value = fn, None
 
     def new_scrape(self) -> None:
         with self._lock:
@@ -183,7 +279,9 @@ class ProcessInfo(NamedTuple):
 
 
 def _read(path: str, mode: str = "r"):
-    with open(path, mode) as f:
+    # Text with errors="replace": comm (and the Name: line of status) and cgroup paths are
+    # bytes a process chooses, not always UTF-8; a UnicodeDecodeError dropped the process.
+    with open(path, mode, errors=None if "b" in mode else "replace") as f:
         return f.read()
 
 

@@ -22,7 +22,9 @@ def watchdog_interval(environ: Mapping[str, str], pid: int) -> Optional[float]:
     None when the watchdog is off or meant for another process (WATCHDOG_PID)."""
     usec = environ.get("WATCHDOG_USEC", "")
     owner = environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (owner and owner != str(pid)):
+    # A uint64 of ASCII digits: "²".isdigit() holds, and int() of it (or of 4300+
+    # digits) is a ValueError.
+    if not (usec.isascii() and usec.isdigit()) or len(usec) > 20 or int(usec) == 0 or (owner and owner != str(pid)):
         return None
     return int(usec) / 1e6 / 2
 

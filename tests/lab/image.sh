@@ -23,8 +23,11 @@ set -euo pipefail
 suite=${1:?usage: image.sh SUITE}
 here=$(cd "$(dirname "$0")" && pwd)
 dist=$suite
+# python3-yaml and python3-bcrypt: --web.config.file (TLS and basic auth on /metrics);
+# debootstrap does not resolve virtual packages: Debian 11 and 12's bcrypt (cffi) needs
+# python3-cffi-backend named.
 common=python3,python3-bpfcc,bpfcc-tools,python3-prometheus-client,python3-pyudev,python3-systemd,\
-kmod,pciutils,iproute2,udev,systemd-sysv,procps,xz-utils
+python3-yaml,python3-bcrypt,python3-cffi-backend,kmod,pciutils,iproute2,udev,systemd-sysv,procps,xz-utils
 packages=linux-image-amd64,linux-headers-amd64,$common
 # The real VFIO users of the scenarios vmm and dpdk (tests/lab/scenarios): the
 # suite's QEMU as the L2 VMM, and DPDK's testpmd (in dpdk-dev) with the e1000

@@ -28,6 +28,7 @@ from typing import NamedTuple, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import promserver  # noqa: E402
 import timings  # noqa: E402
+import webtls  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST_PORT = 10119
@@ -46,6 +47,9 @@ class LabRun(NamedTuple):
     scenario: dict  # the scenario's JSON summary; several scenarios: {"ok", "scenarios": {name: summary}}
     daemon_rc: Optional[int]  # vfiomond's exit status after SIGTERM
     prometheus: Optional[dict] = None  # promserver.PrometheusServer.report(), with --prometheus
+    # With --prometheus (not --demo) the endpoint is secured (webtls): how it answered
+    # scrapers it must not let in (HTTP status or error), and the scheme it served.
+    web: Optional[dict] = None
 
     def part(self, name: str) -> "LabRun":
         """This boot as one of its scenarios saw it: that scenario's summary; the
@@ -152,7 +156,9 @@ def _wait_for(out: str, name: str, qemu: subprocess.Popen, timeout: float) -> No
         time.sleep(0.5)
 
 
-def scrape(port: int) -> str:
+def scrape(port: int, web: Optional["webtls.Web"] = None) -> str:
+    if web is not None:
+        return web.get("https://127.0.0.1:%d/metrics" % port).decode()
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=30) as r:
         return r.read().decode()
 
@@ -190,6 +196,9 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
     # With a Prometheus scraping every second, the scenario holds its mappings for
     # a few seconds (VFIOMOND_HOLD) so that the per-process series get scraped.
     hold = PROMETHEUS_HOLD if prometheus else 0
+    # The test boot with Prometheus also secures the endpoint; the demo stays plain HTTP
+    # for the browser.
+    web = webtls.make(out) if prometheus and not demo else None
     cmd = qemu_command(img, out, os.path.abspath(extra) if extra else empty, port, scenario, demo, hold)
     log("booting %s (logs in %s)" % (suite, out))
     start = time.monotonic()
@@ -198,12 +207,18 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
     report = None
     try:
         if prometheus:
-            server = promserver.PrometheusServer(port, out.rstrip("/") + "-prometheus")
+            security = {} if web is None else dict(scheme="https", ca_file=web.cert, server_name=webtls.SERVER_NAME,
+                                                   basic_auth=(webtls.USER, web.password))
+            server = promserver.PrometheusServer(port, out.rstrip("/") + "-prometheus", **security)
             server.start()
             log("Prometheus scrapes the guest every second: %s" % server.url("/graph"))
         _wait_for(out, "ready", qemu, timeout)
         log("scenario done after %.0f s; scraping 127.0.0.1:%d" % (time.monotonic() - start, port))
-        metrics = scrape(port)
+        metrics = scrape(port, web)
+        web_report = None if web is None else {"scheme": "https", "rejected": web.rejections(port)}
+        if web_report is not None:
+            with open(os.path.join(out, "web-checks.json"), "w") as f:
+                json.dump(web_report, f)
         if server is not None and not demo:
             server.wait_for_scrapes(3)
             report = server.report()
@@ -241,7 +256,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
         shutil.rmtree(empty, ignore_errors=True)
     summary = _summaries(out, scenario)
     rc = _read(os.path.join(out, "vfiomond.rc")).strip()
-    return LabRun(suite, out, metrics, summary, int(rc) if rc else None, report)
+    return LabRun(suite, out, metrics, summary, int(rc) if rc else None, report, web_report)
 
 
 # Steps of init.sh's timeline that end a phase of a boot: (phase, the step's first words).
@@ -288,6 +303,8 @@ def main() -> int:
                    help="a real Prometheus server scrapes the guest; its report of the dashboard's queries and "
                         "the alert rules goes to the output folder (prometheus.json)")
     p.add_argument("--out", metavar="DIR", help="folder for the guest's logs (default: a new temporary one)")
+    p.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+                   help="for the boot and the scenarios to finish (default 600; the soak scenario needs more)")
     args = p.parse_args()
     if not args.demo and not args.metrics_out:
         p.error("--metrics-out FILE is required (or --demo)")
@@ -295,7 +312,8 @@ def main() -> int:
         print("lab: needs root (debootstrap, mkfs)", file=sys.stderr)
         return 1
     try:
-        result = run(args.suite, args.scenario, args.extra, args.demo, args.out, prometheus=args.prometheus)
+        result = run(args.suite, args.scenario, args.extra, args.demo, args.out, timeout=args.timeout,
+                     prometheus=args.prometheus)
     except LabError as e:
         print("lab: error: %s" % e, file=sys.stderr)
         return 1

@@ -5,6 +5,9 @@ queries over its HTTP API.
 
     server = PrometheusServer(target_port=40123, workdir="/tmp/x")
     server.start(); ...; report = server.report(); server.stop()
+
+Against a vfiomond with a web configuration (--web.config.file): ``scheme="https"``,
+``ca_file`` and ``server_name`` (tls_config), ``basic_auth=(user, password)``.
 """
 
 import json
@@ -17,7 +20,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RULES = os.path.join(REPO, "grafana", "vfiomond-alerts.yml")
@@ -70,7 +73,9 @@ def filters_anomalies(expr: str) -> bool:
 
 
 class PrometheusServer:
-    def __init__(self, target_port: int, workdir: str, interval: str = "1s"):
+    def __init__(self, target_port: int, workdir: str, interval: str = "1s", scheme: str = "http",
+                 ca_file: Optional[str] = None, server_name: Optional[str] = None,
+                 basic_auth: Optional[Tuple[str, str]] = None):
         self.binary = shutil.which("prometheus")
         if self.binary is None:
             raise PrometheusError("prometheus not found: run `make deps` (Debian package prometheus)")
@@ -78,6 +83,10 @@ class PrometheusServer:
         self.port = _free_port()
         self.target = "127.0.0.1:%d" % target_port
         self.interval = interval
+        self.scheme = scheme
+        self.ca_file = ca_file
+        self.server_name = server_name
+        self.basic_auth = basic_auth
         self.proc = None
         self.started = 0.0
 
@@ -86,9 +95,28 @@ class PrometheusServer:
         with open(path, "w") as f:
             f.write("global:\n  scrape_interval: %s\n  evaluation_interval: %s\n" % (self.interval, self.interval))
             f.write("rule_files: [%s]\n" % json.dumps(RULES))
-            f.write("scrape_configs:\n  - job_name: %s\n    static_configs:\n      - targets: [%s]\n"
-                    % (JOB, json.dumps(self.target)))
+            f.write("scrape_configs:\n  - job_name: %s\n" % JOB)
+            f.writelines("    %s\n" % line for line in self._scrape_security())
+            f.write("    static_configs:\n      - targets: [%s]\n" % json.dumps(self.target))
         return path
+
+    def _scrape_security(self) -> List[str]:
+        """The scrape config's scheme, tls_config and basic_auth lines (none by default);
+        the password goes to a file of the work directory (password_file)."""
+        lines = []
+        if self.scheme != "http":
+            lines.append("scheme: %s" % self.scheme)
+        tls = [(k, v) for k, v in (("ca_file", self.ca_file), ("server_name", self.server_name)) if v]
+        if tls:
+            lines.append("tls_config:")
+            lines.extend("  %s: %s" % (k, json.dumps(v)) for k, v in tls)
+        if self.basic_auth:
+            user, password = self.basic_auth
+            secret = os.path.join(self.workdir, "scrape-password")
+            with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(password)
+            lines.extend(["basic_auth:", "  username: %s" % json.dumps(user), "  password_file: %s" % json.dumps(secret)])
+        return lines
 
     def start(self, timeout: float = 60) -> None:
         os.makedirs(self.workdir, exist_ok=True)
@@ -148,7 +176,8 @@ class PrometheusServer:
                 rules.append({"name": rule["name"], "health": rule["health"], "error": rule.get("lastError", ""),
                               "state": rule.get("state"), "query": rule["query"],
                               "evaluated": rule.get("lastEvaluation", "").startswith("20")})
-        targets = [{"health": t["health"], "error": t.get("lastError", "")}
+        targets = [{"health": t["health"], "error": t.get("lastError", ""),
+                    "scheme": urllib.parse.urlparse(t.get("scrapeUrl", "")).scheme}
                    for t in self.api("targets").get("data", {}).get("activeTargets", [])]
         return {"queries": queries, "rules": rules, "targets": targets, "scrapes": self._scrapes(end)}
 

@@ -97,10 +97,10 @@ def journal_entries(run, message_id):
 
 # Scenarios that do not disturb each other share one boot per suite (a boot is about
 # 2.5 minutes under TCG, most of it BCC compiling vfiomond's programs): the kernel-log
-# lines, pin integrity, and last the memlock holder, which keeps its mappings until the
+# lines, pin integrity, lost return probes, and last the memlock holder, which keeps its mappings until the
 # host has scraped.  Their tests read their own scenario's summary (LabRun.part) and
 # filter the shared scrape and journal by process, IOVA or kind.
-SHARED_BOOT = "kernel-log+pin-mismatch+memlock"
+SHARED_BOOT = "kernel-log+pin-mismatch+losses+memlock"
 
 LAB_BOOT = ("standard", True)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
 
@@ -304,8 +304,15 @@ def test_nothing_lost_and_every_collector_succeeded(scrape):
 # each dashboard query ran over that time range, as a panel showing it would ask.
 
 
-def test_prometheus_scraped_the_guest(run):
-    assert run.prometheus["targets"] == [{"health": "up", "error": ""}]
+def test_prometheus_scraped_the_guest_over_tls_with_basic_auth(run):
+    """The endpoint of this boot is secured (tests/lab/webtls.py: --web.config.file with
+    TLS and a bcrypt-hashed user); the real Prometheus scrapes it over https with the
+    user's password, and scrapers without the right credentials are refused."""
+    assert run.prometheus["targets"] == [{"health": "up", "error": "", "scheme": "https"}]
+    rejected = run.web["rejected"]
+    assert {k: rejected[k] for k in ("no credentials", "wrong password", "unknown user")} == dict.fromkeys(
+        ("no credentials", "wrong password", "unknown user"), "401"), rejected
+    assert rejected["plain http"] != "200", rejected
     scrapes = run.prometheus["scrapes"]
     assert scrapes["up"] >= 5 and scrapes["down"] <= scrapes["up"] // 4, scrapes
 

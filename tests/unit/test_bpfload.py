@@ -201,8 +201,8 @@ class RingBPF:
 def test_one_program_polls_the_ring_buffers_of_every_area():
     bpf = RingBPF()
     p = Program({"type1": bpf, "iommufd": bpf})
-    p.open_ring_buffer("type1", "pin_events", print)
-    p.open_ring_buffer("iommufd", "iommufd_pin_events", print)
+    p.open_ring_buffer("type1", "pin_events", bytes, print)
+    p.open_ring_buffer("iommufd", "iommufd_pin_events", bytes, print)
     p.poll(500)
     assert bpf.opened == ["pin_events", "iommufd_pin_events"] and bpf.polls == [500]
 
@@ -212,8 +212,8 @@ def test_programs_compiled_per_area_are_all_polled():
     type1, iommufd = RingBPF(), RingBPF()
     p = Program({"type1": type1, "iommufd": iommufd})
     p.poll(500)  # nothing opened yet: nothing to poll
-    p.open_ring_buffer("type1", "pin_events", print)
-    p.open_ring_buffer("iommufd", "iommufd_pin_events", print)
+    p.open_ring_buffer("type1", "pin_events", bytes, print)
+    p.open_ring_buffer("iommufd", "iommufd_pin_events", bytes, print)
     p.poll(500)
     assert type1.polls == [500] and iommufd.polls == [0]
 
@@ -256,7 +256,7 @@ def test_a_flood_of_records_does_not_hold_the_main_loop(monkeypatch):
     bpf = FloodBPF(clock)
     p = Program({"type1": bpf})
     seen = []
-    p.open_ring_buffer("type1", "pin_events", seen.append)
+    p.open_ring_buffer("type1", "pin_events", bytes, seen.append)
     p.poll(500)
     assert bpf.delivered == len(seen) == 26 and p.polls_cut == 1  # 0.25 s of records, each handled
     p.poll(500)

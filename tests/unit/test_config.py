@@ -57,10 +57,59 @@ def test_listen_forms(text, expected):
     assert parse_listen(text) == expected
 
 
+@pytest.mark.parametrize(
+    "text, expected", [("127.0.0.1:0080", ("127.0.0.1", 80)), ("[fe80::1%eth0]:9", ("fe80::1%eth0", 9))],
+)
+def test_more_listen_forms(text, expected):
+    assert parse_listen(text) == expected
+
+
 @pytest.mark.parametrize("text", ["10119", ":0", ":65536", "host:port", ""])
 def test_bad_listen(text):
     with pytest.raises(ConfigError):
         parse_listen(text)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (":\u00b2", "expected HOST:PORT"),  # str.isdigit() says yes, int() no
+        (":\u0661\u0662", "expected HOST:PORT"),  # int() reads 12
+        (":" + "1" * 5000, "expected HOST:PORT"),  # int() refuses more than 4300 digits
+        ("a" * 64 + ":10119", "is not a valid host name"),  # IDNA: a label of 64
+        ("a..b:10119", "is not a valid host name"),
+        ("\udcff:10119", "unprintable character"),  # a lone surrogate (IDNA refuses it too)
+        ("localhost\0x:10119", "unprintable character"),  # getaddrinfo() would read "localhost"
+        ("[::1]::5", "expected [IPV6-ADDRESS]:PORT"),
+        ("[localhost]:5", "expected [IPV6-ADDRESS]:PORT"),
+        ("[::1:5", "expected [IPV6-ADDRESS]:PORT"),
+        ("::1:5", "an IPv6 address goes in brackets"),
+    ],
+)
+def test_bad_listen_is_one_line(text, words):
+    with pytest.raises(ConfigError) as e:
+        parse_listen(text)
+    assert words in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"probes": {"disable": [[1]]}}, 'probes.disable takes probe names (strings), e.g. disable = ["pat_untrack"]'),
+        ({"probes": {"disable": [{}]}}, "probes.disable takes probe names (strings)"),
+        ({"probes": {"disable": [1]}}, "probes.disable takes probe names (strings)"),
+        ({"\n": {}}, 'unknown section ["\\n"]'),
+        ({"daemon": {"a\nb": 1}}, 'unknown key daemon."a\\nb"'),
+        ({"probes": {"x\u2028y": 1}}, 'unknown key probes."x\\u2028y"'),
+        ({"daemon": {"web_config_file": "a\0b"}}, "web config 'a\\x00b': a path cannot hold a NUL character"),
+        ({"daemon": {"web_config_file": "/dev/zero"}}, "web config /dev/zero: not a regular file"),
+        ({"daemon": {"web_config_file": "/nonexistent/a\nb"}}, "web config '/nonexistent/a\\nb': No such file"),
+    ],
+)
+def test_bad_toml_values_are_one_line_errors(data, words):
+    with pytest.raises(ConfigError) as e:
+        from_dict(data, "config f.toml")
+    assert words in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
 def test_shipped_default_config_is_valid_and_default():

@@ -1,10 +1,14 @@
 """Kernel-side losses: the names the daemon gives them are bpf/common.h's enum loss."""
 
+import ctypes
 import logging
 import os
 import re
 
-from vfiomond.losses import LOSSES, LossLog
+import pytest
+
+from vfiomond import bpfload, pins
+from vfiomond.losses import LOSSES, WHAT, LossLog
 
 COMMON_H = os.path.join(os.path.dirname(__file__), "..", "..", "bpf", "common.h")
 
@@ -46,3 +50,79 @@ def test_losses_are_logged_when_they_grow_at_most_once_a_minute_each(caplog):
     assert lines[0].startswith("BPF map pin_events full") and "500 lost since the last report (500 in all)" in lines[0]
     assert lines[1].startswith("BPF map dma_by_tid full") and "2 lost" in lines[1]
     assert "400 lost since the last report (900 in all)" in lines[2]
+
+
+class _Counter:
+    def __init__(self, value):
+        self.value = value
+
+
+class _LostEvents:
+    """bpf.get_table("lost_events"): a BPF array indexed by ctypes.c_int."""
+
+    def __init__(self, counts):
+        self.counts = counts
+
+    def __getitem__(self, index):
+        return _Counter(self.counts[index.value])
+
+
+class _RingBuffer:
+    def __init__(self):
+        self.callbacks = []
+
+    def open_ring_buffer(self, callback):
+        self.callbacks.append(callback)
+
+
+class _BPF:
+    """What Program reads of a BCC object: its ring buffers and its lost_events array."""
+
+    def __init__(self, counts):
+        self.lost = _LostEvents(counts)
+        self.rings = {}
+
+    def __getitem__(self, table):
+        return self.rings.setdefault(table, _RingBuffer())
+
+    def get_table(self, name):
+        assert name == "lost_events"
+        return self.lost
+
+
+def _deliver(bpf, table, raw):
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    return bpf.rings[table].callbacks[0](None, ctypes.addressof(buf), len(raw))
+
+
+def test_malformed_ring_buffer_records_are_lost_events_of_their_ring_buffer():
+    counts = [0] * len(LOSSES)
+    counts[LOSSES.index(("pin_events", "full"))] = 3
+    bpf, decoded = _BPF(counts), []
+    program = bpfload.Program({"type1": bpf})
+    program.open_ring_buffer("type1", "pin_events", pins.parse_event, decoded.append)
+    lost = program.lost_events()
+    assert set(LOSSES) <= set(lost) and lost[("pin_events", "full")] == 3
+    assert lost[("pin_events", "malformed")] == 0  # exported from the start
+
+    good = bytes(pins.EVENT.size)
+    for raw in (good, b"\x01\x02", good, b"", b"x" * (pins.EVENT.size - 1)):
+        assert _deliver(bpf, "pin_events", raw) == 0
+    assert len(decoded) == 2
+    lost = program.lost_events()
+    assert lost[("pin_events", "malformed")] == 3 and lost[("pin_events", "full")] == 3
+    assert program.bad_records == {"pin_events": 3}
+    assert ("pin_events", "malformed") not in LOSSES  # the BPF enum's mirror stays as it is
+    assert "malformed" in WHAT
+
+    collector = pytest.importorskip("vfiomond.collector")
+    (family,) = collector.VfiomondCollector(program, "6.12")._losses()
+    samples = {(s.labels["map"], s.labels["reason"]): s.value for s in family.samples}
+    assert samples[("pin_events", "malformed")] == 3 and samples[("pin_events", "full")] == 3
+
+
+def test_a_malformed_record_loss_is_logged_with_its_meaning(caplog):
+    caplog.set_level(logging.WARNING, logger="vfiomond")
+    LossLog(clock=lambda: 0.0).check({("pin_events", "malformed"): 2})
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("BPF map pin_events records too short to decode: dropped: 2 lost")

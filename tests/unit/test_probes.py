@@ -19,6 +19,8 @@ ffffffffc0000600 t vfio_pin_pages_remote\t[vfio_iommu_type1]
 ffffffffc0000700 t vfio_pin_pages_remote.cold\t[vfio_iommu_type1]
 ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
 ffffffffc0000900 t vfio_remove_dma\t[vfio_iommu_type1]
+ffffffffc0000a00 t vfio_group_fops_open\t[vfio]
+ffffffffc0000a10 t vfio_fops_open\t[vfio]
 """
 
 DEBIAN_6_12 = """\
@@ -35,6 +37,9 @@ ffffffffc0000500 t vfio_lock_acct.part.0\t[vfio_iommu_type1]
 ffffffffc0000600 t vfio_pin_pages_remote\t[vfio_iommu_type1]
 ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
 ffffffffc0000900 t vfio_remove_dma\t[vfio_iommu_type1]
+ffffffffc0000a00 t vfio_group_fops_open\t[vfio]
+ffffffffc0000a10 t vfio_fops_open\t[vfio]
+ffffffffc0000a20 t vfio_device_fops_cdev_open\t[vfio]
 """
 
 # 6.16+ shape: pfnmap_untrack replaces untrack_pfn;
@@ -125,7 +130,7 @@ def test_isra_copy_is_refused_where_arguments_are_read():
 def test_every_probe_has_a_unique_name_and_known_area():
     names = [p.name for p in PROBES]
     assert len(names) == len(set(names))
-    assert {p.area for p in PROBES} == {"faults", "type1", "iommufd"}
+    assert {p.area for p in PROBES} == {"faults", "type1", "iommufd", "users"}
 
 
 # Debian sid's 7.2.13 (GCC 16): vfio_lock_acct is inlined into vfio_pin_pages_remote,

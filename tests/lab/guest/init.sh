@@ -80,7 +80,15 @@ fi
   grep -E ' (vfio|iommufd|iopt|iommu_map$|do_update_pinned|__account_locked_vm|mm_lock_acct|remap_pfn_range|untrack_pfn|pfnmap_untrack|do_wp_page$)' /proc/kallsyms \
     | sort -k3; } >"$out/kallsyms.txt"
 step "vfiomond check (and doctor) done"
-python3 -m vfiomond run --config "$src/tests/lab/guest/vfiomond.toml" --listen ":$port" >"$out/vfiomond.log" 2>&1 &
+# A secured endpoint (TLS and basic auth) when the host wrote a web configuration
+# (tests/lab/webtls.py); the scenarios then scrape with its credentials.
+web_args=
+if [ -f "$out/web/web.yml" ]; then
+    web_args="--web.config.file $out/web/web.yml"
+    export VFIOMOND_WEB="$out/web"
+fi
+# shellcheck disable=SC2086
+python3 -m vfiomond run --config "$src/tests/lab/guest/vfiomond.toml" --listen ":$port" $web_args >"$out/vfiomond.log" 2>&1 &
 daemon=$!
 step "started vfiomond (pid $daemon)"
 i=0

@@ -88,8 +88,14 @@ def step_start(summary):
     summary["start"] = {"rc": p.returncode, "seconds": round(time.monotonic() - t0, 1), "show": show()}
     pid = summary["start"]["show"]["MainPID"]
     with open("/proc/%s/status" % pid) as f:
-        caps = dict(line.split(":\t", 1) for line in f if line.startswith("Cap"))
-    summary["start"]["caps"] = {k: v.strip() for k, v in caps.items()}
+        status = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+    summary["start"]["caps"] = {k: v.strip() for k, v in status.items() if k.startswith("Cap")}
+    summary["start"]["seccomp"] = status.get("Seccomp", "").strip()  # 2: a filter is in force
+    props = run("systemctl", "show", "vfiomond", "-pMemoryDenyWriteExecute", "-pSystemCallErrorNumber").stdout
+    summary["start"]["sandbox"] = dict(line.split("=", 1) for line in props.splitlines() if "=" in line)
+    security = run("systemd-analyze", "security", "--no-pager", "vfiomond.service").stdout
+    m = re.search(r"Overall exposure level for vfiomond.service: ([0-9.]+)", security)
+    summary["start"]["exposure"] = float(m.group(1)) if m else None
     with open(OUT + "/systemctl-status.txt", "w") as f:
         f.write(run("systemctl", "status", "--no-pager", "-l", "vfiomond").stdout)
     text = scrape()

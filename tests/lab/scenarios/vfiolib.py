@@ -322,9 +322,25 @@ def proc_status_kib(field: str, pid: str = "self") -> int:
 
 
 def scrape(port: str) -> str:
+    """/metrics of the guest's vfiomond; over TLS with basic auth when the lab secured
+    its endpoint (VFIOMOND_WEB: the folder of tests/lab/webtls.py's scrape.json)."""
+    import base64
+    import json
+    import ssl
     import urllib.request
 
-    with urllib.request.urlopen("http://127.0.0.1:%s/metrics" % port, timeout=30) as r:
+    web = os.environ.get("VFIOMOND_WEB")
+    if not web:
+        with urllib.request.urlopen("http://127.0.0.1:%s/metrics" % port, timeout=30) as r:
+            return r.read().decode()
+    with open(os.path.join(web, "scrape.json")) as f:
+        creds = json.load(f)
+    ctx = ssl.create_default_context(cafile=creds["ca"])
+    ctx.check_hostname = False
+    request = urllib.request.Request("https://127.0.0.1:%s/metrics" % port)
+    token = base64.b64encode(("%s:%s" % (creds["user"], creds["password"])).encode()).decode()
+    request.add_header("Authorization", "Basic " + token)
+    with urllib.request.urlopen(request, timeout=30, context=ctx) as r:
         return r.read().decode()
 
 
