@@ -12,8 +12,8 @@ and /proc readers, with three stand-ins for what only a big VFIO host has:
   open files of the candidates the probes named are read, for their cost), but
   the open /dev/vfio files are declared, not held.
 
-``--host-fds N`` adds a process holding N open files (a big host: databases,
-sockets); ``--full-scan`` reads every process's open files on each scrape, as
+``--host-fds N`` adds processes holding N open files between them (a big host:
+databases, sockets); ``--full-scan`` reads every process's open files on each scrape, as
 vfiomond did before the UserFinder, for comparison.
 
     python3 benchmarks/scrape.py [--devices 64] [--processes 64] [--scrapes 50] [--host-fds N] [--full-scan]
@@ -85,11 +85,12 @@ def tables(n_devices, pids):
     t = fault_tables(n_devices)
     t.update(dma_tables("", pids))
     t["type1_counters"] = Array([10**9] * len(type1.COUNTERS))
-    t["proc_acct"] = acct_rows(pids, ("mapped_bytes", "pinned_pages", "charged_pages", "charge_failures"))
+    t["proc_acct"] = acct_rows(pids, ("mapped_bytes", "pinned_pages", "charged_pages", "charge_failures", "map_ns",
+                                      "map_bytes", "zero_pages"))
     t.update(dma_tables("iommufd_", pids))
     t["iommufd_counters"] = Array([10**9] * iommufd.N_COUNTERS)
     t["iommufd_proc_acct"] = acct_rows(pids, ("mapped_bytes", "pinned_pages", "charged_pages", "exempt_pages",
-                                              "charge_failures", "account"))
+                                              "charge_failures", "account", "map_ns", "map_bytes"))
     return t
 
 
@@ -120,18 +121,30 @@ def inventory(n_devices):
     return inv
 
 
-def fd_holder(n: int) -> subprocess.Popen:
-    """A process holding ``n`` open files of /dev/null (its file limit raised to fit)."""
+def fd_holders(n: int) -> list:
+    """Processes holding ``n`` open files of /dev/null between them, each as many as
+    its hard RLIMIT_NOFILE allows."""
+    import resource
+
+    per = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 64)
     code = ("import os, resource, sys, time\n"
             "n = int(sys.argv[1])\n"
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, n + 64))\n"
+            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n"
             "fds = [os.open('/dev/null', os.O_RDONLY) for _ in range(n)]\n"
             "print('ready', flush=True)\n"
             "time.sleep(3600)\n")
-    child = subprocess.Popen([sys.executable, "-c", code, str(n)], stdout=subprocess.PIPE, universal_newlines=True)
-    if child.stdout.readline().strip() != "ready":
-        raise SystemExit("the fd holder did not start (raising RLIMIT_NOFILE needs root)")
-    return child
+    children = []
+    while n > 0:
+        child = subprocess.Popen([sys.executable, "-c", code, str(min(n, per))], stdout=subprocess.PIPE,
+                                 universal_newlines=True)
+        children.append(child)
+        if child.stdout.readline().strip() != "ready":
+            for c in children:
+                c.kill()
+            raise SystemExit("an fd holder did not start")
+        n -= per
+    return children
 
 
 def main():
@@ -143,10 +156,10 @@ def main():
     p.add_argument("--full-scan", action="store_true", help="read every process's open files on each scrape")
     args = p.parse_args()
     children = [subprocess.Popen(["sleep", "3600"]) for _ in range(args.processes)]
+    pids = [c.pid for c in children]  # the VFIO users
     if args.host_fds:
-        children.append(fd_holder(args.host_fds))
+        children += fd_holders(args.host_fds)  # the rest of a big host
     try:
-        pids = [c.pid for c in children]
         declared = {pid: ["/dev/vfio/%d" % (100 + i % args.devices), "/dev/iommu"] for i, pid in enumerate(pids)}
 
         finder = processes.UserFinder(lambda: pids)

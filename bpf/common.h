@@ -86,7 +86,8 @@ enum kernel_fact {
     FACT_TYPE1_IOCTL_UNMAP = 3,  /* ... and UNMAP_DMA */
     FACT_PIN_MAPS = 4,           /* vfio_remove_dma is hooked: type1 mappings may enter pin_maps */
     FACT_IOMMUFD_PIN_MAPS = 5,   /* iopt_area_unfill_domains is hooked: iommufd mappings may too */
-    KERNEL_FACTS = 6,
+    FACT_BAR_FAULT_NESTED = 6,   /* vfio_pci_mmap_page_fault was seen calling vfio_pci_mmap_huge_fault */
+    KERNEL_FACTS = 7,
 };
 
 BPF_ARRAY(kernel_facts, u64, KERNEL_FACTS);

@@ -213,12 +213,13 @@ int on_bar_huge_fault(struct pt_regs *ctx)
     return bar_fault_enter((struct vm_fault *)PT_REGS_PARM1(ctx), (u8)PT_REGS_PARM2(ctx));
 }
 
-int on_bar_fault_return(struct pt_regs *ctx)
+static __always_inline int bar_fault_exit(struct pt_regs *ctx, int count_missing)
 {
     u32 tid = current_tid();
     struct bar_fault_thread *t = bar_fault_by_tid.lookup(&tid);
     if (!t || !t->depth) {
-        count_lost(LOSS_BAR_FAULT_BY_TID_MISSING); /* evicted, never inserted, or the entry probe missed it */
+        if (count_missing)
+            count_lost(LOSS_BAR_FAULT_BY_TID_MISSING); /* evicted, never inserted, or the entry probe missed it */
         return 0;
     }
     if (--t->depth)
@@ -243,6 +244,20 @@ int on_bar_fault_return(struct pt_regs *ctx)
         count_lost(LOSS_BAR_FAULT_HIST_FULL);
     }
     return 0;
+}
+
+int on_bar_fault_return(struct pt_regs *ctx)
+{
+    return bar_fault_exit(ctx, 1);
+}
+
+/* vfio_pci_mmap_page_fault's return (6.12+).  Once it is known to call
+ * vfio_pci_mmap_huge_fault (FACT_BAR_FAULT_NESTED), the huge_fault hooks
+ * measure every fault and count what they miss, and this hook is detached,
+ * entry first: a return without its entry in that window is no loss. */
+int on_bar_page_fault_return(struct pt_regs *ctx)
+{
+    return bar_fault_exit(ctx, !kernel_fact(FACT_BAR_FAULT_NESTED));
 }
 
 /* remap_pfn_range(vma, addr, pfn, size, prot), split by whether the thread

@@ -50,7 +50,7 @@ class ProbeStatus(NamedTuple):
 # Kernel facts the BPF programs read at run time from the kernel_facts array
 # (enum kernel_fact in bpf/common.h): they change when vfio modules load.
 RUNTIME_FACTS = ("VFIO_PCI_MMAP_OPS", "VFIO_PGOFF_IS_PFN", "TYPE1_IOCTL_MAP", "TYPE1_IOCTL_UNMAP", "PIN_MAPS",
-                 "IOMMUFD_PIN_MAPS")
+                 "IOMMUFD_PIN_MAPS", "BAR_FAULT_NESTED")
 
 # Kernel features (probes.FEATURES) only choose probes; the BPF programs do not read them.
 _FEATURE_FACTS = {fact for fact, _ in FEATURES.values()}
@@ -161,6 +161,13 @@ class Program:
         self._set_facts(facts, [s for s in usable if s.probe.name in attached])
         self.statuses = statuses
         return statuses
+
+    def set_fact(self, name: str, value: int) -> None:
+        """One runtime fact (RUNTIME_FACTS) in every program's kernel_facts map, now."""
+        import ctypes
+
+        for bpf in self._distinct():
+            bpf.get_table("kernel_facts")[ctypes.c_int(RUNTIME_FACTS.index(name))] = ctypes.c_ulonglong(value)
 
     def _set_facts(self, facts: Dict[str, int], usable: Sequence[Selected]) -> None:
         import ctypes

@@ -226,6 +226,9 @@ class Daemon:
         if "BAR_FAULT_NESTED" in self.fixed_facts or not self.program.fault_nesting_seen():
             return
         self.fixed_facts["BAR_FAULT_NESTED"] = 1
+        # Told before the detach: the page_fault hook's entry goes before its return,
+        # and a return without its entry is then no loss (bpf/faults.c).
+        self.program.set_fact("BAR_FAULT_NESTED", 1)
         log.info("vfio_pci_mmap_page_fault calls vfio_pci_mmap_huge_fault: the huge_fault hook alone sees every "
                  "BAR fault; detaching the page_fault hook")
         self.reprobe(set())
@@ -424,7 +427,10 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
 
 
 def _housekeeping(program: bpfload.Program) -> None:
-    """Delete the BPF entries of processes and threads that are gone."""
+    """Delete the BPF entries of processes and threads that are gone; give the heap
+    freed since back to the kernel (50,000 mappings tracked, then gone, left 90 MiB
+    of RSS behind in the lab's soak)."""
+    footprint.release_free_heap()
     for area, table in (("type1", "proc_acct"), ("iommufd", "iommufd_proc_acct"), ("users", "vfio_openers")):
         if area in program.areas():
             program.forget_exited(area, table)

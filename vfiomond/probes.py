@@ -79,7 +79,8 @@ PROBES: Tuple[Probe, ...] = (
         # huge_fault, so the huge_fault hook alone sees every fault.
         Variant("vfio_pci_mmap_huge_fault (6.12+)", (
             Hook(("vfio_pci_mmap_huge_fault",), "on_bar_huge_fault", _FAULT_RET),
-            Hook(("vfio_pci_mmap_page_fault",), "on_bar_fault", _FAULT_RET, optional=True, unless="BAR_FAULT_NESTED"),
+            Hook(("vfio_pci_mmap_page_fault",), "on_bar_fault", "on_bar_page_fault_return", optional=True,
+                 unless="BAR_FAULT_NESTED"),
         )),
         Variant("vfio_pci_mmap_fault (up to 6.11)", (
             Hook(("vfio_pci_mmap_fault",), "on_bar_fault", _FAULT_RET),

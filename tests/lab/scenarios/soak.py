@@ -5,7 +5,8 @@
            decode toggled between rounds (vfio zaps the mapping, so every round
            faults again), as fast as the guest goes
   dma      PAIRS MAP_DMA / UNMAP_DMA pairs of 4 KiB on one container
-  live     LIVE mappings of 4 KiB held at once, scraped SCRAPES_TIMED times one by one
+  live     LIVE mappings of 4 KiB held at once, scraped 20 times one by one, then
+           closed; twice (the daemon's VmRSS after each: a high-water mark, or growth)
   scrapes  SCRAPERS threads scraping /metrics back to back for SCRAPE_SECONDS
 
 The daemon's VmRSS, open fds and threads are sampled every SAMPLE_S seconds
@@ -178,7 +179,12 @@ def main():
         log("DMA pairs")
         summary["dma"] = dma_pairs(edu, args.pairs)
         log("live mappings")
-        summary["live"] = live_mappings(edu, args.live)
+        summary["live"] = []
+        for _ in range(2):
+            summary["live"].append(live_mappings(edu, args.live))
+            time.sleep(35)  # a housekeeping pass (30 s) gives the freed heap back
+            footprint.sample()
+            summary["live"][-1]["rss_kib_after"] = footprint.samples[-1][1]
         log("scrape load")
         summary["scrapes"] = scrape_load(args.scrapers, args.scrape_seconds)
         last = v.scrape(PORT)
