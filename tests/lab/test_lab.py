@@ -299,6 +299,12 @@ def test_nothing_lost_and_every_collector_succeeded(scrape):
     assert set(scrape.values("vfiomond_scrape_collector_success")) == {1.0}
 
 
+def test_the_daemon_reports_its_own_footprint(scrape):
+    """process_* as client_python gives it: the daemon's RSS, fds and CPU."""
+    assert scrape.one("process_resident_memory_bytes") > 50 << 20
+    assert scrape.one("process_open_fds") > 10 and scrape.one("process_cpu_seconds_total") > 0
+
+
 # ------------------------------------------------- a real Prometheus server (tests/lab/promserver.py)
 # It scraped the guest every 3 s during the scenario and loaded grafana/vfiomond-alerts.yml;
 # each dashboard query ran over that time range, as a panel showing it would ask.

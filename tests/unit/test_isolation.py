@@ -151,3 +151,24 @@ def test_alerts_from_many_threads_are_all_counted():
         t.join()
     sent, suppressed, _ = sink.counts()["pin_mismatch"]
     assert sent + suppressed == 1600 and sent == PIN_MISMATCH.per_minute
+
+
+def test_signal_handlers_only_assign_so_a_flood_cannot_deadlock_the_main_loop():
+    import os
+    import signal
+
+    from vfiomond.daemon import _Signals
+
+    signals = _Signals()
+    old = signal.signal(signal.SIGHUP, signals.on_hup)
+    try:
+        taken = 0
+        for _ in range(2000):
+            os.kill(os.getpid(), signal.SIGHUP)  # the handler runs in this thread, between bytecodes
+            taken += signals.take_reload()
+        assert signals.reloads == 2000 and 1 <= taken <= 2000
+        assert not signals.take_reload()  # nothing new since
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    signals.on_stop(signal.SIGTERM, None)
+    assert signals.stop == signal.SIGTERM
