@@ -116,6 +116,10 @@ if [ -x /lab/extra/run ]; then
     step "EXTRA run exit $(cat "$out/extra.rc")"
 fi
 
+# Pin verification's gauges (vfiomond_pin_samples, the per-process pin series) are as
+# of its last pass, every second here: two passes before the host's scrape, so that
+# it sees the scenario's processes gone (one scrape 1-3 s after the exit still had them).
+sleep 2
 journalctl -o json SYSLOG_IDENTIFIER=vfiomond >"$out/journal.json" 2>"$out/journalctl.log"
 step "journal: $(wc -l <"$out/journal.json") vfiomond entries"
 touch "$out/ready"
