@@ -250,39 +250,26 @@ class Program:
             self._polled.append(bpf)  # one BCC object polls all of its ring buffers
 
     def forget_exited(self, area: str, table: str) -> int:
-        """Delete the entries of a pid-keyed table whose process is gone."""
+        """Delete the entries of a pid- or tid-keyed table whose process or thread is
+        gone (/proc/ID names any live thread too); returns how many were deleted."""
         t = self._programs[area][table]
-        gone = [k for k in list(t.keys()) if not os.path.exists("/proc/%d" % k.value)]
-        for k in gone:
+        deleted = 0
+        for k in [k for k in list(t.keys()) if not os.path.exists("/proc/%d" % k.value)]:
             try:
                 del t[k]
-            except KeyError:
-                pass
-        return len(gone)
+                deleted += 1
+            except KeyError:  # deleted meanwhile (an id reused, its new call ended)
+                continue
+        return deleted
 
     def forget_exited_threads(self, area: str, table: str) -> int:
-        """Delete the entries of a thread-keyed table (dma_by_tid, iommufd_dma_by_tid)
-        whose thread is gone: each was left by a return probe that never ran, and
-        counts as a stale loss of that table.  /proc/TID names any live thread."""
-        t = self._programs[area][table]
-        gone = [k for k in list(t.keys()) if not os.path.exists("/proc/%d" % k.value)]
-        for k in gone:
-            try:
-                del t[k]
-            except KeyError:  # the thread id was reused and its new call ended meanwhile
-                continue
-            loss = (table, "stale")
-            self._daemon_losses[loss] = self._daemon_losses.get(loss, 0) + 1
-        return len(gone)
-
-    def vfio_user_candidates(self) -> Set[int]:
-        """PIDs that opened a VFIO or iommufd device (area users) or hold DMA mappings
-        (the backends' per-process maps: a process handed its fds over a socket)."""
-        out: Set[int] = set()
-        for area, table in (("users", "vfio_openers"), ("type1", "proc_acct"), ("iommufd", "iommufd_proc_acct")):
-            if area in self._programs:
-                out.update(k.value for k in self._programs[area][table].keys())
-        return out
+        """forget_exited for a thread-keyed table of calls in flight (dma_by_tid,
+        iommufd_dma_by_tid): each entry of a gone thread was left by a return probe
+        that never ran, and counts as a stale loss of that table."""
+        n = self.forget_exited(area, table)
+        loss = (table, "stale")
+        self._daemon_losses[loss] = self._daemon_losses.get(loss, 0) + n
+        return n
 
     def forget_device(self, device: str) -> int:
         """Delete the map entries of a PCI device that left its VFIO driver."""

@@ -9,7 +9,7 @@ never the scrape.
 
 import logging
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -54,8 +54,9 @@ class VfiomondCollector:
 
         yield from run("build", self._build)
         yield from run("probes", self._probes)
+        attached = {s.name for s in self.program.statuses if s.attached}
         for area in self.program.areas():
-            for fam in run(area, lambda a=area: self._area(a, accts)):
+            for fam in run(area, lambda a=area: self._area(a, attached, accts)):
                 if fam.name in merged:
                     merged[fam.name].samples.extend(fam.samples)
                 else:
@@ -95,14 +96,13 @@ class VfiomondCollector:
         yield attached
         yield symbols
 
-    def _area(self, area: str, accts: Dict[str, object]) -> List:
+    def _area(self, area: str, attached: Set[str], accts: Dict[str, object]) -> List:
         """One probe area's maps; its per-process accounting goes to ``accts``."""
-        attached_names = {s.name for s in self.program.statuses if s.attached}
         module = AREAS[area]
         snap = module.read(self.program.tables(area))
-        fams = list(module.families(snap, attached_names))
+        fams = list(module.families(snap, attached))
         process_acct = getattr(module, "process_acct", None)  # the DMA backends
-        acct = process_acct(snap, attached_names) if process_acct else None
+        acct = process_acct(snap, attached) if process_acct else None
         if acct is not None:
             accts[module.BACKEND] = acct
         return fams

@@ -52,6 +52,7 @@ class Sink:
     def alert(self, kind, message, **fields):
         assert isinstance(message, str)
         self.alerts.append((kind.name, message, fields))
+        return True
 
 
 def write_tree(root, files):

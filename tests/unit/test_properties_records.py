@@ -26,6 +26,8 @@ from vfiomond.pins import EV_MAP_END, EV_MEMLOCK, EV_WRITE_FAULT, EVENT, PAGE, K
 from vfiomond.pintable import BACKEND_CODES, PinTable  # noqa: E402
 from vfiomond.processes import memlock_alert  # noqa: E402
 
+from test_properties import Sink  # noqa: E402
+
 U32 = st.integers(0, 2 ** 32 - 1)
 S32 = st.integers(-2 ** 31, 2 ** 31 - 1)
 U64 = st.integers(0, 2 ** 64 - 1)
@@ -48,16 +50,6 @@ def pack(fields):
 
 RECORD = st.one_of(st.binary(max_size=2 * EVENT.size),
                    st.tuples(EVENT_FIELDS.map(pack), st.binary(max_size=16)).map(b"".join))
-
-
-class Sink:
-    def __init__(self):
-        self.alerts = []
-
-    def alert(self, kind, message, **fields):
-        assert isinstance(message, str)
-        self.alerts.append((kind.name, message, fields))
-        return True
 
 
 # ------------------------------------------------------------------ struct pin_event

@@ -54,10 +54,6 @@ def log(msg):
     print("faults: " + msg, file=sys.stderr, flush=True)
 
 
-def value(text, name, **labels):
-    return sum(v.sample(text, name, **labels))
-
-
 class Scraper(threading.Thread):
     """GET /metrics back to back; every answer's outcome and time."""
 
@@ -119,11 +115,11 @@ def sigkill_mid_map(edu):
         child.wait()
         outcomes.append("finished before the kill" if "mapped" in rest else "killed in MAP_DMA")
     after = wait_for("the killed users' mappings to be gone",
-                     lambda: (lambda t: value(t, "vfiomond_pin_mappings") == value(before, "vfiomond_pin_mappings")
+                     lambda: (lambda t: v.total(t, "vfiomond_pin_mappings") == v.total(before, "vfiomond_pin_mappings")
                               and t)(v.scrape(PORT)), timeout=60)
     return {"outcomes": outcomes,
-            "pin_mappings": [value(before, "vfiomond_pin_mappings"), value(after, "vfiomond_pin_mappings")],
-            "pin_mismatches": value(after, "vfiomond_pin_mismatches_total") - value(before, "vfiomond_pin_mismatches_total")}
+            "pin_mappings": [v.total(before, "vfiomond_pin_mappings"), v.total(after, "vfiomond_pin_mappings")],
+            "pin_mismatches": v.total(after, "vfiomond_pin_mismatches_total") - v.total(before, "vfiomond_pin_mismatches_total")}
 
 
 def unbind_while_faulting(ivshmem):
@@ -186,8 +182,8 @@ def modules_under_load(edu):
     container.unmap_dma(0x1000000, MIB)
     container.close()
     after = v.scrape(PORT)
-    return {"probes_attached": value(text, "vfiomond_probe_attached"),
-            "map_calls_after": value(after, "vfiomond_dma_map_duration_seconds_count", backend="type1")}
+    return {"probes_attached": v.total(text, "vfiomond_probe_attached"),
+            "map_calls_after": v.total(after, "vfiomond_dma_map_duration_seconds_count", backend="type1")}
 
 
 def write_kmsg(lines):
@@ -206,8 +202,8 @@ def journald_restart():
     os.kill(pid, signal.SIGTERM)
     wait_for("journald to stop", lambda: not os.path.exists("/proc/%d" % pid), timeout=30)
     write_kmsg(SPLAT)
-    down = wait_for("the splat's alert", lambda: (lambda t: value(t, "vfiomond_alerts_total", kind="kernel_splat")
-                                                   > value(before, "vfiomond_alerts_total", kind="kernel_splat")
+    down = wait_for("the splat's alert", lambda: (lambda t: v.total(t, "vfiomond_alerts_total", kind="kernel_splat")
+                                                   > v.total(before, "vfiomond_alerts_total", kind="kernel_splat")
                                                    and t)(v.scrape(PORT)), timeout=60)
     subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=open(os.path.join(OUT, "journald-2.log"), "w"),
                      stderr=subprocess.STDOUT)
@@ -215,11 +211,11 @@ def journald_restart():
                                                          stdout=subprocess.DEVNULL).returncode == 0, timeout=30)
     time.sleep(1.0)
     write_kmsg(l.replace("ffffc90000a00000", "ffffc90000b00000") for l in SPLAT)
-    up = wait_for("the second splat's alert", lambda: (lambda t: value(t, "vfiomond_alerts_total", kind="kernel_splat")
-                                                       > value(down, "vfiomond_alerts_total", kind="kernel_splat")
+    up = wait_for("the second splat's alert", lambda: (lambda t: v.total(t, "vfiomond_alerts_total", kind="kernel_splat")
+                                                       > v.total(down, "vfiomond_alerts_total", kind="kernel_splat")
                                                        and t)(v.scrape(PORT)), timeout=60)
-    return {"alerts": [value(t, "vfiomond_alerts_total", kind="kernel_splat") for t in (before, down, up)],
-            "journal_failures": [value(t, "vfiomond_alerts_journal_failures_total", kind="kernel_splat")
+    return {"alerts": [v.total(t, "vfiomond_alerts_total", kind="kernel_splat") for t in (before, down, up)],
+            "journal_failures": [v.total(t, "vfiomond_alerts_journal_failures_total", kind="kernel_splat")
                                  for t in (before, down, up)]}
 
 
@@ -237,10 +233,10 @@ def kmsg_flood():
     finally:
         os.close(fd)
     seconds = time.monotonic() - start
-    counted = lambda t: (value(t, "vfiomond_kernel_events_total", kind="vfio")  # noqa: E731
-                         - value(before, "vfiomond_kernel_events_total", kind="vfio"))
-    lost = lambda t: (value(t, "vfiomond_kernel_log_lines_lost_total")  # noqa: E731
-                      - value(before, "vfiomond_kernel_log_lines_lost_total"))
+    counted = lambda t: (v.total(t, "vfiomond_kernel_events_total", kind="vfio")  # noqa: E731
+                         - v.total(before, "vfiomond_kernel_events_total", kind="vfio"))
+    lost = lambda t: (v.total(t, "vfiomond_kernel_log_lines_lost_total")  # noqa: E731
+                      - v.total(before, "vfiomond_kernel_log_lines_lost_total"))
     # The watcher catches up; done when every line is counted or known lost.
     after = wait_for("the flood read", lambda: (lambda t: counted(t) + lost(t) >= FLOOD_LINES and t)(v.scrape(PORT)),
                      timeout=300)
@@ -260,9 +256,9 @@ def sighup_flood():
     time.sleep(3.0)
     after = v.scrape(PORT)
     return {"sent": sent,
-            "reloads": {r: value(after, "vfiomond_config_reloads_total", result=r)
-                        - value(before, "vfiomond_config_reloads_total", result=r) for r in ("success", "failure")},
-            "last_reload_successful": value(after, "vfiomond_config_last_reload_successful")}
+            "reloads": {r: v.total(after, "vfiomond_config_reloads_total", result=r)
+                        - v.total(before, "vfiomond_config_reloads_total", result=r) for r in ("success", "failure")},
+            "last_reload_successful": v.total(after, "vfiomond_config_last_reload_successful")}
 
 
 def main():
@@ -285,12 +281,12 @@ def main():
             summary[name] = step()
             summary[name]["step_seconds"] = round(time.monotonic() - t0, 1)
         last = v.scrape(PORT)
-        summary["alerts"] = {kind: value(last, "vfiomond_alerts_total", kind=kind)
-                             - value(first, "vfiomond_alerts_total", kind=kind)
+        summary["alerts"] = {kind: v.total(last, "vfiomond_alerts_total", kind=kind)
+                             - v.total(first, "vfiomond_alerts_total", kind=kind)
                              for kind in ("pin_mismatch", "zero_page_pin", "memlock_refused", "kernel_splat",
                                           "probe_lost", "device_gone_in_use", "kernel_advisory")}
-        summary["task_failures"] = value(last, "vfiomond_task_failures_total")
-        summary["worker_restarts"] = value(last, "vfiomond_worker_restarts_total")
+        summary["task_failures"] = v.total(last, "vfiomond_task_failures_total")
+        summary["worker_restarts"] = v.total(last, "vfiomond_worker_restarts_total")
         summary["collector_failures"] = sum(1 for line in last.splitlines()
                                             if line.startswith("vfiomond_scrape_collector_success{")
                                             and float(line.rpartition(" ")[2]) != 1)

@@ -47,11 +47,11 @@ def figures(port: str) -> dict:
             if float(value):
                 lost[head[len("vfiomond_events_lost_total"):]] = float(value)
     return {
-        "map_calls": sum(v.sample(text, "vfiomond_dma_map_duration_seconds_count", backend="type1")),
-        "unmap_calls": sum(v.sample(text, "vfiomond_dma_unmap_duration_seconds_count", backend="type1")),
-        "dma_by_tid_stale": sum(v.sample(text, "vfiomond_events_lost_total", map="dma_by_tid", reason="stale")),
-        "dma_by_tid_full": sum(v.sample(text, "vfiomond_events_lost_total", map="dma_by_tid", reason="full")),
-        "pin_mismatches": sum(v.sample(text, "vfiomond_pin_mismatches_total")),
+        "map_calls": v.total(text, "vfiomond_dma_map_duration_seconds_count", backend="type1"),
+        "unmap_calls": v.total(text, "vfiomond_dma_unmap_duration_seconds_count", backend="type1"),
+        "dma_by_tid_stale": v.total(text, "vfiomond_events_lost_total", map="dma_by_tid", reason="stale"),
+        "dma_by_tid_full": v.total(text, "vfiomond_events_lost_total", map="dma_by_tid", reason="full"),
+        "pin_mismatches": v.total(text, "vfiomond_pin_mismatches_total"),
         "lost": lost,
     }
 

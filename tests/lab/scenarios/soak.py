@@ -35,10 +35,6 @@ def log(msg):
     print("soak: " + msg, file=sys.stderr, flush=True)
 
 
-def value(text, name, **labels):
-    return sum(v.sample(text, name, **labels))
-
-
 class Footprint(threading.Thread):
     """The daemon's VmRSS (KiB), open fds and threads every SAMPLE_S seconds."""
 
@@ -82,8 +78,8 @@ def bar_faults(edu, total):
     container.close()
     time.sleep(2)
     after = v.scrape(PORT)
-    seen = {r: value(after, "vfiomond_bar_fault_duration_seconds_count", device=edu.bdf, result=r)
-            - value(before, "vfiomond_bar_fault_duration_seconds_count", device=edu.bdf, result=r)
+    seen = {r: v.total(after, "vfiomond_bar_fault_duration_seconds_count", device=edu.bdf, result=r)
+            - v.total(before, "vfiomond_bar_fault_duration_seconds_count", device=edu.bdf, result=r)
             for r in ("nopage", "fallback", "oom", "sigbus", "retry", "other")}
     return {"faults": rounds * pages, "seconds": round(seconds, 1), "per_second": round(rounds * pages / seconds),
             "measured": seen}
@@ -103,10 +99,10 @@ def dma_pairs(edu, pairs):
     time.sleep(2)
     after = v.scrape(PORT)
     return {"pairs": pairs, "seconds": round(seconds, 1), "per_second": round(pairs / seconds),
-            "measured_maps": value(after, "vfiomond_dma_map_duration_seconds_count", backend="type1")
-            - value(before, "vfiomond_dma_map_duration_seconds_count", backend="type1"),
-            "measured_unmaps": value(after, "vfiomond_dma_unmap_duration_seconds_count", backend="type1")
-            - value(before, "vfiomond_dma_unmap_duration_seconds_count", backend="type1")}
+            "measured_maps": v.total(after, "vfiomond_dma_map_duration_seconds_count", backend="type1")
+            - v.total(before, "vfiomond_dma_map_duration_seconds_count", backend="type1"),
+            "measured_unmaps": v.total(after, "vfiomond_dma_unmap_duration_seconds_count", backend="type1")
+            - v.total(before, "vfiomond_dma_unmap_duration_seconds_count", backend="type1")}
 
 
 def live_mappings(edu, count, scrapes=20):
@@ -124,7 +120,7 @@ def live_mappings(edu, count, scrapes=20):
         t0 = time.monotonic()
         text = v.scrape(PORT)
         times.append(time.monotonic() - t0)
-    tracked = value(text, "vfiomond_pin_mappings")
+    tracked = v.total(text, "vfiomond_pin_mappings")
     container.close()
     times.sort()
     return {"mappings": count, "map_seconds": round(mapped_s, 1), "pin_mappings_tracked": tracked,
@@ -188,8 +184,8 @@ def main():
         log("scrape load")
         summary["scrapes"] = scrape_load(args.scrapers, args.scrape_seconds)
         last = v.scrape(PORT)
-        summary["lost"] = value(last, "vfiomond_events_lost_total") - value(first, "vfiomond_events_lost_total")
-        summary["alerts"] = value(last, "vfiomond_alerts_total") - value(first, "vfiomond_alerts_total")
+        summary["lost"] = v.total(last, "vfiomond_events_lost_total") - v.total(first, "vfiomond_events_lost_total")
+        summary["alerts"] = v.total(last, "vfiomond_alerts_total") - v.total(first, "vfiomond_alerts_total")
         summary["ok"] = True
     except Exception as e:
         summary.update(ok=False, error="%s: %s" % (type(e).__name__, e))

@@ -344,6 +344,11 @@ def scrape(port: str) -> str:
         return r.read().decode()
 
 
+def total(text: str, name: str, **labels) -> float:
+    """The sum of the samples ``name{labels...}``."""
+    return sum(sample(text, name, **labels))
+
+
 def sample(text: str, name: str, **labels) -> List[float]:
     """Values of the samples ``name{labels...}`` (a plain parser: the scenarios
     must not depend on what they check)."""
