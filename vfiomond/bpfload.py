@@ -271,6 +271,15 @@ class Program:
         self._daemon_losses[loss] = self._daemon_losses.get(loss, 0) + n
         return n
 
+    def vfio_user_candidates(self) -> Set[int]:
+        """PIDs that opened a VFIO or iommufd device (area users) or hold DMA mappings
+        (the backends' per-process maps: a process handed its fds over a socket)."""
+        out: Set[int] = set()
+        for area, table in (("users", "vfio_openers"), ("type1", "proc_acct"), ("iommufd", "iommufd_proc_acct")):
+            if area in self._programs:
+                out.update(k.value for k in self._programs[area][table].keys())
+        return out
+
     def forget_device(self, device: str) -> int:
         """Delete the map entries of a PCI device that left its VFIO driver."""
         return faults.forget_device(self.tables("faults"), device)

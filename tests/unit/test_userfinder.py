@@ -45,3 +45,15 @@ def test_a_full_scan_finds_users_no_probe_saw_and_keeps_them_while_they_hold_vfi
 def test_a_candidate_that_is_gone_is_skipped(tmp_path):
     finder = UserFinder(lambda: [4242], proc_tree(tmp_path, {}))
     assert finder() == {}
+
+
+def test_candidates_are_the_openers_and_the_dma_mappers_of_the_bpf_maps():
+    from types import SimpleNamespace as NS
+
+    from vfiomond.bpfload import Program
+
+    class BPF(dict):
+        pass
+
+    bpf = BPF(vfio_openers={NS(value=10): 1}, proc_acct={NS(value=11): 0}, iommufd_proc_acct={NS(value=10): 0})
+    assert Program({"users": bpf, "type1": bpf, "iommufd": bpf}).vfio_user_candidates() == {10, 11}
