@@ -52,8 +52,12 @@ def test_candidates_are_the_openers_and_the_dma_mappers_of_the_bpf_maps():
 
     from vfiomond.bpfload import Program
 
-    class BPF(dict):
-        pass
+    class Table:
+        def __init__(self, *pids):
+            self.pids = pids
 
-    bpf = BPF(vfio_openers={NS(value=10): 1}, proc_acct={NS(value=11): 0}, iommufd_proc_acct={NS(value=10): 0})
+        def keys(self):
+            return [NS(value=p) for p in self.pids]
+
+    bpf = {"vfio_openers": Table(10), "proc_acct": Table(11), "iommufd_proc_acct": Table(10)}
     assert Program({"users": bpf, "type1": bpf, "iommufd": bpf}).vfio_user_candidates() == {10, 11}
