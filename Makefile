@@ -8,7 +8,7 @@ EXTRA ?=
 PROMETHEUS ?=
 LAB = $(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario $(SCENARIO) $(if $(EXTRA),--extra $(EXTRA)) $(if $(PROMETHEUS),--prometheus)
 
-.PHONY: deps demo lab test test-all unit lab-images bench reliability install clean
+.PHONY: deps demo lab test test-all unit lab-images bench reliability install deb rpm clean
 
 deps:
 	@scripts/install-deps.sh
@@ -60,7 +60,11 @@ reliability: deps
 	$(PYTHON) benchmarks/scrape.py --host-fds 100000 --scrapes 20
 	$(PYTHON) benchmarks/scrape.py --host-fds 100000 --scrapes 20 --full-scan
 
-# vfiomond on this host, as a systemd service (see README, "Operating it").
+# The Debian package (debian/): build/deb/vfiomond_VERSION_all.deb, lintian-clean.
+deb:
+	scripts/build-deb.sh
+
+# vfiomond on this host from the checkout, as a systemd service (see README, "Install").
 install:
 	PYTHON=$(PYTHON) scripts/install.sh
 

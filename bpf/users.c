@@ -7,10 +7,13 @@
  * drivers/vfio/, and iommufd_fops_open (/dev/iommu, 6.2+) in
  * drivers/iommu/iommufd/main.c (which a user of a device cdev, 6.6+, opens to
  * bind it).  A failed open makes a candidate
- * too: the daemon checks each candidate's files.  Entries of processes that
- * are gone are deleted by the daemon. */
+ * too: the daemon checks each candidate's files.  A process that a candidate
+ * forks or clones (wake_up_new_task, in the parent's context, kernel/fork.c
+ * kernel_clone) is one too: it inherits the VFIO fds unless they are
+ * close-on-exec, and a CLONE_VM child shares the parent's mm and locked_vm.
+ * Entries of processes that are gone are deleted by the daemon. */
 
-BPF_HASH(vfio_openers, u32, u64, 4096);  /* tgid -> opens */
+BPF_HASH(vfio_openers, u32, u64, 4096);  /* tgid -> opens (0: a candidate's child) */
 
 static __always_inline int vfio_opened(void)
 {
@@ -33,4 +36,27 @@ int on_vfio_container_open(struct pt_regs *ctx)
 int on_iommufd_open(struct pt_regs *ctx)
 {
     return vfio_opened();
+}
+
+/* wake_up_new_task(p) runs once per new task, in the parent's context: every
+ * fork of the host ends at one hash lookup; a new thread (p->pid != p->tgid)
+ * is not a process of its own. */
+int on_new_task(struct pt_regs *ctx, struct task_struct *p)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (!vfio_openers.lookup(&parent))
+        return 0;
+    u32 pid = 0, tgid = 0;
+    if (bpf_probe_read_kernel(&pid, sizeof(pid), &p->pid) || bpf_probe_read_kernel(&tgid, sizeof(tgid), &p->tgid)) {
+        count_lost(LOSS_VFIO_OPENERS_UNREAD);
+        return 0;
+    }
+    if (pid != tgid || tgid == parent)
+        return 0;
+    u64 zero = 0;
+    /* Not add_or_lost(..., 0, ...): LLVM 11 (Debian 11) turns an atomic add of 0
+     * into an atomic load-or the BPF backend cannot select, and aborts. */
+    if (!vfio_openers.lookup_or_try_init(&tgid, &zero))
+        count_lost(LOSS_VFIO_OPENERS_FULL);
+    return 0;
 }

@@ -6,6 +6,9 @@ set -eu
 packages="python3 python3-prometheus-client python3-pytest python3-hypothesis python3-yaml python3-bcrypt openssl prometheus qemu-system-x86 qemu-utils debootstrap debian-archive-keyring e2fsprogs zstd"
 # The iommufd suite builds its guest kernel (tests/lab/kernel.sh).
 packages="$packages make gcc libc6-dev bc bison flex cpio libelf-dev libssl-dev"
+# The Debian package (scripts/build-deb.sh; the systemd scenario installs it) and the RPM spec.
+packages="$packages dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools"
+packages="$packages python3-argparse-manpage lintian fakeroot rpm"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

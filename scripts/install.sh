@@ -39,7 +39,10 @@ install -m 644 "$src"/bpf/*.c "$src"/bpf/*.h "$pkg/bpf/"
 install -d "$dest/usr/local/bin"
 printf '#!%s\nimport sys\nfrom vfiomond.cli import main\nsys.exit(main())\n' "$python" >"$dest/usr/local/bin/vfiomond"
 chmod 755 "$dest/usr/local/bin/vfiomond"
-install -D -m 644 "$src/systemd/vfiomond.service" "$dest/usr/local/lib/systemd/system/vfiomond.service"
+install -d "$dest/usr/local/lib/systemd/system"
+sed 's#^ExecStart=/usr/bin/vfiomond #ExecStart=/usr/local/bin/vfiomond #' "$src/systemd/vfiomond.service" \
+    >"$dest/usr/local/lib/systemd/system/vfiomond.service"
+chmod 644 "$dest/usr/local/lib/systemd/system/vfiomond.service"
 install -D -m 644 "$src/systemd/vfiomond.catalog" "$dest/usr/local/lib/systemd/catalog/vfiomond.catalog"
 if [ ! -e "$dest/etc/vfiomond/vfiomond.toml" ]; then
     install -D -m 644 "$src/systemd/vfiomond.toml" "$dest/etc/vfiomond/vfiomond.toml"

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from vfiomond import faults, footprint, iommufd, type1, users
+from vfiomond import bpfstats, faults, footprint, iommufd, type1, users
 from vfiomond.errors import VfiomondError
 from vfiomond.losses import LOSSES
 from vfiomond.probes import FEATURES, PROBES, Selected
@@ -278,6 +278,25 @@ class Program:
         for area, table in (("users", "vfio_openers"), ("type1", "proc_acct"), ("iommufd", "iommufd_proc_acct")):
             if area in self._programs:
                 out.update(k.value for k in self._programs[area][table].keys())
+        return out
+
+    def loaded_programs(self) -> List[Tuple[str, int]]:
+        """(BPF function name, fd) of every program loaded (attached now or before)."""
+        return [(name.decode() if isinstance(name, bytes) else name, fn.fd)  # BCC keys funcs by bytes
+                for bpf in self._distinct() for name, fn in list(bpf.funcs.items())]
+
+    def growing_maps(self) -> List[Tuple[str, int, Callable[[], Iterable]]]:
+        """(name, fd, key iterator) of the hash and LPM-trie maps of every compiled
+        object (bpfstats.growing_maps of its sources)."""
+        out = []
+        for bpf in self._distinct():
+            areas = [a for a, b in self._programs.items() if b is bpf]
+            for name in dict.fromkeys(bpfstats.growing_maps(_source(areas))):
+                try:
+                    table = bpf.get_table(name)
+                except KeyError:  # declared but optimised out
+                    continue
+                out.append((name, table.map_fd, table.keys))
         return out
 
     def forget_device(self, device: str) -> int:

@@ -19,6 +19,20 @@ from vfiomond.bpfload import AREAS, Program
 log = logging.getLogger("vfiomond")
 
 
+def _checked(fams: List) -> List:
+    """``fams`` if every sample can be written (str label values, a number), else a
+    TypeError in the collector that made them: a bad family found only when the page
+    is rendered would fail the whole scrape, not its collector (seen: BCC's bytes
+    program names as label values)."""
+    for fam in fams:
+        for sample in fam.samples:
+            if not all(isinstance(v, str) for v in sample.labels.values()):
+                raise TypeError("%s: label values %r are not all str" % (sample.name, sample.labels))
+            if not isinstance(sample.value, (int, float)):
+                raise TypeError("%s: value %r is not a number" % (sample.name, sample.value))
+    return fams
+
+
 class VfiomondCollector:
     def __init__(self, program: Program, kernel: str, detectors: Optional[Mapping[str, object]] = None, alerts=None):
         """``detectors``: collector name -> object whose ``families()`` yields its own
@@ -39,7 +53,7 @@ class VfiomondCollector:
         def run(name: str, fn: Callable[[], Iterable]) -> list:
             start = time.monotonic()
             try:
-                fams = list(fn())
+                fams = _checked(list(fn()))
                 ok = True
                 if name in self._failing:
                     self._failing.discard(name)
@@ -109,7 +123,9 @@ class VfiomondCollector:
 
     def _processes(self, accts) -> Iterator:
         spaces = {pid: processes.dma_spaces(files) for pid, files in processes.scraped_vfio_files().items()}
-        return processes.families(processes.read_users(), accts, spaces)
+        users = processes.read_users()
+        owners = processes.shared_mm_owners(info.pid for info in users)
+        return processes.families(users, accts, spaces, owners)
 
     def _alerts(self) -> Iterator:
         sent = CounterMetricFamily("vfiomond_alerts_total", "Alerts written to the journal.", labels=["kind"])

@@ -8,8 +8,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from vfiomond import (__version__, advisories, bpfload, devices, footprint, iommufd, kernel, pagemap, privileges,
-                      processes, type1)
+from vfiomond import (__version__, advisories, bpfload, bpfstats, devices, footprint, iommufd, kernel, pagemap,
+                      privileges, processes, type1)
 from vfiomond.alerts import PROBE_LOST, AlertSink
 from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
@@ -347,6 +347,9 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
             watcher = None
     if watch is not None:
         detectors["pins"] = watch
+    bpf_self = bpfstats.BpfSelf(program)  # run time per program, map fullness
+    detectors["bpf"] = bpf_self
+    supervisor.task("bpf_map_entries", bpf_self.count_entries)
     # Opened whether or not verification is on: an unread ring buffer fills and its events count as lost.
     events = [area for area in PIN_VERIFY if area in program.areas()]
     for area in events:
@@ -397,6 +400,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
             next_verify = time.monotonic() + daemon.config.pin_verify_interval
         if now >= next_housekeeping:
             task("housekeeping", _housekeeping, program)
+            task("bpf_map_entries", bpf_self.count_entries)
             next_housekeeping = now + HOUSEKEEPING_INTERVAL
         if now >= next_users_scan:
             task("users_scan", users.full_scan)

@@ -72,6 +72,7 @@ LOSSES: Tuple[Loss, ...] = (
     ("dma_by_tid", "unread"),
     ("iommufd_dma_by_tid", "unread"),
     ("vfio_openers", "full"),
+    ("vfio_openers", "unread"),
 )
 
 WHAT = {

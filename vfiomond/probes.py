@@ -219,6 +219,8 @@ PROBES: Tuple[Probe, ...] = (
 # A process using a device's cdev (/dev/vfio/devices/vfioN, 6.6+) binds it to an
 # iommufd it opened (iommufd_open); vfio_device_fops_cdev_open itself is listed in
 # Debian 13's kallsyms but refused by kprobes there, so it is not hooked.
+# wake_up_new_task (kernel/sched/core.c, every kernel vfiomond supports): the
+# processes a candidate forks or clones, which inherit its VFIO fds.
 USER_PROBES: Tuple[Probe, ...] = (
     Probe("vfio_open", "users", (
         Variant("vfio_group_fops_open, vfio_fops_open", (
@@ -231,6 +233,11 @@ USER_PROBES: Tuple[Probe, ...] = (
             Hook(("iommufd_fops_open",), "on_iommufd_open", reads_args=False),
         )),
     ), feature="iommufd"),
+    Probe("vfio_fork", "users", (
+        Variant("wake_up_new_task by a candidate", (
+            Hook(("wake_up_new_task",), "on_new_task"),
+        )),
+    )),
 )
 PROBES = PROBES + USER_PROBES
 

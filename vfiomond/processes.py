@@ -4,6 +4,9 @@ A VFIO user is a process with /dev/vfio/vfio, /dev/vfio/N, /dev/vfio/devices/vfi
 /dev/iommu open.  Its series exist only while it lives.
 """
 
+import ctypes
+import functools
+import logging
 import math
 import mmap
 import os
@@ -20,6 +23,8 @@ _LIBVIRT_SCOPE = re.compile(r"machine-qemu\\x2d\d+\\x2d(.+?)\.scope")
 
 
 CAP_IPC_LOCK = 14
+
+log = logging.getLogger(__name__)
 
 
 def parse_status(text: str) -> Dict[str, int]:
@@ -268,6 +273,84 @@ def vfio_users() -> List[int]:
     return sorted(scraped_vfio_files())
 
 
+# kcmp(2) (kernel/kcmp.c, 3.5+, CONFIG_KCMP; in systemd's @system-service): its
+# number in each architecture's system call table (the kernel's ABI; glibc has no
+# wrapper).  KCMP_VM compares two tasks' mm_struct.
+_KCMP_SYSCALL = {"x86_64": 312, "i386": 349, "i686": 349, "aarch64": 272, "riscv64": 272,
+                 "loongarch64": 272, "ppc64le": 354, "ppc64": 354, "s390x": 343, "armv7l": 378}
+KCMP_VM = 1
+
+
+class MmCompare:
+    """Compares processes' mm with kcmp(pid1, pid2, KCMP_VM, 0, 0): 0 when they share
+    one (CLONE_VM without CLONE_THREAD: vfork, posix_spawn, a clone()d helper), else
+    1 or 2, an order of the (obfuscated) mm pointers.  Needs PTRACE_MODE_READ on both
+    (root, CAP_SYS_PTRACE).  ``available`` is False on an architecture without a
+    known number, or once the kernel answered ENOSYS (no CONFIG_KCMP) or EPERM."""
+
+    def __init__(self, machine: Optional[str] = None):
+        self._number = _KCMP_SYSCALL.get(machine or os.uname().machine)
+        self._libc = ctypes.CDLL(None, use_errno=True) if self._number else None
+        self.available = self._number is not None
+        self.reason = "" if self.available else "no kcmp system call number for %s" % (machine or os.uname().machine)
+
+    def __call__(self, a: int, b: int) -> Optional[int]:
+        """0, 1 or 2 as above; None when either process is gone (or kcmp fails)."""
+        if not self.available:
+            return None
+        ret = self._libc.syscall(self._number, a, b, KCMP_VM, 0, 0)
+        if ret >= 0:
+            return ret
+        err = ctypes.get_errno()
+        if err in (38, 1):  # ENOSYS, EPERM: the same answer for every pair
+            self.available = False
+            self.reason = "kcmp: %s" % os.strerror(err)
+        return None
+
+
+def mm_owners(pids: Iterable[int], compare: Callable[[int, int], Optional[int]]) -> Dict[int, int]:
+    """pid -> the lowest of ``pids`` that shares its mm (itself when none does), with
+    O(n log n) comparisons: sorted by the mm order ``compare`` gives, then equal
+    neighbours grouped.  A process ``compare`` cannot answer for (gone) is its own owner."""
+    def order(a: int, b: int) -> int:
+        c = compare(a, b)
+        if c is None or c > 2:
+            return (a > b) - (a < b)
+        return {0: 0, 1: -1, 2: 1}[c]
+
+    ranked = sorted(set(pids), key=functools.cmp_to_key(order))
+    owners: Dict[int, int] = {}
+    group: List[int] = []
+    for pid in ranked:
+        if group and compare(group[0], pid) != 0:
+            owners.update(dict.fromkeys(group, min(group)))
+            group = []
+        group.append(pid)
+    owners.update(dict.fromkeys(group, min(group)))
+    return owners
+
+
+_mm_compare: Optional[MmCompare] = None
+_mm_compare_warned = False
+
+
+def shared_mm_owners(pids: Iterable[int]) -> Dict[int, int]:
+    """mm_owners with kcmp; each process its own owner when kcmp is unavailable
+    (logged once: processes sharing an mm then each show its locked_vm)."""
+    global _mm_compare, _mm_compare_warned
+    if _mm_compare is None:
+        _mm_compare = MmCompare()
+    pids = list(pids)
+    if len(pids) > 1 and _mm_compare.available:
+        owners = mm_owners(pids, _mm_compare)
+        if _mm_compare.available:
+            return owners
+    if not _mm_compare.available and not _mm_compare_warned:
+        _mm_compare_warned = True
+        log.warning("processes sharing an mm (CLONE_VM) are reported separately: %s", _mm_compare.reason)
+    return {pid: pid for pid in pids}
+
+
 class ProcessInfo(NamedTuple):
     pid: int
     comm: str
@@ -322,10 +405,13 @@ class ProcAcct(NamedTuple):
 
 
 def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]],
-             spaces: Optional[Dict[int, int]] = None) -> Iterator:
+             spaces: Optional[Dict[int, int]] = None, mm_owner: Optional[Dict[int, int]] = None) -> Iterator:
     """Per-process gauges for live VFIO users; labels pid, comm, vm, and backend
     for what ``accts`` (backend -> pid -> ProcAcct) holds.  ``spaces``: pid -> DMA
-    address spaces open (``dma_spaces``), for the memlock a VM needs."""
+    address spaces open (``dma_spaces``), for the memlock a VM needs.  ``mm_owner``:
+    pid -> the lowest VFIO user sharing its mm (``shared_mm_owners``): what belongs
+    to the mm (locked_vm, pinned_vm, the memlock a VM needs) is reported on that
+    one only, so that a sum over processes counts each mm once."""
     labels = ["pid", "comm", "vm"]
     g = {
         name: GaugeMetricFamily("vfiomond_process_" + name, doc, labels=labels + extra)
@@ -355,6 +441,10 @@ def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]]
     map_bytes = CounterMetricFamily(
         "vfiomond_process_dma_map_bytes", "Bytes the process DMA-mapped by successful map calls since it started "
         "(never decreases).", labels=labels + ["backend"])
+    shared = GaugeMetricFamily(
+        "vfiomond_process_mm_shared_info", "The process shares its mm with VFIO user mm_pid (CLONE_VM without "
+        "CLONE_THREAD: vfork, posix_spawn, a clone()d helper): its locked_vm, pinned_vm and memlock need are "
+        "reported on mm_pid only.", labels=labels + ["mm_pid"])
     failures = CounterMetricFamily(
         "vfiomond_process_locked_vm_charge_failures_total",
         "MAP_DMA pinning refused for RLIMIT_MEMLOCK (or a failed locked_vm charge).",
@@ -362,10 +452,14 @@ def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]]
     )
     for info in sorted(infos):
         base = [str(info.pid), info.comm, info.vm]
-        g["locked_vm_bytes"].add_metric(base, info.locked_vm_bytes)
-        g["pinned_vm_bytes"].add_metric(base, info.pinned_vm_bytes)
         g["memlock_limit_bytes"].add_metric(base, info.memlock_limit_bytes)
-        if info.guest_ram_bytes is not None:
+        owner = (mm_owner or {}).get(info.pid, info.pid)
+        if owner != info.pid:
+            shared.add_metric(base + [str(owner)], 1)
+        else:
+            g["locked_vm_bytes"].add_metric(base, info.locked_vm_bytes)
+            g["pinned_vm_bytes"].add_metric(base, info.pinned_vm_bytes)
+        if info.guest_ram_bytes is not None and owner == info.pid:
             g["memlock_required_bytes"].add_metric(base, info.guest_ram_bytes * max(1, (spaces or {}).get(info.pid, 0)))
         for backend, acct in sorted(accts.items()):
             a = acct.get(info.pid, ProcAcct(0, 0, 0, 0))
@@ -379,6 +473,7 @@ def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]]
             map_time.add_metric(base + [backend], a.map_seconds)
             map_bytes.add_metric(base + [backend], a.map_bytes)
     yield from g.values()
+    yield shared
     yield failures
     yield map_time
     yield map_bytes

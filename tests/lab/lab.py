@@ -179,6 +179,26 @@ def run(suite: str, scenario: str = "standard", extra: Optional[str] = None, dem
         return _run(suite, scenario, extra, demo, out and out + "-again", timeout, prometheus)
 
 
+def build_packages(out: str) -> None:
+    """The Debian packages the systemd scenario installs, upgrades to and purges
+    (tests/lab/guest/systemd-job.sh), in OUT/deb: this checkout's
+    (scripts/build-deb.sh, lintian-clean) and a rebuild of it one version up."""
+    deb_dir = os.path.join(out, "deb")
+
+    def build(*extra: str) -> None:
+        p = subprocess.run([os.path.join(REPO, "scripts/build-deb.sh"), "--out", deb_dir] + list(extra),
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise LabError("scripts/build-deb.sh %s failed:\n%s" % (" ".join(extra), p.stderr[-2000:]))
+
+    build()  # first: it installs dpkg-dev, whose dpkg-parsechangelog comes next
+    version = subprocess.run(["dpkg-parsechangelog", "-S", "Version", "-l", os.path.join(REPO, "debian/changelog")],
+                             capture_output=True, text=True)
+    if version.returncode != 0:
+        raise LabError("dpkg-parsechangelog: %s" % version.stderr.strip())
+    build("--upgrade-of", version.stdout.strip())
+
+
 def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optional[str], timeout: float,
          prometheus: bool) -> LabRun:
     if suite not in SUITES:
@@ -199,6 +219,8 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
     # The test boot with Prometheus also secures the endpoint; the demo stays plain HTTP
     # for the browser.
     web = webtls.make(out) if prometheus and not demo else None
+    if "systemd" in scenario_names(scenario):
+        build_packages(out)
     cmd = qemu_command(img, out, os.path.abspath(extra) if extra else empty, port, scenario, demo, hold)
     log("booting %s (logs in %s)" % (suite, out))
     start = time.monotonic()
@@ -234,7 +256,8 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
             open(os.path.join(out, "stop"), "w").close()
         else:
             open(os.path.join(out, "scraped"), "w").close()
-        _wait_for(out, "done", qemu, 120)
+        # The systemd scenario upgrades and purges its package after the scrape.
+        _wait_for(out, "done", qemu, 300 if "systemd" in scenario_names(scenario) else 120)
         qemu.wait(timeout=60)
         log("guest powered off after %.0f s" % (time.monotonic() - start))
         record_timings(suite, scenario, out, time.monotonic() - start)

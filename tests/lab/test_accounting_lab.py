@@ -46,6 +46,17 @@ def test_gauges_equal_proc_and_the_scenario(holder, scrape):
     assert scrape.one("vfiomond_process_charged_bytes", backend="type1", **who) == holder["vm_lck"]
 
 
+def test_a_process_sharing_the_mm_counts_its_locked_vm_once(holder, scrape):
+    """The holder's CLONE_VM child holds the same VFIO fds and mm: found by the
+    wake_up_new_task probe, reported as sharing the holder's mm, without a locked_vm
+    series of its own, so that the sum over processes is the holder's VmLck."""
+    sharer = {"pid": str(holder["mm_sharer"]), "comm": "python3", "vm": ""}
+    assert scrape.one("vfiomond_process_mm_shared_info", mm_pid=str(holder["pid"]), **sharer) == 1
+    assert scrape.one("vfiomond_process_memlock_limit_bytes", **sharer) == holder["limit"]
+    assert not scrape.values("vfiomond_process_locked_vm_bytes", **sharer)
+    assert scrape.one("vfiomond_process_locked_vm_bytes", **labels(holder)) == holder["vm_lck"]
+
+
 def test_accounting_gap_follows_the_kernel(memlock_run, holder, scrape):
     gap = scrape.one("vfiomond_process_uncharged_pinned_bytes", backend="type1", **labels(holder))
     assert gap == holder["dma_mapped_bytes"] - holder["vm_lck"]

@@ -299,6 +299,24 @@ def test_nothing_lost_and_every_collector_succeeded(scrape):
     assert set(scrape.values("vfiomond_scrape_collector_success")) == {1.0}
 
 
+def test_bpf_programs_ran_as_often_as_the_scenario_called(run, scrape):
+    """kernel.bpf_stats_enabled=1 (guest/init.sh): the kernel's run count of the MAP_DMA
+    entry program is the scenario's 4 MAP_DMA calls (where vfio_dma_do_map is hooked;
+    Debian 12 hooks the type1 ioctl, which also serves the 4 UNMAP_DMA and the
+    container's other ioctls); no run was skipped; the maps' fullness is there."""
+    assert scrape.one("vfiomond_bpf_stats_enabled") == 1
+    runs = {s.labels["program"]: s.value for s in scrape.samples if s.name == "vfiomond_bpf_program_runs_total"}
+    if "on_dma_map" in runs and runs["on_dma_map"]:
+        assert runs["on_dma_map"] == 4 and runs["on_dma_unmap"] == 4
+    else:
+        assert runs["on_type1_ioctl"] >= 8
+    assert scrape.one("vfiomond_bpf_program_run_seconds_total", program="on_dma_return") > 0
+    assert set(scrape.values("vfiomond_bpf_program_misses_total")) == {0.0}
+    assert scrape.one("vfiomond_bpf_map_max_entries", map="dma_by_tid") == 4096
+    assert 0 <= scrape.one("vfiomond_bpf_map_entries", map="pin_maps") <= scrape.one(
+        "vfiomond_bpf_map_max_entries", map="pin_maps")
+
+
 def test_the_daemon_reports_its_own_footprint(scrape):
     """process_* as client_python gives it: the daemon's RSS, fds and CPU."""
     assert scrape.one("process_resident_memory_bytes") > 50 << 20

@@ -1,7 +1,9 @@
-"""vfiomond as an operator runs it: installed by scripts/install.sh, started by
-its shipped unit, systemd as PID 1 in the lab guest (scenario "systemd", see
-tests/lab/scenarios/systemd.py).  One boot per suite, about 4 minutes."""
+"""vfiomond as an operator runs it: installed from its Debian package by apt-get
+(built on the host by scripts/build-deb.sh), started by its shipped unit, systemd as
+PID 1 in the lab guest (scenario "systemd", see tests/lab/scenarios/systemd.py);
+then upgraded to a rebuilt package and purged.  One boot per suite, about 5 minutes."""
 
+import json
 import os
 import re
 
@@ -120,3 +122,39 @@ def test_the_restarted_daemon_serves_both_devices(run):
 def test_no_traceback_in_the_units_log(run):
     with open(os.path.join(run.out, "vfiomond.log")) as f:
         assert "Traceback" not in f.read()
+
+
+# ------------------------------------------------- the package (debian/, scripts/build-deb.sh)
+
+def package_step(run, name):
+    with open(os.path.join(run.out, "package-%s.json" % name)) as f:
+        result = json.load(f)
+    assert result.get("ok") is True, result
+    return result
+
+
+def test_the_package_installs_enabled_and_started(run):
+    with open(os.path.join(run.out, "install.log")) as f:
+        log = f.read()
+    assert "Setting up vfiomond (" in log, log[-2000:]
+    for name, expected in (("enabled", "enabled"), ("active", "active")):
+        with open(os.path.join(run.out, "%s-after-install" % name)) as f:
+            assert f.read().strip() == expected
+
+
+def test_an_upgrade_restarts_the_daemon_and_keeps_the_edited_conffile(run):
+    upgrade = package_step(run, "upgrade")
+    assert upgrade["rc"] == 0, upgrade["output"]
+    assert upgrade["version"].endswith("+rebuild1")
+    assert upgrade["after"]["ActiveState"] == "active" and upgrade["after"]["MainPID"] != upgrade["pid_before"]
+    assert upgrade["conffile_kept"]
+    assert upgrade["probes_attached"] == len(EXPECTED_SYMBOLS[run.suite])
+
+
+def test_a_purge_leaves_nothing_behind(run):
+    purge = package_step(run, "purge")
+    assert purge["rc"] == 0, purge["output"]
+    assert purge["files_before"] > 40
+    assert purge["left"] == []
+    assert not purge["status"].startswith(("ii", "rc")), purge["status"]
+    assert purge["load_state"] == "not-found"

@@ -30,6 +30,15 @@ class _Broken:
         raise KeyError("the state it reads changed under it")
 
 
+class _BytesLabels:
+    """Families that raise nothing but cannot be written (bytes label values)."""
+
+    def families(self):
+        g = GaugeMetricFamily("vfiomond_bytes_labelled", "Label values as BCC gives names.", labels=["program"])
+        g.add_metric([b"on_dma_map"], 1)
+        yield g
+
+
 def scrape(collector):
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
@@ -54,6 +63,14 @@ def test_a_failing_detector_costs_its_own_success_not_the_scrape(caplog):
     scrape(collector)
     assert broken.calls == 2
     assert len([r for r in caplog.records if "collector broken failed" in r.getMessage()]) == 1  # once, not per scrape
+
+
+def test_a_family_that_cannot_be_written_fails_its_collector_not_the_scrape():
+    collector = VfiomondCollector(_Program(), "6.12", {"fine": _Fine(), "bpf": _BytesLabels()})
+    samples, text = scrape(collector)
+    assert "vfiomond_fine" in samples and "vfiomond_bytes_labelled" not in samples
+    ok = success(text)
+    assert ok["bpf"] == 0 and ok["fine"] == 1
 
 
 def test_every_collector_is_timed():

@@ -7,6 +7,7 @@ from vfiomond.probes import PROBES, kernel_facts, select, wanted_symbols
 # names, types and modules as seen there).
 DEBIAN_6_1 = """\
 ffffffff81000008 t do_wp_page
+ffffffff81000010 T wake_up_new_task
 ffffffff81000010 T __account_locked_vm
 ffffffff81000020 T remap_pfn_range
 ffffffff81000030 T untrack_pfn
@@ -25,6 +26,7 @@ ffffffffc0000a10 t vfio_fops_open\t[vfio]
 
 DEBIAN_6_12 = """\
 ffffffff81000008 t do_wp_page
+ffffffff81000010 T wake_up_new_task
 ffffffff81000010 T __account_locked_vm
 ffffffff81000020 T remap_pfn_range
 ffffffff81000030 T untrack_pfn

@@ -152,3 +152,97 @@ def test_memlock_a_vm_needs_and_its_pinning_time():
     assert not any("memlock_required" in k and '"43"' in k for k in s)  # not QEMU: no guess
     assert s[key("vfiomond_process_dma_map_seconds_total", backend="type1", **web)] == 12.5
     assert s[key("vfiomond_process_dma_map_bytes_total", backend="type1", **web)] == 6 << 30
+
+
+# Processes sharing one mm (CLONE_VM): real kcmp(KCMP_VM) on the running kernel.
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+from vfiomond.processes import MmCompare, mm_owners  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lab", "scenarios"))
+import vfiolib  # noqa: E402
+
+
+@pytest.fixture
+def kcmp():
+    compare = MmCompare()
+    if compare(os.getpid(), os.getpid()) is None:
+        pytest.skip("kcmp unavailable here: %s" % compare.reason)
+    return compare
+
+
+def test_kcmp_tells_a_clone_vm_process_from_a_fork(kcmp):
+    sharer = vfiolib.spawn_mm_sharer()
+    forked = os.fork()
+    if forked == 0:
+        vfiolib.signal.pause()
+        os._exit(0)
+    try:
+        assert kcmp(os.getpid(), sharer) == 0
+        assert kcmp(os.getpid(), forked) in (1, 2)
+        assert kcmp(sharer, forked) in (1, 2)
+        owners = mm_owners([forked, sharer, os.getpid()], kcmp)
+        low = min(os.getpid(), sharer)
+        assert owners == {os.getpid(): low, sharer: low, forked: forked}
+    finally:
+        vfiolib.kill_mm_sharer(sharer)
+        os.kill(forked, 9)
+        os.waitpid(forked, 0)
+
+
+def test_kcmp_sees_threads_share_the_mm(kcmp):
+    tids = []
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: (tids.append(threading.get_native_id()), stop.wait(10)))
+    t.start()
+    while not tids:
+        pass
+    try:
+        assert kcmp(os.getpid(), tids[0]) == 0
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_a_gone_process_is_its_own_owner(kcmp):
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert kcmp(os.getpid(), child) is None and kcmp.available
+    assert mm_owners([os.getpid(), child], kcmp) == {os.getpid(): os.getpid(), child: child}
+
+
+def test_mm_owners_groups_equal_mms_in_n_log_n():
+    mm = {10: "a", 11: "b", 12: "a", 13: "c", 14: "b", 15: "a"}
+    calls = []
+
+    def compare(x, y):
+        calls.append((x, y))
+        return 0 if mm[x] == mm[y] else (1 if mm[x] < mm[y] else 2)
+
+    assert mm_owners(mm, compare) == {10: 10, 12: 10, 15: 10, 11: 11, 14: 11, 13: 13}
+    assert len(calls) <= 3 * 6 * 3
+
+
+def test_unknown_architecture_makes_no_groups():
+    compare = MmCompare(machine="vax")
+    assert not compare.available and "vax" in compare.reason
+    assert compare(1, 1) is None
+
+
+def test_what_belongs_to_the_mm_is_reported_once():
+    infos = [ProcessInfo(42, "qemu", "web01", 8 << 20, 4096, 16 << 20, guest_ram_bytes=1 << 30),
+             ProcessInfo(50, "qemu", "web01", 8 << 20, 4096, 16 << 20, guest_ram_bytes=1 << 30)]
+    acct = {42: ProcAcct(8 << 20, 2048, 2048, 0), 50: ProcAcct(0, 0, 0, 0)}
+    s = exposition(families(infos, {"type1": acct}, {42: 1, 50: 1}, mm_owner={42: 42, 50: 42}))
+    web, helper = dict(pid="42", comm="qemu", vm="web01"), dict(pid="50", comm="qemu", vm="web01")
+    assert s[key("vfiomond_process_locked_vm_bytes", **web)] == 8 << 20
+    assert s[key("vfiomond_process_memlock_required_bytes", **web)] == 1 << 30
+    for name in ("locked_vm_bytes", "pinned_vm_bytes", "memlock_required_bytes"):
+        assert key("vfiomond_process_" + name, **helper) not in s
+    assert s[key("vfiomond_process_mm_shared_info", mm_pid="42", **helper)] == 1
+    assert s[key("vfiomond_process_memlock_limit_bytes", **helper)] == 16 << 20
+    assert sum(v for k, v in s.items() if k.startswith("vfiomond_process_locked_vm_bytes")) == 8 << 20

@@ -5,7 +5,8 @@ A child process (the holder) opens the edu device's container and group as
 root, sets RLIMIT_MEMLOCK to 16 MiB, becomes nobody (no CAP_IPC_LOCK, so the
 limit applies), maps 4 MiB read-only of never-touched memory at IOVA 0x2000000,
 then 4 MiB read-write (touched) buffers at 0x4000000, 0x4400000, ... until a
-MAP_DMA fails.  It reports its own VmLck / VmPin / limit, and keeps its
+MAP_DMA fails.  It then clones a process that shares its mm and fd table
+(CLONE_VM | CLONE_FILES) and so its locked_vm and VFIO fds.  It reports its own VmLck / VmPin / limit, and keeps its
 mappings until ``RELEASE_DIR/scraped`` (or ``stop``) appears, so that the
 host's scrape sees a live VFIO user.  The parent prints one JSON line and exits.
 """
@@ -91,8 +92,12 @@ def main():
     holder = os.fork()
     if holder == 0:
         os.close(r)
+        sharer = None
         try:
             container, result = map_until_refused(edu[0])
+            # A process sharing the holder's mm and its VFIO fds (a clone()d helper):
+            # the host must count the one locked_vm once.
+            sharer = result["mm_sharer"] = v.spawn_mm_sharer()
             result["ok"] = True
         except Exception as e:
             container, result = None, {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
@@ -100,6 +105,8 @@ def main():
         os.close(w)
         if container is not None:
             hold(args.release_dir, args.hold_max)
+        if sharer is not None:
+            v.kill_mm_sharer(sharer)
         os._exit(0)
     os.close(w)
     chunks = []

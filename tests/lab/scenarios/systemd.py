@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scenario "systemd": vfiomond run by its shipped unit, systemd as PID 1.
 
-Installed by scripts/install.sh (tests/lab/guest/systemd-job.sh), with one lab
+Installed from its Debian package by apt-get (tests/lab/guest/systemd-job.sh), with one lab
 drop-in: WatchdogSec=20s, TimeoutAbortSec=5s.  Steps, each recorded in the
 JSON summary printed on stdout (the lab test asserts on it):
   start      systemctl start (returns at READY=1); state, STATUS text, watchdog,
@@ -16,6 +16,12 @@ JSON summary printed on stdout (the lab test asserts on it):
              config again: attached again
   hang       SIGSTOP on the main process: the watchdog fires, systemd restarts it
 Exit 0 only if every step ran.
+
+After the host's scrape, the job runs the package's later life:
+  systemd.py upgrade DEBDIR   the conffile edited, apt-get install of the rebuilt
+                              package (+rebuild1): version, a restarted daemon, the edit kept
+  systemd.py purge            apt-get purge: none of the package's files, its
+                              configuration or its unit left
 """
 
 import json
@@ -183,7 +189,57 @@ def step_hang(summary):
                        "systemd_said": [line for line in lines if "atchdog" in line]}
 
 
+OPERATOR_EDIT = "# an operator's edit, kept across upgrades (lab)\n"
+
+
+def step_upgrade(deb_dir):
+    """The rebuilt package over the installed one, the daemon running."""
+    rebuilt = [f for f in os.listdir(deb_dir) if "+rebuild" in f and f.endswith("_all.deb")]
+    with open(CONFIG, "a") as f:
+        f.write(OPERATOR_EDIT)
+    before = show()
+    p = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", os.path.join(deb_dir, rebuilt[0])],
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    after = wait_for("the upgraded daemon", lambda: (lambda s: s["MainPID"] not in (before["MainPID"], "0")
+                                                     and s["ActiveState"] == "active" and s)(show()), timeout=300)
+    with open(CONFIG) as f:
+        kept = OPERATOR_EDIT in f.read()
+    text = scrape()
+    return {"rc": p.returncode, "output": p.stdout[-2000:] + p.stderr[-2000:], "pid_before": before["MainPID"],
+            "after": after, "conffile_kept": kept,
+            "version": run("dpkg-query", "-W", "-f=${Version}", "vfiomond").stdout,
+            "probes_attached": sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                                   if line.startswith("vfiomond_probe_attached{"))}
+
+
+def step_purge():
+    """apt-get purge, then every file the package had is looked for."""
+    files = run("dpkg-query", "-L", "vfiomond").stdout.splitlines()
+    p = subprocess.run(["apt-get", "purge", "-y", "vfiomond"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    left = [f for f in files if f.startswith("/") and os.path.lexists(f) and not os.path.isdir(f)]
+    left += [d for d in ("/etc/vfiomond", "/usr/lib/python3/dist-packages/vfiomond", "/usr/share/vfiomond",
+                         "/etc/systemd/system/multi-user.target.wants/vfiomond.service") if os.path.lexists(d)]
+    return {"rc": p.returncode, "output": p.stdout[-2000:] + p.stderr[-2000:], "files_before": len(files),
+            "left": left, "status": run("dpkg-query", "-W", "-f=${db:Status-Abbrev}", "vfiomond").stdout,
+            "load_state": run("systemctl", "show", "-p", "LoadState", "--value", "vfiomond").stdout.strip()}
+
+
+def package_step(argv):
+    try:
+        result = step_upgrade(argv[1]) if argv[0] == "upgrade" else step_purge()
+        result["ok"] = True
+    except Exception as e:
+        result = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+        log(result["error"])
+    print(json.dumps(result, indent=1))
+    return 0 if result["ok"] else 1
+
+
 def main():
+    if sys.argv[1:2] in (["upgrade"], ["purge"]):
+        return package_step(sys.argv[1:])
     summary = {"ok": False}
     with open(CONFIG) as f:
         original = f.read()

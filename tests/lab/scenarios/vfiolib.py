@@ -7,6 +7,7 @@ that they can be handed to MAP_DMA and touched outside the GIL.
 import ctypes
 import fcntl
 import os
+import signal
 import struct
 from typing import List, NamedTuple
 
@@ -47,6 +48,35 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+CLONE_VM, CLONE_FILES = 0x100, 0x400  # include/uapi/linux/sched.h
+_MM_SHARER_STACK = 64 * 1024
+_mm_sharer_stacks = []  # the children's stacks live in this process's memory: kept for good
+
+
+def spawn_mm_sharer() -> int:
+    """A process that shares this one's mm and fd table: clone(CLONE_VM | CLONE_FILES |
+    SIGCHLD), no CLONE_THREAD, as a clone()d helper does; so it holds this process's
+    VFIO fds (and a pipe this process closes is closed for it too).  It runs libc's
+    pause() on a stack of its own, never Python code, until it is killed
+    (``kill_mm_sharer``).  Returns its pid."""
+    stack = ctypes.create_string_buffer(_MM_SHARER_STACK)
+    _mm_sharer_stacks.append(stack)
+    top = (ctypes.addressof(stack) + _MM_SHARER_STACK) & ~0xF
+    clone = _libc.clone
+    clone.restype = ctypes.c_int
+    clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    pid = clone(ctypes.cast(_libc.pause, ctypes.c_void_p), top, CLONE_VM | CLONE_FILES | signal.SIGCHLD, None)
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "clone(CLONE_VM | CLONE_FILES): " + os.strerror(err))
+    return pid
+
+
+def kill_mm_sharer(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 class PciDevice(NamedTuple):
