@@ -316,6 +316,8 @@ SERIES: List[Tuple[str, str]] = [
     ('vfiomond_device_users{%s}' % D3, "1x60"),
     ('vfiomond_bar_faults_concurrent_total{%s}' % D3, "0+1x60"),
     ('vfiomond_pfnmap_untrack_total{%s}' % D3, "0+1x60"),
+    ('vfiomond_device_interrupts_total{%s, type="msix", vector="0"}' % D3, "0+50x60"),
+    ('vfiomond_device_interrupt_vectors{%s, type="msix"}' % D3, "4x60"),
     ('vfiomond_remap_pfn_range_bytes_total{%s, context="vfio_fault"}' % J, "0+1048576x60"),
     ('vfiomond_remap_pfn_range_errors_total{%s, context="vfio_fault", errno="ENOMEM"}' % J, "0+1x60"),
     ('vfiomond_dma_map_bytes_total{%s, backend="type1"}' % J, "0+4194304x60"),

@@ -18,6 +18,7 @@ VFIO_GROUP_GET_STATUS = 0x3B67
 VFIO_GROUP_SET_CONTAINER = 0x3B68
 VFIO_GROUP_GET_DEVICE_FD = 0x3B6A
 VFIO_DEVICE_GET_REGION_INFO = 0x3B6C
+VFIO_DEVICE_SET_IRQS = 0x3B6E
 VFIO_IOMMU_MAP_DMA = 0x3B71
 VFIO_IOMMU_UNMAP_DMA = 0x3B72
 
@@ -270,6 +271,43 @@ def edu_dma(bar: int, src: int, dst: int, count: int, to_ram: bool, timeout: flo
         if time.monotonic() > deadline:
             raise RuntimeError("edu DMA did not finish in %g s" % timeout)
         time.sleep(0.01)
+
+
+# VFIO_DEVICE_SET_IRQS (struct vfio_irq_set: argsz, flags, index, start, count, data[]).
+VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER = 1 << 0, 1 << 2, 1 << 5
+VFIO_PCI_MSI_IRQ_INDEX = 1
+IRQ_SET = struct.Struct("<IIIII")
+
+
+def set_irq_eventfds(device_fd: int, index: int, eventfds: List[int]) -> None:
+    """Signal each of ``eventfds`` on vectors 0.. of IRQ ``index`` (vfio-pci enables
+    them); an empty list disables the index."""
+    flags = VFIO_IRQ_SET_ACTION_TRIGGER | (VFIO_IRQ_SET_DATA_EVENTFD if eventfds else VFIO_IRQ_SET_DATA_NONE)
+    data = struct.pack("<%di" % len(eventfds), *eventfds)
+    buf = IRQ_SET.pack(IRQ_SET.size + len(data), flags, index, 0, len(eventfds)) + data
+    fcntl.ioctl(device_fd, VFIO_DEVICE_SET_IRQS, buf)
+
+
+def eventfd() -> int:
+    """eventfd(2) through libc (os.eventfd is Python 3.10+; Debian 11 has 3.9)."""
+    fd = _libc.eventfd(0, 0)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "eventfd: " + os.strerror(err))
+    return fd
+
+
+# edu's interrupt registers (32-bit): a write to RAISE ORs the value into the status
+# and, with MSI enabled, sends one MSI; ACK clears those bits.
+EDU_IRQ_RAISE, EDU_IRQ_ACK = 0x60, 0x64
+
+
+def edu_raise_interrupt(bar: int, value: int = 1) -> None:
+    ctypes.c_uint32.from_address(bar + EDU_IRQ_RAISE).value = value
+
+
+def edu_ack_interrupt(bar: int, value: int = 1) -> None:
+    ctypes.c_uint32.from_address(bar + EDU_IRQ_ACK).value = value
 
 
 def own_pfn(vaddr: int):
