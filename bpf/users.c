@@ -38,9 +38,9 @@ int on_iommufd_open(struct pt_regs *ctx)
     return vfio_opened();
 }
 
-/* wake_up_new_task(p) runs once per new task, in the parent's context: every
- * fork of the host ends at one hash lookup; a new thread (p->pid != p->tgid)
- * is not a process of its own. */
+/* wake_up_new_task(p) runs once per new task (fork or thread), in the parent's
+ * context: every one of the host's ends at one hash lookup unless the parent is
+ * a candidate; a new thread (p->pid != p->tgid) is not a process of its own. */
 int on_new_task(struct pt_regs *ctx, struct task_struct *p)
 {
     u32 parent = bpf_get_current_pid_tgid() >> 32;
