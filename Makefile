@@ -61,7 +61,7 @@ reliability: deps
 	$(PYTHON) benchmarks/scrape.py --host-fds 100000 --scrapes 20 --full-scan
 
 # The Debian package (debian/): build/deb/vfiomond_VERSION_all.deb, lintian-clean.
-deb:
+deb: deps
 	scripts/build-deb.sh
 
 # vfiomond on this host from the checkout, as a systemd service (see README, "Install").

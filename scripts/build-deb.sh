@@ -5,7 +5,7 @@
 #   scripts/build-deb.sh [--out DIR] [--upgrade-of VERSION]
 #     --out DIR              where the .deb goes (default build/deb); its path is printed
 #     --upgrade-of VERSION   a rebuilt package, VERSION+rebuild1 (the lab's upgrade test)
-# Installs the build dependencies it lacks (root, apt).
+# Its build tools come from scripts/install-deps.sh (make deb runs it first).
 set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)
 out=$src/build/deb
@@ -17,17 +17,6 @@ while [ $# -gt 0 ]; do
     *) echo "usage: scripts/build-deb.sh [--out DIR] [--upgrade-of VERSION]" >&2; exit 2 ;;
     esac
 done
-
-packages="dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-argparse-manpage lintian fakeroot"
-missing=""
-for p in $packages; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "build-deb: installing$missing" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2 \
-        || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2; }
-fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

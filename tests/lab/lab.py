@@ -191,7 +191,7 @@ def build_packages(out: str) -> None:
         if p.returncode != 0:
             raise LabError("scripts/build-deb.sh %s failed:\n%s" % (" ".join(extra), p.stderr[-2000:]))
 
-    build()  # first: it installs dpkg-dev, whose dpkg-parsechangelog comes next
+    build()
     version = subprocess.run(["dpkg-parsechangelog", "-S", "Version", "-l", os.path.join(REPO, "debian/changelog")],
                              capture_output=True, text=True)
     if version.returncode != 0:
