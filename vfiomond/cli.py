@@ -66,6 +66,8 @@ def _scan_log(path: str, as_json: bool, kernel: Optional[str]) -> int:
             "known_issue": issue, "kernel": ".".join(map(str, s.kernel)) if s.kernel else None,
             "header": s.header, "frames": list(s.frames),
         }
+        if s.kind == "iommu_fault":
+            record["device"] = splats.fault_device(s.header)
         if as_json:
             print(json.dumps(record))
         else:
@@ -73,8 +75,10 @@ def _scan_log(path: str, as_json: bool, kernel: Optional[str]) -> int:
             print("%-11s %-34s %-24s %-10s %s" % (s.kind, s.site or "-", s.function or "-", ",".join(tags) or "-", issue or "-"))
             print("            " + s.header)
     if not as_json:
-        print("%d splat(s), %d VFIO-related, %d matching a known issue" % (
-            len(found), sum(s.vfio for s in found), sum(1 for s in found if splats.match(s, issues, running))))
+        dropped = sum(int(splats.SUPPRESSED.match(s.header).group("count")) for s in found if s.kind == "suppressed")
+        print("%d splat(s), %d VFIO-related, %d matching a known issue%s" % (
+            len(found), sum(s.vfio for s in found), sum(1 for s in found if splats.match(s, issues, running)),
+            "; %d line(s) the kernel's rate limits dropped" % dropped if dropped else ""))
     return 0
 
 

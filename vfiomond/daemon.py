@@ -9,7 +9,7 @@ from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from vfiomond import (__version__, advisories, bpfload, bpfstats, devices, footprint, interrupts, iommufd, kernel,
-                      pagemap, privileges, processes, type1)
+                      pagemap, pcie, privileges, processes, type1)
 from vfiomond.alerts import PROBE_LOST, AlertSink
 from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
@@ -334,6 +334,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     supervisor.add("udev", udev.alive, udev.start)
     detectors = {"advisories": advisories_.report, "devices": devices.InventoryMetrics(daemon.inventory),
                  "interrupts": interrupts.InterruptMetrics(lambda: list(daemon.inventory.devices)),
+                 "pcie": pcie.PcieMetrics(lambda: list(daemon.inventory.devices)),
                  "reloads": daemon.reloads, "workers": supervisor, "vfio_users": users}
     watcher = None
     if config.watch_kernel_log:

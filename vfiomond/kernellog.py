@@ -177,13 +177,25 @@ def _holders_now(bdf: str) -> Dict[int, str]:
     return holders(bdf, open_vfio_files())
 
 
+def _vfio_bound_now(bdf: str) -> bool:
+    """Whether the device is bound to a VFIO driver at this moment (sysfs)."""
+    from vfiomond.devices import is_vfio_driver, link_name
+
+    return is_vfio_driver(link_name("/sys/bus/pci/devices/%s/driver" % bdf))
+
+
 class KernelLogWatcher:
     """Counts and alerts splats; runs its reader in a daemon thread."""
 
     def __init__(self, issues: List[dict], sink, running: Optional[Tuple[int, int, int]],
                  holders: Optional[Callable[[str], Dict[int, str]]] = None,
-                 memlock_probed: Callable[[], bool] = lambda: False):
+                 memlock_probed: Callable[[], bool] = lambda: False,
+                 vfio_bound: Callable[[str], bool] = _vfio_bound_now):
         self.issues = issues
+        # IOMMU faults of a device bound to a VFIO driver when its line arrives are
+        # counted per device (a device rebound later is not looked up again).
+        self._vfio_bound = vfio_bound
+        self.iommu_faults: Dict[str, int] = {}
         self._holders = holders or _holders_now
         # Whether a probe raises the memlock_refused alert for type1's refusals itself
         # (with the process, the request and the limit): then the kernel's log line of
@@ -192,6 +204,7 @@ class KernelLogWatcher:
         self.sink = sink
         self.running = running
         self.counts: Dict[Tuple[str, str, str], int] = {}
+        self.suppressed: Dict[str, int] = {}  # function -> lines its rate limit dropped
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -233,6 +246,11 @@ class KernelLogWatcher:
     def on_splat(self, splat: splats.Splat) -> None:
         from vfiomond.alerts import KERNEL_SPLAT
 
+        if splat.kind == "suppressed":
+            m = splats.SUPPRESSED.match(splat.header)
+            with self._lock:
+                self.suppressed[m.group("func")] = self.suppressed.get(m.group("func"), 0) + int(m.group("count"))
+            return
         issue = splats.match(splat, self.issues, self.running)
         key = (splat.kind, splat.site_file or "none", issue or "none")
         with self._lock:
@@ -240,14 +258,22 @@ class KernelLogWatcher:
         if splat.kind == "vfio":
             self._check_removal(splat.header)
             return  # other vfio-pci messages are counted, not alerted
+        device = splats.fault_device(splat.header) if splat.kind == "iommu_fault" else None
+        if device is not None and self._vfio_bound(device):
+            with self._lock:
+                self.iommu_faults[device] = self.iommu_faults.get(device, 0) + 1
+        else:
+            device = None
         if splat.kind == "memlock":
             self._memlock_refused(splat.header)
             return
         self.sink.alert(
             KERNEL_SPLAT,
-            "kernel %s%s%s: %s" % (splat.kind, " in VFIO" if splat.vfio else "", " (known issue %s)" % issue if issue else "", splat.header),
+            "kernel %s%s%s: %s" % (splat.kind, " in VFIO" if splat.vfio or device else "",
+                                   " (known issue %s)" % issue if issue else "", splat.header),
             KIND=splat.kind, SITE=splat.site or "", FUNCTION=splat.function, FRAMES=" ".join(splat.frames[:16]),
-            VFIO=int(splat.vfio), PFNMAP=int(splat.pfnmap), KNOWN_ISSUE=issue or "", SPLAT=splat.text,
+            VFIO=int(splat.vfio or device is not None), PFNMAP=int(splat.pfnmap), KNOWN_ISSUE=issue or "",
+            SPLAT=splat.text, **({"DEVICE": device} if device else {}),
         )
 
     def _memlock_refused(self, header: str) -> None:
@@ -292,7 +318,23 @@ class KernelLogWatcher:
             for key, n in sorted(self.counts.items()):
                 c.add_metric(list(key), n)
             errors = self.handling_errors
+            suppressed = sorted(self.suppressed.items())
+            faults = sorted(self.iommu_faults.items())
         yield c
+        per_device = CounterMetricFamily(
+            "vfiomond_iommu_faults", "IOMMU fault lines of the kernel log naming a device that was bound to a VFIO "
+            "driver when the line arrived (Intel DMAR \"Request device\", AMD-Vi IO_PAGE_FAULT); lines the kernel's "
+            "rate limit dropped are in vfiomond_kernel_log_lines_suppressed_total.", labels=["device"])
+        for device, n in faults:
+            per_device.add_metric([device], n)
+        yield per_device
+        dropped = CounterMetricFamily(
+            "vfiomond_kernel_log_lines_suppressed", "Kernel log lines a rate limit dropped, by the function that "
+            "limits them, from its \"FUNC: N callbacks suppressed\" lines (lib/ratelimit.c): e.g. dmar_fault's "
+            "IOMMU fault lines beyond the first of each burst.", labels=["function"])
+        for func, n in suppressed:
+            dropped.add_metric([func], n)
+        yield dropped
         yield CounterMetricFamily(
             "vfiomond_kernel_log_lines_lost", "Kernel log records overwritten in the kernel's buffer before they were "
             "read (/dev/kmsg sequence gaps: a flood of lines); their reports may be missing.", value=self.position.lost)

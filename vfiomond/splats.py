@@ -23,25 +23,44 @@ _HEADERS = (
     ("warning", re.compile(r"^WARNING: CPU: \d+ PID: \d+ at (?P<site>[\w./-]+:\d+)(?: (?P<func>[\w.]+)\+0x)?")),
     ("lockdep", re.compile(r"^WARNING: (?:possible (?:circular|recursive) locking|suspicious RCU usage|inconsistent lock state|held lock freed|lock held when returning)")),
     ("bug", re.compile(r"^kernel BUG at (?P<site>[\w./-]+:\d+)!")),
-    ("soft_lockup", re.compile(r"^(?:watchdog: )?BUG: soft lockup")),
-    ("oops", re.compile(r"^(?:BUG: (?:unable to handle|kernel NULL pointer)|Unable to handle kernel |Oops[: ])")),
+    # "WARN: soft lockup" is how some vendor kernels word it.
+    ("soft_lockup", re.compile(r"^(?:watchdog: )?(?:BUG|WARN): soft lockup")),
+    # powerpc: "BUG: Kernel NULL pointer dereference on read at 0x..." (capital K).
+    ("oops", re.compile(r"^(?:BUG: (?:unable to handle|[Kk]ernel NULL pointer)|Unable to handle kernel |Oops[: ])")),
     ("bug", re.compile(r"^BUG: ")),
     ("rcu_stall", re.compile(r"^rcu: INFO: rcu_\w+ (?:self-)?detected stall")),
 )
+SUPPRESSED = re.compile(r"^(?P<func>[\w.]+): (?P<count>\d+) callbacks suppressed$")
 # One-line events.
 _SINGLE = (
-    ("iommu_fault", re.compile(r"^DMAR: \[DMA (?:Read|Write)|^AMD-Vi: Event logged \[IO_PAGE_FAULT|io_page_fault|Unhandled context fault")),
+    # AMD-Vi's line carries the device's prefix on newer kernels ("vfio-pci 0000:01:00.0:
+    # AMD-Vi: Event logged [IO_PAGE_FAULT domain=...]"), a device= field on older ones.
+    ("iommu_fault", re.compile(r"^DMAR: \[DMA (?:Read|Write)|AMD-Vi: Event logged \[IO_PAGE_FAULT|io_page_fault|Unhandled context fault")),
     ("memlock", re.compile(r"RLIMIT_MEMLOCK \(\d+\) exceeded")),
     ("vfio", re.compile(r"^vfio-pci \S+: |^vfio: ")),
+    # lib/ratelimit.c ___ratelimit: "FUNC: N callbacks suppressed", the lines a rate
+    # limit dropped since the last one it let through (dmar_fault's IOMMU faults, say).
+    ("suppressed", SUPPRESSED),
 )
 # A header that continues a BUG/oops in progress instead of starting one
 # ("Oops: 0000 [#1]" follows "BUG: unable to handle", arm64 prints
 # "Internal error: Oops - BUG" right after "kernel BUG at").
 _CONTINUES = re.compile(r"^(?:Internal error: )?Oops")
 _END = re.compile(r"^---\[ end trace")
-_FRAME = re.compile(r"^\s*(?P<unreliable>\? )?(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[(?P<mod>\w+)\])?")
+# A call-trace frame, "func+0xOFF/0xLEN [module]", in each architecture's shape:
+#   x86-64, arm64:   " func+0x../0x..", " ? func+0x../0x.." (unreliable)
+#   s390, riscv, x86 before 4.x: " [<000003ff80243b0e>] func+0x../0x..", s390's
+#       "([<...>] func+0x../0x..)" is the unreliable return-address guess
+#   powerpc:         "[c0000010f29afc30] [c00800000fd60ee0] func+0x../0x.. [mod]",
+#       "... (unreliable)" for the first frame
+_FRAME = re.compile(
+    r"^\s*(?P<paren>\()?(?:\[<?[0-9a-f]+>?\] (?:\[[0-9a-f]+\] )?)?(?P<unreliable>\? )?"
+    r"(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[(?P<mod>\w+)\])?(?P<tail> \(unreliable\))?")
 _INLINE = re.compile(r"^\s*(?P<func>[A-Za-z_]\w*) [\w./-]+\.[ch]:\d+ \[inline\]")
-_IP = re.compile(r"^(?:RIP: \w+:|pc : |IP: \[<[0-9a-f]+>\] )(?P<func>[\w.]+)\+0x")
+# The faulting instruction: x86-64 "RIP: 0010:", arm64 "pc : ", x86 before 4.x "IP: [<..>]",
+# s390 "Krnl PSW : MASK ADDR (func+0x..)", powerpc "NIP [c0000...] func+0x..", riscv "epc : ".
+_IP = re.compile(r"^(?:RIP: \w+:|pc : |IP: \[<[0-9a-f]+>\] |Krnl PSW : [0-9a-f]+ [0-9a-f]+ \(|NIP \[[0-9a-f]+\] |"
+                 r"epc : )(?P<func>[A-Za-z_][\w.]*)\+0x")
 _TAINT = re.compile(r"(?:Not tainted|Tainted: [A-Z ]*) (\d+\.\d+[\w.+-]*)")
 MAX_LINES = 400
 
@@ -52,12 +71,40 @@ _REPORTING = frozenset({
     "print_circular_bug", "lockdep_rcu_suspicious", "panic", "die",
 })
 
+# Where an interrupt entered the kernel: a soft lockup or RCU stall is reported from the
+# timer interrupt, and the stalled code is the frames below (after) this one (arm64
+# el1_irq up to 5.x, el1_interrupt / el1h_64_irq from 5.13; x86 sysvec_* entries).
+_IRQ_ENTRY = frozenset({
+    "el1_irq", "el1_interrupt", "el1h_64_irq", "el1h_64_irq_handler", "asm_sysvec_apic_timer_interrupt",
+    "sysvec_apic_timer_interrupt", "apic_timer_interrupt",
+})
+
 PFNMAP_FUNCTIONS = frozenset({
     "remap_pfn_range", "remap_pfn_range_notrack", "remap_pfn_range_internal", "io_remap_pfn_range",
     "untrack_pfn", "untrack_pfn_copy", "track_pfn_copy", "track_pfn_remap", "track_pfn_insert", "get_pat_info",
     "follow_phys", "pfnmap_track", "pfnmap_untrack", "vmf_insert_pfn", "vmf_insert_pfn_prot", "vmf_insert_pfn_pmd",
     "vmf_insert_pfn_pud", "reserve_pfn_range", "free_pfn_range",
 })
+
+
+# The device an IOMMU fault line names: Intel VT-d "Request device [BB:DD.F]" (no PCI
+# segment: drivers/iommu/intel/dmar.c dmar_fault_do_one prints bus, device, function),
+# AMD-Vi "device=BB:DD.F" (older) or the device's own prefix "DRIVER SSSS:BB:DD.F: AMD-Vi:".
+_FAULT_DEVICE = (
+    re.compile(r"Request device \[(?:(?P<seg>[0-9a-f]{4}):)?(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\]"),
+    re.compile(r"IO_PAGE_FAULT device=(?:(?P<seg>[0-9a-f]{4}):)?(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])"),
+    re.compile(r"^\S+ (?P<seg>[0-9a-f]{4}):(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]): AMD-Vi: "),
+)
+
+
+def fault_device(line: str) -> Optional[str]:
+    """The PCI address an IOMMU fault line names ("0000:" when the line gives no
+    segment), or None."""
+    for pattern in _FAULT_DEVICE:
+        m = pattern.search(line)
+        if m:
+            return "%s:%s" % (m.group("seg") or "0000", m.group("bdf"))
+    return None
 
 
 def strip_prefix(line: str) -> str:
@@ -70,7 +117,7 @@ def strip_prefix(line: str) -> str:
 
 
 class Splat(NamedTuple):
-    kind: str  # warning, lockdep, bug, oops, soft_lockup, rcu_stall, iommu_fault, memlock, vfio
+    kind: str  # warning, lockdep, bug, oops, soft_lockup, rcu_stall, iommu_fault, memlock, vfio, suppressed
     header: str
     site: str  # "file:line" of the header, "" if none
     function: str  # the function the header or the instruction pointer names
@@ -107,18 +154,24 @@ def _finish(kind: str, header: str, site: str, lines: List[str]) -> Splat:
     frames, modules, function, kernel = [], [], "", None
     for line in lines:
         m = _FRAME.match(line) or _INLINE.match(line)
-        if m and not m.groupdict().get("unreliable"):
+        g = m.groupdict() if m else {}
+        if m and not (g.get("unreliable") or g.get("paren") or g.get("tail")):
             frames.append(m.group("func"))
-            if m.groupdict().get("mod"):
-                modules.append(m.group("mod"))
-        ip = _IP.match(line)
+            if g.get("mod"):
+                modules.append(g["mod"])
+        ip = _IP.match(line.lstrip())
         if ip and not function:
             function = ip.group("func")
         taint = _TAINT.search(line)
         if taint and kernel is None:
             kernel = parse_version(taint.group(1))
     header_func = next((h.match(header).groupdict().get("func") for k, h in _HEADERS if k == kind and h.match(header)), None)
-    culprit = next((f for f in frames if f not in _REPORTING), "")
+    interrupted = frames
+    if kind in ("soft_lockup", "rcu_stall"):
+        entries = [i for i, f in enumerate(frames) if f in _IRQ_ENTRY]
+        if entries:
+            interrupted = frames[entries[-1] + 1:]
+    culprit = next((f for f in interrupted if f not in _REPORTING), "")
     return Splat(kind, header, site, header_func or function or culprit,
                  tuple(frames), tuple(dict.fromkeys(modules)), kernel, tuple(lines))
 
@@ -141,25 +194,28 @@ class Assembler:
 
     def feed(self, raw: str) -> List[Splat]:
         line = strip_prefix(raw)
+        # Headers are matched without leading blanks: reports quoted in mail or commit
+        # messages are indented.  The lines are kept as printed.
+        bare = line.lstrip()
         out: List[Splat] = []
         for kind, pattern in _SINGLE:
-            if pattern.search(line):
-                out.append(Splat(kind, line, "", "", (), (), None, (line,)))
+            if pattern.search(bare):
+                out.append(Splat(kind, bare, "", "", (), (), None, (line,)))
                 return out
-        if self._kind in ("bug", "oops") and _CONTINUES.match(line):
+        if self._kind in ("bug", "oops") and _CONTINUES.match(bare):
             self._lines.append(line)
             return out
-        started = self._start(line)
+        started = self._start(bare)
         if started:
             out += self.flush()
             self._kind, self._site = started
-            self._header = line
+            self._header = bare
             self._lines = [line]
             return out
         if self._kind is None:
             return out
         self._lines.append(line)
-        if _END.match(line) or len(self._lines) >= MAX_LINES:
+        if _END.match(bare) or len(self._lines) >= MAX_LINES:
             out += self.flush()
         return out
 

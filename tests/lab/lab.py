@@ -26,12 +26,15 @@ import urllib.request
 from typing import NamedTuple, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hmp  # noqa: E402
 import promserver  # noqa: E402
 import timings  # noqa: E402
 import webtls  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST_PORT = 10119
+# The QEMU id of the device behind the root port (the device-health scenario injects AER errors into it).
+PORT_DEVICE = "rpdev"
 SUITES = ("bookworm", "trixie", "bullseye", "sid", "iommufd")
 # The suites the lab tests boot: make test bookworm, trixie and iommufd (trixie with
 # a 6.12 kernel built with CONFIG_IOMMUFD, tests/lab/kernel.sh: built once on a fresh
@@ -109,7 +112,8 @@ def free_port(preferred: int = 0) -> int:
     raise LabError("no free loopback port")
 
 
-def qemu_command(img: str, out: str, extra: str, host_port: int, scenario: str, demo: bool, hold: int = 0):
+def qemu_command(img: str, out: str, extra: str, host_port: int, scenario: str, demo: bool, hold: int = 0,
+                 monitor: str = ""):
     append = " ".join([
         "console=ttyS0", "root=/dev/vda", "rw", "intel_iommu=on", "init=/sbin/vfiomond-lab-init", "panic=-1",
         "vfiomond.scenario=" + scenario, "vfiomond.port=%d" % GUEST_PORT, "vfiomond.demo=%d" % demo,
@@ -131,7 +135,14 @@ def qemu_command(img: str, out: str, extra: str, host_port: int, scenario: str, 
         # An 82574L for DPDK's e1000 PMD (scenario dpdk binds it to vfio-pci); its
         # network reaches nothing.
         "-netdev", "user,id=n1,restrict=on", "-device", "e1000e,netdev=n1",
-        "-display", "none", "-monitor", "none", "-serial", "file:" + os.path.join(out, "console.log"),
+        # A virtio-rng behind a PCIe root port, for the device-health scenario: AER errors
+        # injected through the monitor (QEMU's virtio-pci has an AER capability with
+        # aer=on and writable error-reporting enables; its e1000e's are read-only), a
+        # link with a port above it.  Last on the command line, so that the devices above
+        # keep their addresses.
+        "-device", "pcie-root-port,id=rp1,chassis=1,slot=1",
+        "-device", "virtio-rng-pci,bus=rp1,aer=on,id=%s" % PORT_DEVICE,
+        "-display", "none", "-monitor", ("unix:%s,server=on,wait=off" % monitor) if monitor else "none", "-serial", "file:" + os.path.join(out, "console.log"),
         "-no-reboot",
     ] + (["-initrd", img + "/initrd.img"] if os.path.exists(img + "/initrd.img") else [])
 
@@ -221,12 +232,17 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
     web = webtls.make(out) if prometheus and not demo else None
     if "systemd" in scenario_names(scenario):
         build_packages(out)
-    cmd = qemu_command(img, out, os.path.abspath(extra) if extra else empty, port, scenario, demo, hold)
+    # The monitor's socket path must fit in sun_path (108 bytes): a short folder of its own.
+    monitor = os.path.join(empty + "-hmp", "monitor.sock")
+    os.makedirs(os.path.dirname(monitor))
+    cmd = qemu_command(img, out, os.path.abspath(extra) if extra else empty, port, scenario, demo, hold, monitor)
     log("booting %s (logs in %s)" % (suite, out))
     start = time.monotonic()
     qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(os.path.join(out, "qemu.log"), "w"))
     server = None
     report = None
+    bridge = hmp.HmpBridge(monitor, out)
+    bridge.start()
     try:
         if prometheus:
             security = {} if web is None else dict(scheme="https", ca_file=web.cert, server_name=webtls.SERVER_NAME,
@@ -268,6 +284,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
         raise (EarlyCrash if crashed else LabError)(
             "%s\n--- guest console (last lines) ---\n%s" % (e, "\n".join(tail))) from None
     finally:
+        bridge.stop()
         if server is not None:
             server.stop()
         if qemu.poll() is None:
@@ -277,6 +294,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
             except subprocess.TimeoutExpired:
                 qemu.kill()
         shutil.rmtree(empty, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(monitor), ignore_errors=True)
     summary = _summaries(out, scenario)
     rc = _read(os.path.join(out, "vfiomond.rc")).strip()
     return LabRun(suite, out, metrics, summary, int(rc) if rc else None, report, web_report)

@@ -95,3 +95,48 @@ def test_memlock_refusal_from_the_log_alone_without_the_probe():
     (kind, message, fields), = sink.alerts
     assert kind == "memlock_refused" and fields["LIMIT_BYTES"] == "16777216" and fields["SOURCE"] == "kernel_log"
     assert "RLIMIT_MEMLOCK (16777216) exceeded" in message
+
+
+def test_rate_limited_lines_are_counted_as_suppressed():
+    """Intel VT-d prints the first faults of a burst and then only how many it dropped
+    (dmar_fault's ratelimit, drivers/iommu/intel/dmar.c)."""
+    watcher = KernelLogWatcher([], Sink(), (6, 1, 0))
+    feed(watcher, [
+        "[ 4102.371582] DMAR: DRHD: handling fault status reg 3",
+        "[ 4102.371590] DMAR: [DMA Read NO_PASID] Request device [01:00.0] fault addr 0x7f000000 "
+        "[fault reason 0x06] PTE Read access is not set",
+        "[ 4107.376015] dmar_fault: 12 callbacks suppressed",
+        "[ 4112.380011] dmar_fault: 3 callbacks suppressed",
+    ])
+    metrics = {f.name: f for f in watcher.families()}
+    assert [(s.labels, s.value) for s in metrics["vfiomond_kernel_log_lines_suppressed"].samples] == [
+        ({"function": "dmar_fault"}, 15)]
+    events = {s.labels["kind"]: s.value for s in metrics["vfiomond_kernel_events"].samples}
+    assert events == {"iommu_fault": 1}
+
+
+def test_iommu_faults_of_a_vfio_device_are_counted_per_device():
+    """The device a fault line names is looked up as the line arrives."""
+    sink = Sink()
+    bound = {"0000:00:02.0"}
+    watcher = KernelLogWatcher([], sink, (6, 1, 0), vfio_bound=lambda bdf: bdf in bound)
+    feed(watcher, [
+        "DMAR: [DMA Read] Request device [00:02.0] PASID ffffffff fault addr 9bd00000 [fault reason 06] PTE Read "
+        "access is not set",
+        "DMAR: [DMA Write NO_PASID] Request device [03:00.0] fault addr 0x1000 [fault reason 0x05] PTE Write access "
+        "is not set",
+        "vfio-pci 0000:00:02.0: AMD-Vi: Event logged [IO_PAGE_FAULT domain=0x000e address=0xfee00000 flags=0x0020]",
+        "AMD-Vi: Event logged [IO_PAGE_FAULT device=00:02.0 domain=0x0000 address=0x1000 flags=0x0000]",
+    ])
+    metrics = {f.name: f for f in watcher.families()}
+    assert [(s.labels, s.value) for s in metrics["vfiomond_iommu_faults"].samples] == [
+        ({"device": "0000:00:02.0"}, 3)]
+    assert [a[2].get("DEVICE") for a in sink.alerts] == ["0000:00:02.0", None, "0000:00:02.0", "0000:00:02.0"]
+    assert [a[2]["VFIO"] for a in sink.alerts] == [1, 0, 1, 1]
+
+
+def test_fault_device_names():
+    from vfiomond.splats import fault_device
+
+    assert fault_device("DMAR: [DMA Read NO_PASID] Request device [0001:01:00.0] fault addr 0x0") == "0001:01:00.0"
+    assert fault_device("arm-smmu-v3 arm-smmu-v3.0.auto: Unhandled context fault: fsr=0x402") is None

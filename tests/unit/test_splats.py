@@ -30,6 +30,22 @@ EXPECTED = {
         ("warning", "arch/x86/mm/pat/memtype.c:1002", "get_pat_info", False, True, "pat-failed-fork-warn"),
     "syzbot-lockdep-get-pat-info-6.10-rc6.txt": ("lockdep", "", "down_read", False, True, None),
     "unrelated-oops-4.9-rc1.txt": ("oops", "", "kmem_cache_alloc_trace", False, False, None),
+    # Other architectures' trace formats (sources inside each file).
+    "s390x-vfio_ap-remove-queue-oops.txt": ("oops", "", "__lock_acquire", True, False, None),
+    "s390x-zpci-vfio-iommu-detach-warning.txt":
+        ("warning", "drivers/iommu/iommu.c:1961", "iommu_detach_group", True, False, None),
+    "ppc64le-vfio-spapr-tce-suspicious-rcu.txt": ("lockdep", "", "pnv_pci_unlink_table_and_group", True, False, None),
+    "ppc64le-pseries-spapr-tce-unset-window-oops.txt": ("oops", "", "spapr_tce_unset_window", True, False, None),
+    "riscv64-riscv-iommu-ir-null-deref-oops.txt":
+        ("oops", "", "riscv_iommu_ir_compute_msipte_idx", False, False, None),
+    "riscv64-perf-smp-call-function-warning.txt":
+        ("warning", "kernel/smp.c:775", "smp_call_function_many_cond", False, False, None),
+    "arm64-smmu-vfio-unmap-soft-lockup.txt": ("soft_lockup", "", "ktime_get", True, False, None),
+    "x86_64-vfio-pin-pages-rcu-stall.txt": ("rcu_stall", "", "lookup_memtype", True, True, None),
+}
+# Files of one-line events: file -> events by kind.
+EVENTS = {
+    "x86_64-vfio-igd-dmar-fault-callbacks-suppressed.txt": {"iommu_fault": 4, "vfio": 5, "suppressed": 1},
 }
 
 
@@ -43,7 +59,7 @@ def test_real_splats(name):
 
 def test_every_data_file_has_a_source_and_an_expectation():
     names = sorted(p.name for p in DATA.glob("*.txt"))
-    assert names == sorted(EXPECTED)
+    assert names == sorted(list(EXPECTED) + list(EVENTS))
     for name in names:
         assert (DATA / name).read_text().startswith("# source: ")
 
@@ -124,3 +140,54 @@ def test_journal_entries_rejoin_split_user_records():
     assert journal_line(split) == "BUG: unable to handle kernel paging request at 0"
     assert journal_line({"MESSAGE": "e1000e: eth0 up", "SYSLOG_IDENTIFIER": "kernel", "SYSLOG_FACILITY": "0"}) == "e1000e: eth0 up"
     assert parse_kmsg(b"4,1234,5678901,-;kernel BUG at mm/memory.c:2177!\n SUBSYSTEM=pci\n") == "kernel BUG at mm/memory.c:2177!"
+
+
+@pytest.mark.parametrize("name", sorted(EVENTS))
+def test_real_one_line_events(name):
+    kinds = {}
+    for s in splats.scan(load(name)):
+        kinds[s.kind] = kinds.get(s.kind, 0) + 1
+    assert kinds == EVENTS[name]
+
+
+def test_frames_of_every_architecture():
+    """The call-trace shapes: s390 "[<addr>] f+o/l" with the "([<addr>] ...)" guess left
+    out, powerpc "[sp] [ip] f+o/l [mod]" with "(unreliable)" left out, riscv "[<addr>]"."""
+    s390 = only("s390x-zpci-vfio-iommu-detach-warning.txt")
+    assert s390.frames[:4] == ("iommu_detach_group", "vfio_iommu_type1_detach_group", "__vfio_group_unset_container",
+                               "vfio_group_fops_unl_ioctl")
+    assert s390.modules == ("vfio_iommu_type1", "vfio") and s390.kernel == (6, 0, 0)
+    ppc = only("ppc64le-vfio-spapr-tce-suspicious-rcu.txt")
+    assert "dump_stack" not in ppc.frames
+    assert "tce_iommu_attach_group" in ppc.frames and ppc.modules == ("vfio_iommu_spapr_tce", "vfio")
+    riscv = only("riscv64-riscv-iommu-ir-null-deref-oops.txt")
+    assert riscv.frames[0] == "riscv_iommu_ir_compute_msipte_idx" and len(riscv.frames) > 40
+
+
+def test_a_stall_names_the_interrupted_code():
+    """A soft lockup is printed from the timer interrupt: the culprit is what it interrupted."""
+    s = only("arm64-smmu-vfio-unmap-soft-lockup.txt")
+    assert s.function == "ktime_get"
+    assert {"arm_smmu_cmdq_issue_cmdlist", "vfio_unmap_unpin"} <= set(s.frames)
+
+
+def test_indented_reports_from_mail_and_commit_messages():
+    lines = ["   WARNING: CPU: 0 PID: 1 at drivers/vfio/vfio_main.c:10 vfio_x+0x1/0x2 [vfio]",
+             "   Call Trace:", "    [<000003ff80137780>] vfio_x+0x1/0x2 [vfio]", "   ---[ end trace 0 ]---"]
+    (s,) = splats.scan(lines)
+    assert (s.kind, s.site, s.function, s.frames) == ("warning", "drivers/vfio/vfio_main.c:10", "vfio_x", ("vfio_x",))
+
+
+def test_scan_log_names_the_faulting_device_and_the_dropped_lines():
+    import json
+    import subprocess
+    import sys
+
+    path = str(DATA / "x86_64-vfio-igd-dmar-fault-callbacks-suppressed.txt")
+    text = subprocess.run([sys.executable, "-m", "vfiomond", "scan-log", path], capture_output=True, text=True,
+                          check=True).stdout
+    assert text.splitlines()[-1].endswith("; 7702 line(s) the kernel's rate limits dropped")
+    records = [json.loads(line) for line in subprocess.run(
+        [sys.executable, "-m", "vfiomond", "scan-log", "--json", path], capture_output=True, text=True,
+        check=True).stdout.splitlines()]
+    assert {r.get("device") for r in records if r["kind"] == "iommu_fault"} == {"0000:00:02.0"}
