@@ -398,7 +398,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
         now = time.monotonic()
         if watch is not None and now >= next_verify:
             task("ring_buffers", program.poll, 0)  # drain first: an UNMAP still queued would defer differences
-            task("pin_verify", watch.verify_all)
+            task("pin_verify", watch.verify_all, lambda: program.poll(0))
             next_verify = time.monotonic() + daemon.config.pin_verify_interval
         if now >= next_housekeeping:
             task("housekeeping", _housekeeping, program)

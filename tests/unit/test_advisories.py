@@ -27,6 +27,8 @@ def ids(version, symbols=None):
         ("6.9.11", {"pat-failed-fork-warn"}),
         ("6.12.5", {"pat-failed-fork-warn", "huge-pfnmap-unaligned-pfn", "huge-fault-oom-race"}),
         ("6.12.107", {"pat-failed-fork-warn", "huge-pfnmap-unaligned-pfn", "huge-fault-oom-race"}),
+        # Debian's 6.12.117 source carries dc84bc2aba85, 09dfc8a5f2ce and c1d9dac0db16.
+        ("6.12.117", set()),
         ("6.15.0", set()),
     ],
 )

@@ -375,3 +375,29 @@ def test_devices_of_a_process_by_group_and_by_cdev(tmp_path):
         (fds / fd).symlink_to(target)
     assert vfio_devices(123, str(sysfs), str(proc)) == ["0000:00:03.0", "0000:00:04.0"]
     assert vfio_devices(124, str(sysfs), str(proc)) is None
+
+
+def test_a_write_fault_queued_while_a_pass_read_the_page_is_reported_as_the_write_fault():
+    """QEMU writes its ROMs right after mapping them: the page can be replaced while a
+    pass reads it, before the main loop has delivered the write fault.  The pass hands
+    the queued records over (``drain``) before it alerts: one alert, by the write fault."""
+    table = Table()
+    table.put(seq=7, pfn=ZERO)
+    current = {VADDR + off: pfn for off, pfn in table.entries[(SPACE, IOVA)].pinned.items()}
+    t, sink, w = watch_of(table, current)
+    w.verify_all()
+    assert sink.alerts == []
+    current[VADDR] = 0x4242  # the copy the write fault made
+    w.verify_all(drain=lambda: write_fault(w, VADDR, ZERO))
+    assert [(k, f["DETECTED_BY"]) for k, f in sink.alerts] == [("pin_mismatch", "write_fault")]
+
+
+def test_a_pass_with_nothing_queued_reports_what_it_found():
+    table = Table()
+    table.put(seq=7)
+    current = {VADDR + off: pfn for off, pfn in table.entries[(SPACE, IOVA)].pinned.items()}
+    t, sink, w = watch_of(table, current)
+    w.verify_all()
+    current[VADDR + 4 * PAGE] = 0x9999
+    w.verify_all(drain=lambda: None)
+    assert [(k, f["DETECTED_BY"]) for k, f in sink.alerts] == [("pin_mismatch", "sampling")]
