@@ -9,10 +9,11 @@ time: "Receiver Error" in the ABI document's example, "RxErr" on 6.1 and 6.12). 
 an AER capability whose errors the kernel handles natively (CONFIG_PCIEAER, control
 granted by firmware).  vfiomond reads them for each VFIO device and every bridge above
 it (the root port and switch ports whose receivers see the device's link), and the
-messages the root port above it received (``aer_rootport_total_err_*``): a fatal
-error of an endpoint is counted there only (seen on 6.1 and 6.12: the kernel does not
-read an endpoint's error registers for a fatal error, logs "type=Inaccessible" and
-increments none of the endpoint's files).  Never for the whole host.
+messages the root port above it received (``aer_rootport_total_err_*``): for a fatal
+error of an endpoint the kernel reads none of the endpoint's error registers (it logs
+"type=Inaccessible"), so the error has no name; 6.1 and 6.12 count it in none of the
+endpoint's files, 7.2 counts the message in TOTAL_ERR_FATAL, and the root port counts it
+on all three (seen in the lab).  Never for the whole host.
 
 Link: ``current_link_speed``, ``current_link_width``, ``max_link_speed`` and
 ``max_link_width`` (drivers/pci/pci-sysfs.c, 4.13+; speed "8.0 GT/s PCIe", "8.0 GT/s"
@@ -194,8 +195,8 @@ def families(aer_found: Aer, links: List[Link]) -> Iterator:
     yield total
     received = CounterMetricFamily(
         "vfiomond_device_aer_root_port_messages", "PCIe error messages the root port above the VFIO device received "
-        "from anything below it, by severity (sysfs aer_rootport_total_err_*). The only count of a fatal error of an "
-        "endpoint: the kernel (6.1, 6.12) logs it as \"type=Inaccessible\" and counts it in no aer_dev_* file.",
+        "from anything below it, by severity (sysfs aer_rootport_total_err_*). For a fatal error of an endpoint the "
+        "kernel reads no error registers (\"type=Inaccessible\"): 6.1 and 6.12 count it only here.",
         labels=["device", "root_port", "severity"])
     for r in aer_found.root_port:
         received.add_metric([r.device, r.root_port, r.severity], r.count)

@@ -184,7 +184,7 @@ def test_dashboard_structure():
     ids = [p["id"] for p in panels()]
     assert len(ids) == len(set(ids)), "duplicate panel ids"
     rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
-    assert [r.split(" (")[0] for r in rows] == ["Fleet overview", "Host detail", "Device detail"]
+    assert [r.split(" (")[0] for r in rows] == ["Fleet overview", "Host detail", "Device detail", "Device health"]
     taken: Dict[Tuple[int, int], int] = {}
     for p in panels():
         g = p["gridPos"]
