@@ -228,6 +228,16 @@ def holders(bdf: str, open_files: Mapping[int, Iterable[str]], sysfs: str = "/sy
     return out
 
 
+def read_attribute(path: str) -> Optional[str]:
+    """A sysfs attribute's text, or None if it is missing or unreadable (a device
+    or IRQ that went away while being read)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _read(path: str) -> str:
     try:
         # errors="replace": /proc/PID/comm holds any bytes a process named itself with;

@@ -19,6 +19,8 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vfiomond.devices import read_attribute as _read
+
 _VFIO_IRQ = re.compile(r"vfio-(msix|msi|intx)(?:\[(\d+)\])?\(([0-9a-fA-F:.]+)\)")
 
 
@@ -43,14 +45,6 @@ def parse_actions(text: str, bdf: str) -> Optional[tuple]:
 def parse_per_cpu_count(text: str) -> int:
     """Sum of /sys/kernel/irq/N/per_cpu_count ("0,5,12,..."); ValueError if malformed."""
     return sum(int(n) for n in text.strip().split(",") if n)
-
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def device_irqs(bdf: str, sysfs: str = "/sys") -> List[int]:

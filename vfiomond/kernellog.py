@@ -177,6 +177,14 @@ def _holders_now(bdf: str) -> Dict[int, str]:
     return holders(bdf, open_vfio_files())
 
 
+def _counter(name: str, doc: str, label: str, items: List[Tuple[str, int]]) -> CounterMetricFamily:
+    """A counter family with one label, from (label value, count) pairs."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in items:
+        family.add_metric([value], n)
+    return family
+
+
 def _vfio_bound_now(bdf: str) -> bool:
     """Whether the device is bound to a VFIO driver at this moment (sysfs)."""
     from vfiomond.devices import is_vfio_driver, link_name
@@ -321,20 +329,14 @@ class KernelLogWatcher:
             suppressed = sorted(self.suppressed.items())
             faults = sorted(self.iommu_faults.items())
         yield c
-        per_device = CounterMetricFamily(
+        yield _counter(
             "vfiomond_iommu_faults", "IOMMU fault lines of the kernel log naming a device that was bound to a VFIO "
             "driver when the line arrived (Intel DMAR \"Request device\", AMD-Vi IO_PAGE_FAULT); lines the kernel's "
-            "rate limit dropped are in vfiomond_kernel_log_lines_suppressed_total.", labels=["device"])
-        for device, n in faults:
-            per_device.add_metric([device], n)
-        yield per_device
-        dropped = CounterMetricFamily(
+            "rate limit dropped are in vfiomond_kernel_log_lines_suppressed_total.", "device", faults)
+        yield _counter(
             "vfiomond_kernel_log_lines_suppressed", "Kernel log lines a rate limit dropped, by the function that "
             "limits them, from its \"FUNC: N callbacks suppressed\" lines (lib/ratelimit.c): e.g. dmar_fault's "
-            "IOMMU fault lines beyond the first of each burst.", labels=["function"])
-        for func, n in suppressed:
-            dropped.add_metric([func], n)
-        yield dropped
+            "IOMMU fault lines beyond the first of each burst.", "function", suppressed)
         yield CounterMetricFamily(
             "vfiomond_kernel_log_lines_lost", "Kernel log records overwritten in the kernel's buffer before they were "
             "read (/dev/kmsg sequence gaps: a flood of lines); their reports may be missing.", value=self.position.lost)

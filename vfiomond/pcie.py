@@ -30,6 +30,8 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from vfiomond.devices import read_attribute as _read
+
 AER_FILES = (("correctable", "aer_dev_correctable"), ("nonfatal", "aer_dev_nonfatal"), ("fatal", "aer_dev_fatal"))
 ROOT_PORT_FILES = (("correctable", "aer_rootport_total_err_cor"), ("nonfatal", "aer_rootport_total_err_nonfatal"),
                    ("fatal", "aer_rootport_total_err_fatal"))
@@ -71,14 +73,6 @@ class Link(NamedTuple):
     width: int  # lanes now; 0 while the link is down
     capable_speed: float  # the most both ends support, transfers per second
     capable_width: int
-
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def parse_aer(text: str) -> Dict[str, int]:
@@ -131,12 +125,13 @@ def bridges_above(bdf: str, sysfs: str = "/sys") -> List[str]:
     return out
 
 
-def aer_counts(devices: Iterable[str], sysfs: str = "/sys") -> Aer:
+def aer_counts(devices: Iterable[str], sysfs: str = "/sys", bridges: Optional[Dict[str, List[str]]] = None) -> Aer:
     """Per VFIO device, the named error counts and the message totals of the device
-    and of every bridge above it, and what the root port above it received."""
+    and of every bridge above it, and what the root port above it received.
+    ``bridges``: bridges_above() of each device, when the caller has them."""
     errors, messages, root_port = [], [], []
     for bdf in devices:
-        above = bridges_above(bdf, sysfs)
+        above = bridges[bdf] if bridges is not None else bridges_above(bdf, sysfs)
         if above:
             base = os.path.join(sysfs, "bus/pci/devices", above[-1])
             for severity, name in ROOT_PORT_FILES:
@@ -155,8 +150,9 @@ def aer_counts(devices: Iterable[str], sysfs: str = "/sys") -> Aer:
     return Aer(errors, messages, root_port)
 
 
-def link(bdf: str, sysfs: str = "/sys") -> Optional[Link]:
-    """The device's link, or None if it has none (not PCIe, or the kernel does not say)."""
+def link(bdf: str, sysfs: str = "/sys", above: Optional[List[str]] = None) -> Optional[Link]:
+    """The device's link, or None if it has none (not PCIe, or the kernel does not say).
+    ``above``: bridges_above() of the device, when the caller has it."""
     base = os.path.join(sysfs, "bus/pci/devices", bdf)
     speed = parse_speed(_read(os.path.join(base, "current_link_speed")))
     width = parse_width(_read(os.path.join(base, "current_link_width")))
@@ -164,7 +160,8 @@ def link(bdf: str, sysfs: str = "/sys") -> Optional[Link]:
     max_width = parse_width(_read(os.path.join(base, "max_link_width")))
     if None in (speed, width, max_speed, max_width):
         return None
-    above = bridges_above(bdf, sysfs)
+    if above is None:
+        above = bridges_above(bdf, sysfs)
     if above:
         port = os.path.join(sysfs, "bus/pci/devices", above[0])
         port_speed = parse_speed(_read(os.path.join(port, "max_link_speed")))
@@ -228,5 +225,6 @@ class PcieMetrics:
 
     def families(self) -> Iterator:
         bdfs = sorted(self._devices())
-        links = [ln for ln in (link(b, self._sysfs) for b in bdfs) if ln is not None]
-        return families(aer_counts(bdfs, self._sysfs), links)
+        bridges = {b: bridges_above(b, self._sysfs) for b in bdfs}  # one sysfs walk per device and scrape
+        links = [ln for ln in (link(b, self._sysfs, bridges[b]) for b in bdfs) if ln is not None]
+        return families(aer_counts(bdfs, self._sysfs, bridges), links)
