@@ -393,6 +393,11 @@ def test_alerts_active_are_the_ones_the_kernel_earns(run):
     # may (the scenario runs as root:
     # CAP_IPC_LOCK, so no memlock limit applies to it).
     active = {r["name"] for r in run.prometheus["rules"] if r["state"] in ("pending", "firing")}
+    # A scrape that timed out under TCG (test_prometheus_scraped_the_guest_over_tls_with_basic_auth
+    # allows a quarter) makes VfiomondDown pending for its 5 minutes: seen once, iommufd boot,
+    # 2 of 25 scrapes down. Firing would still fail here.
+    if run.prometheus["scrapes"]["down"]:
+        active -= {r["name"] for r in run.prometheus["rules"] if r["name"] == "VfiomondDown" and r["state"] == "pending"}
     zero_page = {"VfiomondZeroPagePins", "VfiomondUnchargedPinnedMemory"}
     if ZERO_PAGE_PINS[run.suite]:
         # The counter-based rule always; the one on the per-process gauge only if it was
