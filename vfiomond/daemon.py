@@ -1,6 +1,7 @@
 """``vfiomond run``: feature-probe, attach, serve /metrics, stop cleanly on SIGTERM/SIGINT."""
 
 import logging
+import os
 import signal
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
@@ -9,7 +10,7 @@ from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from vfiomond import (__version__, advisories, bpfload, bpfstats, devices, footprint, interrupts, iommufd, kernel,
-                      pagemap, pcie, privileges, processes, type1)
+                      pagemap, pcie, privileges, processes, resets, type1)
 from vfiomond.alerts import PROBE_LOST, AlertSink
 from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
@@ -210,6 +211,13 @@ class Daemon:
         self.reloads = ReloadStats()
         self._module_events: List[devices.UdevEvent] = []
         self._last_module_event = 0.0
+        self.resets: Optional[resets.ResetWatch] = None  # set once the area's ring buffer is open
+
+    def is_vfio_device(self, bdf: str) -> bool:
+        """Bound to a VFIO driver: in the inventory, or in sysfs already (a reset on the
+        first open can come before udev's bind event is read)."""
+        return bdf in self.inventory.devices or devices.is_vfio_driver(
+            devices.link_name(os.path.join(devices.SYSFS_PCI, bdf, "driver")))
 
     def reprobe(self, gone_modules: Set[str]) -> None:
         """Modules came or went: select and attach again, without a restart."""
@@ -280,6 +288,8 @@ class Daemon:
                      d.iommu_group or "none")
             if change.kind == "removed" and "faults" in self.program.areas():
                 self.program.forget_device(d.device)
+            if change.kind == "removed" and self.resets is not None:
+                self.resets.forget_device(d.device)
         if self._module_events and now - self._last_module_event >= MODULE_QUIET:
             modules, self._module_events = self._module_events, []
             log.info("modules %s: probing the kernel again", ", ".join("%s %s" % (e.action, e.name) for e in modules))
@@ -357,6 +367,10 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     for area in events:
         program.open_ring_buffer(area, PIN_VERIFY[area][0], parse_event,
                                  lambda ev, a=area: _dispatch(ev, watch, sink, a))
+    if "resets" in program.areas():
+        daemon.resets = resets.ResetWatch(daemon.is_vfio_device, lambda: list(daemon.inventory.devices), sink)
+        program.open_ring_buffer("resets", resets.EVENTS, resets.parse_event, daemon.resets.on_reset)
+        detectors["resets"] = daemon.resets
     registry = CollectorRegistry(auto_describe=False)
     registry.register(VfiomondCollector(program, release, detectors, sink))
     # The daemon's own footprint, as every client_python exporter gives it: process_*

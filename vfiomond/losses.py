@@ -73,6 +73,11 @@ LOSSES: Tuple[Loss, ...] = (
     ("iommufd_dma_by_tid", "unread"),
     ("vfio_openers", "full"),
     ("vfio_openers", "unread"),
+    ("reset_by_tid", "full"),
+    ("reset_by_tid", "missing"),
+    ("reset_by_tid", "stale"),
+    ("reset_by_tid", "unread"),
+    ("reset_events", "full"),
 )
 
 WHAT = {

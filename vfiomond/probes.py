@@ -47,7 +47,8 @@ class Probe(NamedTuple):
 #   VFIO_PGOFF_IS_PFN: vfio-pci rewrites a BAR vma's vm_pgoff to the BAR's PFN
 #     (up to 6.9, while vfio_pci_mmap_open exists); from 6.10 it is the file offset.
 #   VFIO_PCI_MMAP_OPS: address of vfio_pci_mmap_ops, to recognise VFIO BAR vmas.
-FACT_SYMBOLS = ("vfio_pci_mmap_open", "vfio_pci_mmap_ops")
+#   PCIE_RESET_FLR: pcie_reset_flr(dev, probe) is FLR's reset method (5.15+).
+FACT_SYMBOLS = ("vfio_pci_mmap_open", "vfio_pci_mmap_ops", "pcie_reset_flr")
 
 # Kernel features: name -> (fact, symbols of which one marks it present).
 #   iommufd (6.2+, CONFIG_IOMMUFD, built in or the iommufd module): its ioctl
@@ -60,6 +61,8 @@ def kernel_facts(syms: Kallsyms) -> Dict[str, int]:
     for fact, markers in FEATURES.values():
         if any(syms.has(m) for m in markers):
             facts[fact] = 1
+    if syms.has("pcie_reset_flr"):
+        facts["PCIE_RESET_FLR"] = 1
     if syms.has("vfio_pci_mmap_open"):
         facts["VFIO_PGOFF_IS_PFN"] = 1
     ops = syms.address("vfio_pci_mmap_ops")
@@ -212,6 +215,37 @@ PROBES: Tuple[Probe, ...] = (
 )
 
 
+# Resets (bpf/resets.c): the PCI core's reset entry points vfio-pci calls
+# (pci_try_reset_function, __pci_reset_function_locked, pci_reset_bus; 5.10 ..
+# 7.2) and a sysfs "reset" write (pci_reset_function), each exported; the reset
+# methods (pci_reset_fn_methods, 5.15+; direct calls in 5.10) are hooked where
+# kallsyms has them, static ones being inlined by some builds: a reset whose
+# method was not seen says method="none".  pcie_flr(dev) is FLR's method up to
+# 5.14; from 5.15 pcie_reset_flr(dev, probe) is, and pcie_flr is also what
+# device-specific resets call, so it is hooked only without pcie_reset_flr.
+_RESET_RET = "on_reset_return"
+RESET_PROBES: Tuple[Probe, ...] = (
+    Probe("resets", "resets", (
+        Variant("pci_try_reset_function, __pci_reset_function_locked, pci_reset_bus and the reset methods", (
+            Hook(("pci_try_reset_function",), "on_reset_function", _RESET_RET),
+            Hook(("__pci_reset_function_locked",), "on_reset_function", _RESET_RET),
+            Hook(("pci_reset_function",), "on_reset_function", _RESET_RET),
+            Hook(("pci_reset_bus",), "on_reset_bus", _RESET_RET),
+            Hook(("pci_dev_specific_reset",), "on_reset_method_device_specific", optional=True),
+            Hook(("pci_dev_acpi_reset",), "on_reset_method_acpi", optional=True),
+            Hook(("pcie_reset_flr",), "on_reset_method_flr", optional=True),
+            Hook(("pcie_flr",), "on_reset_method_pcie_flr", optional=True, unless="PCIE_RESET_FLR"),
+            Hook(("pci_af_flr",), "on_reset_method_af_flr", optional=True),
+            Hook(("pci_pm_reset",), "on_reset_method_pm", optional=True),
+            Hook(("pci_reset_bus_function",), "on_reset_method_bus", optional=True),
+            Hook(("pci_dev_reset_slot_function",), "on_reset_method_bus", optional=True),
+            Hook(("pci_parent_bus_reset",), "on_reset_method_bus", optional=True),
+            Hook(("cxl_reset_bus_function",), "on_reset_method_cxl_bus", optional=True),
+        )),
+    )),
+)
+
+
 # The processes that open a VFIO or iommufd character device: a scrape reads the
 # open files of these (and of the DMA mappers) only (vfiomond/processes.py UserFinder).
 # vfio_group_fops_open and vfio_fops_open: 5.10 .. 7.2 (drivers/vfio/vfio_main.c, then
@@ -239,7 +273,7 @@ USER_PROBES: Tuple[Probe, ...] = (
         )),
     )),
 )
-PROBES = PROBES + USER_PROBES
+PROBES = PROBES + RESET_PROBES + USER_PROBES
 
 
 class Selected(NamedTuple):

@@ -326,6 +326,8 @@ SERIES: List[Tuple[str, str]] = [
     ('vfiomond_device_link_capable_width{%s}' % D3, "16x60"),
     ('vfiomond_device_link_speed_transfers_per_second{%s}' % D3, "8e9x60"),
     ('vfiomond_device_link_capable_speed_transfers_per_second{%s}' % D3, "16e9x60"),
+    ('vfiomond_device_resets_total{%s, operation="function", method="flr", result="ok"}' % D3, "0+1x60"),
+    ('vfiomond_device_reset_unresponsive_total{%s}' % D3, "0x30 1x30"),
     ('vfiomond_remap_pfn_range_bytes_total{%s, context="vfio_fault"}' % J, "0+1048576x60"),
     ('vfiomond_remap_pfn_range_errors_total{%s, context="vfio_fault", errno="ENOMEM"}' % J, "0+1x60"),
     ('vfiomond_dma_map_bytes_total{%s, backend="type1"}' % J, "0+4194304x60"),
@@ -360,6 +362,7 @@ SERIES: List[Tuple[str, str]] = [
 for _result in ("nopage", "sigbus"):
     SERIES += histogram("vfiomond_bar_fault_duration_seconds", D3 + ', region="bar0", order="0", result="%s"' % _result, 60)
 SERIES += histogram("vfiomond_remap_pfn_range_duration_seconds", J + ', context="vfio_fault"', 60)
+SERIES += histogram("vfiomond_device_reset_duration_seconds", D3 + ', operation="function", method="flr"', 2)
 SERIES += histogram("vfiomond_dma_map_duration_seconds", J + ', backend="type1"', 6)
 SERIES += histogram("vfiomond_dma_unmap_duration_seconds", J + ', backend="type1"', 6)
 

@@ -5,6 +5,20 @@ from vfiomond.probes import PROBES, kernel_facts, select, wanted_symbols
 
 # The relevant lines of /proc/kallsyms in the lab guests (addresses made up;
 # names, types and modules as seen there).
+RESETS_6_X = """\
+ffffffff81100010 T __pci_reset_function_locked
+ffffffff81100020 t pci_af_flr
+ffffffff81100030 T pci_dev_acpi_reset
+ffffffff81100040 T pci_dev_specific_reset
+ffffffff81100050 t pci_pm_reset
+ffffffff81100060 T pci_reset_bus
+ffffffff81100070 t pci_reset_bus_function
+ffffffff81100080 T pci_reset_function
+ffffffff81100090 T pci_try_reset_function
+ffffffff811000a0 T pcie_flr
+ffffffff811000b0 T pcie_reset_flr
+"""
+
 DEBIAN_6_1 = """\
 ffffffff81000008 t do_wp_page
 ffffffff81000010 T wake_up_new_task
@@ -22,7 +36,7 @@ ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
 ffffffffc0000900 t vfio_remove_dma\t[vfio_iommu_type1]
 ffffffffc0000a00 t vfio_group_fops_open\t[vfio]
 ffffffffc0000a10 t vfio_fops_open\t[vfio]
-"""
+""" + RESETS_6_X
 
 DEBIAN_6_12 = """\
 ffffffff81000008 t do_wp_page
@@ -42,7 +56,7 @@ ffffffffc0000900 t vfio_remove_dma\t[vfio_iommu_type1]
 ffffffffc0000a00 t vfio_group_fops_open\t[vfio]
 ffffffffc0000a10 t vfio_fops_open\t[vfio]
 ffffffffc0000a20 t vfio_device_fops_cdev_open\t[vfio]
-"""
+""" + RESETS_6_X
 
 # 6.16+ shape: pfnmap_untrack replaces untrack_pfn;
 # vfio_dma_do_map/unmap not inlined.
@@ -66,7 +80,8 @@ def symbols(sel):
 
 def test_debian_6_1():
     sel, facts = selection(DEBIAN_6_1)
-    assert facts == {"VFIO_PGOFF_IS_PFN": 1, "VFIO_PCI_MMAP_OPS": 0xFFFFFFFFC0000100, "ZERO_PFN": 0x1234}
+    assert facts == {"VFIO_PGOFF_IS_PFN": 1, "VFIO_PCI_MMAP_OPS": 0xFFFFFFFFC0000100, "PCIE_RESET_FLR": 1,
+                     "ZERO_PFN": 0x1234}
     assert all(s.available for s in sel.values())
     assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_fault"
     assert symbols(sel["dma_map"]) == "vfio_iommu_type1_ioctl"
@@ -81,6 +96,25 @@ def test_debian_6_12():
     assert "VFIO_PGOFF_IS_PFN" not in facts  # 6.10+: vm_pgoff is the file offset
     assert all(s.available for s in sel.values())
     assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_huge_fault,vfio_pci_mmap_page_fault"
+
+
+def test_resets_hook_pcie_reset_flr_and_not_the_pcie_flr_it_calls():
+    sel, _ = selection(DEBIAN_6_1)
+    assert symbols(sel["resets"]) == ("pci_try_reset_function,__pci_reset_function_locked,pci_reset_function,"
+                                      "pci_reset_bus,pci_dev_specific_reset,pci_dev_acpi_reset,pcie_reset_flr,"
+                                      "pci_af_flr,pci_pm_reset,pci_reset_bus_function")
+
+
+def test_resets_up_to_5_14_hook_pcie_flr_and_need_no_method_hook():
+    """5.10: FLR is pcie_flr(dev); static methods GCC inlined are simply not hooked."""
+    old = "\n".join(line for line in DEBIAN_6_1.splitlines()
+                    if not line.endswith(("pcie_reset_flr", "pci_pm_reset", "pci_reset_bus_function", "acpi_reset")))
+    sel, facts = selection(old)
+    assert "PCIE_RESET_FLR" not in facts
+    assert symbols(sel["resets"]) == ("pci_try_reset_function,__pci_reset_function_locked,pci_reset_function,"
+                                      "pci_reset_bus,pci_dev_specific_reset,pcie_flr,pci_af_flr")
+    bare = "\n".join(line for line in old.splitlines() if not line.endswith(("pcie_flr", "pci_af_flr", "specific_reset")))
+    assert selection(bare)[0]["resets"].available
 
 
 def test_newer_kernel_prefers_direct_symbols():
@@ -132,7 +166,7 @@ def test_isra_copy_is_refused_where_arguments_are_read():
 def test_every_probe_has_a_unique_name_and_known_area():
     names = [p.name for p in PROBES]
     assert len(names) == len(set(names))
-    assert {p.area for p in PROBES} == {"faults", "type1", "iommufd", "users"}
+    assert {p.area for p in PROBES} == {"faults", "type1", "iommufd", "resets", "users"}
 
 
 # Debian sid's 7.2.13 (GCC 16): vfio_lock_acct is inlined into vfio_pin_pages_remote,

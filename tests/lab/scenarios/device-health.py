@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Scenario "device-health": PCIe AER errors and the link of a VFIO device behind a root port.
+"""Scenario "device-health": resets, PCIe AER errors and the link of a VFIO device behind a root port.
 
 The lab's virtio-rng sits behind a pcie-root-port (tests/lab/lab.py).  The scenario
-binds it to vfio-pci, opens it through VFIO (a VM's hold), enables error reporting on it and the port (PCIe Device Control
+binds it to vfio-pci, opens it through VFIO (a VM's hold), resets it through VFIO
+(VFIO_DEVICE_RESET twice, VFIO_DEVICE_PCI_HOT_RESET once), enables error reporting on it and the port (PCIe Device Control
 and the port's SERR forwarding, as a kernel or firmware that grants the OS AER control
 does), then asks the lab's QEMU to inject errors into it through the monitor
 (``pcie_aer_inject_error``, tests/lab/hmp.py): NONFATAL non-fatal Completion Timeouts
@@ -203,10 +204,52 @@ def run(bdf, port, summary):
     container = v.Container(group)
     device_fd = container.device(bdf)
     try:
+        reset_all(bdf, device_fd, container.group_fd, summary)
         inject_all(bdf, port, summary)
     finally:
         os.close(device_fd)
         container.close()
+
+
+FUNCTION_RESETS = 2  # VFIO_DEVICE_RESET
+HOT_RESETS = 1  # VFIO_DEVICE_PCI_HOT_RESET: the device is alone below its root port
+
+
+def reset_view(text, bdf):
+    """vfiomond's resets of the device: {"operation/method/result": count}, the duration
+    histogram's count per "operation/method", and its unresponsive count."""
+    resets, timed = {}, {}
+    unresponsive = v.sample(text, "vfiomond_device_reset_unresponsive_total", device=bdf)
+    for line in text.splitlines():
+        if line.startswith(("vfiomond_device_resets_total{", "vfiomond_device_reset_duration_seconds_count{")):
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1:line.index("}")].replace('"', "").split(","))
+            if labels.get("device") != bdf:
+                continue
+            value = float(line.rsplit(" ", 1)[1])
+            if line.startswith("vfiomond_device_resets_total"):
+                resets["%s/%s/%s" % (labels["operation"], labels["method"], labels["result"])] = value
+            else:
+                timed["%s/%s" % (labels["operation"], labels["method"])] = value
+    return {"resets": resets, "timed": timed, "unresponsive": unresponsive[0] if len(unresponsive) == 1 else unresponsive}
+
+
+def reset_all(bdf, device_fd, group_fd, summary):
+    """Resets the device through VFIO as a VMM does (VFIO_DEVICE_RESET, then a hot reset),
+    each ioctl's own result the ground truth; vfiomond's counts are read before and after."""
+    before = reset_view(wait_seen(bdf), bdf)
+    method_file = os.path.join(DEVICES, bdf, "reset_method")  # 5.15+: the methods the PCI core will try, in order
+    methods = open(method_file).read().split() if os.path.exists(method_file) else []
+    results = {"function": [v.device_reset(device_fd) for _ in range(FUNCTION_RESETS)],
+               "bus": [v.hot_reset(device_fd, [group_fd]) for _ in range(HOT_RESETS)]}
+    answers = open(os.path.join(DEVICES, bdf, "config"), "rb").read(2) != b"\xff\xff"
+    want = FUNCTION_RESETS + HOT_RESETS
+    deadline = time.monotonic() + 20
+    while True:  # the records reach vfiomond's main loop within a poll
+        after = reset_view(v.scrape(PORT), bdf)
+        if sum(after["resets"].values()) - sum(before["resets"].values()) >= want or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    summary["resets"] = {"methods": methods, "results": results, "answers": answers, "before": before, "after": after}
 
 
 # What the scenario injects: (severity, the kernel's name, QEMU's name of the error in

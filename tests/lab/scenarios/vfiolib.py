@@ -20,6 +20,8 @@ VFIO_GROUP_GET_DEVICE_FD = 0x3B6A
 VFIO_DEVICE_GET_REGION_INFO = 0x3B6C
 VFIO_DEVICE_SET_IRQS = 0x3B6E
 VFIO_IOMMU_MAP_DMA = 0x3B71
+VFIO_DEVICE_RESET = 0x3B6F
+VFIO_DEVICE_PCI_HOT_RESET = 0x3B71  # on a device fd: the number of MAP_DMA on a container
 VFIO_IOMMU_UNMAP_DMA = 0x3B72
 
 VFIO_API_VERSION = 0
@@ -277,6 +279,26 @@ def edu_dma(bar: int, src: int, dst: int, count: int, to_ram: bool, timeout: flo
 VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER = 1 << 0, 1 << 2, 1 << 5
 VFIO_PCI_MSI_IRQ_INDEX = 1
 IRQ_SET = struct.Struct("<IIIII")
+
+
+def device_reset(device_fd: int) -> int:
+    """VFIO_DEVICE_RESET: 0, or the errno it failed with."""
+    try:
+        fcntl.ioctl(device_fd, VFIO_DEVICE_RESET)
+        return 0
+    except OSError as e:
+        return e.errno
+
+
+def hot_reset(device_fd: int, group_fds: List[int]) -> int:
+    """VFIO_DEVICE_PCI_HOT_RESET (struct vfio_pci_hot_reset: argsz, flags, count, group_fds[]):
+    a bus or slot reset of every device the groups hold; 0, or the errno."""
+    buf = bytearray(struct.pack("III%di" % len(group_fds), 12 + 4 * len(group_fds), 0, len(group_fds), *group_fds))
+    try:
+        fcntl.ioctl(device_fd, VFIO_DEVICE_PCI_HOT_RESET, buf)
+        return 0
+    except OSError as e:
+        return e.errno
 
 
 def set_irq_eventfds(device_fd: int, index: int, eventfds: List[int]) -> None:
