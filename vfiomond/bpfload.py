@@ -10,14 +10,15 @@ import os
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from vfiomond import bpfstats, faults, footprint, iommufd, resets, type1, users
+from vfiomond import bpfstats, faults, footprint, iommu_faults, iommufd, resets, type1, users
 from vfiomond.errors import VfiomondError
 from vfiomond.losses import LOSSES
 from vfiomond.probes import FEATURES, PROBES, Selected
 
 log = logging.getLogger("vfiomond")
 
-AREAS = {"faults": faults, "type1": type1, "iommufd": iommufd, "resets": resets, "users": users}
+AREAS = {"faults": faults, "type1": type1, "iommufd": iommufd, "resets": resets, "iommu_faults": iommu_faults,
+         "users": users}
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Installed: vfiomond/bpf/ (package data); from a checkout: ../bpf/.

@@ -78,6 +78,7 @@ LOSSES: Tuple[Loss, ...] = (
     ("reset_by_tid", "stale"),
     ("reset_by_tid", "unread"),
     ("reset_events", "full"),
+    ("iommu_fault_interrupts", "full"),
 )
 
 WHAT = {

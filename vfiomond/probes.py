@@ -246,6 +246,18 @@ RESET_PROBES: Tuple[Probe, ...] = (
 )
 
 
+# IOMMU faults (bpf/iommu_faults.c): Intel VT-d's fault event handler dmar_fault
+# (drivers/iommu/intel/dmar.c, 5.10 .. 7.2, exported), one call per fault interrupt.
+# AMD-Vi and SMMUv3 are not hooked yet.
+IOMMU_FAULT_PROBES: Tuple[Probe, ...] = (
+    Probe("iommu_faults", "iommu_faults", (
+        Variant("dmar_fault calls (Intel VT-d fault interrupts)", (
+            Hook(("dmar_fault",), "on_dmar_fault"),
+        )),
+    )),
+)
+
+
 # The processes that open a VFIO or iommufd character device: a scrape reads the
 # open files of these (and of the DMA mappers) only (vfiomond/processes.py UserFinder).
 # vfio_group_fops_open and vfio_fops_open: 5.10 .. 7.2 (drivers/vfio/vfio_main.c, then
@@ -273,7 +285,7 @@ USER_PROBES: Tuple[Probe, ...] = (
         )),
     )),
 )
-PROBES = PROBES + RESET_PROBES + USER_PROBES
+PROBES = PROBES + RESET_PROBES + IOMMU_FAULT_PROBES + USER_PROBES
 
 
 class Selected(NamedTuple):

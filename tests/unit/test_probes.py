@@ -5,7 +5,8 @@ from vfiomond.probes import PROBES, kernel_facts, select, wanted_symbols
 
 # The relevant lines of /proc/kallsyms in the lab guests (addresses made up;
 # names, types and modules as seen there).
-RESETS_6_X = """\
+PCI_6_X = """\
+ffffffff81200010 T dmar_fault
 ffffffff81100010 T __pci_reset_function_locked
 ffffffff81100020 t pci_af_flr
 ffffffff81100030 T pci_dev_acpi_reset
@@ -36,7 +37,7 @@ ffffffffc0000800 t vfio_unpin_pages_remote\t[vfio_iommu_type1]
 ffffffffc0000900 t vfio_remove_dma\t[vfio_iommu_type1]
 ffffffffc0000a00 t vfio_group_fops_open\t[vfio]
 ffffffffc0000a10 t vfio_fops_open\t[vfio]
-""" + RESETS_6_X
+""" + PCI_6_X
 
 DEBIAN_6_12 = """\
 ffffffff81000008 t do_wp_page
@@ -56,7 +57,7 @@ ffffffffc0000900 t vfio_remove_dma\t[vfio_iommu_type1]
 ffffffffc0000a00 t vfio_group_fops_open\t[vfio]
 ffffffffc0000a10 t vfio_fops_open\t[vfio]
 ffffffffc0000a20 t vfio_device_fops_cdev_open\t[vfio]
-""" + RESETS_6_X
+""" + PCI_6_X
 
 # 6.16+ shape: pfnmap_untrack replaces untrack_pfn;
 # vfio_dma_do_map/unmap not inlined.
@@ -166,7 +167,7 @@ def test_isra_copy_is_refused_where_arguments_are_read():
 def test_every_probe_has_a_unique_name_and_known_area():
     names = [p.name for p in PROBES]
     assert len(names) == len(set(names))
-    assert {p.area for p in PROBES} == {"faults", "type1", "iommufd", "resets", "users"}
+    assert {p.area for p in PROBES} == {"faults", "type1", "iommufd", "resets", "iommu_faults", "users"}
 
 
 # Debian sid's 7.2.13 (GCC 16): vfio_lock_acct is inlined into vfio_pin_pages_remote,
