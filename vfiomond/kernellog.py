@@ -275,13 +275,17 @@ class KernelLogWatcher:
         if splat.kind == "memlock":
             self._memlock_refused(splat.header)
             return
+        held = {}
+        if device is not None:  # who held the faulting device: the VM or DMA user whose DMA failed
+            users = self._holders(device)
+            held = {"PIDS": ",".join(str(p) for p in sorted(users)), "COMMS": ",".join(users[p] for p in sorted(users))}
         self.sink.alert(
             KERNEL_SPLAT,
             "kernel %s%s%s: %s" % (splat.kind, " in VFIO" if splat.vfio or device else "",
                                    " (known issue %s)" % issue if issue else "", splat.header),
             KIND=splat.kind, SITE=splat.site or "", FUNCTION=splat.function, FRAMES=" ".join(splat.frames[:16]),
             VFIO=int(splat.vfio or device is not None), PFNMAP=int(splat.pfnmap), KNOWN_ISSUE=issue or "",
-            SPLAT=splat.text, **({"DEVICE": device} if device else {}),
+            SPLAT=splat.text, **({"DEVICE": device} if device else {}), **held,
         )
 
     def _memlock_refused(self, header: str) -> None:

@@ -42,7 +42,8 @@ def test_the_rate_limit_dropped_some(result):
     assert result["logged"] < result["dmas"]
 
 
-def test_each_logged_fault_is_a_journal_alert_naming_the_device(booted, result):
+def test_each_logged_fault_is_a_journal_alert_naming_the_device_and_its_holder(booted, result):
     alerts = [e for e in journal_entries(booted, KERNEL_SPLAT_ID)
               if e.get("KIND") == "iommu_fault" and e.get("DEVICE") == result["device"]]
     assert len(alerts) == result["logged"]
+    assert all(str(result["pid"]) in e["PIDS"].split(",") for e in alerts), [e.get("PIDS") for e in alerts]

@@ -119,7 +119,8 @@ def test_iommu_faults_of_a_vfio_device_are_counted_per_device():
     """The device a fault line names is looked up as the line arrives."""
     sink = Sink()
     bound = {"0000:00:02.0"}
-    watcher = KernelLogWatcher([], sink, (6, 1, 0), vfio_bound=lambda bdf: bdf in bound)
+    watcher = KernelLogWatcher([], sink, (6, 1, 0), vfio_bound=lambda bdf: bdf in bound,
+                               holders=lambda bdf: {4242: "qemu-system-x86", 17: "helper"})
     feed(watcher, [
         "DMAR: [DMA Read] Request device [00:02.0] PASID ffffffff fault addr 9bd00000 [fault reason 06] PTE Read "
         "access is not set",
@@ -133,6 +134,10 @@ def test_iommu_faults_of_a_vfio_device_are_counted_per_device():
         ({"device": "0000:00:02.0"}, 3)]
     assert [a[2].get("DEVICE") for a in sink.alerts] == ["0000:00:02.0", None, "0000:00:02.0", "0000:00:02.0"]
     assert [a[2]["VFIO"] for a in sink.alerts] == [1, 0, 1, 1]
+    # the processes that held the device when the line arrived (whose DMA failed)
+    assert [(a[2].get("PIDS"), a[2].get("COMMS")) for a in sink.alerts] == [
+        ("17,4242", "helper,qemu-system-x86"), (None, None), ("17,4242", "helper,qemu-system-x86"),
+        ("17,4242", "helper,qemu-system-x86")]
 
 
 def test_fault_device_names():

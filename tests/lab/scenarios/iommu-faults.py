@@ -85,7 +85,7 @@ def run(dev):
     v.munmap(addr, bar.size)
     os.close(device_fd)
     container.close()
-    return {"device": dev.bdf, "dmas": FAULTS, "before": before, "after": after,
+    return {"device": dev.bdf, "pid": os.getpid(), "dmas": FAULTS, "before": before, "after": after,
             "logged": log_after - log_before}
 
 
