@@ -334,7 +334,12 @@ def test_prometheus_scraped_the_guest_over_tls_with_basic_auth(run):
     """The endpoint of this boot is secured (tests/lab/webtls.py: --web.config.file with
     TLS and a bcrypt-hashed user); the real Prometheus scrapes it over https with the
     user's password, and scrapers without the right credentials are refused."""
-    assert run.prometheus["targets"] == [{"health": "up", "error": "", "scheme": "https"}]
+    (target,) = run.prometheus["targets"]
+    assert target["scheme"] == "https"
+    # The target's health is its last scrape's: one that timed out under TCG (the counts
+    # below allow a quarter; seen at 415e421, iommufd boot, the last of 23 at 1.0 s) leaves
+    # it down until the next; any other error (TLS, authentication) fails.
+    assert target["health"] == "up" or "context deadline exceeded" in target["error"], target
     rejected = run.web["rejected"]
     assert {k: rejected[k] for k in ("no credentials", "wrong password", "unknown user")} == dict.fromkeys(
         ("no credentials", "wrong password", "unknown user"), "401"), rejected
