@@ -79,7 +79,12 @@ enum loss {
     LOSS_RESET_BY_TID_UNREAD = 42,
     LOSS_RESET_EVENTS_FULL = 43,
     LOSS_IOMMU_FAULT_INTERRUPTS_FULL = 44,
-    LOSSES = 45,
+    LOSS_DMABUF_BY_TID_FULL = 45,
+    LOSS_DMABUF_BY_TID_STALE = 46,
+    LOSS_DMABUF_BY_TID_UNREAD = 47,
+    LOSS_DMABUF_EXPORTS_FULL = 48,
+    LOSS_DMABUF_MOVES_FULL = 49,
+    LOSSES = 50,
 };
 
 BPF_ARRAY(lost_events, u64, LOSSES);
@@ -355,6 +360,40 @@ static __always_inline u64 pin_map_begin(u64 space, u64 iova, u64 vaddr, u64 siz
     return 0;
 }
 
+/* How many of the `npage` pages from PFN `pfn` (one physically contiguous run)
+ * are zero pages: the shared zero page (ZERO_PFN, learned at start from
+ * pagemap) or THP's huge zero page, a folio of HPAGE_PMD_NR pages that a read
+ * fault maps over a PMD-aligned range (do_huge_pmd_anonymous_page,
+ * mm/huge_memory.c).  The huge zero page is allocated at first use and freed by
+ * its shrinker once no mm uses it, so its PFN can change: the kernel's own
+ * huge_zero_pfn (HUGE_ZERO_PFN_ADDR, from kallsyms; ~0UL while there is none)
+ * is read at each event. */
+static __always_inline u64 huge_zero_pfn_now(void)
+{
+    u64 huge = ~0ULL;
+#if defined(HUGE_ZERO_PFN_ADDR) && defined(HPAGE_PMD_NR)
+    if (bpf_probe_read_kernel(&huge, sizeof(huge), (void *)HUGE_ZERO_PFN_ADDR) != 0)
+        huge = ~0ULL;
+#endif
+    return huge;
+}
+
+/* `huge`: huge_zero_pfn_now(), read once per event. */
+static __always_inline u64 zero_pages_in_run(u64 pfn, u64 npage, u64 huge)
+{
+#ifdef ZERO_PFN
+    if (pfn == ZERO_PFN)
+        return npage;
+#endif
+#ifdef HPAGE_PMD_NR
+    if (huge != ~0ULL && pfn >= huge && pfn - huge < HPAGE_PMD_NR) {
+        u64 left = huge + HPAGE_PMD_NR - pfn;
+        return npage < left ? npage : left;
+    }
+#endif
+    return 0;
+}
+
 /* A run of `npage` pages from PFN `pfn` pinned at offset `off` of the mapping
  * being made: the sample slots it holds get their PFN. */
 static __always_inline void pin_map_fill(struct pin_map_key *k, u64 seq, u64 off, u64 npage, u64 pfn)
@@ -382,7 +421,7 @@ static __always_inline void pin_map_fill(struct pin_map_key *k, u64 seq, u64 off
 
 /* The map returned: its entry is complete (and its buffer's spans in
  * pin_spans) or, when it failed, gone.  Fills `ev` as a MAP_END record when the
- * complete mapping pinned the zero page (sample slots at ZERO_PFN: npage, of
+ * complete mapping pinned a zero page (sample slots at one: npage, of
  * `locked` slots pinned); returns whether it did. */
 static __always_inline int pin_map_end(struct pin_map_key *k, u64 seq, int ok, struct pin_event *ev)
 {
@@ -405,13 +444,12 @@ static __always_inline int pin_map_end(struct pin_map_key *k, u64 seq, int ok, s
         return 0;
     }
 #ifdef ZERO_PFN
-    u64 zero = 0, filled = 0;
+    u64 zero = 0, filled = 0, huge = huge_zero_pfn_now();
     for (u32 slot = 0; slot < PIN_SLOTS; slot++) {
         if (!(m->filled[slot / 64] & (1ULL << (slot % 64))))
             continue;
         filled++;
-        if (m->pfn[slot] == ZERO_PFN)
-            zero++;
+        zero += zero_pages_in_run(m->pfn[slot], 1, huge);
     }
     if (zero) {
         ev->type = EV_MAP_END;

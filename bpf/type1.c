@@ -356,12 +356,14 @@ int on_pin_pages_return(struct pt_regs *ctx)
         count_lost(LOSS_PIN_BY_TID_UNREAD);
         return 0;
     }
+    u64 zero = zero_pages_in_run(pfn, (u64)pinned, huge_zero_pfn_now());
+    if (zero)
+        type1_add(TYPE1_ZERO_PAGE_PINS, zero);
 #ifdef ZERO_PFN
-    if (pfn == ZERO_PFN) {
-        type1_add(TYPE1_ZERO_PAGE_PINS, pinned);
-        if (a)
-            proc_add(&a->zero_pages, pinned);
-    }
+    /* Only the 4 KiB zero page goes uncharged (PageReserved: type1's
+     * is_invalid_reserved_pfn); the huge zero page is a folio like any other. */
+    if (a && pfn == ZERO_PFN)
+        proc_add(&a->zero_pages, pinned);
 #endif
     if (d && d->op == OP_MAP && d->seq && p->vaddr >= d->vaddr) {
         struct pin_map_key k = {.space = d->space, .iova = d->iova};

@@ -41,12 +41,13 @@ def kernel_line(suite: str) -> str:
 
 
 def selection(suite: str) -> Dict[str, Selected]:
-    """The probe selection on that kernel; the zero page's PFN is learned at run time, so assumed known."""
+    """The probe selection on that kernel; the zero page's PFN and THP's page count are learned at run time, so assumed known."""
     with open(os.path.join(KALLSYMS_DIR, suite + ".txt")) as f:
         lines = [line for line in f if not line.startswith("#")]
     syms = Kallsyms.parse(lines, wanted_symbols())
     facts = kernel_facts(syms)
     facts["ZERO_PFN"] = 1
+    facts["HPAGE_PMD_NR"] = 1  # runtime facts (pagemap, sysfs), on every lab kernel
     return {s.probe.name: s for s in select(syms, facts)}
 
 

@@ -68,13 +68,16 @@ class Advisory(NamedTuple):
 
 def evaluate(issues: List[dict], version: Version, symbols: Optional[Set[str]] = None) -> List[Advisory]:
     """Issues that apply to ``version``; with ``symbols`` (names known to be in
-    kallsyms), an issue whose code is absent is ruled out."""
+    kallsyms), an issue whose code is absent is ruled out.  An issue of a module few
+    hosts load (``symbols_seen``: a variant driver) applies only once its code is seen."""
     out = []
     for issue in issues:
         if not _in(version, issue["affected"]):
             continue
         needed = issue.get("requires_symbols")
         if symbols is not None and needed and not symbols.intersection(needed):
+            continue
+        if issue.get("symbols_seen") and (symbols is None or not symbols.intersection(needed)):
             continue
         status = "possibly" if _line(version, issue.get("possibly_fixed_in", ())) else "affected"
         out.append(Advisory(issue["id"], issue["severity"], status, issue["title"], tuple(issue["fixed_by"])))

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from vfiomond import bpfstats, faults, footprint, iommu_faults, iommufd, resets, type1, users
+from vfiomond import bar_dmabuf, bpfstats, faults, footprint, iommu_faults, iommufd, resets, type1, users
 from vfiomond.errors import VfiomondError
 from vfiomond.losses import LOSSES
 from vfiomond.probes import FEATURES, PROBES, Selected
@@ -18,7 +18,7 @@ from vfiomond.probes import FEATURES, PROBES, Selected
 log = logging.getLogger("vfiomond")
 
 AREAS = {"faults": faults, "type1": type1, "iommufd": iommufd, "resets": resets, "iommu_faults": iommu_faults,
-         "users": users}
+         "bar_dmabuf": bar_dmabuf, "users": users}
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Installed: vfiomond/bpf/ (package data); from a checkout: ../bpf/.

@@ -90,7 +90,8 @@ class VfiomondCollector:
         info.add_metric([__version__, self.kernel], 1)
         yield info
         features = GaugeMetricFamily(
-            "vfiomond_kernel_feature", "1 if the running kernel has the feature (iommufd: CONFIG_IOMMUFD, loaded); "
+            "vfiomond_kernel_feature", "1 if the running kernel has the feature (iommufd: CONFIG_IOMMUFD, loaded; bar_dmabuf: vfio-pci's "
+            "VFIO_DEVICE_FEATURE_DMA_BUF, 6.19+); "
             "the feature's probes are left out without it.", labels=["feature"])
         for name, present in sorted(self.program.features.items()):
             features.add_metric([name], 1 if present else 0)

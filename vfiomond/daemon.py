@@ -65,6 +65,9 @@ def _fixed_facts(pin_samples: int) -> Dict[str, int]:
     zero_pfn = pagemap.learn_zero_pfn()
     if zero_pfn is not None:
         facts["ZERO_PFN"] = zero_pfn
+    huge_pages = pagemap.hpage_pmd_pages()
+    if huge_pages is not None:
+        facts["HPAGE_PMD_NR"] = huge_pages
     return facts
 
 
@@ -102,7 +105,7 @@ def _pin_watch(config: Config, facts, sink, kernel=None) -> Optional[PinWatch]:
         log.warning("pin verification off: PFNs are hidden in pagemap (needs CAP_SYS_ADMIN)")
         return None
     _log_verified(config.disable)
-    watch = PinWatch(PinTracker(config.pin_samples, facts["ZERO_PFN"]), sink, pagemap.read_pfns,
+    watch = PinWatch(PinTracker(config.pin_samples, facts["ZERO_PFN"], pagemap.is_zero_page), sink, pagemap.read_pfns,
                      backends=verified_backends(config.disable),
                      pte_pfn=pagemap.pte_pfn_decoder(), kernel=kernel)
     log.info("pin verification every %gs, %d samples per mapping", config.pin_verify_interval, config.pin_samples)
@@ -473,7 +476,8 @@ def _housekeeping(program: bpfload.Program) -> None:
     for area, table in (("type1", "proc_acct"), ("iommufd", "iommufd_proc_acct"), ("users", "vfio_openers")):
         if area in program.areas():
             program.forget_exited(area, table)
-    for area, table in (("type1", "dma_by_tid"), ("iommufd", "iommufd_dma_by_tid")):
+    for area, table in (("type1", "dma_by_tid"), ("iommufd", "iommufd_dma_by_tid"),
+                        ("bar_dmabuf", "dmabuf_by_tid")):
         if area in program.areas():
             program.forget_exited_threads(area, table)
 

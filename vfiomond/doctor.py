@@ -84,7 +84,7 @@ def kprobes() -> Check:
 
 
 # Facts that read as unknown without root: kallsyms addresses and pagemap PFNs are hidden.
-_HIDDEN_FROM_USERS = ("VFIO_PCI_MMAP_OPS", "ZERO_PFN")
+_HIDDEN_FROM_USERS = ("VFIO_PCI_MMAP_OPS", "ZERO_PFN", "HUGE_ZERO_PFN_ADDR")
 
 
 def probes() -> Check:

@@ -10,7 +10,7 @@ from typing import Dict, Iterable, Iterator, NamedTuple, Set, Tuple
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from vfiomond.histogram import Histogram, merge
-from vfiomond.metricsutil import histogram_family_add
+from vfiomond.metricsutil import cstr, histogram_family_add
 
 SOURCE = "faults.c"
 PROBES = ("bar_fault", "remap_pfn_range", "pat_untrack")
@@ -121,14 +121,10 @@ def decode_remap(hist: Iterable[RemapRow]) -> Tuple[Dict[str, Histogram], Dict[s
     return latency, mapped
 
 
-def _cstr(raw: bytes) -> str:
-    return bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace")
-
-
 def read(tables) -> FaultSnapshot:
     """Read the area's maps. ``tables(name)`` returns a BCC table."""
 
-    fault_rows = [BarFaultRow(_cstr(k.device), k.ret, k.region, k.order, k.slot, v.count, v.sum_ns)
+    fault_rows = [BarFaultRow(cstr(k.device), k.ret, k.region, k.order, k.slot, v.count, v.sum_ns)
                   for k, v in tables("bar_fault_hist").items()]
 
     remap, remap_bytes = decode_remap(RemapRow(k.context, k.slot, v.count, v.sum_ns, v.bytes)
@@ -139,11 +135,11 @@ def read(tables) -> FaultSnapshot:
         remap_errors[key] = remap_errors.get(key, 0) + v.value
     return FaultSnapshot(
         bar_faults=decode_bar_faults(fault_rows),
-        concurrent={device_name(_cstr(k.device)): v.value for k, v in tables("bar_faults_concurrent").items()},
+        concurrent={device_name(cstr(k.device)): v.value for k, v in tables("bar_faults_concurrent").items()},
         remap=remap,
         remap_bytes=remap_bytes,
         remap_errors=remap_errors,
-        untrack={device_name(_cstr(k.device)): v.value for k, v in tables("pat_untrack").items()},
+        untrack={device_name(cstr(k.device)): v.value for k, v in tables("pat_untrack").items()},
     )
 
 
@@ -209,7 +205,7 @@ def forget_device(tables, device: str) -> int:
     deleted = 0
     for name in DEVICE_TABLES:
         table = tables(name)
-        for k in [k for k in list(table.keys()) if _cstr(k.device) == device]:
+        for k in [k for k in list(table.keys()) if cstr(k.device) == device]:
             try:
                 del table[k]
                 deleted += 1

@@ -322,7 +322,7 @@ class KernelLogWatcher:
     def families(self):
         c = CounterMetricFamily(
             "vfiomond_kernel_events_total",
-            "Kernel log events: splats (warning, bug, oops, lockdep, rcu_stall, soft_lockup), IOMMU faults, "
+            "Kernel log events: splats (warning, bug, oops, lockdep, rcu_stall, soft_lockup), IOMMU faults, unlocked bus resets, "
             "RLIMIT_MEMLOCK and vfio-pci messages.",
             labels=["kind", "site", "known_issue"],
         )

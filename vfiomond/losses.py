@@ -79,6 +79,11 @@ LOSSES: Tuple[Loss, ...] = (
     ("reset_by_tid", "unread"),
     ("reset_events", "full"),
     ("iommu_fault_interrupts", "full"),
+    ("dmabuf_by_tid", "full"),
+    ("dmabuf_by_tid", "stale"),
+    ("dmabuf_by_tid", "unread"),
+    ("dmabuf_exports", "full"),
+    ("dmabuf_moves", "full"),
 )
 
 WHAT = {

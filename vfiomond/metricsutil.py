@@ -7,6 +7,11 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from vfiomond.histogram import NS_PER_SECOND, Histogram, cumulative_buckets
 
 
+def cstr(raw: bytes) -> str:
+    """A NUL-terminated C string of a BPF record or map key (a PCI address, a comm)."""
+    return bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace")
+
+
 def _le(seconds: float) -> str:
     return repr(seconds)
 

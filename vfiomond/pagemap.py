@@ -50,6 +50,21 @@ def is_zero_page(pfn: int, path: str = "/proc/kpageflags") -> Optional[bool]:
     return bool(_ENTRY.unpack(raw)[0] & KPF_ZERO_PAGE) if len(raw) == 8 else None
 
 
+HPAGE_PMD_SIZE = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size"
+
+
+def hpage_pmd_pages(path: str = HPAGE_PMD_SIZE) -> Optional[int]:
+    """Pages in THP's PMD-sized page (and so in the huge zero page): sysfs
+    ``hpage_pmd_size`` (bytes, 4.11+) over the page size.  None without THP
+    (CONFIG_TRANSPARENT_HUGEPAGE off) or where the file does not read as a size."""
+    try:
+        with open(path) as f:
+            size = int(f.read())
+    except (OSError, ValueError):
+        return None
+    return size // PAGE if size >= PAGE else None
+
+
 def learn_zero_pfn() -> Optional[int]:
     """The PFN of the shared zero page, as a read fault on fresh anonymous memory
     maps it in this process.  None without CAP_SYS_ADMIN (PFNs hidden)."""

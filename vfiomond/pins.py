@@ -167,9 +167,14 @@ class PinTracker:
     process: each pass makes them the kernel's (``sync``); write faults may add
     one the pass has not seen yet (``adopt``)."""
 
-    def __init__(self, samples: int, zero_pfn: Optional[int] = None):
+    def __init__(self, samples: int, zero_pfn: Optional[int] = None,
+                 zero_page: Optional[Callable[[int], Optional[bool]]] = None):
+        """``zero_pfn``: the 4 KiB zero page's PFN; ``zero_page(pfn)``: whether a PFN
+        is a zero page of any size (pagemap.is_zero_page: kpageflags ZERO_PAGE, set
+        for the huge zero page's pages too), None when unknown."""
         self.samples = samples
         self.zero_pfn = zero_pfn
+        self._zero_page = zero_page
         self.by_key: Dict[MapKey, Mapping] = {}
         self.by_pid: Dict[int, Dict[MapKey, Mapping]] = {}
         self.verifications = 0
@@ -178,6 +183,14 @@ class PinTracker:
         self.untracked = {"backend_off": 0}  # mappings dropped from verification
         self.write_faults: Dict[Tuple[str, str], int] = {}  # (backend, WRITE_FAULT_OUTCOMES) -> faults
         self.outside: Dict[str, int] = {}  # backend -> write faults the kernel found outside every mapping
+
+    def is_zero(self, pfn: Optional[int]) -> bool:
+        """Is ``pfn`` the 4 KiB zero page or a page of THP's huge zero page?"""
+        if pfn is None:
+            return False
+        if self.zero_pfn is not None and pfn == self.zero_pfn:
+            return True
+        return bool(self._zero_page and self._zero_page(pfn))
 
     def adopt(self, m: Mapping) -> None:
         """Track ``m`` (in place of what was at its key)."""
@@ -445,15 +458,16 @@ class PinWatch:
             self.backends = new
 
     def _zero_pin_alert(self, pid: int, vaddr: int, iova: int, size: int, zero: int, samples: int) -> None:
-        """A mapping pinned (partly) at the zero page (``zero`` of its ``samples``
-        sampled pages): the device reads zeros, nothing is charged to locked_vm for
-        it, and the process's first write diverges."""
+        """A mapping pinned (partly) at a zero page, the 4 KiB one or THP's huge one
+        (``zero`` of its ``samples`` sampled pages): the device reads zeros, type1
+        charges nothing to locked_vm for the 4 KiB one, and the process's first
+        write diverges."""
         from vfiomond.alerts import ZERO_PAGE_PIN
 
         name = comm(pid)
         self.sink.alert(
             ZERO_PAGE_PIN,
-            "DMA mapping pinned the shared zero page: %s[%d] vaddr %#x (IOVA %#x, %d bytes), %d of %d sampled pages"
+            "DMA mapping pinned the zero page: %s[%d] vaddr %#x (IOVA %#x, %d bytes), %d of %d sampled pages"
             % (name, pid, vaddr, iova, size, zero, samples),
             PID=pid, COMM=name, VADDR="%#x" % vaddr, IOVA="%#x" % iova, SIZE_BYTES=size,
             ZERO_SAMPLES=zero, SAMPLES=samples, DEVICES=",".join(self._devices(pid) or []),
@@ -517,7 +531,7 @@ class PinWatch:
         from vfiomond.alerts import PIN_MISMATCH
 
         name, devices = comm(mm.pid), ",".join(self._devices(mm.pid) or [])
-        zero = self.tracker.zero_pfn is not None and mm.pinned_pfn == self.tracker.zero_pfn
+        zero = self.tracker.is_zero(mm.pinned_pfn)
         current = "%#x" % mm.current_pfn if mm.current_pfn is not None else "unknown"
         how = "a write fault replaced it" if detected_by == "write_fault" else "found by a verification pass"
         self.sink.alert(

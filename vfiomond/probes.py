@@ -48,12 +48,19 @@ class Probe(NamedTuple):
 #     (up to 6.9, while vfio_pci_mmap_open exists); from 6.10 it is the file offset.
 #   VFIO_PCI_MMAP_OPS: address of vfio_pci_mmap_ops, to recognise VFIO BAR vmas.
 #   PCIE_RESET_FLR: pcie_reset_flr(dev, probe) is FLR's reset method (5.15+).
-FACT_SYMBOLS = ("vfio_pci_mmap_open", "vfio_pci_mmap_ops", "pcie_reset_flr")
+#   HUGE_ZERO_PFN_ADDR: address of huge_zero_pfn (mm/huge_memory.c), the PFN of
+#     THP's huge zero page or ~0UL while none is allocated (a variable: listed where
+#     kallsyms has CONFIG_KALLSYMS_ALL, as Debian's kernels do; "D" on 6.1 and 6.12,
+#     "T" on 7.2).
+FACT_SYMBOLS = ("vfio_pci_mmap_open", "vfio_pci_mmap_ops", "pcie_reset_flr", "huge_zero_pfn")
 
 # Kernel features: name -> (fact, symbols of which one marks it present).
 #   iommufd (6.2+, CONFIG_IOMMUFD, built in or the iommufd module): its ioctl
 #   handlers iommufd_ioas_map / iommufd_ioas_unmap (drivers/iommu/iommufd/ioas.c).
-FEATURES = {"iommufd": ("FEATURE_IOMMUFD", ("iommufd_ioas_map", "iommufd_ioas_unmap"))}
+#   bar_dmabuf (6.19+, vfio-pci's VFIO_DEVICE_FEATURE_DMA_BUF): its handler
+#   vfio_pci_core_feature_dma_buf (drivers/vfio/pci/vfio_pci_dmabuf.c).
+FEATURES = {"iommufd": ("FEATURE_IOMMUFD", ("iommufd_ioas_map", "iommufd_ioas_unmap")),
+            "bar_dmabuf": ("FEATURE_BAR_DMABUF", ("vfio_pci_core_feature_dma_buf",))}
 
 
 def kernel_facts(syms: Kallsyms) -> Dict[str, int]:
@@ -68,6 +75,9 @@ def kernel_facts(syms: Kallsyms) -> Dict[str, int]:
     ops = syms.address("vfio_pci_mmap_ops")
     if ops:
         facts["VFIO_PCI_MMAP_OPS"] = ops
+    huge_zero = syms.address("huge_zero_pfn")
+    if huge_zero:
+        facts["HUGE_ZERO_PFN_ADDR"] = huge_zero
     return facts
 
 
@@ -140,6 +150,14 @@ PROBES: Tuple[Probe, ...] = (
         Variant("vfio_pin_pages_remote *pfn_base == zero page PFN", (
             Hook(("vfio_pin_pages_remote",), "on_pin_pages", "on_pin_pages_return"),
         ), requires=("ZERO_PFN",)),
+    )),
+    # THP's huge zero page, read-only pinned like the 4 KiB one before 6.2: its PFN
+    # is read from the kernel's huge_zero_pfn at each pin (it changes when the
+    # shrinker frees it); HPAGE_PMD_NR is its page count (sysfs hpage_pmd_size).
+    Probe("huge_zero_page_pins", "type1", (
+        Variant("vfio_pin_pages_remote *pfn_base in the huge zero page (huge_zero_pfn)", (
+            Hook(("vfio_pin_pages_remote",), "on_pin_pages", "on_pin_pages_return"),
+        ), requires=("ZERO_PFN", "HUGE_ZERO_PFN_ADDR", "HPAGE_PMD_NR")),
     )),
     Probe("unpin_pages", "type1", (
         Variant("vfio_unpin_pages_remote npage", (
@@ -258,6 +276,26 @@ IOMMU_FAULT_PROBES: Tuple[Probe, ...] = (
 )
 
 
+# BARs exported as dma-bufs (bpf/bar_dmabuf.c, 6.19+; seen on 7.2): the export and
+# vfio-pci's revoke/restore of a device's dma-bufs, whose per-dma-buf step is
+# dma_buf_invalidate_mappings (7.0+; dma_buf_move_notify in 6.19), exported by the
+# dma-buf core and so called by every dma-buf exporter of the host: only calls
+# inside a vfio_pci_dma_buf_move of the same thread are counted.
+BAR_DMABUF_PROBES: Tuple[Probe, ...] = (
+    Probe("bar_dmabuf_exports", "bar_dmabuf", (
+        Variant("vfio_pci_core_feature_dma_buf result", (
+            Hook(("vfio_pci_core_feature_dma_buf",), "on_dmabuf_export", "on_dmabuf_export_return"),
+        )),
+    ), feature="bar_dmabuf"),
+    Probe("bar_dmabuf_revocations", "bar_dmabuf", (
+        Variant("dma_buf_invalidate_mappings inside vfio_pci_dma_buf_move", (
+            Hook(("vfio_pci_dma_buf_move",), "on_dmabuf_move", "on_dmabuf_move_return"),
+            Hook(("dma_buf_invalidate_mappings", "dma_buf_move_notify"), "on_dmabuf_invalidate"),
+        )),
+    ), feature="bar_dmabuf"),
+)
+
+
 # The processes that open a VFIO or iommufd character device: a scrape reads the
 # open files of these (and of the DMA mappers) only (vfiomond/processes.py UserFinder).
 # vfio_group_fops_open and vfio_fops_open: 5.10 .. 7.2 (drivers/vfio/vfio_main.c, then
@@ -285,7 +323,7 @@ USER_PROBES: Tuple[Probe, ...] = (
         )),
     )),
 )
-PROBES = PROBES + RESET_PROBES + IOMMU_FAULT_PROBES + USER_PROBES
+PROBES = PROBES + RESET_PROBES + IOMMU_FAULT_PROBES + BAR_DMABUF_PROBES + USER_PROBES
 
 
 class Selected(NamedTuple):

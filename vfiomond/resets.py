@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterable, Iterator, NamedTuple, Optional, Set
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from vfiomond.histogram import Histogram, merge, slot_of
-from vfiomond.metricsutil import histogram_family_add
+from vfiomond.metricsutil import cstr, histogram_family_add
 
 log = logging.getLogger("vfiomond")
 
@@ -55,17 +55,13 @@ class Reset(NamedTuple):
     comm: str
 
 
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
-
-
 def parse_event(raw: bytes) -> Reset:
     """A reset_events record; ValueError if it is too short."""
     if len(raw) < _EVENT.size:
         raise ValueError("reset record of %d bytes, want %d" % (len(raw), _EVENT.size))
     duration, ret, pid, op, method, device, comm = _EVENT.unpack_from(raw)
-    return Reset(_cstr(device), OPERATIONS.get(op, "unknown"), METHODS.get(method, "unknown"),
-                 -ret if ret < 0 else 0, duration, pid, _cstr(comm))
+    return Reset(cstr(device), OPERATIONS.get(op, "unknown"), METHODS.get(method, "unknown"),
+                 -ret if ret < 0 else 0, duration, pid, cstr(comm))
 
 
 def result_name(r: Reset) -> str:

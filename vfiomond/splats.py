@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, List, NamedTuple, Optional, Tuple
 from vfiomond.advisories import Version, parse_version
 
 _PREFIXES = (
-    re.compile(r"^\[\s*\d+\.\d+\]\s?"),  # dmesg
+    re.compile(r"^\[\s*(?:\d+\.\d+)?\]\s?"),  # dmesg; "[]": a timestamp blanked in a mailed report
     re.compile(r"^\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ kernel: "),  # journalctl -k (short)
     re.compile(r"^\d{4}-\d\d-\d\dT\S+ \S+ kernel: "),  # journalctl -k -o short-iso
 )
@@ -38,6 +38,9 @@ _SINGLE = (
     ("iommu_fault", re.compile(r"^DMAR: \[DMA (?:Read|Write)|AMD-Vi: Event logged \[IO_PAGE_FAULT|io_page_fault|Unhandled context fault")),
     ("memlock", re.compile(r"RLIMIT_MEMLOCK \(\d+\) exceeded")),
     ("vfio", re.compile(r"^vfio-pci \S+: |^vfio: ")),
+    # pci_bridge_secondary_bus_reset (drivers/pci/pci.c, 6.10+): a bus reset whose
+    # upstream bridge is not locked, "%pS" naming the caller (a mail may wrap it).
+    ("unlocked_reset", re.compile(r"unlocked secondary bus reset via:(?: (?P<func>[A-Za-z_][\w.]*)\+0x)?")),
     # lib/ratelimit.c ___ratelimit: "FUNC: N callbacks suppressed", the lines a rate
     # limit dropped since the last one it let through (dmar_fault's IOMMU faults, say).
     ("suppressed", SUPPRESSED),
@@ -117,7 +120,7 @@ def strip_prefix(line: str) -> str:
 
 
 class Splat(NamedTuple):
-    kind: str  # warning, lockdep, bug, oops, soft_lockup, rcu_stall, iommu_fault, memlock, vfio, suppressed
+    kind: str  # warning, lockdep, bug, oops, soft_lockup, rcu_stall, iommu_fault, memlock, vfio, unlocked_reset, suppressed
     header: str
     site: str  # "file:line" of the header, "" if none
     function: str  # the function the header or the instruction pointer names
@@ -199,8 +202,10 @@ class Assembler:
         bare = line.lstrip()
         out: List[Splat] = []
         for kind, pattern in _SINGLE:
-            if pattern.search(bare):
-                out.append(Splat(kind, bare, "", "", (), (), None, (line,)))
+            m = pattern.search(bare)
+            if m:
+                function = m.groupdict().get("func") or ""
+                out.append(Splat(kind, bare, "", function, (function,) if function else (), (), None, (line,)))
                 return out
         if self._kind in ("bug", "oops") and _CONTINUES.match(bare):
             self._lines.append(line)

@@ -17,7 +17,7 @@ from vfiomond.metricsutil import backend_counter, dma_families
 from vfiomond.processes import ProcAcct
 
 SOURCE = "type1.c"
-PROBES = ("dma_map", "dma_unmap", "pin_samples", "pin_pages", "zero_page_pins", "unpin_pages", "locked_vm_charge", "pin_write_faults")
+PROBES = ("dma_map", "dma_unmap", "pin_samples", "pin_pages", "zero_page_pins", "huge_zero_page_pins", "unpin_pages", "locked_vm_charge", "pin_write_faults")
 BACKEND = "type1"
 
 # Indices of type1_counters, mirrored from enum type1_counter in bpf/type1.c.
@@ -116,8 +116,9 @@ def families(snap: Type1Snapshot, attached: Set[str]) -> Iterator:
     if "zero_page_pins" in attached:
         z = CounterMetricFamily(
             "vfiomond_zero_page_pins_total",
-            "Pins of the shared zero page (read-only DMA maps of never-touched memory): not charged to locked_vm "
-            "by older kernels, and not the page the process sees once it writes.",
+            "Pins of the shared zero page or THP's huge zero page (read-only DMA maps of never-touched memory, "
+            "before 6.2): not the page the process sees once it writes; type1 does not charge the 4 KiB one to "
+            "locked_vm.",
             labels=["backend"],
         )
         z.add_metric([BACKEND], c["TYPE1_ZERO_PAGE_PINS"])

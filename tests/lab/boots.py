@@ -23,6 +23,13 @@ def parallel() -> int:
         return 2
 
 
+def timeout(scenario: str) -> float:
+    """Seconds a boot may take to its scenarios' end: 600, and 150 per scenario of a
+    shared boot (its eight took 433 s on bookworm next to another boot, and sid's ran
+    past 600 s there)."""
+    return max(600.0, 150.0 * len(scenario.split("+")))
+
+
 class BootPool:
     def __init__(self) -> None:
         self._executor: Optional[ThreadPoolExecutor] = None
@@ -36,12 +43,12 @@ class BootPool:
             self._executor = ThreadPoolExecutor(max_workers=parallel(), thread_name_prefix="lab-boot")
         for suite, scenario, prometheus in keys:
             self._futures[(suite, scenario, prometheus)] = self._executor.submit(
-                lab.run, suite, scenario, prometheus=prometheus)
+                lab.run, suite, scenario, timeout=timeout(scenario), prometheus=prometheus)
 
     def result(self, suite: str, scenario: str, prometheus: bool = False) -> lab.LabRun:
         future = self._futures.get((suite, scenario, prometheus))
         if future is None:
-            return lab.run(suite, scenario, prometheus=prometheus)
+            return lab.run(suite, scenario, timeout=timeout(scenario), prometheus=prometheus)
         return future.result()
 
     def shutdown(self) -> None:

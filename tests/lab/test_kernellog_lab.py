@@ -10,12 +10,13 @@ from test_lab import DISTRO_SUITES as SUITES, SHARED_BOOT, Scrape, boot, journal
 
 KERNEL_SPLAT_ID = "c4d2e8f1a9b7460e8d3c5b2a1f0e9d8c"
 KERNEL_ADVISORY_ID = "5e7a9c1b3d2f4a6e8c0b1d3f5a7c9e2b"
-# What the knowledge base says of each lab kernel (Debian 6.1.176 and 6.12.117: the
-# source of 6.12.117 carries the fixes of the three 6.12 issues, tests/unit/test_advisories.py).
+# What the knowledge base says of each lab kernel (tests/unit/test_advisories.py).
 ADVISORIES = {
-    "bullseye": {"pat-failed-fork-warn": "affected", "ro-longterm-pin-divergence": "affected"},  # 5.10.223
+    "bullseye": {"pat-failed-fork-warn": "affected", "ro-longterm-pin-divergence": "affected",  # 5.10.223
+                 "type1-pin-rcu-stall": "affected", "vfio-pci-trigger-lock-cycle": "affected"},
     "sid": {},  # 7.2.13: newer than every fix in the knowledge base
-    "bookworm": {"pat-failed-fork-warn": "affected", "ro-longterm-pin-divergence": "affected"},
+    # 6.1.176: dc84bc2aba85 came with 6.1.160, b1779e4f209c with 6.1.149, 98693e0897f7 not yet
+    "bookworm": {"ro-longterm-pin-divergence": "affected", "vfio-pci-trigger-lock-cycle": "affected"},
     "trixie": {},  # 6.12.117
 }
 

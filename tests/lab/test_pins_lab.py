@@ -72,8 +72,9 @@ def test_metrics_report_the_divergence(pin_run, scrape):
         # Every page of the brief buffer was the zero page and was written: each write
         # fault replaced one; the 2 MiB buffer's pages add theirs.
         assert diverged >= BRIEF_SIZE // 4096
-        # One alert per diverged mapping (the 2 MiB buffer and the brief one), whoever found it.
-        assert alerts == 2
+        # One alert per diverged mapping (the 2 MiB buffer, the brief one and the huge
+        # zero page's), whoever found it.
+        assert alerts == 3
     else:
         assert mismatches == 0 and zero_pins == 0 and diverged == 0
         assert alerts == 0
@@ -177,3 +178,33 @@ def test_churn_loses_nothing_and_raises_no_false_alert(pin_run, scrape):
     churned = [e for e in journal_entries(pin_run, PIN_MISMATCH_ID)
                if LIVE_IOVA <= int(e["IOVA"], 16) < CHURN_IOVA + CHURN_PAGES * 4096]
     assert churned == []
+
+
+HUGE_ZERO_IOVA = 0xA000000  # tests/lab/scenarios/pin-mismatch.py
+
+
+def test_pins_of_the_huge_zero_page_are_zero_page_pins(pin_run):
+    """A read-only MAP_DMA of an untouched, 2 MiB-aligned THP range.  On 6.1 the pin
+    takes THP's huge zero page (/proc/kpageflags: ZERO_PAGE and THP on every page), on
+    6.2+ real pages.  vfiomond's zero-page pin count grows by exactly the pages
+    kpageflags names; type1 charges them all the same (VmLck grows by the mapping's
+    size) and the process's uncharged bytes do not move; where the huge zero page was
+    pinned, the map-time alert says every sampled page is a zero page, the process's
+    write diverges (the device proves it) and the mismatch alert says ZERO_PAGE=1."""
+    hz = pin_run.scenario["huge_zero"]
+    assert hz["thp"] in ("always", "madvise"), hz
+    added = hz["after_map"]["zero_page_pins"] - hz["before"]["zero_page_pins"]
+    assert added == hz["zero_pages"], hz
+    assert hz["vmlck_added_bytes"] == hz["size"], hz
+    assert hz["after_map"]["uncharged_bytes"] == hz["before"]["uncharged_bytes"], hz
+    pin_alerts = alerts_in(pin_run, HUGE_ZERO_IOVA, hz["size"], ZERO_PAGE_PIN_ID)
+    mismatches = alerts_in(pin_run, HUGE_ZERO_IOVA, hz["size"])
+    if not ZERO_PAGE_PINS[pin_run.suite]:
+        assert hz["zero_pages"] == 0 and hz["stale"] is False and hz["pfn_changed"] is False, hz
+        assert pin_alerts == [] and mismatches == []
+        return
+    assert hz["huge_zero_pages"] == hz["zero_pages"] == hz["size"] // 4096, hz
+    assert hz["stale"] is True and hz["pfn_changed"] is True, hz
+    assert len(pin_alerts) == 1 and pin_alerts[0]["ZERO_SAMPLES"] == pin_alerts[0]["SAMPLES"], pin_alerts
+    assert len(mismatches) == 1 and mismatches[0]["ZERO_PAGE"] == "1", mismatches
+    assert int(mismatches[0]["_SOURCE_REALTIME_TIMESTAMP"]) / 1e6 >= hz["wrote_at"]

@@ -330,6 +330,8 @@ SERIES: List[Tuple[str, str]] = [
     ('vfiomond_device_reset_unresponsive_total{%s}' % D3, "0x30 1x30"),
     ('vfiomond_iommu_fault_interrupts_total{%s, iommu="dmar0"}' % J, "0+2x60"),
     ('vfiomond_iommu_faults_total{%s}' % D3, "0+1x60"),
+    ('vfiomond_bar_dmabuf_exports_total{%s, result="ok"}' % D3, "0+1x60"),
+    ('vfiomond_bar_dmabuf_revocations_total{%s, action="revoke"}' % D3, "0+1x60"),
     ('vfiomond_remap_pfn_range_bytes_total{%s, context="vfio_fault"}' % J, "0+1048576x60"),
     ('vfiomond_remap_pfn_range_errors_total{%s, context="vfio_fault", errno="ENOMEM"}' % J, "0+1x60"),
     ('vfiomond_dma_map_bytes_total{%s, backend="type1"}' % J, "0+4194304x60"),

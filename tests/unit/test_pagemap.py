@@ -12,3 +12,18 @@ def test_the_pfn_of_a_raw_pte_follows_the_physical_address_width(tmp_path):
     cpuinfo.write_text("processor\t: 0\n")
     assert pte_pfn_decoder(str(cpuinfo)) is None
     assert pte_pfn_decoder(str(tmp_path / "missing")) is None
+
+
+def test_thp_page_count_comes_from_sysfs(tmp_path):
+    import mmap
+
+    from vfiomond.pagemap import hpage_pmd_pages
+
+    size = tmp_path / "hpage_pmd_size"
+    size.write_text("2097152\n")
+    assert hpage_pmd_pages(str(size)) == 2097152 // mmap.PAGESIZE
+    size.write_text("not a size\n")
+    assert hpage_pmd_pages(str(size)) is None
+    size.write_text("0\n")
+    assert hpage_pmd_pages(str(size)) is None
+    assert hpage_pmd_pages(str(tmp_path / "missing")) is None  # no THP in this kernel

@@ -273,6 +273,22 @@ def test_a_write_fault_that_kept_its_page_is_no_divergence():
     assert t.write_faults == {("type1", "kept"): 1} and sink.alerts == []
 
 
+def test_a_pinned_page_of_the_huge_zero_page_is_named_the_zero_page():
+    """The huge zero page's pages are not the 4 KiB zero page's PFN: kpageflags
+    (ZERO_PAGE, set for the huge zero page's pages too) names them."""
+    huge_zero = range(0x200000, 0x200200)
+    table = Table()
+    table.put(seq=1, pfn=huge_zero[0] - 4)  # from offset 4 on: the huge zero page
+    t, sink, w = watch_of(table, {VADDR + 4 * PAGE: 0x5555})
+    t._zero_page = lambda pfn: pfn in huge_zero
+    w.verify_all()
+    fields = sink.alerts[0][1]
+    assert fields["PINNED_PFN"] == hex(huge_zero[0]) and fields["ZERO_PAGE"] == 1
+    assert t.is_zero(ZERO) and t.is_zero(huge_zero[-1]) and not t.is_zero(huge_zero[-1] + 1)
+    assert not t.is_zero(None)
+    assert not PinTracker(samples=4, zero_pfn=ZERO).is_zero(huge_zero[0])  # without kpageflags
+
+
 def test_a_write_fault_whose_page_changed_after_the_first_read_diverges():
     table = Table()
     table.put(seq=7)

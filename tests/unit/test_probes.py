@@ -26,6 +26,7 @@ ffffffff81000010 T wake_up_new_task
 ffffffff81000010 T __account_locked_vm
 ffffffff81000020 T remap_pfn_range
 ffffffff81000030 T untrack_pfn
+ffffffff82000040 D huge_zero_pfn
 ffffffffc0000100 r vfio_pci_mmap_ops\t[vfio_pci_core]
 ffffffffc0000200 t vfio_pci_mmap_fault\t[vfio_pci_core]
 ffffffffc0000300 t vfio_pci_mmap_open\t[vfio_pci_core]
@@ -45,6 +46,7 @@ ffffffff81000010 T wake_up_new_task
 ffffffff81000010 T __account_locked_vm
 ffffffff81000020 T remap_pfn_range
 ffffffff81000030 T untrack_pfn
+ffffffff82000040 D huge_zero_pfn
 ffffffffc0000100 r vfio_pci_mmap_ops\t[vfio_pci_core]
 ffffffffc0000200 t vfio_pci_mmap_huge_fault\t[vfio_pci_core]
 ffffffffc0000210 t vfio_pci_mmap_page_fault\t[vfio_pci_core]
@@ -70,6 +72,7 @@ NEWER = DEBIAN_6_12.replace("T untrack_pfn", "T pfnmap_untrack") + (
 def selection(text, zero_pfn=0x1234):
     syms = Kallsyms.parse(text.splitlines(), wanted_symbols())
     facts = kernel_facts(syms)
+    facts["HPAGE_PMD_NR"] = 512  # learned at run time from sysfs
     if zero_pfn:
         facts["ZERO_PFN"] = zero_pfn  # learned at run time from pagemap
     return {s.probe.name: s for s in select(syms, facts)}, facts
@@ -82,7 +85,7 @@ def symbols(sel):
 def test_debian_6_1():
     sel, facts = selection(DEBIAN_6_1)
     assert facts == {"VFIO_PGOFF_IS_PFN": 1, "VFIO_PCI_MMAP_OPS": 0xFFFFFFFFC0000100, "PCIE_RESET_FLR": 1,
-                     "ZERO_PFN": 0x1234}
+                     "HUGE_ZERO_PFN_ADDR": 0xFFFFFFFF82000040, "HPAGE_PMD_NR": 512, "ZERO_PFN": 0x1234}
     assert all(s.available for s in sel.values())
     assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_fault"
     assert symbols(sel["dma_map"]) == "vfio_iommu_type1_ioctl"
@@ -132,7 +135,7 @@ def test_huge_fault_without_page_fault_is_enough():
 
 def test_vfio_modules_not_loaded():
     sel, facts = selection("ffffffff81000010 T __account_locked_vm\nffffffff81000020 T remap_pfn_range\nffffffff81000030 T untrack_pfn\n", None)
-    assert facts == {}
+    assert facts == {"HPAGE_PMD_NR": 512}  # sysfs, not kallsyms
     assert sel["remap_pfn_range"].available
     for name in ("bar_fault", "dma_map", "pin_pages", "locked_vm_charge"):
         assert not sel[name].available
@@ -158,6 +161,16 @@ def test_zero_page_pins_need_the_zero_pfn():
     assert sel["zero_page_pins"].reason == "unknown kernel fact: ZERO_PFN"
 
 
+def test_huge_zero_page_pins_need_the_kernels_huge_zero_pfn():
+    """Without huge_zero_pfn in kallsyms (a kernel without CONFIG_KALLSYMS_ALL) the
+    huge zero page is not recognised; the 4 KiB zero page still is."""
+    sel, facts = selection(DEBIAN_6_1.replace("ffffffff82000040 D huge_zero_pfn\n", ""))
+    assert "HUGE_ZERO_PFN_ADDR" not in facts
+    assert sel["zero_page_pins"].available
+    assert not sel["huge_zero_page_pins"].available
+    assert sel["huge_zero_page_pins"].reason == "unknown kernel fact: HUGE_ZERO_PFN_ADDR"
+
+
 def test_isra_copy_is_refused_where_arguments_are_read():
     text = DEBIAN_6_1.replace("t vfio_unpin_pages_remote\t", "t vfio_unpin_pages_remote.isra.0\t")
     sel, _ = selection(text)
@@ -167,7 +180,7 @@ def test_isra_copy_is_refused_where_arguments_are_read():
 def test_every_probe_has_a_unique_name_and_known_area():
     names = [p.name for p in PROBES]
     assert len(names) == len(set(names))
-    assert {p.area for p in PROBES} == {"faults", "type1", "iommufd", "resets", "iommu_faults", "users"}
+    assert {p.area for p in PROBES} == {"faults", "type1", "iommufd", "resets", "iommu_faults", "bar_dmabuf", "users"}
 
 
 # Debian sid's 7.2.13 (GCC 16): vfio_lock_acct is inlined into vfio_pin_pages_remote,

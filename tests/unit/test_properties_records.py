@@ -21,7 +21,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from vfiomond import bpfload, faults, histogram, iommufd, pins, type1  # noqa: E402
+from vfiomond import bpfload, faults, histogram, iommufd, metricsutil, pins, type1  # noqa: E402
 from vfiomond.pins import EV_MAP_END, EV_MEMLOCK, EV_WRITE_FAULT, EVENT, PAGE, KernelMapping, PinTracker, PinWatch  # noqa: E402
 from vfiomond.pintable import BACKEND_CODES, PinTable  # noqa: E402
 from vfiomond.processes import memlock_alert  # noqa: E402
@@ -275,7 +275,7 @@ def test_any_number_has_a_name(n):
 
 @given(st.binary(max_size=40))
 def test_any_device_key_gives_a_name(raw):
-    name = faults._cstr(raw)
+    name = metricsutil.cstr(raw)
     assert isinstance(name, str) and "\0" not in name
     assert faults.device_name(name)
 

@@ -41,12 +41,25 @@ EXPECTED = {
     "riscv64-perf-smp-call-function-warning.txt":
         ("warning", "kernel/smp.c:775", "smp_call_function_many_cond", False, False, None),
     "arm64-smmu-vfio-unmap-soft-lockup.txt": ("soft_lockup", "", "ktime_get", True, False, None),
-    "x86_64-vfio-pin-pages-rcu-stall.txt": ("rcu_stall", "", "lookup_memtype", True, True, None),
+    "x86_64-vfio-xe-reset-done-lockdep.txt":
+        ("lockdep", "", "__mutex_lock", True, False, "vfio-variant-reset-lock-cycle"),
+    "x86_64-vfio-pin-pages-rcu-stall.txt": ("rcu_stall", "", "lookup_memtype", True, True, "type1-pin-rcu-stall"),
 }
 # Files of one-line events: file -> events by kind.
 EVENTS = {
     "x86_64-vfio-igd-dmar-fault-callbacks-suppressed.txt": {"iommu_fault": 4, "vfio": 5, "suppressed": 1},
+    "x86_64-vfio-unlocked-secondary-bus-reset.txt": {"unlocked_reset": 1},
 }
+
+
+def test_an_unlocked_bus_reset_is_the_known_issue():
+    found = list(splats.scan(load("x86_64-vfio-unlocked-secondary-bus-reset.txt")))
+    assert [s.kind for s in found] == ["unlocked_reset"]
+    assert splats.match(found[0], KB) == "pci-unlocked-bus-reset"
+    # As the kernel prints it (pci_bridge_secondary_bus_reset, "...via: %pS"): the caller named.
+    one_line = only_from(["[  125.942583] pcieport 0000:00:00.0: unlocked secondary bus reset via: "
+                          "pci_reset_bus_function+0x188/0x1b8"])
+    assert one_line.function == "pci_reset_bus_function" and one_line.frames == ("pci_reset_bus_function",)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

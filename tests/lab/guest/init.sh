@@ -77,7 +77,7 @@ fi
 # The symbols vfiomond looks for, as this kernel has them (for diagnosis, and the
 # fixtures of tests/unit/data/kallsyms that scripts/coverage_table.py reads).
 { echo "# $(uname -r)"
-  grep -E ' (vfio|iommufd|iopt|iommu_map$|do_update_pinned|__account_locked_vm|mm_lock_acct|remap_pfn_range|untrack_pfn|pfnmap_untrack|do_wp_page$|wake_up_new_task$|(pci_try_reset_function|__pci_reset_function_locked|pci_reset_function|pci_reset_bus|pcie_reset_flr|pcie_flr|pci_af_flr|pci_pm_reset|pci_reset_bus_function|pci_dev_specific_reset|pci_dev_acpi_reset|cxl_reset_bus_function|pci_dev_reset_slot_function|pci_parent_bus_reset|dmar_fault)(\.[a-z]+\.[0-9]+)?$)' /proc/kallsyms \
+  grep -E ' (vfio|iommufd|iopt|iommu_map$|do_update_pinned|__account_locked_vm|mm_lock_acct|remap_pfn_range|untrack_pfn|pfnmap_untrack|do_wp_page$|wake_up_new_task$|huge_zero_pfn$|dma_buf_invalidate_mappings$|dma_buf_move_notify$|(pci_try_reset_function|__pci_reset_function_locked|pci_reset_function|pci_reset_bus|pcie_reset_flr|pcie_flr|pci_af_flr|pci_pm_reset|pci_reset_bus_function|pci_dev_specific_reset|pci_dev_acpi_reset|cxl_reset_bus_function|pci_dev_reset_slot_function|pci_parent_bus_reset|dmar_fault)(\.[a-z]+\.[0-9]+)?$)' /proc/kallsyms \
     | sort -k3; } >"$out/kallsyms.txt"
 step "vfiomond check (and doctor) done"
 # A secured endpoint (TLS and basic auth) when the host wrote a web configuration

@@ -13,7 +13,6 @@ Ground truth: the DMAs the scenario started, and the kernel log's own lines read
 Prints one JSON line.
 """
 
-import json
 import os
 import sys
 import time
@@ -90,18 +89,7 @@ def run(dev):
 
 
 def main():
-    summary = {"scenario": "iommu-faults", "kernel": os.uname().release}
-    edu = [d for d in v.find_devices() if d.name == "edu"]
-    if not edu:
-        summary.update(ok=False, error="no edu device bound to vfio-pci")
-    else:
-        try:
-            summary.update(run(edu[0]))
-            summary["ok"] = True
-        except Exception as e:
-            summary.update(ok=False, error="%s: %s" % (type(e).__name__, e))
-    print(json.dumps(summary))
-    return 0 if summary["ok"] else 1
+    return v.run_on_device("iommu-faults", "edu", run)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ Then a divergence that lives less than a second ("brief"): the same read-only ma
 of 64 KiB of untouched memory at IOVA 0x3000000, the write, the device's read, and
 the container closed at once (no UNMAP_DMA: the kernel unmaps at release).
 
+Then the huge zero page ("huge-zero"): a 2 MiB-aligned, never-touched range with
+MADV_HUGEPAGE mapped read-only at IOVA 0xA000000: where the read-only pin takes the
+huge zero page (THP's shared zero folio, 6.1), /proc/kpageflags says which pages
+(ZERO_PAGE and THP set); the process writes, the device reads one of them.
+
 Then COW after fork ("fork"): 64 KiB of touched memory mapped read-write at
 IOVA 0x5000000; the process forks, the child writes 0xCD over the buffer and
 exits, the parent writes 0x5A; the device reads the buffer.  Kernels that copy
@@ -143,6 +148,50 @@ def brief(dev):
     return out
 
 
+HUGE_ZERO_IOVA = 0xA000000  # above the churn's IOVAs (the churn test checks that range)
+KPF_THP, KPF_ZERO_PAGE = 1 << 22, 1 << 24  # Documentation/admin-guide/mm/pagemap.rst
+
+
+def huge_zero(dev, wait):
+    """A read-only map of a 2 MiB-aligned untouched THP range: the huge zero page on 6.1."""
+    huge = v.hpage_pmd_size()
+    out = {"iova": HUGE_ZERO_IOVA, "size": huge, "thp": v.thp_policy()}
+    container = v.Container(dev.iommu_group)
+    device_fd, addr, bar_size = open_edu(container, dev)
+    area = v.mmap_anonymous(2 * huge)
+    buf = (area + huge - 1) // huge * huge  # aligned: a read fault may map the whole PMD
+    v.madvise_hugepage(buf, huge)
+    rw = v.mmap_anonymous(v.PAGE)
+    v.touch_pages(rw, v.PAGE)
+    container.map_dma(rw, READBACK_IOVA, v.PAGE, v.VFIO_DMA_MAP_FLAG_READ | v.VFIO_DMA_MAP_FLAG_WRITE)
+    out["before"], locked_before = vfiomond_view("before"), v.proc_status_kib("VmLck")
+    container.map_dma(buf, HUGE_ZERO_IOVA, huge, v.VFIO_DMA_MAP_FLAG_READ)
+    out["after_map"] = vfiomond_view("after_map")
+    out["vmlck_added_bytes"] = (v.proc_status_kib("VmLck") - locked_before) * 1024
+    out["vaddr"] = buf
+    pfns = [v.own_pfn(buf + off) for off in range(0, huge, v.PAGE)]
+    flags = [v.kpageflags(pfn) if pfn is not None else 0 for pfn in pfns]
+    out["zero_pages"] = sum(1 for f in flags if f & KPF_ZERO_PAGE)
+    out["huge_zero_pages"] = sum(1 for f in flags if f & KPF_ZERO_PAGE and f & KPF_THP)
+    out["first_pfn"] = pfns[0]
+    out["wrote_at"] = time.time()
+    ctypes.memset(buf, PATTERN, huge)
+    out["pfn_changed"] = v.own_pfn(buf) != pfns[0]
+    out["stale"] = device_reads(addr, HUGE_ZERO_IOVA, rw, READBACK_IOVA) != bytes([PATTERN]) * COPY
+    time.sleep(wait)  # vfiomond verifies with the mapping in place
+    out["unmap_at"] = time.time()
+    container.unmap_dma(HUGE_ZERO_IOVA, huge)
+    container.unmap_dma(READBACK_IOVA, v.PAGE)
+    v.munmap(addr, bar_size)
+    os.close(device_fd)
+    container.close()
+    v.munmap(area, 2 * huge)
+    v.munmap(rw, v.PAGE)
+    print("pin-mismatch: huge zero page: %d of %d pinned pages were the huge zero page (THP %s; stale: %s)"
+          % (out["huge_zero_pages"], len(pfns), out["thp"], out["stale"]), file=sys.stderr, flush=True)
+    return out
+
+
 FORK_IOVA, FORK_SIZE = 0x5000000, 64 * 1024
 CHILD_PATTERN, PARENT_PATTERN = 0xCD, 0x5A
 
@@ -194,6 +243,8 @@ def vfiomond_view(name):
             "verifications": sum(v.sample(text, "vfiomond_pin_verifications_total")),
             "events_lost": sum(v.sample(text, "vfiomond_events_lost_total")),
             "lost_pin_events": sum(v.sample(text, "vfiomond_events_lost_total", map="pin_events", reason="full")),
+            "zero_page_pins": sum(v.sample(text, "vfiomond_zero_page_pins_total", backend="type1")),
+            "uncharged_bytes": sum(v.sample(text, "vfiomond_process_uncharged_pinned_bytes", pid=str(os.getpid()))),
             "map_calls": sum(v.sample(text, "vfiomond_dma_map_duration_seconds_count", backend="type1")),
             "unmap_calls": sum(v.sample(text, "vfiomond_dma_unmap_duration_seconds_count", backend="type1")),
             "name": name}
@@ -248,6 +299,7 @@ def main():
             raise RuntimeError("no edu device bound to vfio-pci")
         summary["devices"] = [run(edu[0], args.wait)]
         summary["brief"] = brief(edu[0])
+        summary["huge_zero"] = huge_zero(edu[0], 2.0)
         summary["fork"] = cow_after_fork(edu[0])
         summary["churn"] = churn(edu[0], args.churn)
         summary["ok"] = True

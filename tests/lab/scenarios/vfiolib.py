@@ -6,6 +6,7 @@ that they can be handed to MAP_DMA and touched outside the GIL.
 
 import ctypes
 import fcntl
+import json
 import os
 import signal
 import struct
@@ -126,8 +127,8 @@ def mmap_untouched(size: int) -> int:
     """Anonymous memory for a read-only DMA map of never-touched pages, with THP off
     (MADV_NOHUGEPAGE): a read fault then maps the 4 KiB zero page.  Without it, a
     2 MiB-aligned range may get the huge zero page instead (seen on 6.1 in the lab),
-    which vfiomond does not recognise as the zero page, and whether it does depends on
-    where mmap put the buffer."""
+    depending on where mmap put the buffer (the huge-zero part of pin-mismatch maps
+    that on purpose)."""
     addr = mmap_anonymous(size)
     madvise(addr, size, MADV_NOHUGEPAGE)
     return addr
@@ -144,6 +145,18 @@ def madvise(addr: int, size: int, advice: int) -> None:
     if _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(size), advice) != 0:
         err = ctypes.get_errno()
         raise OSError(err, "madvise: " + os.strerror(err))
+
+
+def hpage_pmd_size() -> int:
+    """Bytes a PMD maps (THP's huge page), from the running kernel."""
+    with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+        return int(f.read())
+
+
+def thp_policy() -> str:
+    """THP's policy ("always", "madvise", "never"): the bracketed word of sysfs enabled."""
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        return f.read().split("[", 1)[1].split("]", 1)[0]
 
 
 def madvise_hugepage(addr: int, size: int) -> None:
@@ -332,6 +345,35 @@ def edu_ack_interrupt(bar: int, value: int = 1) -> None:
     ctypes.c_uint32.from_address(bar + EDU_IRQ_ACK).value = value
 
 
+# VFIO_DEVICE_FEATURE (include/uapi/linux/vfio.h, 5.16+): struct vfio_device_feature
+# {u32 argsz, flags} then the feature's data; VFIO_DEVICE_FEATURE_DMA_BUF (6.19+): data
+# struct vfio_device_feature_dma_buf {u32 region_index, open_flags, flags, nr_ranges}
+# then nr_ranges of struct vfio_region_dma_range {u64 offset, length}; returns an fd.
+VFIO_DEVICE_FEATURE = 0x3B75
+VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_PROBE = 1 << 16, 1 << 18
+VFIO_DEVICE_FEATURE_DMA_BUF = 11
+
+
+def dma_buf_probe(device_fd: int) -> None:
+    """Raises OSError where the device (or the kernel) cannot export BARs as dma-bufs."""
+    buf = bytearray(struct.pack("<II", 8, VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF))
+    fcntl.ioctl(device_fd, VFIO_DEVICE_FEATURE, buf, True)
+
+
+def dma_buf_export(device_fd: int, region: int, ranges) -> int:
+    """A dma-buf fd for ``ranges`` [(offset, length)] of BAR ``region``."""
+    data = struct.pack("<IIII", region, os.O_RDWR | os.O_CLOEXEC, 0, len(ranges))
+    data += b"".join(struct.pack("<QQ", off, length) for off, length in ranges)
+    buf = bytearray(struct.pack("<II", 8 + len(data), VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF) + data)
+    return fcntl.ioctl(device_fd, VFIO_DEVICE_FEATURE, buf, True)
+
+
+def kpageflags(pfn: int) -> int:
+    """/proc/kpageflags of ``pfn`` (the kernel's KPF_* bits); needs root."""
+    with open("/proc/kpageflags", "rb", buffering=0) as f:
+        return struct.unpack("<Q", os.pread(f.fileno(), 8, pfn * 8))[0]
+
+
 def own_pfn(vaddr: int):
     """PFN mapped at vaddr in this process (None if not present); needs root."""
     with open("/proc/self/pagemap", "rb", buffering=0) as f:
@@ -450,3 +492,20 @@ def sample(text: str, name: str, **labels) -> List[float]:
         if all('%s="%s"' % kv in head for kv in labels.items()):
             out.append(float(value))
     return out
+
+
+def run_on_device(scenario: str, device_name: str, run) -> int:
+    """A scenario's main: ``run(dev)`` on the lab device ``device_name`` bound to
+    vfio-pci, its result printed as one JSON line with ok (and error); the exit status."""
+    summary = {"scenario": scenario, "kernel": os.uname().release}
+    found = [d for d in find_devices() if d.name == device_name]
+    if not found:
+        summary.update(ok=False, error="no %s device bound to vfio-pci" % device_name)
+    else:
+        try:
+            summary.update(run(found[0]))
+            summary["ok"] = True
+        except Exception as e:
+            summary.update(ok=False, error="%s: %s" % (type(e).__name__, e))
+    print(json.dumps(summary))
+    return 0 if summary["ok"] else 1
