@@ -16,7 +16,7 @@ from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
 from vfiomond.config import RESTART_ONLY, Config, parse_listen
 from vfiomond.errors import ConfigError, VfiomondError
-from vfiomond.exposition import serve
+from vfiomond.exposition import SharedCollection, serve
 from vfiomond.kernellog import KernelLogWatcher
 from vfiomond.kernel import Kallsyms
 from vfiomond.losses import LossLog
@@ -373,15 +373,17 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     if "resets" in program.areas():
         daemon.resets = resets.ResetWatch(daemon.is_vfio_device, lambda: list(daemon.inventory.devices), sink)
         program.open_ring_buffer("resets", resets.EVENTS, resets.parse_event, daemon.resets.on_reset)
-        detectors["resets"] = daemon.resets
+        detectors["reset_events"] = daemon.resets  # not "resets": that is the probe area's collector
     registry = CollectorRegistry(auto_describe=False)
     registry.register(VfiomondCollector(program, release, detectors, sink))
     # The daemon's own footprint, as every client_python exporter gives it: process_*
     # (CPU seconds, resident memory, open fds, start time) and python_info.
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
+    shared = SharedCollection(registry)
+    registry.register(shared.counter())
     try:
-        server = serve(host, port, registry, web_config=config.web_config_file)
+        server = serve(host, port, shared, web_config=config.web_config_file)
     except OSError as e:
         udev.stop()
         program.close()

@@ -4,6 +4,9 @@ With a web configuration (vfiomond.webconfig: the exporter-toolkit file of
 ``--web.config.file``) the socket speaks TLS and every path asks for basic auth.
 Each connection is served in its own thread, TLS handshake included, under a
 timeout: a client that connects and sends nothing holds its own thread only.
+At most one collection runs at a time (SharedCollection): requests that arrive
+while one runs are answered from it, so many scrapers, or a scraper that gives
+up and retries while a slow collection is still running, do not multiply its cost.
 """
 
 import html
@@ -13,9 +16,11 @@ import ssl
 import sys
 import threading
 from socketserver import ThreadingMixIn
+from typing import Optional
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from vfiomond import __version__, webconfig
 
@@ -76,6 +81,97 @@ def users_table(registry) -> str:
             cells.append("" if value is None else "%.3f" % (value if name.endswith("_seconds_total") else value / GIB))
         body.append("<tr>%s</tr>" % "".join("<td>%s</td>" % c for c in cells))
     return "<h2>VFIO users</h2>\n<table border=\"1\"><tr>%s</tr>\n%s\n</table>" % (head, "\n".join(body))
+
+
+class _Flight:
+    """One collection of the wrapped registry, shared by the requests that wait on it."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.families: list = []
+        self.error: Optional[BaseException] = None
+
+
+class SharedCollection:
+    """A registry for the HTTP endpoint that runs at most one collection of
+    ``registry`` at a time: a request that arrives while a collection runs waits for
+    it and is answered with its families (collected at most one collection's time
+    before the request; a scrape's samples carry the scrape's time anyway).
+
+    Why: each collection reads every BPF map and the VFIO users in /proc, and the
+    HTTP server serves each connection in its own thread.  A scraper that times out
+    (Prometheus cancels at scrape_timeout) leaves its collection running; with
+    parallel collections, the next scrape competes with it for the interpreter,
+    takes longer, times out in turn, and the collections pile up until no scrape
+    succeeds.  Sharing the running one bounds the cost to one collection at a time,
+    whatever the number of scrapers.
+
+    Collects the counter ``vfiomond_scrapes_shared_total`` itself (register it into
+    ``registry`` with ``registry.register(shared.counter())``).
+    """
+
+    def __init__(self, registry):
+        self._registry = registry
+        self._lock = threading.Lock()
+        self._flight: Optional[_Flight] = None
+        self.shared = 0  # requests answered from a collection another request started
+
+    def collect(self):
+        """The families of one collection, as a list; re-raises what the shared
+        collection raised."""
+        with self._lock:
+            flight = self._flight
+            leader = flight is None
+            if leader:
+                flight = self._flight = _Flight()
+            else:
+                self.shared += 1
+        if leader:
+            try:
+                flight.families = list(self._registry.collect())
+            except BaseException as e:  # every waiter gets the error, as the leader does
+                flight.error = e
+            finally:
+                with self._lock:
+                    self._flight = None
+                flight.done.set()
+        else:
+            flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.families
+
+    def restricted_registry(self, names):
+        """What ``/metrics?name[]=...`` asks for (prometheus_client calls this): the
+        shared collection's samples whose name is in ``names``."""
+        return _Restricted(self, set(names))
+
+    def counter(self):
+        """A collector of ``vfiomond_scrapes_shared_total``."""
+        owner = self
+
+        class _SharedCounter:
+            def collect(self):
+                c = CounterMetricFamily(
+                    "vfiomond_scrapes_shared", "Scrape requests answered from a collection that was already "
+                    "running for another request (at most one collection runs at a time).")
+                c.add_metric([], owner.shared)
+                yield c
+
+        return _SharedCounter()
+
+
+class _Restricted:
+    def __init__(self, shared: SharedCollection, names: set):
+        self.shared, self.names = shared, names
+
+    def collect(self):
+        for family in self.shared.collect():
+            samples = [s for s in family.samples if s.name in self.names]
+            if samples:
+                part = Metric(family.name, family.documentation, family.type, family.unit)
+                part.samples = samples
+                yield part
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -203,6 +299,8 @@ def app(registry):
 
 def serve(host: str, port: int, registry, web_config=None):
     """Start serving in a daemon thread; returns the server (call .shutdown()).
+    ``registry``: anything with prometheus_client's ``collect()``; the daemon
+    passes a SharedCollection, so that concurrent requests share one collection.
 
     ``web_config``: None or "" (plain HTTP, no auth), the path of a web
     configuration file (read now, and again whenever it or a file it names
