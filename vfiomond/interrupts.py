@@ -51,11 +51,11 @@ def device_irqs(bdf: str, sysfs: str = "/sys") -> List[int]:
     """The IRQs a device has now: its MSI/MSI-X IRQs, and its INTx line."""
     base = os.path.join(sysfs, "bus/pci/devices", bdf)
     try:
-        irqs = sorted(int(n) for n in os.listdir(os.path.join(base, "msi_irqs")) if n.isdigit())
+        irqs = sorted(int(n) for n in os.listdir(os.path.join(base, "msi_irqs")) if n.isascii() and n.isdigit())
     except OSError:  # no MSI allocated now (the directory goes with the last vector)
         irqs = []
     legacy = _read(os.path.join(base, "irq"))
-    if legacy and legacy.strip().isdigit() and int(legacy) > 0 and int(legacy) not in irqs:
+    if legacy and legacy.strip().isascii() and legacy.strip().isdigit() and int(legacy) > 0 and int(legacy) not in irqs:
         irqs.append(int(legacy))
     return irqs
 
