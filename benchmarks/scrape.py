@@ -14,9 +14,13 @@ and /proc readers, with three stand-ins for what only a big VFIO host has:
 
 ``--host-fds N`` adds processes holding N open files between them (a big host:
 databases, sockets); ``--full-scan`` reads every process's open files on each scrape, as
-vfiomond did before the UserFinder, for comparison.
+vfiomond did before the UserFinder, for comparison.  ``--parallel N`` runs N scrapers
+at once through exposition.SharedCollection, as the daemon serves them (one
+collection at a time, shared by the requests that arrive while it runs);
+``--no-share`` lets each collect on its own, as before, for comparison.
 
     python3 benchmarks/scrape.py [--devices 64] [--processes 64] [--scrapes 50] [--host-fds N] [--full-scan]
+                                 [--parallel N [--no-share]]
 
 Prints the median and worst time of ``generate_latest`` over the collector (what
 one GET /metrics costs besides HTTP) and the size of the page.
@@ -27,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace as NS
 
@@ -37,6 +42,7 @@ from prometheus_client.exposition import generate_latest  # noqa: E402
 from vfiomond import devices, iommufd, processes, type1  # noqa: E402
 from vfiomond.bpfload import ProbeStatus  # noqa: E402
 from vfiomond.collector import VfiomondCollector  # noqa: E402
+from vfiomond.exposition import SharedCollection  # noqa: E402
 from vfiomond.probes import PROBES  # noqa: E402
 
 
@@ -147,6 +153,17 @@ def fd_holders(n: int) -> list:
     return children
 
 
+class Counting:
+    """The registry, counting its collections."""
+
+    def __init__(self, registry):
+        self.registry, self.collections = registry, 0
+
+    def collect(self):
+        self.collections += 1
+        return self.registry.collect()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=64)
@@ -154,6 +171,10 @@ def main():
     p.add_argument("--scrapes", type=int, default=50)
     p.add_argument("--host-fds", type=int, default=0, help="open files held by one more (non-VFIO) process")
     p.add_argument("--full-scan", action="store_true", help="read every process's open files on each scrape")
+    p.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="N scrapers at once, each scraping --scrapes times back to back (as the daemon serves "
+                        "them: through exposition.SharedCollection)")
+    p.add_argument("--no-share", action="store_true", help="with --parallel: each request collects on its own")
     args = p.parse_args()
     children = [subprocess.Popen(["sleep", "3600"]) for _ in range(args.processes)]
     pids = [c.pid for c in children]  # the VFIO users
@@ -176,16 +197,32 @@ def main():
         registry = CollectorRegistry(auto_describe=False)
         registry.register(VfiomondCollector(Program(tables(args.devices, pids)), os.uname().release,
                                             detectors={"devices": devices.InventoryMetrics(inv)}))
-        times, size = [], 0
-        for _ in range(args.scrapes):
-            start = time.perf_counter()
-            page = generate_latest(registry)
-            times.append(time.perf_counter() - start)
-            size = len(page)
+        counted = Counting(registry)
+        served = counted if args.no_share else SharedCollection(counted)
+        times: list = []
+        pages: list = []
+
+        def scraper():
+            for _ in range(args.scrapes):
+                start = time.perf_counter()
+                pages.append(generate_latest(served))
+                times.append(time.perf_counter() - start)
+
+        threads = [threading.Thread(target=scraper) for _ in range(args.parallel)]
+        wall = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - wall
+        page = pages[-1]
         samples = sum(1 for line in page.decode().splitlines() if line and not line.startswith("#"))
         print("devices=%d processes=%d host_fds=%d %s scrapes=%d page=%d bytes, %d samples" % (
             args.devices, args.processes, args.host_fds, "full-scan" if args.full_scan else "candidates",
-            args.scrapes, size, samples))
+            args.scrapes, len(page), samples))
+        if args.parallel > 1:
+            print("parallel=%d %s: %d requests in %.2f s, %d collections" % (
+                args.parallel, "each collects" if args.no_share else "shared", len(times), wall, counted.collections))
         print("scrape: median %.1f ms, worst %.1f ms" % (statistics.median(times) * 1e3, max(times) * 1e3))
     finally:
         for c in children:

@@ -362,12 +362,3 @@ int on_untrack_pfn(struct pt_regs *ctx)
     add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1, LOSS_PAT_UNTRACK_FULL);
     return 0;
 }
-
-/* pfnmap_untrack(pfn, size), 6.16+: no vma, so no device. */
-int on_pfnmap_untrack(struct pt_regs *ctx)
-{
-    u64 zero = 0;
-    struct device_key dk = {};
-    add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1, LOSS_PAT_UNTRACK_FULL);
-    return 0;
-}

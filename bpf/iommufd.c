@@ -74,6 +74,13 @@ struct iommufd_dma_key {
 };
 
 BPF_HASH(iommufd_dma_by_tid, u32, struct iommufd_inflight, 4096);
+/* IOMMU_IOAS_MAP calls in flight on any thread, so that iommu_map's other callers
+ * (the DMA API on translated default domains: every streaming DMA mapping of the
+ * host) end at an array read, not a hash lookup.  Up when a map's entry is made,
+ * down when its return probe removes it; an entry that goes otherwise (overwritten
+ * as stale, forgotten with its exited thread) leaves the count high: more lookups,
+ * never a map missed. */
+BPF_ARRAY(iommufd_maps_in_flight, s64, 1);
 BPF_HASH(iommufd_dma_hist, struct iommufd_dma_key, u64, 256);
 BPF_HASH(iommufd_dma_errors, struct iommufd_dma_key, u64, 128);
 
@@ -108,8 +115,14 @@ static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
     d->ts = bpf_ktime_get_ns();
     if (iommufd_dma_by_tid.lookup(&tid))
         count_lost(LOSS_IOMMUFD_DMA_BY_TID_STALE); /* left by a return probe that never ran */
-    if (iommufd_dma_by_tid.update(&tid, d) != 0)
+    if (iommufd_dma_by_tid.update(&tid, d) != 0) {
         count_lost(LOSS_IOMMUFD_DMA_BY_TID_FULL);
+        return 0;
+    }
+    u32 first = 0;
+    s64 *maps = iommufd_maps_in_flight.lookup(&first);
+    if (maps && d->op == IOMMUFD_OP_MAP)
+        __sync_fetch_and_add(maps, 1);
     return 0;
 }
 
@@ -150,11 +163,16 @@ int on_iopt_unmap_all(struct pt_regs *ctx)
  * IOVA.  The first run of the map in flight on this thread makes the entry (the
  * IOVA is allocated by then), each run fills the sample slots it holds;
  * iommu_map calls of anyone else (the DMA API on translated default domains,
- * type1) end at the lookup.  A domain attached after the map is filled by
- * another path, not sampled; an IOAS without a domain pins nothing at map time
+ * type1) end at the array read while no IOAS map is in flight, else at the
+ * lookup.  A domain attached after the map is filled by another path, not
+ * sampled; an IOAS without a domain pins nothing at map time
  * and makes no entry. */
 int on_iommufd_iommu_map(struct pt_regs *ctx)
 {
+    u32 first = 0;
+    s64 *maps = iommufd_maps_in_flight.lookup(&first);
+    if (maps && *maps <= 0)
+        return 0;
     u32 tid = current_tid();
     struct iommufd_inflight *d = iommufd_dma_by_tid.lookup(&tid);
     if (!d || d->op != IOMMUFD_OP_MAP)
@@ -249,6 +267,12 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
     iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_SUM_NS : IOMMUFD_UNMAP_SUM_NS, delta);
     key.slot = bpf_log2l(delta);
     add_or_lost(iommufd_dma_hist.lookup_or_try_init(&key, &zero), 1, LOSS_IOMMUFD_DMA_HIST_FULL);
+    if (d->op == IOMMUFD_OP_MAP) {
+        u32 first = 0;
+        s64 *maps = iommufd_maps_in_flight.lookup(&first);
+        if (maps)
+            __sync_fetch_and_add(maps, -1);
+    }
     iommufd_dma_by_tid.delete(&tid);
     return 0;
 }

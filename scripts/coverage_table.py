@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from vfiomond.kernel import Kallsyms  # noqa: E402
-from vfiomond.probes import PROBES, Selected, kernel_facts, select, wanted_symbols  # noqa: E402
+from vfiomond.probes import FEATURES, PROBES, Selected, kernel_facts, select, wanted_symbols  # noqa: E402
 
 KALLSYMS_DIR = os.path.join(REPO, "tests", "unit", "data", "kallsyms")
 # Suite -> column heading, oldest kernel first.
@@ -58,7 +58,7 @@ def symbols(s: Selected) -> str:
 
 def cell(s: Optional[Selected], feature: Optional[str]) -> str:
     if s is None:
-        return "no %s in this kernel" % feature
+        return "left out: " + FEATURES[feature].absent
     if not s.available:
         return "not available: " + s.reason
     return "`%s`: %s" % (symbols(s).replace(",", "`, `"), s.variant.label)

@@ -54,7 +54,7 @@ RUNTIME_FACTS = ("VFIO_PCI_MMAP_OPS", "VFIO_PGOFF_IS_PFN", "TYPE1_IOCTL_MAP", "T
                  "IOMMUFD_PIN_MAPS", "BAR_FAULT_NESTED")
 
 # Kernel features (probes.FEATURES) only choose probes; the BPF programs do not read them.
-_FEATURE_FACTS = {fact for fact, _ in FEATURES.values()}
+_FEATURE_FACTS = {feature.fact for feature in FEATURES.values()}
 
 HookKey = Tuple[str, str, str]  # (area, "k" or "r", symbol)
 
@@ -92,8 +92,11 @@ class Program:
         self._daemon_losses: Dict[Tuple[str, str], int] = {}  # found by the daemon, not the programs
 
     def tables(self, area: str) -> Callable[[str], object]:
+        """name -> the area's BCC table.  ``bpf[name]`` keeps the Table BCC made the first
+        time; ``get_table`` would decode the key and value types into new ctypes classes
+        on every call (every scrape, every table)."""
         bpf = self._programs[area]
-        return lambda name: bpf.get_table(name)
+        return lambda name: bpf[name]
 
     def _distinct(self) -> List[object]:
         return list({id(b): b for b in self._programs.values()}.values())
@@ -106,7 +109,7 @@ class Program:
         for loss, n in list(self._daemon_losses.items()):  # a copy: the main loop adds keys
             out[loss] = out.get(loss, 0) + n  # daemon-side reasons (malformed) are not in LOSSES
         for bpf in self._distinct():
-            table = bpf.get_table("lost_events")
+            table = bpf["lost_events"]
             for i, loss in enumerate(LOSSES):
                 out[loss] += table[ctypes.c_int(i)].value
         return out
@@ -117,7 +120,7 @@ class Program:
 
         if "faults" not in self._programs:
             return False
-        return self._programs["faults"].get_table("bar_fault_nested")[ctypes.c_int(0)].value > 0
+        return self._programs["faults"]["bar_fault_nested"][ctypes.c_int(0)].value > 0
 
     def areas(self) -> List[str]:
         return list(self._programs)
@@ -135,7 +138,7 @@ class Program:
         Returns the statuses in probe-table order (also kept in ``statuses``).
         """
         gone = set(gone_modules)
-        self.features = {name: fact in facts for name, (fact, _) in FEATURES.items()}
+        self.features = {name: feature.fact in facts for name, feature in FEATURES.items()}
         usable = [s for s in selections if s.available and s.probe.name not in disabled and s.probe.area in self._programs]
         wanted = {key: att for s in usable for key, att in _hook_keys(s)}
         for key, att in list(self._hooks.items()):
@@ -168,7 +171,7 @@ class Program:
         import ctypes
 
         for bpf in self._distinct():
-            bpf.get_table("kernel_facts")[ctypes.c_int(RUNTIME_FACTS.index(name))] = ctypes.c_ulonglong(value)
+            bpf["kernel_facts"][ctypes.c_int(RUNTIME_FACTS.index(name))] = ctypes.c_ulonglong(value)
 
     def _set_facts(self, facts: Dict[str, int], usable: Sequence[Selected]) -> None:
         import ctypes
@@ -177,7 +180,7 @@ class Program:
         for sel in usable:
             values.update((d, 1) for d in sel.variant.sets_facts)
         for bpf in self._distinct():
-            table = bpf.get_table("kernel_facts")
+            table = bpf["kernel_facts"]
             for i, name in enumerate(RUNTIME_FACTS):
                 table[ctypes.c_int(i)] = ctypes.c_ulonglong(values.get(name, 0))
 
@@ -294,7 +297,7 @@ class Program:
             areas = [a for a, b in self._programs.items() if b is bpf]
             for name in dict.fromkeys(bpfstats.growing_maps(_source(areas))):
                 try:
-                    table = bpf.get_table(name)
+                    table = bpf[name]
                 except KeyError:  # declared but optimised out
                     continue
                 out.append((name, table.map_fd, table.keys))

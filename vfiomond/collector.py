@@ -91,7 +91,8 @@ class VfiomondCollector:
         yield info
         features = GaugeMetricFamily(
             "vfiomond_kernel_feature", "1 if the running kernel has the feature (iommufd: CONFIG_IOMMUFD, loaded; bar_dmabuf: vfio-pci's "
-            "VFIO_DEVICE_FEATURE_DMA_BUF, 6.19+); "
+            "VFIO_DEVICE_FEATURE_DMA_BUF, 6.19+; vfio_bar_remap: vfio-pci's BAR faults call remap_pfn_range, up to 6.9; "
+            "pat_untrack_vma: x86 PAT's untrack_pfn(vma), up to 6.15); "
             "the feature's probes are left out without it.", labels=["feature"])
         for name, present in sorted(self.program.features.items()):
             features.add_metric([name], 1 if present else 0)

@@ -23,7 +23,7 @@ from vfiomond.losses import LossLog
 from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
 from vfiomond.pintable import PinTable
 from vfiomond.processes import memlock_alert
-from vfiomond.probes import kernel_facts, select, wanted_symbols
+from vfiomond.probes import FEATURES, kernel_facts, select, wanted_symbols
 from vfiomond.service import Notifier
 from vfiomond.workers import Supervisor
 
@@ -160,7 +160,7 @@ def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], si
 def _log_features(features: Dict[str, bool]) -> None:
     for name, present in sorted(features.items()):
         if not present:
-            log.info("kernel without %s (not built, or its module not loaded): its probes are left out", name)
+            log.info("%s: the probes of %s are left out", FEATURES[name].absent, name)
 
 
 def _dispatch(ev, watch, sink, backend: str) -> None:

@@ -186,7 +186,7 @@ def families(snap: FaultSnapshot, attached: Set[str]) -> Iterator:
     if "pat_untrack" in attached:
         c = CounterMetricFamily(
             "vfiomond_pfnmap_untrack_total",
-            "PAT untrack calls on VFIO BAR vmas (untrack_pfn); device=unknown for pfnmap_untrack (6.16+).",
+            "PAT untrack calls on VFIO BAR vmas (untrack_pfn, up to 6.15).",
             labels=["device"],
         )
         for device, n in sorted(snap.untrack.items()):

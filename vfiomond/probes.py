@@ -54,20 +54,47 @@ class Probe(NamedTuple):
 #     "T" on 7.2).
 FACT_SYMBOLS = ("vfio_pci_mmap_open", "vfio_pci_mmap_ops", "pcie_reset_flr", "huge_zero_pfn")
 
-# Kernel features: name -> (fact, symbols of which one marks it present).
+class Feature(NamedTuple):
+    """A kernel feature: present when any of ``markers`` is in kallsyms (then
+    kernel_facts sets ``fact``).  ``absent``: why its probes are left out without it,
+    for the log and the coverage table."""
+
+    fact: str
+    markers: Tuple[str, ...]
+    absent: str
+
+
+# Kernel features, and kernel shapes on which a probe cannot see VFIO work (its
+# probes would run on every caller in the host for nothing):
 #   iommufd (6.2+, CONFIG_IOMMUFD, built in or the iommufd module): its ioctl
 #   handlers iommufd_ioas_map / iommufd_ioas_unmap (drivers/iommu/iommufd/ioas.c).
 #   bar_dmabuf (6.19+, vfio-pci's VFIO_DEVICE_FEATURE_DMA_BUF): its handler
 #   vfio_pci_core_feature_dma_buf (drivers/vfio/pci/vfio_pci_dmabuf.c).
-FEATURES = {"iommufd": ("FEATURE_IOMMUFD", ("iommufd_ioas_map", "iommufd_ioas_unmap")),
-            "bar_dmabuf": ("FEATURE_BAR_DMABUF", ("vfio_pci_core_feature_dma_buf",))}
+#   vfio_bar_remap: vfio-pci's BAR fault handler remaps the whole vma with
+#   io_remap_pfn_range (5.8 .. 6.9), marked by vfio_pci_mmap_open, which went with it
+#   in 6.10 (aac6db75a9fc "vfio/pci: Use unmap_mapping_range()" inserts PFNs per
+#   fault with vmf_insert_pfn; 6.12 adds huge faults): from 6.10 VFIO never calls
+#   remap_pfn_range, and the probe would only count the rest of the host's callers.
+#   pat_untrack_vma: x86 PAT's untrack_pfn(vma, ...), up to 6.15.  6.16 replaced it
+#   with pfnmap_untrack(pfn, size), which has no vma to tell a VFIO BAR by, and
+#   VFIO BAR vmas have not been PAT-tracked since 6.10 (no remap_pfn_range).
+FEATURES = {
+    "iommufd": Feature("FEATURE_IOMMUFD", ("iommufd_ioas_map", "iommufd_ioas_unmap"),
+                       "no iommufd in this kernel (not built, or its module not loaded)"),
+    "bar_dmabuf": Feature("FEATURE_BAR_DMABUF", ("vfio_pci_core_feature_dma_buf",),
+                          "no BAR dma-buf export in this kernel (6.19+), or vfio-pci not loaded"),
+    "vfio_bar_remap": Feature("FEATURE_VFIO_BAR_REMAP", ("vfio_pci_mmap_open",),
+                              "VFIO does not call remap_pfn_range on this kernel (6.10+), or vfio-pci not loaded"),
+    "pat_untrack_vma": Feature("FEATURE_PAT_UNTRACK_VMA", ("untrack_pfn",),
+                               "no untrack_pfn(vma) in this kernel (6.16+, or not x86)"),
+}
 
 
 def kernel_facts(syms: Kallsyms) -> Dict[str, int]:
     facts = {}
-    for fact, markers in FEATURES.values():
-        if any(syms.has(m) for m in markers):
-            facts[fact] = 1
+    for feature in FEATURES.values():
+        if any(syms.has(m) for m in feature.markers):
+            facts[feature.fact] = 1
     if syms.has("pcie_reset_flr"):
         facts["PCIE_RESET_FLR"] = 1
     if syms.has("vfio_pci_mmap_open"):
@@ -103,15 +130,12 @@ PROBES: Tuple[Probe, ...] = (
         Variant("remap_pfn_range", (
             Hook(("remap_pfn_range",), "on_remap_pfn_range", "on_remap_pfn_range_return"),
         )),
-    )),
+    ), feature="vfio_bar_remap"),
     Probe("pat_untrack", "faults", (
-        Variant("pfnmap_untrack (6.16+, no vma)", (
-            Hook(("pfnmap_untrack",), "on_pfnmap_untrack"),
-        )),
         Variant("untrack_pfn on VFIO vmas (up to 6.15)", (
             Hook(("untrack_pfn",), "on_untrack_pfn"),
         ), requires=("VFIO_PCI_MMAP_OPS",)),
-    )),
+    ), feature="pat_untrack_vma"),
     # vfio_dma_do_map/unmap are inlined on some builds (Debian 6.1); the type1
     # ioctl handler is in the driver ops table and always exists.
     Probe("dma_map", "type1", (
@@ -200,7 +224,8 @@ PROBES: Tuple[Probe, ...] = (
     # Pin verification for IOAS mappings: the runs an IOMMU_IOAS_MAP hands to
     # iommu_map (batch_to_domain, pages.c).  iommu_map is also the DMA API's
     # path on translated default domains: its calls by anyone else cost a
-    # kprobe and a hash lookup (benchmarks/RESULTS.md); probes.disable turns it off.
+    # kprobe and, while no IOAS map is in flight, one array read (a hash lookup
+    # while one is: benchmarks/RESULTS.md); probes.disable turns it off.
     # Entries leave pin_maps where each area is unfilled before its unpin; a domain
     # detached makes the IOAS's entries stale (bpf/iommufd.c).
     Probe("iommufd_pin_samples", "iommufd", (
@@ -341,8 +366,8 @@ class Selected(NamedTuple):
 
 def wanted_symbols(probes: Tuple[Probe, ...] = PROBES, extra: Tuple[str, ...] = ()) -> set:
     names = set(FACT_SYMBOLS) | set(extra)
-    for _, markers in FEATURES.values():
-        names.update(markers)
+    for feature in FEATURES.values():
+        names.update(feature.markers)
     for probe in probes:
         for variant in probe.variants:
             for hook in variant.hooks:
@@ -359,7 +384,7 @@ def _resolve(hook: Hook, syms: Kallsyms) -> Optional[Symbol]:
 
 
 def feature_present(facts: Dict[str, int], feature: Optional[str]) -> bool:
-    return feature is None or FEATURES[feature][0] in facts
+    return feature is None or FEATURES[feature].fact in facts
 
 
 def select(syms: Kallsyms, facts: Dict[str, int], probes: Tuple[Probe, ...] = PROBES) -> List[Selected]:

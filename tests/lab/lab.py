@@ -175,18 +175,26 @@ def scrape(port: int, web: Optional["webtls.Web"] = None) -> str:
 
 
 class EarlyCrash(LabError):
-    """The guest kernel died before the lab's init script ran."""
+    """The guest kernel died, or hung, before the lab's init script ran."""
+
+
+# Seconds the guest kernel may take to start the lab's init (its first step): 20-80 s
+# with two boots at once under TCG, systemd as PID 1 included.  Once (sid's 7.2, with a
+# BPF compile running in the other boot) it stopped after "smpboot: Total of 2
+# processors activated" and kept its CPUs busy for 14 minutes without printing more.
+INIT_TIMEOUT = 400
 
 
 def run(suite: str, scenario: str = "standard", extra: Optional[str] = None, demo: bool = False,
         out: Optional[str] = None, timeout: float = 600, prometheus: bool = False) -> LabRun:
     """Boot, run the scenario, scrape, power off.  A guest kernel that dies before
     init (seen once in about 30 boots: an int3 oops while the 6.12 kernel patches
-    its text at boot under multi-threaded TCG) is booted once more, and said so."""
+    its text at boot under multi-threaded TCG) or does not reach it within
+    INIT_TIMEOUT is booted once more, and said so."""
     try:
         return _run(suite, scenario, extra, demo, out, timeout, prometheus)
     except EarlyCrash as e:
-        log("the guest kernel crashed before init; booting once more. %s" % str(e).splitlines()[0])
+        log("the guest kernel crashed or hung before init; booting once more. %s" % str(e).splitlines()[0])
         return _run(suite, scenario, extra, demo, out and out + "-again", timeout, prometheus)
 
 
@@ -250,6 +258,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
             server = promserver.PrometheusServer(port, out.rstrip("/") + "-prometheus", **security)
             server.start()
             log("Prometheus scrapes the guest every second: %s" % server.url("/graph"))
+        _wait_for(out, "steps", qemu, INIT_TIMEOUT)  # init's first step: the kernel booted
         _wait_for(out, "ready", qemu, timeout)
         log("scenario done after %.0f s; scraping 127.0.0.1:%d" % (time.monotonic() - start, port))
         metrics = scrape(port, web)
@@ -280,7 +289,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
     except (LabError, OSError, subprocess.TimeoutExpired, promserver.PrometheusError) as e:
         console = _read(os.path.join(out, "console.log"))
         tail = console.splitlines()[-25:]
-        crashed = not os.path.exists(os.path.join(out, "steps")) and "Kernel panic" in console
+        crashed = not os.path.exists(os.path.join(out, "steps")) and ("Kernel panic" in console or "timed out" in str(e))
         raise (EarlyCrash if crashed else LabError)(
             "%s\n--- guest console (last lines) ---\n%s" % (e, "\n".join(tail))) from None
     finally:

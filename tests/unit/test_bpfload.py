@@ -64,6 +64,8 @@ class RecordingBPF:
     def get_table(self, name):
         return self.tables.setdefault(name, ArrayTable())
 
+    __getitem__ = get_table  # BCC's bpf[name]: the same table, kept
+
 
 class ArrayTable(dict):
     """A BCC array table as the daemon uses it: ctypes keys and values."""
@@ -97,7 +99,9 @@ def test_probes_attach_when_the_modules_load_and_detach_when_they_go():
     bpf = RecordingBPF()
     prog = program(bpf)
     sel, facts = kernel(VMLINUX)
-    assert attached(prog.apply(sel, facts, ())) == {"remap_pfn_range"}
+    # remap_pfn_range is in vmlinux, but whether VFIO calls it is known only from
+    # vfio-pci's symbols (vfio_pci_mmap_open, up to 6.9): nothing yet.
+    assert attached(prog.apply(sel, facts, ())) == set()
     assert fact_values(bpf)["VFIO_PCI_MMAP_OPS"] == 0
 
     sel, facts = kernel(VMLINUX + VFIO_PCI + TYPE1)
@@ -120,6 +124,7 @@ def test_probes_attach_when_the_modules_load_and_detach_when_they_go():
     assert "bar_fault" not in attached(statuses) and "dma_map" in attached(statuses)
     assert {c for c in bpf.calls if c[0] == "detach"} == {
         ("detach", "k", "vfio_pci_mmap_fault"), ("detach", "r", "vfio_pci_mmap_fault"), ("detach", "k", "untrack_pfn"),
+        ("detach", "k", "remap_pfn_range"), ("detach", "r", "remap_pfn_range"),
     }
     assert not [c for c in bpf.calls if c[0] == "attach"]
     assert fact_values(bpf)["VFIO_PCI_MMAP_OPS"] == 0

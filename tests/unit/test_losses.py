@@ -58,7 +58,7 @@ class _Counter:
 
 
 class _LostEvents:
-    """bpf.get_table("lost_events"): a BPF array indexed by ctypes.c_int."""
+    """bpf["lost_events"]: a BPF array indexed by ctypes.c_int."""
 
     def __init__(self, counts):
         self.counts = counts
@@ -83,11 +83,9 @@ class _BPF:
         self.rings = {}
 
     def __getitem__(self, table):
+        if table == "lost_events":
+            return self.lost
         return self.rings.setdefault(table, _RingBuffer())
-
-    def get_table(self, name):
-        assert name == "lost_events"
-        return self.lost
 
 
 def _deliver(bpf, table, raw):

@@ -85,7 +85,8 @@ def symbols(sel):
 def test_debian_6_1():
     sel, facts = selection(DEBIAN_6_1)
     assert facts == {"VFIO_PGOFF_IS_PFN": 1, "VFIO_PCI_MMAP_OPS": 0xFFFFFFFFC0000100, "PCIE_RESET_FLR": 1,
-                     "HUGE_ZERO_PFN_ADDR": 0xFFFFFFFF82000040, "HPAGE_PMD_NR": 512, "ZERO_PFN": 0x1234}
+                     "HUGE_ZERO_PFN_ADDR": 0xFFFFFFFF82000040, "HPAGE_PMD_NR": 512, "ZERO_PFN": 0x1234,
+                     "FEATURE_VFIO_BAR_REMAP": 1, "FEATURE_PAT_UNTRACK_VMA": 1}
     assert all(s.available for s in sel.values())
     assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_fault"
     assert symbols(sel["dma_map"]) == "vfio_iommu_type1_ioctl"
@@ -99,6 +100,9 @@ def test_debian_6_12():
     sel, facts = selection(DEBIAN_6_12)
     assert "VFIO_PGOFF_IS_PFN" not in facts  # 6.10+: vm_pgoff is the file offset
     assert all(s.available for s in sel.values())
+    # 6.10+: VFIO inserts PFNs per fault and never calls remap_pfn_range: left out.
+    assert "FEATURE_VFIO_BAR_REMAP" not in facts and "remap_pfn_range" not in sel
+    assert symbols(sel["pat_untrack"]) == "untrack_pfn"
     assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_huge_fault,vfio_pci_mmap_page_fault"
 
 
@@ -122,8 +126,9 @@ def test_resets_up_to_5_14_hook_pcie_flr_and_need_no_method_hook():
 
 
 def test_newer_kernel_prefers_direct_symbols():
-    sel, _ = selection(NEWER)
-    assert symbols(sel["pat_untrack"]) == "pfnmap_untrack"
+    sel, facts = selection(NEWER)
+    # 6.16+: pfnmap_untrack has no vma to tell a VFIO BAR by: PAT untracking is left out.
+    assert "FEATURE_PAT_UNTRACK_VMA" not in facts and "pat_untrack" not in sel
     assert symbols(sel["dma_map"]) == "vfio_dma_do_map" and sel["dma_map"].variant.sets_facts == ()
     assert symbols(sel["dma_unmap"]) == "vfio_dma_do_unmap"
 
@@ -135,8 +140,9 @@ def test_huge_fault_without_page_fault_is_enough():
 
 def test_vfio_modules_not_loaded():
     sel, facts = selection("ffffffff81000010 T __account_locked_vm\nffffffff81000020 T remap_pfn_range\nffffffff81000030 T untrack_pfn\n", None)
-    assert facts == {"HPAGE_PMD_NR": 512}  # sysfs, not kallsyms
-    assert sel["remap_pfn_range"].available
+    assert facts == {"HPAGE_PMD_NR": 512, "FEATURE_PAT_UNTRACK_VMA": 1}  # sysfs, and untrack_pfn
+    # Whether VFIO calls remap_pfn_range is known from vfio-pci's symbols only.
+    assert "remap_pfn_range" not in sel
     for name in ("bar_fault", "dma_map", "pin_pages", "locked_vm_charge"):
         assert not sel[name].available
         assert sel[name].reason.startswith("not in kallsyms: ")

@@ -12,7 +12,7 @@ JSON summary printed on stdout (the lab test asserts on it):
              device closed; the alert's journal entry, `journalctl -x` with its catalog text
   bad-reload a config with an unknown key, systemctl reload: still active, same
              PID, STATUS says the old configuration runs, reload metric 0
-  reload     disable = ["remap_pfn_range"]: the probe detaches; the original
+  reload     disable = ["vfio_fork"]: the probe detaches; the original
              config again: attached again
   hang       SIGSTOP on the main process: the watchdog fires, systemd restarts it
 Exit 0 only if every step ran.
@@ -169,12 +169,12 @@ def step_reloads(summary, original):
                                    lambda t: sample(t, "vfiomond_config_last_reload_successful") == 0, "the failed reload")
     summary["bad_reload"]["log"] = [line for line in run("journalctl", "-u", "vfiomond", "-o", "cat", "--no-pager").stdout
                                     .splitlines() if "reload failed" in line]
-    disabled = original.replace("disable = []", 'disable = ["remap_pfn_range"]')
+    disabled = original.replace("disable = []", 'disable = ["vfio_fork"]')
     summary["reload"] = reload(disabled, lambda t: (
         sample(t, "vfiomond_config_last_reload_successful") == 1
-        and sample(t, "vfiomond_probe_attached", probe="remap_pfn_range") == 0), "remap_pfn_range detached")
+        and sample(t, "vfiomond_probe_attached", probe="vfio_fork") == 0), "vfio_fork detached")
     summary["reload_back"] = reload(original, lambda t: (
-        sample(t, "vfiomond_probe_attached", probe="remap_pfn_range") == 1), "remap_pfn_range attached again")
+        sample(t, "vfiomond_probe_attached", probe="vfio_fork") == 1), "vfio_fork attached again")
     summary["reloads_total"] = {r: sample(scrape(), "vfiomond_config_reloads_total", result=r) for r in ("success", "failure")}
 
 
