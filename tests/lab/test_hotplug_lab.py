@@ -169,6 +169,13 @@ def test_probes_lost_to_rmmod_are_alerted(run):
     from test_lab import journal_entries
 
     lost = journal_entries(run, PROBE_LOST_ID)
-    # Each probe of the vfio modules detached once (rmmod); nothing else was lost.
-    assert sorted(e["PROBE"] for e in lost) == sorted(set(EXPECTED_SYMBOLS[run.suite]) - probes_outside(run.suite, REMOVED))
-    assert all(e["PRIORITY"] == "4" and "not in kallsyms" in e["DETAIL"] for e in lost), lost
+    # Each probe of the vfio modules detached once (rmmod); nothing else was lost.  A probe
+    # of a feature the modules marked (remap_pfn_range up to 6.9) is left out, logged, not
+    # alerted, as iommufd's are when its module goes.
+    selection = coverage_table.selection(run.suite)
+    expected = {p for p in set(EXPECTED_SYMBOLS[run.suite]) - probes_outside(run.suite, REMOVED)
+                if selection[p].probe.feature not in MODULE_FEATURES}
+    assert sorted(e["PROBE"] for e in lost) == sorted(expected)
+    # Gone with the modules: their symbols, or a fact read from them (pat_untrack: vfio_pci_mmap_ops).
+    assert all(e["PRIORITY"] == "4" and ("not in kallsyms" in e["DETAIL"] or "unknown kernel fact" in e["DETAIL"])
+               for e in lost), lost
