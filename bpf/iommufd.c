@@ -119,10 +119,12 @@ static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
         count_lost(LOSS_IOMMUFD_DMA_BY_TID_FULL);
         return 0;
     }
-    u32 first = 0;
-    s64 *maps = iommufd_maps_in_flight.lookup(&first);
-    if (maps && d->op == IOMMUFD_OP_MAP)
-        __sync_fetch_and_add(maps, 1);
+    if (d->op == IOMMUFD_OP_MAP) {
+        u32 first = 0;
+        s64 *maps = iommufd_maps_in_flight.lookup(&first);
+        if (maps)
+            __sync_fetch_and_add(maps, 1);
+    }
     return 0;
 }
 

@@ -20,6 +20,7 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vfiomond.devices import read_attribute as _read
+from vfiomond.metricsutil import ascii_digits
 
 _VFIO_IRQ = re.compile(r"vfio-(msix|msi|intx)(?:\[(\d+)\])?\(([0-9a-fA-F:.]+)\)")
 
@@ -51,11 +52,11 @@ def device_irqs(bdf: str, sysfs: str = "/sys") -> List[int]:
     """The IRQs a device has now: its MSI/MSI-X IRQs, and its INTx line."""
     base = os.path.join(sysfs, "bus/pci/devices", bdf)
     try:
-        irqs = sorted(int(n) for n in os.listdir(os.path.join(base, "msi_irqs")) if n.isascii() and n.isdigit())
+        irqs = sorted(int(n) for n in os.listdir(os.path.join(base, "msi_irqs")) if ascii_digits(n))
     except OSError:  # no MSI allocated now (the directory goes with the last vector)
         irqs = []
     legacy = _read(os.path.join(base, "irq"))
-    if legacy and legacy.strip().isascii() and legacy.strip().isdigit() and int(legacy) > 0 and int(legacy) not in irqs:
+    if legacy and ascii_digits(legacy.strip()) and int(legacy) > 0 and int(legacy) not in irqs:
         irqs.append(int(legacy))
     return irqs
 

@@ -12,6 +12,12 @@ def cstr(raw: bytes) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace")
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether ``text`` is a count int() takes: ASCII digits only ("²".isdigit() holds
+    and int() of it is a ValueError; found by tests/unit/test_pcie.py's property test)."""
+    return text.isascii() and text.isdigit()
+
+
 def _le(seconds: float) -> str:
     return repr(seconds)
 

@@ -31,6 +31,7 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vfiomond.devices import read_attribute as _read
+from vfiomond.metricsutil import ascii_digits
 
 AER_FILES = (("correctable", "aer_dev_correctable"), ("nonfatal", "aer_dev_nonfatal"), ("fatal", "aer_dev_fatal"))
 ROOT_PORT_FILES = (("correctable", "aer_rootport_total_err_cor"), ("nonfatal", "aer_rootport_total_err_nonfatal"),
@@ -75,19 +76,13 @@ class Link(NamedTuple):
     capable_width: int
 
 
-def _count(text: str) -> bool:
-    """ASCII digits only: "²".isdigit() holds and int() of it is a ValueError (found by
-    tests/unit/test_pcie.py's property test)."""
-    return text.isascii() and text.isdigit()
-
-
 def parse_aer(text: str) -> Dict[str, int]:
     """Error name -> count from an aer_dev_* file; the TOTAL_ERR_* line and
     malformed lines are left out."""
     out = {}
     for line in text.splitlines():
         parts = line.strip().rsplit(None, 1)
-        if len(parts) == 2 and _count(parts[1]) and not parts[0].startswith("TOTAL_"):
+        if len(parts) == 2 and ascii_digits(parts[1]) and not parts[0].startswith("TOTAL_"):
             out[parts[0]] = int(parts[1])
     return out
 
@@ -97,7 +92,7 @@ def parse_aer_total(text: str) -> Optional[int]:
     handled for the function; None if the file has none."""
     for line in text.splitlines():
         parts = line.strip().split()
-        if len(parts) == 2 and parts[0].startswith("TOTAL_ERR_") and _count(parts[1]):
+        if len(parts) == 2 and parts[0].startswith("TOTAL_ERR_") and ascii_digits(parts[1]):
             return int(parts[1])
     return None
 
@@ -115,7 +110,7 @@ def parse_width(text: Optional[str]) -> Optional[int]:
     if text is None:
         return None
     text = text.strip().lstrip("x")
-    return int(text) if _count(text) else 0
+    return int(text) if ascii_digits(text) else 0
 
 
 def bridges_above(bdf: str, sysfs: str = "/sys") -> List[str]:
@@ -142,7 +137,7 @@ def aer_counts(devices: Iterable[str], sysfs: str = "/sys", bridges: Optional[Di
             base = os.path.join(sysfs, "bus/pci/devices", above[-1])
             for severity, name in ROOT_PORT_FILES:
                 text = (_read(os.path.join(base, name)) or "").strip()
-                if _count(text):
+                if ascii_digits(text):
                     root_port.append(RootPortMessages(bdf, above[-1], severity, int(text)))
         for function in [bdf] + above:
             base = os.path.join(sysfs, "bus/pci/devices", function)
