@@ -10,6 +10,12 @@
 #include <linux/mm_types.h>
 #include <linux/mm.h>
 
+/* Handlers of hooks that may be fentry/fexit (probes.Hook trampoline=True) come
+ * in two parts: the kprobe program on_x(ctx) and the inline body on_x__body(ctx).
+ * bpfload.trampoline_source generates, per hooked function, a fentry or fexit
+ * program that copies the call's arguments (and return value) into a pt_regs on
+ * its stack, where PT_REGS_PARMn (PT_REGS_RC) read them, and runs the bodies. */
+
 /* Entries older than this are left over from a missed kretprobe. */
 #define STALE_NS (10ULL * 1000 * 1000 * 1000)
 

@@ -291,7 +291,7 @@ BPF_TABLE("lru_hash", u32, struct remap_inflight, remap_by_tid, THREAD_STATE_ENT
 BPF_HASH(remap_hist, struct remap_key, struct remap_val, 256);
 BPF_HASH(remap_errors, struct remap_key, u64, 64);
 
-int on_remap_pfn_range(struct pt_regs *ctx)
+static __always_inline int on_remap_pfn_range__body(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct bar_fault_thread *t = bar_fault_by_tid.lookup(&tid);
@@ -308,7 +308,12 @@ int on_remap_pfn_range(struct pt_regs *ctx)
     return 0;
 }
 
-int on_remap_pfn_range_return(struct pt_regs *ctx)
+int on_remap_pfn_range(struct pt_regs *ctx)
+{
+    return on_remap_pfn_range__body(ctx);
+}
+
+static __always_inline int on_remap_pfn_range_return__body(struct pt_regs *ctx)
 {
     u64 zero = 0;
     u32 tid = current_tid();
@@ -341,11 +346,16 @@ int on_remap_pfn_range_return(struct pt_regs *ctx)
     return 0;
 }
 
+int on_remap_pfn_range_return(struct pt_regs *ctx)
+{
+    return on_remap_pfn_range_return__body(ctx);
+}
+
 /* PAT untracking: untrack_pfn(vma, pfn, size[, mm_wr_locked]) fires for every
  * VM_PFNMAP vma; count those of VFIO BARs (seeds/000). */
 BPF_HASH(pat_untrack, struct device_key, u64, 256);
 
-int on_untrack_pfn(struct pt_regs *ctx)
+static __always_inline int on_untrack_pfn__body(struct pt_regs *ctx)
 {
     u64 zero = 0;
     u64 vfio_ops = kernel_fact(FACT_VFIO_PCI_MMAP_OPS);
@@ -361,4 +371,9 @@ int on_untrack_pfn(struct pt_regs *ctx)
     vma_device(vma, dk.device, &region);
     add_or_lost(pat_untrack.lookup_or_try_init(&dk, &zero), 1, LOSS_PAT_UNTRACK_FULL);
     return 0;
+}
+
+int on_untrack_pfn(struct pt_regs *ctx)
+{
+    return on_untrack_pfn__body(ctx);
 }

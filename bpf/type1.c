@@ -428,7 +428,7 @@ int on_lock_acct_return(struct pt_regs *ctx)
     return 0;
 }
 
-int on_account_locked_vm(struct pt_regs *ctx)
+static __always_inline int on_account_locked_vm__body(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct acct_inflight *a = acct_by_tid.lookup(&tid);
@@ -440,7 +440,12 @@ int on_account_locked_vm(struct pt_regs *ctx)
     return 0;
 }
 
-int on_account_locked_vm_return(struct pt_regs *ctx)
+int on_account_locked_vm(struct pt_regs *ctx)
+{
+    return on_account_locked_vm__body(ctx);
+}
+
+static __always_inline int on_account_locked_vm_return__body(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct acct_inflight *a = acct_by_tid.lookup(&tid);
@@ -463,10 +468,15 @@ int on_account_locked_vm_return(struct pt_regs *ctx)
     return 0;
 }
 
+int on_account_locked_vm_return(struct pt_regs *ctx)
+{
+    return on_account_locked_vm_return__body(ctx);
+}
+
 /* A write fault in a process holding type1 pins (write_fault_in, common.h),
  * sent only when it falls inside one of the process's DMA mappings (pin_spans,
  * one lookup); the others are counted here. */
-int on_type1_write_fault(struct pt_regs *ctx)
+static __always_inline int on_type1_write_fault__body(struct pt_regs *ctx)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
     struct proc_acct *a = proc_acct.lookup(&pid);
@@ -484,4 +494,9 @@ int on_type1_write_fault(struct pt_regs *ctx)
     write_fault_in(vmf, address, span, &ev);
     emit(&ev);
     return 0;
+}
+
+int on_type1_write_fault(struct pt_regs *ctx)
+{
+    return on_type1_write_fault__body(ctx);
 }

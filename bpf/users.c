@@ -41,8 +41,9 @@ int on_iommufd_open(struct pt_regs *ctx)
 /* wake_up_new_task(p) runs once per new task (fork or thread), in the parent's
  * context: every one of the host's ends at one hash lookup unless the parent is
  * a candidate; a new thread (p->pid != p->tgid) is not a process of its own. */
-int on_new_task(struct pt_regs *ctx, struct task_struct *p)
+static __always_inline int on_new_task__body(struct pt_regs *ctx)
 {
+    struct task_struct *p = (struct task_struct *)PT_REGS_PARM1(ctx);
     u32 parent = bpf_get_current_pid_tgid() >> 32;
     if (!vfio_openers.lookup(&parent))
         return 0;
@@ -59,4 +60,9 @@ int on_new_task(struct pt_regs *ctx, struct task_struct *p)
     if (!vfio_openers.lookup_or_try_init(&tgid, &zero))
         count_lost(LOSS_VFIO_OPENERS_FULL);
     return 0;
+}
+
+int on_new_task(struct pt_regs *ctx)
+{
+    return on_new_task__body(ctx);
 }

@@ -18,7 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from vfiomond.kernel import Kallsyms  # noqa: E402
-from vfiomond.probes import FEATURES, PROBES, Selected, kernel_facts, select, wanted_symbols  # noqa: E402
+from vfiomond.bpfload import plan_trampolines  # noqa: E402
+from vfiomond.probes import (FEATURES, KPROBE, PROBES, TRAMPOLINE, Selected, kernel_facts, method_names,  # noqa: E402
+                             select, wanted_symbols)
 
 KALLSYMS_DIR = os.path.join(REPO, "tests", "unit", "data", "kallsyms")
 # Suite -> column heading, oldest kernel first.
@@ -56,12 +58,31 @@ def symbols(s: Selected) -> str:
     return ",".join(sym.name for _, sym in s.hooks)
 
 
-def cell(s: Optional[Selected], feature: Optional[str]) -> str:
+# Lab kernels without BTF, so without fentry/fexit: every hook a kprobe there.
+NO_BTF = {"iommufd": "the lab's build has no debug info (CONFIG_DEBUG_INFO_NONE), so no BTF"}
+
+
+def methods(s: Selected, suite: str) -> str:
+    """What vfiomond_probe_info's methods label says, per symbol: Debian's lab kernels
+    have BPF trampolines and list the hooked vmlinux functions in BTF, the lab's own
+    build has no BTF (each boot asserts the label)."""
+    sels = list(selection(suite).values())
+    arities = {sym.name: 1 for sel in sels for _, sym in sel.hooks if not sym.module}
+    plan = plan_trampolines(sels, arities, suite not in NO_BTF)
+    out: Dict[str, str] = {}
+    for hook, sym in s.hooks:
+        key = (s.probe.area, "k" if hook.entry else "r", sym.name)
+        out.setdefault(sym.name, method_names(hook, TRAMPOLINE if key in plan else KPROBE))
+    return ",".join(out.values())
+
+
+def cell(s: Optional[Selected], feature: Optional[str], suite: str) -> str:
     if s is None:
         return "left out: " + FEATURES[feature].absent
     if not s.available:
         return "not available: " + s.reason
-    return "`%s`: %s" % (symbols(s).replace(",", "`, `"), s.variant.label)
+    hooks = ", ".join("`%s` %s" % pair for pair in zip(symbols(s).split(","), methods(s, suite).split(",")))
+    return "%s: %s" % (hooks, s.variant.label)
 
 
 def suites_present() -> List[str]:
@@ -75,7 +96,7 @@ def table() -> str:
     rows = ["| probe | " + " | ".join("%s (%s)" % (heads[s], kernel_line(s)) for s in present) + " |",
             "|---" * (len(present) + 1) + "|"]
     for probe in PROBES:
-        rows.append("| %s | %s |" % (probe.name, " | ".join(cell(sel[s].get(probe.name), probe.feature) for s in present)))
+        rows.append("| %s | %s |" % (probe.name, " | ".join(cell(sel[s].get(probe.name), probe.feature, s) for s in present)))
     return "\n".join([BEGIN] + rows + [END])
 
 

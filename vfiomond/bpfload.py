@@ -10,10 +10,10 @@ import os
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from vfiomond import bar_dmabuf, bpfstats, faults, footprint, iommu_faults, iommufd, resets, type1, users
+from vfiomond import bar_dmabuf, bpfstats, btf, faults, footprint, iommu_faults, iommufd, resets, type1, users
 from vfiomond.errors import VfiomondError
 from vfiomond.losses import LOSSES
-from vfiomond.probes import FEATURES, PROBES, Selected
+from vfiomond.probes import FEATURES, KPROBE, PROBES, TRAMPOLINE, Selected, attach_method, method_names
 
 log = logging.getLogger("vfiomond")
 
@@ -46,6 +46,7 @@ class ProbeStatus(NamedTuple):
     name: str
     attached: bool
     detail: str  # symbols attached, or why not
+    methods: str = ""  # per symbol of detail, what it is attached as ("fentry+fexit,kprobe")
 
 
 # Kernel facts the BPF programs read at run time from the kernel_facts array
@@ -70,6 +71,16 @@ class _Attached(NamedTuple):
     fn: str
     module: str
     address: int
+    method: str  # probes.KPROBE or probes.TRAMPOLINE
+
+
+class _TrampolineSlot(NamedTuple):
+    """Where a hook compiled as fentry/fexit lives: its compiled object and the
+    program (BCC's name for it)."""
+
+    bpf: object
+    prog: bytes
+    ret: bool
 
 
 class Program:
@@ -80,8 +91,9 @@ class Program:
     it again whenever kernel modules come or go.
     """
 
-    def __init__(self, programs: Dict[str, object]):
+    def __init__(self, programs: Dict[str, object], trampolines: Optional[Dict[HookKey, "_TrampolineSlot"]] = None):
         self._programs = programs  # area -> BPF object
+        self._trampolines = trampolines or {}  # hooks compiled as fentry/fexit programs
         self._hooks: Dict[HookKey, _Attached] = {}
         self.statuses: List[ProbeStatus] = []  # replaced by apply; read by the HTTP thread
         self.features: Dict[str, bool] = {}  # kernel feature -> present (FEATURES), set by apply
@@ -140,7 +152,7 @@ class Program:
         gone = set(gone_modules)
         self.features = {name: feature.fact in facts for name, feature in FEATURES.items()}
         usable = [s for s in selections if s.available and s.probe.name not in disabled and s.probe.area in self._programs]
-        wanted = {key: att for s in usable for key, att in _hook_keys(s)}
+        wanted = {key: att for s in usable for key, att in self._hook_keys(s)}
         for key, att in list(self._hooks.items()):
             if wanted.get(key) != att or att.module in gone:
                 self._detach(key)
@@ -158,7 +170,7 @@ class Program:
                 if err:
                     statuses.append(ProbeStatus(name, False, "attach failed: " + err))
                 else:
-                    statuses.append(ProbeStatus(name, True, ",".join(dict.fromkeys(sym.name for _, sym in sel.hooks))))
+                    statuses.append(self._attached_status(sel))
         # After attaching: a fact a variant sets says its hooks are in place
         # (PIN_MAPS: entries are made only while their removal is seen).
         attached = {st.name for st in statuses if st.attached}
@@ -184,20 +196,35 @@ class Program:
             for i, name in enumerate(RUNTIME_FACTS):
                 table[ctypes.c_int(i)] = ctypes.c_ulonglong(values.get(name, 0))
 
+    def _hook_keys(self, sel: Selected) -> Iterator[Tuple[HookKey, _Attached]]:
+        for hook, sym in sel.hooks:
+            for kind, fn in (("k", hook.entry), ("r", hook.ret)):
+                if fn:
+                    key = (sel.probe.area, kind, sym.name)
+                    method = TRAMPOLINE if key in self._trampolines else KPROBE
+                    yield key, _Attached(fn, sym.module, sym.address, method)
+
+    def _attached_status(self, sel: Selected) -> ProbeStatus:
+        methods: Dict[str, str] = {}
+        for hook, sym in sel.hooks:
+            key = (sel.probe.area, "k" if hook.entry else "r", sym.name)
+            methods.setdefault(sym.name, method_names(hook, TRAMPOLINE if key in self._trampolines else KPROBE))
+        return ProbeStatus(sel.probe.name, True, ",".join(methods), ",".join(methods.values()))
+
     def _attach(self, sel: Selected) -> Optional[str]:
         """Attach every hook of a probe not attached yet; None on success, else the
         error (and the hooks attached by this call are detached again)."""
         bpf = self._programs[sel.probe.area]
         new = []
         try:
-            for key, att in _hook_keys(sel):
+            for key, att in self._hook_keys(sel):
                 if key in self._hooks:
                     continue  # shared: the type1 ioctl serves map and unmap
                 _, kind, symbol = key
-                if kind == "k":
-                    bpf.attach_kprobe(event=symbol, fn_name=att.fn)
-                else:
-                    bpf.attach_kretprobe(event=symbol, fn_name=att.fn)
+                if att.method == TRAMPOLINE and not self._trampoline_attached(key):
+                    att = att._replace(method=KPROBE)
+                if att.method == KPROBE:
+                    (bpf.attach_kprobe if kind == "k" else bpf.attach_kretprobe)(event=symbol, fn_name=att.fn)
                 self._hooks[key] = att
                 new.append(key)
         except Exception as e:
@@ -211,9 +238,30 @@ class Program:
         att = self._hooks.pop(key)
         bpf = self._programs[area]
         try:
-            (bpf.detach_kprobe if kind == "k" else bpf.detach_kretprobe)(event=symbol, fn_name=att.fn)
+            if att.method == TRAMPOLINE:
+                self._trampoline_on(key, False)
+            else:
+                (bpf.detach_kprobe if kind == "k" else bpf.detach_kretprobe)(event=symbol, fn_name=att.fn)
         except Exception as e:  # the kernel may have dropped it with its module
             log.debug("detaching %s %s: %s", kind, symbol, _first_line(e))
+
+    def _trampoline_attached(self, key: HookKey) -> bool:
+        """Switch a trampoline hook on; False (it is a kprobe from now on) if the kernel
+        refused its fentry/fexit program (the verifier at load, or the attach)."""
+        try:
+            self._trampoline_on(key, True)
+            return True
+        except Exception as e:
+            log.warning("fentry/fexit program of %s refused (%s): attaching kprobes instead", key[2], _first_line(e))
+            del self._trampolines[key]
+            return False
+
+    def _trampoline_on(self, key: HookKey, on: bool) -> None:
+        slot = self._trampolines[key]
+        if on:
+            (slot.bpf.attach_kretfunc if slot.ret else slot.bpf.attach_kfunc)(fn_name=slot.prog)
+        else:
+            (slot.bpf.detach_kretfunc if slot.ret else slot.bpf.detach_kfunc)(fn_name=slot.prog)
 
     def open_ring_buffer(self, area: str, table: str, parse: Callable[[bytes], object],
                          callback: Callable[[object], None]) -> None:
@@ -285,9 +333,15 @@ class Program:
         return out
 
     def loaded_programs(self) -> List[Tuple[str, int]]:
-        """(BPF function name, fd) of every program loaded (attached now or before)."""
-        return [(name.decode() if isinstance(name, bytes) else name, fn.fd)  # BCC keys funcs by bytes
-                for bpf in self._distinct() for name, fn in list(bpf.funcs.items())]
+        """(BPF function name, fd) of every program loaded (attached now or before); a
+        fentry/fexit program as kfunc__<function> / kretfunc__<function> whatever the
+        BCC version (0.28+ puts vmlinux__ in between)."""
+        out = []
+        for bpf in self._distinct():
+            for name, fn in list(bpf.funcs.items()):
+                name = name.decode() if isinstance(name, bytes) else name  # BCC keys funcs by bytes
+                out.append((name.replace("func__vmlinux__", "func__", 1), fn.fd))
+        return out
 
     def growing_maps(self) -> List[Tuple[str, int, Callable[[], Iterable]]]:
         """(name, fd, key iterator) of the hash and LPM-trie maps of every compiled
@@ -317,13 +371,6 @@ class Program:
     def close(self) -> None:
         for bpf in self._distinct():
             bpf.cleanup()
-
-
-def _hook_keys(sel: Selected) -> Iterator[Tuple[HookKey, _Attached]]:
-    for hook, sym in sel.hooks:
-        for kind, fn in (("k", hook.entry), ("r", hook.ret)):
-            if fn:
-                yield (sel.probe.area, kind, sym.name), _Attached(fn, sym.module, sym.address)
 
 
 def _source(areas: Sequence[str]) -> str:
@@ -365,20 +412,117 @@ def _cflags(facts: Dict[str, int]) -> List[str]:
     return ["-D%s=%#x" % (k, v) for k, v in sorted(facts.items())] + ["-Wno-macro-redefined"]
 
 
-def _compile(BPF, areas: Sequence[str], cflags: List[str]) -> Dict[str, object]:
-    """One BCC program for all areas (one clang run); per area if that fails."""
+# A hook to attach as fentry/fexit: its handler function (whose body is <fn>__body)
+# and the number of arguments of the kernel function (BTF).
+TrampolinePlan = Dict[HookKey, Tuple[str, int]]
+
+
+def plan_trampolines(selections: Sequence[Selected], arities: Dict[str, int], usable: bool) -> TrampolinePlan:
+    """The hooks of ``selections`` that attach as fentry/fexit (probes.attach_method).
+    BCC names a fentry program after its function, so a compile unit has one per
+    function and kind: a second area's hook on the same function stays a kprobe."""
+    plan: TrampolinePlan = {}
+    taken = set()
+    for sel in selections:
+        for hook, sym in sel.hooks:
+            if attach_method(hook, sym, arities, usable)[0] != TRAMPOLINE:
+                continue
+            for kind, fn in (("k", hook.entry), ("r", hook.ret)):
+                key = (sel.probe.area, kind, sym.name)
+                if fn and (key in plan or (kind, sym.name) not in taken):
+                    plan[key] = (fn, arities[sym.name])
+                    taken.add((kind, sym.name))
+    return plan
+
+
+def trampoline_source(plan: TrampolinePlan) -> str:
+    """C text of the fentry/fexit programs for ``plan``: each puts the call's arguments
+    (and return value) where PT_REGS_PARMn (PT_REGS_RC) read them, in a pt_regs on its
+    stack, and runs the handler's body (bpf/common.h).  Empty without a plan."""
+    out = []
+    for (area, kind, symbol), (fn, nargs) in sorted(plan.items()):
+        ret = kind == "r"
+        out += ["%s(%s)" % ("KRETFUNC_PROBE" if ret else "KFUNC_PROBE", symbol), "{", "    struct pt_regs regs = {};"]
+        out += ["    PT_REGS_PARM%d(&regs) = ctx[%d];" % (i + 1, i) for i in range(nargs)]
+        if ret:
+            out.append("    PT_REGS_RC(&regs) = ctx[%d];" % nargs)
+        out += ["    return %s__body(&regs);" % fn, "}"]
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _trampoline_slots(bpf, plan: TrampolinePlan) -> Dict[HookKey, _TrampolineSlot]:
+    """Each trampoline hook's program, by the name BCC gave it: kfunc__<symbol> up to
+    BCC 0.27, kfunc__vmlinux__<symbol> from 0.28 (kretfunc__ likewise)."""
+    from bcc import lib
+
+    names = [lib.bpf_function_name(bpf.module, i) for i in range(lib.bpf_num_functions(bpf.module))]
+    slots = {}
+    for key in plan:
+        prefix = b"kretfunc__" if key[1] == "r" else b"kfunc__"
+        symbol = key[2].encode()
+        prog = next((n for n in (prefix + b"vmlinux__" + symbol, prefix + symbol) if n in names), None)
+        if prog is None:
+            raise VfiomondError("BCC did not compile the %s program of %s" % (prefix[:-2].decode(), key[2]))
+        slots[key] = _TrampolineSlot(bpf, prog, key[1] == "r")
+    return slots
+
+
+def _without_autoload(BPF):
+    """BCC's BPF, less the attaching at load of the programs whose names say where
+    (kfunc__*, kprobe__*...): Program.apply attaches every program as its probe is
+    wanted, configuration included, and a fentry program the kernel refuses is one hook
+    that falls back to its kprobe, not a whole compile lost."""
+
+    class Loaded(BPF):
+        def _trace_autoload(self):
+            pass
+
+    return Loaded
+
+
+def _compile(BPF, areas: Sequence[str], cflags: List[str], plan: TrampolinePlan
+             ) -> Tuple[Dict[str, object], Dict[HookKey, _TrampolineSlot]]:
+    """One BCC program for all areas (one clang run); without fentry/fexit programs
+    if those fail to load; per area if it still fails."""
+    unit_plan = {k: v for k, v in plan.items() if k[0] in areas}
     try:
-        bpf = BPF(text=_source(areas), cflags=cflags)
-        return {a: bpf for a in areas}
+        bpf = BPF(text=_source(areas) + trampoline_source(unit_plan), cflags=cflags)
+        return {a: bpf for a in areas}, _trampoline_slots(bpf, unit_plan)
     except Exception as e:  # BCC raises bare Exception on compile errors
+        if unit_plan:
+            log.warning("fentry/fexit programs did not compile (%s); every hook a kprobe", _first_line(e))
+            return _compile(BPF, areas, cflags, {})
         if len(areas) == 1:
             log.error("BPF program of area %s does not compile on this kernel: %s", areas[0], _first_line(e))
-            return {}
+            return {}, {}
         log.warning("BPF compile failed (%s); compiling each area alone", _first_line(e))
-    out = {}
+    out: Dict[str, object] = {}
+    slots: Dict[HookKey, _TrampolineSlot] = {}
     for area in areas:
-        out.update(_compile(BPF, [area], cflags))
-    return out
+        programs, area_slots = _compile(BPF, [area], cflags, plan)
+        out.update(programs)
+        slots.update(area_slots)
+    return out, slots
+
+
+def _trampoline_support(BPF, selections: Sequence[Selected]) -> Tuple[Dict[str, int], bool]:
+    """(argument counts from the kernel's BTF of the hooked vmlinux functions that could
+    be trampolines, whether this kernel and BCC attach fentry/fexit)."""
+    wanted = {sym.name for sel in selections for hook, sym in sel.hooks if hook.trampoline and not sym.module}
+    try:
+        usable = bool(wanted) and bool(BPF.support_kfunc())
+    except Exception as e:  # a BCC without kfunc support
+        log.info("no fentry/fexit (%s): every hook a kprobe", _first_line(e))
+        return {}, False
+    if not usable:
+        if wanted:
+            log.info("no fentry/fexit on this kernel (BCC: no BPF trampolines or no kernel BTF): every hook a kprobe")
+        return {}, False
+    try:
+        return btf.function_arities(wanted), True
+    except btf.BTFError as e:
+        log.warning("kernel BTF unreadable, every hook a kprobe: %s", e)
+        return {}, False
 
 
 def _first_line(e: Exception) -> str:
@@ -397,7 +541,9 @@ def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequen
     BPF = import_bcc()
     areas = list(dict.fromkeys(p.area for p in PROBES))
     compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS and k not in _FEATURE_FACTS}
-    program = Program(_compile(BPF, areas, _cflags(compiled)) if areas else {})
+    plan = plan_trampolines(selections, *_trampoline_support(BPF, selections))
+    programs, slots = _compile(_without_autoload(BPF), areas, _cflags(compiled), plan) if areas else ({}, {})
+    program = Program(programs, slots)
     footprint.release_free_heap()
     program.apply(selections, facts, disabled)
     return program

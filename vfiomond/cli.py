@@ -83,15 +83,18 @@ def _scan_log(path: str, as_json: bool, kernel: Optional[str]) -> int:
 
 
 def _check(as_json: bool) -> int:
-    from vfiomond.daemon import probe_kernel
+    from vfiomond.daemon import probe_kernel, trampoline_arities
+    from vfiomond.probes import attach_method, method_names
 
-    selections, facts, _ = probe_kernel()
+    selections, facts, syms = probe_kernel()
+    arities, usable, _ = trampoline_arities(selections, syms)
     rows = [
         {
             "probe": s.probe.name,
             "available": s.available,
             "variant": s.variant.label if s.variant else None,
             "symbols": [sym.name for _, sym in s.hooks],
+            "methods": [method_names(hook, attach_method(hook, sym, arities, usable)[0]) for hook, sym in s.hooks],
             "reason": s.reason,
         }
         for s in selections
@@ -100,7 +103,8 @@ def _check(as_json: bool) -> int:
         print(json.dumps({"facts": sorted(facts), "probes": rows}, indent=2))
     else:
         for r in rows:
-            what = "%s [%s]" % (r["variant"], ", ".join(r["symbols"])) if r["available"] else r["reason"]
+            hooks = ", ".join("%s %s" % pair for pair in zip(r["symbols"], r["methods"]))
+            what = "%s [%s]" % (r["variant"], hooks) if r["available"] else r["reason"]
             print("%-24s %-4s %s" % (r["probe"], "yes" if r["available"] else "no", what))
     return 0
 

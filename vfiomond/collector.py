@@ -103,12 +103,13 @@ class VfiomondCollector:
             "vfiomond_probe_attached", "1 if the probe is attached to the running kernel, else 0.", labels=["probe"]
         )
         symbols = GaugeMetricFamily(
-            "vfiomond_probe_info", "Kernel symbols an attached probe uses.", labels=["probe", "symbols"]
+            "vfiomond_probe_info", "Kernel symbols an attached probe uses, and what each is attached as "
+            "(methods, in the order of symbols: fentry, fexit, kprobe, kretprobe).", labels=["probe", "symbols", "methods"]
         )
         for s in self.program.statuses:
             attached.add_metric([s.name], 1 if s.attached else 0)
             if s.attached:
-                symbols.add_metric([s.name, s.detail], 1)
+                symbols.add_metric([s.name, s.detail, s.methods], 1)
         yield attached
         yield symbols
 

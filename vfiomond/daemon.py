@@ -58,6 +58,23 @@ def probe_kernel(pin_samples: int = Config().pin_samples, extra_symbols=()):
     return select(syms, facts), facts, syms
 
 
+def trampoline_arities(selections, syms) -> Tuple[Dict[str, int], bool, str]:
+    """For ``vfiomond check`` and the doctor: (argument counts from the kernel's BTF of
+    the hooked vmlinux functions that have fentry handlers, whether this kernel has BPF
+    trampolines, why not).  BCC's support_kfunc(), which the daemon asks, tests the same:
+    kallsyms' bpf_trampoline_link_prog and the kernel's BTF."""
+    from vfiomond import btf
+    from vfiomond.probes import TRAMPOLINE_MARKER
+
+    if not syms.has(TRAMPOLINE_MARKER):
+        return {}, False, "no %s in kallsyms" % TRAMPOLINE_MARKER
+    wanted = {sym.name for sel in selections for hook, sym in sel.hooks if hook.trampoline and not sym.module}
+    try:
+        return (btf.function_arities(wanted) if wanted else {}), True, ""
+    except btf.BTFError as e:
+        return {}, False, str(e)
+
+
 def _fixed_facts(pin_samples: int) -> Dict[str, int]:
     """Facts that no module load changes (compiled into the BPF programs)."""
     facts = {"PIN_SAMPLES": pin_samples,
@@ -143,7 +160,7 @@ def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], si
         if old.get(s.name) == s:
             continue
         if s.attached:
-            log.info("probe %s attached: %s", s.name, s.detail)
+            log.info("probe %s attached: %s (%s)", s.name, s.detail, s.methods)
         elif s.name in old and old[s.name].attached:
             log.warning("probe %s detached: %s", s.name, s.detail)
             if sink is not None and s.name not in disabled:

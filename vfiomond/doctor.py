@@ -111,6 +111,28 @@ def probes() -> Check:
     return Check("probes", status, detail)
 
 
+def attach_methods() -> Check:
+    """Which hooks attach as fentry/fexit (BPF trampolines) and which as kprobes, by the
+    rule the daemon follows (probes.attach_method)."""
+    from vfiomond.daemon import read_kernel, trampoline_arities
+    from vfiomond.probes import TRAMPOLINE, attach_method, select
+
+    try:
+        syms, facts = read_kernel(())
+    except Exception as e:  # kallsyms unreadable
+        return Check("attach methods", UNKNOWN, str(e))
+    facts.update({"ZERO_PFN": 1, "HPAGE_PMD_NR": 1})  # which hooks: not whether pins of the zero page are known
+    selections = select(syms, facts)
+    arities, usable, why = trampoline_arities(selections, syms)
+    hooks = [(hook, sym) for sel in selections for hook, sym in sel.hooks]
+    trampolines = sorted({sym.name for hook, sym in hooks if attach_method(hook, sym, arities, usable)[0] == TRAMPOLINE})
+    detail = "fentry/fexit: %s; kprobes: the other %d hooked functions" % (
+        ", ".join(trampolines) or "none", len({sym.name for _, sym in hooks} - set(trampolines)))
+    if not usable:
+        detail += " (no BPF trampolines: %s)" % why
+    return Check("attach methods", OK, detail)
+
+
 def bcc() -> Check:
     try:
         import bcc  # noqa: F401
@@ -160,7 +182,8 @@ def advisories_check() -> Check:
 
 
 CHECKS: List[Callable[[], Check]] = [
-    kernel, iommu, interrupt_remapping, vfio_modules, vfio_devices, kprobes, probes, bcc, thp, memlock, advisories_check,
+    kernel, iommu, interrupt_remapping, vfio_modules, vfio_devices, kprobes, probes, attach_methods, bcc, thp, memlock,
+    advisories_check,
 ]
 
 

@@ -17,6 +17,9 @@ class Hook(NamedTuple):
     ``reads_args``: the BPF function reads the call's arguments, so a GCC
     ``.isra``/``.constprop`` copy (whose arguments may differ) is not accepted;
     list such a copy explicitly in ``symbols`` when its arguments are known.
+
+    ``trampoline``: the handlers also exist as ``<name>__body`` (bpf/*.c), so the
+    hook can be a fentry/fexit pair where the kernel allows it (attach_method).
     """
 
     symbols: Tuple[str, ...]
@@ -25,6 +28,7 @@ class Hook(NamedTuple):
     reads_args: bool = True
     optional: bool = False
     unless: Optional[str] = None  # a kernel fact that makes this hook redundant: left out when known
+    trampoline: bool = False
 
 
 class Variant(NamedTuple):
@@ -128,12 +132,12 @@ PROBES: Tuple[Probe, ...] = (
     )),
     Probe("remap_pfn_range", "faults", (
         Variant("remap_pfn_range", (
-            Hook(("remap_pfn_range",), "on_remap_pfn_range", "on_remap_pfn_range_return"),
+            Hook(("remap_pfn_range",), "on_remap_pfn_range", "on_remap_pfn_range_return", trampoline=True),
         )),
     ), feature="vfio_bar_remap"),
     Probe("pat_untrack", "faults", (
         Variant("untrack_pfn on VFIO vmas (up to 6.15)", (
-            Hook(("untrack_pfn",), "on_untrack_pfn"),
+            Hook(("untrack_pfn",), "on_untrack_pfn", trampoline=True),
         ), requires=("VFIO_PCI_MMAP_OPS",)),
     ), feature="pat_untrack_vma"),
     # vfio_dma_do_map/unmap are inlined on some builds (Debian 6.1); the type1
@@ -194,7 +198,7 @@ PROBES: Tuple[Probe, ...] = (
     # their DMA mappings (bpf/type1.c pin_spans).
     Probe("pin_write_faults", "type1", (
         Variant("do_wp_page in processes holding type1 pins", (
-            Hook(("do_wp_page",), "on_type1_write_fault"),
+            Hook(("do_wp_page",), "on_type1_write_fault", trampoline=True),
         )),
     )),
     Probe("locked_vm_charge", "type1", (
@@ -205,7 +209,7 @@ PROBES: Tuple[Probe, ...] = (
         # the .part.0 copy left sees only uncharges.  Older kernels: vfio_lock_acct.
         Variant("__account_locked_vm inside mm_lock_acct or vfio_lock_acct", (
             Hook(("mm_lock_acct", "vfio_lock_acct"), "on_lock_acct", "on_lock_acct_return", reads_args=False),
-            Hook(("__account_locked_vm",), "on_account_locked_vm", "on_account_locked_vm_return"),
+            Hook(("__account_locked_vm",), "on_account_locked_vm", "on_account_locked_vm_return", trampoline=True),
         )),
     )),
     # iommufd (drivers/iommu/iommufd/io_pagetable.c, 6.2+): IOMMU_IOAS_MAP/UNMAP and the VFIO
@@ -248,6 +252,8 @@ PROBES: Tuple[Probe, ...] = (
     ), feature="iommufd"),
     # As pin_write_faults, for processes holding iommufd pins (known from the pin
     # accounting hook), inside their IOAS mappings, on the iommufd ring buffer.
+    # iommufd's hooks have no fentry handlers yet: no lab kernel has both iommufd and
+    # BTF to test them on (the lab's iommufd build has no debug info).
     Probe("iommufd_pin_write_faults", "iommufd", (
         Variant("do_wp_page in processes holding iommufd pins", (
             Hook(("do_wp_page",), "on_iommufd_write_fault"),
@@ -344,7 +350,7 @@ USER_PROBES: Tuple[Probe, ...] = (
     ), feature="iommufd"),
     Probe("vfio_fork", "users", (
         Variant("wake_up_new_task by a candidate", (
-            Hook(("wake_up_new_task",), "on_new_task"),
+            Hook(("wake_up_new_task",), "on_new_task", trampoline=True),
         )),
     )),
 )
@@ -365,7 +371,7 @@ class Selected(NamedTuple):
 
 
 def wanted_symbols(probes: Tuple[Probe, ...] = PROBES, extra: Tuple[str, ...] = ()) -> set:
-    names = set(FACT_SYMBOLS) | set(extra)
+    names = set(FACT_SYMBOLS) | set(extra) | {TRAMPOLINE_MARKER}
     for feature in FEATURES.values():
         names.update(feature.markers)
     for probe in probes:
@@ -416,3 +422,45 @@ def select(syms: Kallsyms, facts: Dict[str, int], probes: Tuple[Probe, ...] = PR
             chosen = Selected(probe, None, (), "; ".join(reasons))
         out.append(chosen)
     return out
+
+
+# fentry/fexit (BPF trampolines) instead of kprobes where the kernel allows: the
+# call jumps to the program instead of trapping, and the fexit program sees the
+# arguments and the return value together.  bpf_trampoline_link_prog
+# (kernel/bpf/trampoline.c, 5.5+) is the kernel's trampoline code: BCC's
+# support_kfunc() looks for the same symbol.  The generated fentry/fexit
+# programs hand the handlers the arguments where PT_REGS_PARM1..6 read them, the
+# registers of the calling convention: a function with more is left to kprobes.
+TRAMPOLINE_MARKER = "bpf_trampoline_link_prog"
+TRAMPOLINE_MAX_ARGS = 6
+KPROBE, TRAMPOLINE = "kprobe", "fentry"
+
+
+def attach_method(hook: Hook, sym: Symbol, arities: Dict[str, int], trampolines: bool) -> Tuple[str, str]:
+    """``(KPROBE or TRAMPOLINE, why not a trampoline)`` for one resolved hook.
+
+    ``arities``: argument counts of the kernel's BTF functions (vfiomond.btf);
+    ``trampolines``: this kernel and BCC attach fentry/fexit programs.  Module
+    functions stay kprobes: a trampoline on one holds a reference on its module
+    for as long as it is attached (bpf_check_attach_target takes it with
+    btf_try_get_module), so vfio-pci or type1 could not be unloaded while the
+    daemon runs.
+    """
+    if not hook.trampoline:
+        return KPROBE, "no fentry handler"
+    if not trampolines:
+        return KPROBE, "no BPF trampolines on this kernel (%s, kernel BTF)" % TRAMPOLINE_MARKER
+    if sym.module:
+        return KPROBE, "module function (a trampoline would keep %s loaded)" % sym.module
+    nargs = arities.get(sym.name)
+    if nargs is None:
+        return KPROBE, "not a function in the kernel's BTF"
+    if nargs > TRAMPOLINE_MAX_ARGS:
+        return KPROBE, "%d arguments" % nargs
+    return TRAMPOLINE, ""
+
+
+def method_names(hook: Hook, method: str) -> str:
+    """What a hook is attached as, for logs and vfiomond_probe_info: "fentry+fexit", "kprobe"..."""
+    entry, ret = ("fentry", "fexit") if method == TRAMPOLINE else ("kprobe", "kretprobe")
+    return "+".join(name for name, fn in ((entry, hook.entry), (ret, hook.ret)) if fn)

@@ -8,7 +8,7 @@ Runs where VFIOMOND_LAB_SUITES names iommufd (make test-all).  The standard
 
 import pytest
 
-from test_lab import EXPECTED_SYMBOLS, MIB, PAGE, SUITES, Scrape, attached_symbols, boot, journal_entries
+from test_lab import EXPECTED_SYMBOLS, MIB, PAGE, SUITES, Scrape, attached_symbols, boot, coverage_table, journal_entries
 from test_pins_lab import PIN_MISMATCH_ID
 
 BUFFER = 4 * MIB
@@ -50,6 +50,11 @@ def test_iommufd_probes_attached(run, scrape):
         assert scrape.one("vfiomond_probe_attached", probe=probe) == 1, probe
         named = {s.labels["symbols"] for s in scrape.samples if s.name == "vfiomond_probe_info" and s.labels["probe"] == probe}
         assert len(named) == 1 and named <= attached_symbols(run, probe), (probe, named)
+    # The attach methods the table says (this kernel has no BTF: kprobes).
+    for probe in ("iommufd_pin_samples", "iommufd_pin_write_faults", "iommufd_pin_accounting", "iommufd_dma_map",
+                  "pin_write_faults", "vfio_fork"):
+        expected = coverage_table.methods(coverage_table.selection("iommufd")[probe], "iommufd")
+        assert scrape.one("vfiomond_probe_info", probe=probe, methods=expected) == 1, (probe, expected)
     assert {"iommufd_dma_map", "iommufd_dma_unmap", "iommufd_pin_samples", "iommufd_pin_accounting"} <= set(
         EXPECTED_SYMBOLS["iommufd"])
 

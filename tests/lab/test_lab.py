@@ -168,10 +168,19 @@ def vfiomond_log(run):
 
 
 def test_probes_attached_match_the_kernel(run, scrape):
+    """Each probe's symbols and attach methods (fentry/fexit or kprobes) are the coverage table's."""
+    methods = {name: coverage_table.methods(sel, run.suite) for name, sel in coverage_table.selection(run.suite).items()
+               if sel.available}
     for probe in EXPECTED_SYMBOLS[run.suite]:
         assert scrape.one("vfiomond_probe_attached", probe=probe) == 1, probe
-        named = {s.labels["symbols"] for s in scrape.samples if s.name == "vfiomond_probe_info" and s.labels["probe"] == probe}
-        assert len(named) == 1 and named <= attached_symbols(run, probe), (probe, named)
+        named = {(s.labels["symbols"], s.labels["methods"]) for s in scrape.samples
+                 if s.name == "vfiomond_probe_info" and s.labels["probe"] == probe}
+        assert len(named) == 1, (probe, named)
+        (symbols, attached_as), = named
+        assert symbols in attached_symbols(run, probe), (probe, symbols)
+        assert attached_as == methods[probe] or (PAGE_FAULT_HOOK in EXPECTED_SYMBOLS[run.suite][probe]
+                                                  and symbols == EXPECTED_SYMBOLS[run.suite][probe].replace(PAGE_FAULT_HOOK, "")
+                                                  and attached_as == methods[probe].rsplit(",", 1)[0]), (probe, attached_as)
 
 
 def test_page_fault_hook_detached_only_where_it_calls_huge_fault(run, scrape):

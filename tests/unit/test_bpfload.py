@@ -8,7 +8,7 @@ import ctypes
 import pathlib
 import re
 
-from vfiomond.bpfload import RUNTIME_FACTS, Program
+from vfiomond.bpfload import RUNTIME_FACTS, Program, _TrampolineSlot, plan_trampolines, trampoline_source
 from vfiomond.kernel import Kallsyms
 from vfiomond.probes import kernel_facts, select, wanted_symbols
 
@@ -37,6 +37,7 @@ class RecordingBPF:
         self.calls = []
         self.fail_on = set(fail_on)
         self.tables = {}
+        self.kfunc_entry_fds, self.kfunc_exit_fds = {}, {}
 
     def attach_kprobe(self, event, fn_name):
         self._attach("k", event, fn_name)
@@ -60,6 +61,28 @@ class RecordingBPF:
     def _detach(self, kind, event, fn):
         self.attached.remove((kind, event, fn))
         self.calls.append(("detach", kind, event))
+
+    # fentry/fexit programs, as BCC keeps them: name -> link fd
+    kfunc_entry_fds: dict
+    kfunc_exit_fds: dict
+
+    def attach_kfunc(self, fn_name):
+        assert fn_name not in self.kfunc_entry_fds, "attached twice"
+        self.kfunc_entry_fds[fn_name] = 1
+        self.calls.append(("attach", "fentry", fn_name))
+
+    def attach_kretfunc(self, fn_name):
+        assert fn_name not in self.kfunc_exit_fds, "attached twice"
+        self.kfunc_exit_fds[fn_name] = 1
+        self.calls.append(("attach", "fexit", fn_name))
+
+    def detach_kfunc(self, fn_name):
+        del self.kfunc_entry_fds[fn_name]
+        self.calls.append(("detach", "fentry", fn_name))
+
+    def detach_kretfunc(self, fn_name):
+        del self.kfunc_exit_fds[fn_name]
+        self.calls.append(("detach", "fexit", fn_name))
 
     def get_table(self, name):
         return self.tables.setdefault(name, ArrayTable())
@@ -173,7 +196,7 @@ def test_disabled_probes_stay_detached():
     prog = program(bpf)
     sel, facts = kernel(VMLINUX + VFIO_PCI + TYPE1)
     statuses = {s.name: s for s in prog.apply(sel, facts, ("remap_pfn_range",))}
-    assert statuses["remap_pfn_range"] == ("remap_pfn_range", False, "disabled in the configuration")
+    assert statuses["remap_pfn_range"][:3] == ("remap_pfn_range", False, "disabled in the configuration")
     assert not {a for a in bpf.attached if a[1] == "remap_pfn_range"}
 
 
@@ -266,3 +289,117 @@ def test_a_flood_of_records_does_not_hold_the_main_loop(monkeypatch):
     assert bpf.delivered == len(seen) == 26 and p.polls_cut == 1  # 0.25 s of records, each handled
     p.poll(500)
     assert len(seen) == 52 and p.polls_cut == 2
+
+
+# do_wp_page is hooked by the type1 and iommufd areas; iommufd's hooks need its module.
+IOMMUFD = """ffffffff81004000 T do_wp_page
+ffffffff81005000 T iommu_map
+ffffffff81006000 T iopt_map_user_pages
+ffffffff81007000 T iopt_unmap_iova
+ffffffff81008000 T iopt_area_unfill_domains
+ffffffff81009000 T iopt_table_remove_domain
+ffffffff8100a000 T iopt_pages_update_pinned
+ffffffff8100b000 T iommufd_ioas_map
+"""
+ARITIES = {"do_wp_page": 1, "iommu_map": 6, "__account_locked_vm": 5, "remap_pfn_range": 5, "untrack_pfn": 4}
+
+
+def trampoline_program(bpf, sel):
+    """A Program whose trampoline hooks are those plan_trampolines picks, as _compile
+    lays them out (one object for every area)."""
+    plan = plan_trampolines(sel, ARITIES, True)
+    slots = {key: _TrampolineSlot(bpf, ("kretfunc__" if key[1] == "r" else "kfunc__").encode() + key[2].encode(),
+                                  key[1] == "r") for key in plan}
+    return Program({"faults": bpf, "type1": bpf, "iommufd": bpf}, slots)
+
+
+def test_vmlinux_hooks_with_fentry_handlers_attach_as_trampolines_module_hooks_as_kprobes():
+    sel, facts = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
+    bpf = RecordingBPF()
+    prog = trampoline_program(bpf, sel)
+    statuses = {s.name: s for s in prog.apply(sel, facts, ())}
+    # __account_locked_vm (vmlinux) as fentry+fexit, its marker in type1 as a kprobe pair.
+    assert statuses["locked_vm_charge"].detail == "vfio_lock_acct.part.0,__account_locked_vm"
+    assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe,fentry+fexit"
+    assert statuses["pin_write_faults"].methods == "fentry"
+    assert statuses["pin_pages"].methods == "kprobe+kretprobe"  # a module function
+    assert statuses["iommufd_pin_write_faults"].methods == "kprobe,kprobe+kretprobe"  # no fentry handler
+    assert ("attach", "fentry", b"kfunc____account_locked_vm") in bpf.calls
+    assert ("attach", "fexit", b"kretfunc____account_locked_vm") in bpf.calls
+    assert ("attach", "fentry", b"kfunc__do_wp_page") in bpf.calls
+    assert ("k", "do_wp_page", "on_iommufd_write_fault") in bpf.attached
+    assert not [c for c in bpf.calls if c[0] == "attach" and c[2] == "__account_locked_vm"]
+
+
+def test_a_disabled_probe_detaches_its_trampoline_and_a_reload_brings_it_back():
+    sel, facts = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
+    bpf = RecordingBPF()
+    prog = trampoline_program(bpf, sel)
+    prog.apply(sel, facts, ())
+    prog.apply(sel, facts, ("pin_write_faults",))
+    assert b"kfunc__do_wp_page" not in bpf.kfunc_entry_fds
+    assert ("k", "do_wp_page", "on_iommufd_write_fault") in bpf.attached
+    prog.apply(sel, facts, ())
+    assert b"kfunc__do_wp_page" in bpf.kfunc_entry_fds
+
+
+def test_trampoline_programs_pass_every_argument_and_the_return_value():
+    sel, _ = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
+    text = trampoline_source(plan_trampolines(sel, ARITIES, True))
+    fexit = text[text.index("KRETFUNC_PROBE(__account_locked_vm)"):]
+    fexit = fexit[:fexit.index("\n}\n")]
+    assert "PT_REGS_PARM5(&regs) = ctx[4];" in fexit and "PT_REGS_PARM6" not in fexit
+    assert "PT_REGS_RC(&regs) = ctx[5];" in fexit
+    assert "return on_account_locked_vm_return__body(&regs);" in fexit
+    assert text.count("KFUNC_PROBE(do_wp_page)") == 1
+    assert trampoline_source({}) == ""
+
+
+def test_one_trampoline_per_function_and_kind():
+    """BCC names a fentry program after its function: a second area's hook on it stays a kprobe."""
+    sel, _ = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
+    shared = [s._replace(hooks=tuple((h._replace(trampoline=True), sym) for h, sym in s.hooks))
+              if s.probe.name == "iommufd_pin_write_faults" else s for s in sel]
+    plan = plan_trampolines(shared, ARITIES, True)
+    assert [k for k in plan if k[2] == "do_wp_page"] == [("type1", "k", "do_wp_page")]
+
+
+def test_no_trampolines_without_kernel_support():
+    sel, _ = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
+    assert plan_trampolines(sel, ARITIES, False) == {}
+    assert not [k for k in plan_trampolines(sel, ARITIES, True) if k[2] == "vfio_pin_pages_remote"]
+    # A function BTF does not list (an inlined or renamed one) stays a kprobe.
+    assert not [k for k in plan_trampolines(sel, {"do_wp_page": 1}, True) if k[2] == "untrack_pfn"]
+
+
+def test_every_trampoline_handler_has_a_body():
+    import glob
+    import os
+
+    from vfiomond.probes import PROBES
+    sources = "".join(open(p).read() for p in glob.glob(os.path.join(COMMON_H.parent, "*.c")))
+    for probe in PROBES:
+        for variant in probe.variants:
+            for hook in variant.hooks:
+                for fn in (hook.entry, hook.ret):
+                    if hook.trampoline and fn:
+                        assert "static __always_inline int %s__body(struct pt_regs *ctx)" % fn in sources, fn
+
+
+def test_a_refused_fentry_program_falls_back_to_its_kprobe():
+    sel, facts = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
+    bpf = RecordingBPF()
+
+    def refuse(fn_name):
+        raise Exception("Failed to load BPF program b'kfunc__do_wp_page': Permission denied\nverifier log")
+
+    bpf.attach_kfunc = lambda fn_name: refuse(fn_name) if fn_name == b"kfunc__do_wp_page" else \
+        RecordingBPF.attach_kfunc(bpf, fn_name)
+    prog = trampoline_program(bpf, sel)
+    statuses = {s.name: s for s in prog.apply(sel, facts, ())}
+    assert statuses["pin_write_faults"].attached and statuses["pin_write_faults"].methods == "kprobe"
+    assert ("k", "do_wp_page", "on_type1_write_fault") in bpf.attached
+    assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe,fentry+fexit"
+    bpf.calls.clear()
+    prog.apply(sel, facts, ())  # nothing changes, nothing is tried again
+    assert bpf.calls == []
