@@ -40,7 +40,7 @@ SUITES = ("bookworm", "trixie", "bullseye", "sid", "iommufd")
 # a 6.12 kernel built with CONFIG_IOMMUFD, tests/lab/kernel.sh: built once on a fresh
 # machine while the other suites boot, then cached), make test-all all five.
 TEST_SUITES = tuple(os.environ.get("VFIOMOND_LAB_SUITES", "bookworm trixie iommufd").split())
-PROMETHEUS_HOLD = 4  # seconds
+PROMETHEUS_HOLD = 8  # seconds: the standard scenario's 4 rounds of faults 2 s apart, one per scrape
 
 
 class LabRun(NamedTuple):
@@ -232,8 +232,10 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
     os.makedirs(out, exist_ok=True)
     empty = tempfile.mkdtemp(prefix="vfiomond-lab-noextra-")
     port = free_port(GUEST_PORT if demo else 0)
-    # With a Prometheus scraping every second, the scenario holds its mappings for
-    # a few seconds (VFIOMOND_HOLD) so that the per-process series get scraped.
+    # With a Prometheus scraping every 2 s (its timeout too: at 1 s, scrapes of a guest
+    # sharing the host's cores with another timed out, up to 9 of 31), the scenario
+    # holds its mappings for a few seconds (VFIOMOND_HOLD) so that the per-process
+    # series get scraped.
     hold = PROMETHEUS_HOLD if prometheus else 0
     # The test boot with Prometheus also secures the endpoint; the demo stays plain HTTP
     # for the browser.
@@ -257,7 +259,7 @@ def _run(suite: str, scenario: str, extra: Optional[str], demo: bool, out: Optio
                                                    basic_auth=(webtls.USER, web.password))
             server = promserver.PrometheusServer(port, out.rstrip("/") + "-prometheus", **security)
             server.start()
-            log("Prometheus scrapes the guest every second: %s" % server.url("/graph"))
+            log("Prometheus scrapes the guest every %s: %s" % (server.interval, server.url("/graph")))
         _wait_for(out, "steps", qemu, INIT_TIMEOUT)  # init's first step: the kernel booted
         _wait_for(out, "ready", qemu, timeout)
         log("scenario done after %.0f s; scraping 127.0.0.1:%d" % (time.monotonic() - start, port))

@@ -73,7 +73,7 @@ def filters_anomalies(expr: str) -> bool:
 
 
 class PrometheusServer:
-    def __init__(self, target_port: int, workdir: str, interval: str = "1s", scheme: str = "http",
+    def __init__(self, target_port: int, workdir: str, interval: str = "2s", scheme: str = "http",
                  ca_file: Optional[str] = None, server_name: Optional[str] = None,
                  basic_auth: Optional[Tuple[str, str]] = None):
         self.binary = shutil.which("prometheus")
