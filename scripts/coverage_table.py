@@ -60,14 +60,18 @@ def symbols(s: Selected) -> str:
 
 # Lab kernels without BTF, so without fentry/fexit: every hook a kprobe there.
 NO_BTF = {"iommufd": "the lab's build has no debug info (CONFIG_DEBUG_INFO_NONE), so no BTF"}
+# Functions whose fentry/fexit program a lab kernel refused (the daemon falls back to the
+# kprobes and logs it): Debian 11's 5.10 answered EINVAL for remap_pfn_range's.
+REFUSED = {"bullseye": {"remap_pfn_range"}}
 
 
 def methods(s: Selected, suite: str) -> str:
     """What vfiomond_probe_info's methods label says, per symbol: Debian's lab kernels
-    have BPF trampolines and list the hooked vmlinux functions in BTF, the lab's own
-    build has no BTF (each boot asserts the label)."""
+    have BPF trampolines and list the hooked vmlinux functions in BTF (REFUSED: where one
+    refused a program), the lab's own build has no BTF (each boot asserts the label)."""
     sels = list(selection(suite).values())
     arities = {sym.name: 1 for sel in sels for _, sym in sel.hooks if not sym.module}
+    arities = {name: n for name, n in arities.items() if name not in REFUSED.get(suite, ())}
     plan = plan_trampolines(sels, arities, suite not in NO_BTF)
     out: Dict[str, str] = {}
     for hook, sym in s.hooks:

@@ -442,10 +442,13 @@ def trampoline_source(plan: TrampolinePlan) -> str:
     out = []
     for (area, kind, symbol), (fn, nargs) in sorted(plan.items()):
         ret = kind == "r"
-        out += ["%s(%s)" % ("KRETFUNC_PROBE" if ret else "KFUNC_PROBE", symbol), "{", "    struct pt_regs regs = {};"]
-        out += ["    PT_REGS_PARM%d(&regs) = ctx[%d];" % (i + 1, i) for i in range(nargs)]
+        # Every argument declared: BCC 0.18's KFUNC_PROBE does not compile without one.
+        params = ["u64 arg%d" % i for i in range(nargs)] + (["u64 ret"] if ret else [])
+        out += ["%s(%s, %s)" % ("KRETFUNC_PROBE" if ret else "KFUNC_PROBE", symbol, ", ".join(params)),
+                "{", "    struct pt_regs regs = {};"]
+        out += ["    PT_REGS_PARM%d(&regs) = arg%d;" % (i + 1, i) for i in range(nargs)]
         if ret:
-            out.append("    PT_REGS_RC(&regs) = ctx[%d];" % nargs)
+            out.append("    PT_REGS_RC(&regs) = ret;")
         out += ["    return %s__body(&regs);" % fn, "}"]
     return "\n".join(out) + "\n" if out else ""
 

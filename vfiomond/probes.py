@@ -455,7 +455,7 @@ def attach_method(hook: Hook, sym: Symbol, arities: Dict[str, int], trampolines:
     nargs = arities.get(sym.name)
     if nargs is None:
         return KPROBE, "not a function in the kernel's BTF"
-    if nargs > TRAMPOLINE_MAX_ARGS:
+    if not 1 <= nargs <= TRAMPOLINE_MAX_ARGS:
         return KPROBE, "%d arguments" % nargs
     return TRAMPOLINE, ""
 

@@ -346,12 +346,13 @@ def test_a_disabled_probe_detaches_its_trampoline_and_a_reload_brings_it_back():
 def test_trampoline_programs_pass_every_argument_and_the_return_value():
     sel, _ = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
     text = trampoline_source(plan_trampolines(sel, ARITIES, True))
-    fexit = text[text.index("KRETFUNC_PROBE(__account_locked_vm)"):]
+    fexit = text[text.index("KRETFUNC_PROBE(__account_locked_vm, "):]
     fexit = fexit[:fexit.index("\n}\n")]
-    assert "PT_REGS_PARM5(&regs) = ctx[4];" in fexit and "PT_REGS_PARM6" not in fexit
-    assert "PT_REGS_RC(&regs) = ctx[5];" in fexit
+    assert fexit.startswith("KRETFUNC_PROBE(__account_locked_vm, u64 arg0, u64 arg1, u64 arg2, u64 arg3, u64 arg4, u64 ret)")
+    assert "PT_REGS_PARM5(&regs) = arg4;" in fexit and "PT_REGS_PARM6" not in fexit
+    assert "PT_REGS_RC(&regs) = ret;" in fexit
     assert "return on_account_locked_vm_return__body(&regs);" in fexit
-    assert text.count("KFUNC_PROBE(do_wp_page)") == 1
+    assert text.count("KFUNC_PROBE(do_wp_page, u64 arg0)") == 1
     assert trampoline_source({}) == ""
 
 
