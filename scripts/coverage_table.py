@@ -10,6 +10,7 @@ tests/unit/test_coverage.py runs the check, and the lab tests compare each
 kernel's attachments with the same selection, so the table cannot drift.
 """
 
+import functools
 import os
 import sys
 from typing import Dict, List, Optional
@@ -42,6 +43,7 @@ def kernel_line(suite: str) -> str:
     return first[1:].strip() if first.startswith("#") else "?"
 
 
+@functools.lru_cache(maxsize=None)  # read once per suite: methods() asks for every cell
 def selection(suite: str) -> Dict[str, Selected]:
     """The probe selection on that kernel; the zero page's PFN and THP's page count are learned at run time, so assumed known."""
     with open(os.path.join(KALLSYMS_DIR, suite + ".txt")) as f:

@@ -13,7 +13,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optiona
 from vfiomond import bar_dmabuf, bpfstats, btf, faults, footprint, iommu_faults, iommufd, resets, type1, users
 from vfiomond.errors import VfiomondError
 from vfiomond.losses import LOSSES
-from vfiomond.probes import FEATURES, KPROBE, PROBES, TRAMPOLINE, Selected, attach_method, method_names
+from vfiomond.probes import (FEATURES, KPROBE, PROBES, TRAMPOLINE, Selected, attach_method, method_names,
+                             trampoline_candidates)
 
 log = logging.getLogger("vfiomond")
 
@@ -205,10 +206,11 @@ class Program:
                     yield key, _Attached(fn, sym.module, sym.address, method)
 
     def _attached_status(self, sel: Selected) -> ProbeStatus:
+        """After _attach: each symbol with the method its hooks got (self._hooks)."""
         methods: Dict[str, str] = {}
         for hook, sym in sel.hooks:
             key = (sel.probe.area, "k" if hook.entry else "r", sym.name)
-            methods.setdefault(sym.name, method_names(hook, TRAMPOLINE if key in self._trampolines else KPROBE))
+            methods.setdefault(sym.name, method_names(hook, self._hooks[key].method))
         return ProbeStatus(sel.probe.name, True, ",".join(methods), ",".join(methods.values()))
 
     def _attach(self, sel: Selected) -> Optional[str]:
@@ -511,7 +513,7 @@ def _compile(BPF, areas: Sequence[str], cflags: List[str], plan: TrampolinePlan
 def _trampoline_support(BPF, selections: Sequence[Selected]) -> Tuple[Dict[str, int], bool]:
     """(argument counts from the kernel's BTF of the hooked vmlinux functions that could
     be trampolines, whether this kernel and BCC attach fentry/fexit)."""
-    wanted = {sym.name for sel in selections for hook, sym in sel.hooks if hook.trampoline and not sym.module}
+    wanted = trampoline_candidates(selections)
     try:
         usable = bool(wanted) and bool(BPF.support_kfunc())
     except Exception as e:  # a BCC without kfunc support

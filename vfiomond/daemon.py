@@ -64,11 +64,11 @@ def trampoline_arities(selections, syms) -> Tuple[Dict[str, int], bool, str]:
     trampolines, why not).  BCC's support_kfunc(), which the daemon asks, tests the same:
     kallsyms' bpf_trampoline_link_prog and the kernel's BTF."""
     from vfiomond import btf
-    from vfiomond.probes import TRAMPOLINE_MARKER
+    from vfiomond.probes import TRAMPOLINE_MARKER, trampoline_candidates
 
     if not syms.has(TRAMPOLINE_MARKER):
         return {}, False, "no %s in kallsyms" % TRAMPOLINE_MARKER
-    wanted = {sym.name for sel in selections for hook, sym in sel.hooks if hook.trampoline and not sym.module}
+    wanted = trampoline_candidates(selections)
     try:
         return (btf.function_arities(wanted) if wanted else {}), True, ""
     except btf.BTFError as e:

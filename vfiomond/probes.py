@@ -6,7 +6,7 @@ order of preference; the first variant whose required hooks all resolve in
 /proc/kallsyms is used.  Nothing here looks at the kernel version.
 """
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from vfiomond.kernel import Kallsyms, Symbol
 
@@ -458,6 +458,12 @@ def attach_method(hook: Hook, sym: Symbol, arities: Dict[str, int], trampolines:
     if not 1 <= nargs <= TRAMPOLINE_MAX_ARGS:
         return KPROBE, "%d arguments" % nargs
     return TRAMPOLINE, ""
+
+
+def trampoline_candidates(selections: Sequence[Selected]) -> Set[str]:
+    """The vmlinux functions of ``selections`` hooked with fentry handlers: those whose
+    argument counts BTF is asked for (attach_method)."""
+    return {sym.name for sel in selections for hook, sym in sel.hooks if hook.trampoline and not sym.module}
 
 
 def method_names(hook: Hook, method: str) -> str:
