@@ -12,12 +12,8 @@
  * calls dma_buf_invalidate_mappings(dmabuf) (dma_buf_move_notify before 7.0) once
  * for each dma-buf whose state it changes, which is what the importers see: their
  * mappings are torn down.  Those calls are counted inside a move of this thread. */
+#ifndef KERNEL_LAYOUT_BTF
 #include <linux/pci.h>
-#if __has_include(<linux/vfio_pci_core.h>)
-#include <linux/vfio_pci_core.h>
-#define DMABUF_VDEV_PDEV(vdev) (&((struct vfio_pci_core_device *)(vdev))->pdev)
-#else
-#define DMABUF_VDEV_PDEV(vdev) ((struct pci_dev **)(vdev))
 #endif
 
 #ifndef DEVICE_LEN
@@ -59,8 +55,8 @@ static __always_inline int dmabuf_enter(void *vdev, u8 op, u8 revoked)
     struct dmabuf_thread t = {.op = op, .revoked = revoked};
     struct pci_dev *pdev = NULL;
     const char *name = NULL;
-    if (bpf_probe_read_kernel(&pdev, sizeof(pdev), DMABUF_VDEV_PDEV(vdev)) || !pdev ||
-        bpf_probe_read_kernel(&name, sizeof(name), &pdev->dev.kobj.name) || !name ||
+    if (bpf_probe_read_kernel(&pdev, sizeof(pdev), VDEV_PDEV(vdev)) || !pdev ||
+        bpf_probe_read_kernel(&name, sizeof(name), KFIELD(pdev, PDEV_NAME)) || !name ||
         bpf_probe_read_kernel_str(t.device, DEVICE_LEN, name) < 0)
         count_lost(LOSS_DMABUF_BY_TID_UNREAD); /* counted with no device: "unknown" */
     if (dmabuf_by_tid.lookup(&tid))

@@ -6,9 +6,18 @@
  * dropped silently.
  */
 #include <uapi/linux/ptrace.h>
+#include <linux/errno.h>
+#ifndef KERNEL_LAYOUT_BTF
 #include <linux/sched.h>
 #include <linux/mm_types.h>
 #include <linux/mm.h>
+#endif
+
+/* Kernel struct members are read at KOFF_<name> (their size KSIZE_<name>): numbers
+ * from the kernel's BTF (KERNEL_LAYOUT_BTF), without the kernel headers whose
+ * parsing is most of the compile, or offsetof over the headers elsewhere
+ * (vfiomond/layout.py, which lists every member read). */
+#define KFIELD(p, name) ((void *)(p) + KOFF_##name)
 
 /* Handlers of hooks that may be fentry/fexit (probes.Hook trampoline=True) come
  * in two parts: the kprobe program on_x(ctx) and the inline body on_x__body(ctx).
@@ -105,7 +114,8 @@ enum kernel_fact {
     FACT_PIN_MAPS = 4,           /* vfio_remove_dma is hooked: type1 mappings may enter pin_maps */
     FACT_IOMMUFD_PIN_MAPS = 5,   /* iopt_area_unfill_domains is hooked: iommufd mappings may too */
     FACT_BAR_FAULT_NESTED = 6,   /* vfio_pci_mmap_page_fault was seen calling vfio_pci_mmap_huge_fault */
-    KERNEL_FACTS = 7,
+    FACT_VDEV_PDEV_AT = 7,       /* offset of pdev in struct vfio_pci_core_device (module BTF; 0 before 5.15) */
+    KERNEL_FACTS = 8,
 };
 
 BPF_ARRAY(kernel_facts, u64, KERNEL_FACTS);
@@ -115,6 +125,19 @@ static __always_inline u64 kernel_fact(int index)
     u64 *v = kernel_facts.lookup(&index);
     return v ? *v : 0;
 }
+
+/* Where a vfio-pci BAR vma's vm_private_data (a struct vfio_pci_core_device *,
+ * 5.15+) keeps its struct pci_dev *.  Before 5.15 it is a struct vfio_pci_device *
+ * (drivers/vfio/pci/vfio_pci_private.h, not in the headers) whose first member is
+ * the pdev. */
+#ifdef KERNEL_LAYOUT_BTF
+#define VDEV_PDEV(vdev) ((void *)(vdev) + kernel_fact(FACT_VDEV_PDEV_AT))
+#elif __has_include(<linux/vfio_pci_core.h>)
+#include <linux/vfio_pci_core.h>
+#define VDEV_PDEV(vdev) (&((struct vfio_pci_core_device *)(vdev))->pdev)
+#else
+#define VDEV_PDEV(vdev) ((struct pci_dev **)(vdev))
+#endif
 
 static __always_inline void count_lost(int loss)
 {
@@ -196,7 +219,7 @@ static __always_inline u64 sample_stride(u64 size)
 static __always_inline u64 fault_address(struct vm_fault *vmf)
 {
     u64 address = 0;
-    bpf_probe_read_kernel(&address, sizeof(address), &vmf->address);
+    bpf_probe_read_kernel(&address, sizeof(address), KFIELD(vmf, VM_FAULT_ADDRESS));
     return address;
 }
 
@@ -513,6 +536,6 @@ static __always_inline void write_fault_in(struct vm_fault *vmf, u64 address, st
     ev->size = span->size;
     ev->map_vaddr = span->vaddr;
     ev->seq = span->seq;
-    bpf_probe_read_kernel(&ev->pfn, sizeof(vmf->orig_pte) < sizeof(ev->pfn) ? sizeof(vmf->orig_pte) : sizeof(ev->pfn),
-                          &vmf->orig_pte);
+    bpf_probe_read_kernel(&ev->pfn, KSIZE_VM_FAULT_ORIG_PTE < sizeof(ev->pfn) ? KSIZE_VM_FAULT_ORIG_PTE : sizeof(ev->pfn),
+                          KFIELD(vmf, VM_FAULT_ORIG_PTE));
 }

@@ -3,16 +3,8 @@
  *   FACT_VFIO_PGOFF_IS_PFN   vm_pgoff of a BAR vma is the BAR's PFN (up to 6.9)
  *   FACT_VFIO_PCI_MMAP_OPS   address of vfio_pci_mmap_ops (to recognise BAR vmas)
  */
-#include <linux/mm.h>
+#ifndef KERNEL_LAYOUT_BTF
 #include <linux/pci.h>
-#if __has_include(<linux/vfio_pci_core.h>)
-#include <linux/vfio_pci_core.h>
-/* 5.15+: vm_private_data is a struct vfio_pci_core_device *. */
-#define VDEV_PDEV(vdev) (&((struct vfio_pci_core_device *)(vdev))->pdev)
-#else
-/* Before 5.15 it is a struct vfio_pci_device * (drivers/vfio/pci/vfio_pci_private.h,
- * not in the headers), whose first member is struct pci_dev *pdev. */
-#define VDEV_PDEV(vdev) ((struct pci_dev **)(vdev))
 #endif
 
 #ifndef VFIO_PCI_OFFSET_SHIFT
@@ -78,7 +70,7 @@ static __always_inline void bar_device(void *vdev, unsigned long pgoff, char *de
     if (vdev)
         bpf_probe_read_kernel(&pdev, sizeof(pdev), VDEV_PDEV(vdev));
     if (pdev)
-        bpf_probe_read_kernel(&name, sizeof(name), &pdev->dev.kobj.name);
+        bpf_probe_read_kernel(&name, sizeof(name), KFIELD(pdev, PDEV_NAME));
     if (name)
         bpf_probe_read_kernel_str(device, DEVICE_LEN, name);
 
@@ -95,8 +87,9 @@ static __always_inline void bar_device(void *vdev, unsigned long pgoff, char *de
 #pragma unroll
     for (int i = 0; i <= PCI_ROM_RESOURCE; i++) {
         resource_size_t start = 0, end = 0;
-        bpf_probe_read_kernel(&start, sizeof(start), &pdev->resource[i].start);
-        bpf_probe_read_kernel(&end, sizeof(end), &pdev->resource[i].end);
+        void *res = KFIELD(pdev, PDEV_RESOURCE) + i * KSIZEOF_RESOURCE;
+        bpf_probe_read_kernel(&start, sizeof(start), KFIELD(res, RESOURCE_START));
+        bpf_probe_read_kernel(&end, sizeof(end), KFIELD(res, RESOURCE_END));
         if (start && addr >= start && addr <= end) {
             *region = i;
             return;
@@ -107,8 +100,8 @@ static __always_inline void bar_device(void *vdev, unsigned long pgoff, char *de
 /* A vma's vm_private_data and vm_pgoff, in one read where they lie close
  * together (vm_pgoff, vm_file[, swap_readahead_info], vm_private_data in every
  * kernel vfiomond supports; two reads otherwise). */
-#define VMA_PGOFF_AT __builtin_offsetof(struct vm_area_struct, vm_pgoff)
-#define VMA_PRIVATE_AT __builtin_offsetof(struct vm_area_struct, vm_private_data)
+#define VMA_PGOFF_AT KOFF_VMA_PGOFF
+#define VMA_PRIVATE_AT KOFF_VMA_PRIVATE
 #define VMA_IDENT_WORDS 6
 
 static __always_inline void vma_ident(struct vm_area_struct *vma, u64 *vdev, u64 *pgoff)
@@ -116,13 +109,13 @@ static __always_inline void vma_ident(struct vm_area_struct *vma, u64 *vdev, u64
     if (VMA_PRIVATE_AT > VMA_PGOFF_AT && (VMA_PRIVATE_AT - VMA_PGOFF_AT) % 8 == 0 &&
         (VMA_PRIVATE_AT - VMA_PGOFF_AT) / 8 < VMA_IDENT_WORDS) {
         u64 words[VMA_IDENT_WORDS] = {};
-        bpf_probe_read_kernel(words, VMA_PRIVATE_AT - VMA_PGOFF_AT + 8, &vma->vm_pgoff);
+        bpf_probe_read_kernel(words, VMA_PRIVATE_AT - VMA_PGOFF_AT + 8, KFIELD(vma, VMA_PGOFF));
         *pgoff = words[0];
         *vdev = words[(VMA_PRIVATE_AT - VMA_PGOFF_AT) / 8];
         return;
     }
-    bpf_probe_read_kernel(vdev, sizeof(*vdev), &vma->vm_private_data);
-    bpf_probe_read_kernel(pgoff, sizeof(*pgoff), &vma->vm_pgoff);
+    bpf_probe_read_kernel(vdev, sizeof(*vdev), KFIELD(vma, VMA_PRIVATE));
+    bpf_probe_read_kernel(pgoff, sizeof(*pgoff), KFIELD(vma, VMA_PGOFF));
 }
 
 static __always_inline void vma_device(struct vm_area_struct *vma, char *device, u8 *region)
@@ -173,7 +166,7 @@ static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
 {
     u32 tid = current_tid();
     struct vm_area_struct *vma = NULL;
-    bpf_probe_read_kernel(&vma, sizeof(vma), &vmf->vma);
+    bpf_probe_read_kernel(&vma, sizeof(vma), KFIELD(vmf, VM_FAULT_VMA));
     if (!vma)
         return 0;
     u64 now = bpf_ktime_get_ns();
@@ -363,7 +356,7 @@ static __always_inline int on_untrack_pfn__body(struct pt_regs *ctx)
     const void *ops = NULL;
     if (!vma || !vfio_ops)
         return 0;
-    bpf_probe_read_kernel(&ops, sizeof(ops), &vma->vm_ops);
+    bpf_probe_read_kernel(&ops, sizeof(ops), KFIELD(vma, VMA_OPS));
     if ((u64)ops != vfio_ops)
         return 0;
     struct device_key dk = {};

@@ -5,9 +5,11 @@
  * and checked by tests/unit/test_iommufd.py).  Names carry the area's prefix:
  * every area is compiled into one BCC program.
  */
+#ifndef KERNEL_LAYOUT_BTF
 #include <linux/cred.h>
 #include <linux/sched/user.h>
 #include <linux/interval_tree.h>
+#endif
 
 enum iommufd_counter {
     IOMMUFD_MAP_BYTES = 0,
@@ -206,8 +208,8 @@ int on_iommufd_iommu_map(struct pt_regs *ctx)
  * split it, or it was mapped before the entry could be made) makes the IOAS's
  * older entries stale: what is still pinned there is no longer known. */
 struct iopt_area_head {
-    struct interval_tree_node node;
-    struct interval_tree_node pages_node;
+    char node[KSIZEOF_INTERVAL_TREE_NODE];        /* struct interval_tree_node */
+    char pages_node[KSIZEOF_INTERVAL_TREE_NODE];  /* struct interval_tree_node */
     u64 iopt;
 };
 
@@ -218,7 +220,10 @@ int on_iopt_area_unfill(struct pt_regs *ctx)
         count_lost(LOSS_PIN_MAPS_UNREAD);
         return 0;
     }
-    if (!pin_map_remove(area.iopt, area.node.start, area.node.last - area.node.start + 1))
+    u64 start = 0, last = 0;
+    __builtin_memcpy(&start, area.node + KOFF_INTERVAL_START, sizeof(start));
+    __builtin_memcpy(&last, area.node + KOFF_INTERVAL_LAST, sizeof(last));
+    if (!pin_map_remove(area.iopt, start, last - start + 1))
         pin_space_stale_now(area.iopt);
     return 0;
 }
@@ -304,14 +309,14 @@ static __always_inline void iommufd_locked_vm(long *user_locked, u64 *mm_locked)
     const struct cred *cred = NULL;
     struct user_struct *user = NULL;
     struct mm_struct *mm = NULL;
-    bpf_probe_read_kernel(&cred, sizeof(cred), &task->cred);
+    bpf_probe_read_kernel(&cred, sizeof(cred), KFIELD(task, TASK_CRED));
     if (cred)
-        bpf_probe_read_kernel(&user, sizeof(user), &cred->user);
+        bpf_probe_read_kernel(&user, sizeof(user), KFIELD(cred, CRED_USER));
     if (user)
-        bpf_probe_read_kernel(user_locked, sizeof(*user_locked), &user->locked_vm);
-    bpf_probe_read_kernel(&mm, sizeof(mm), &task->mm);
+        bpf_probe_read_kernel(user_locked, sizeof(*user_locked), KFIELD(user, USER_LOCKED_VM));
+    bpf_probe_read_kernel(&mm, sizeof(mm), KFIELD(task, TASK_MM));
     if (mm)
-        bpf_probe_read_kernel(mm_locked, sizeof(*mm_locked), &mm->locked_vm);
+        bpf_probe_read_kernel(mm_locked, sizeof(*mm_locked), KFIELD(mm, MM_LOCKED_VM));
 }
 
 int on_iommufd_update_pinned(struct pt_regs *ctx)

@@ -18,7 +18,9 @@
  * __pci_reset_function_locked): its return sends one record.  Resets are rare
  * (each takes milliseconds to seconds), so a ring buffer record per reset costs
  * nothing that matters and lets the daemon check the device afterwards. */
+#ifndef KERNEL_LAYOUT_BTF
 #include <linux/pci.h>
+#endif
 
 #ifndef DEVICE_LEN
 #define DEVICE_LEN 16
@@ -57,7 +59,7 @@ struct reset_event {
     u8 method;
     u8 pad[6];
     char device[DEVICE_LEN];
-    char comm[TASK_COMM_LEN];
+    char comm[16];  /* bpf_get_current_comm: TASK_COMM_LEN (include/linux/sched.h), which vfiomond/resets.py reads */
 };
 
 /* Threads in a reset at once: one per device at most, in practice a few. */
@@ -78,7 +80,7 @@ static __always_inline int reset_enter(struct pci_dev *pdev, u8 op)
     }
     struct reset_thread fresh = {.ts = now, .pdev = (u64)pdev, .depth = 1, .op = op};
     const char *name = NULL;
-    if (bpf_probe_read_kernel(&name, sizeof(name), &pdev->dev.kobj.name) || !name ||
+    if (bpf_probe_read_kernel(&name, sizeof(name), KFIELD(pdev, PDEV_NAME)) || !name ||
         bpf_probe_read_kernel_str(fresh.device, DEVICE_LEN, name) < 0)
         count_lost(LOSS_RESET_BY_TID_UNREAD);  /* sent with no device: counted as "unknown" */
     if (op == RESET_OP_BUS)

@@ -2,8 +2,10 @@
  * Python side: vfiomond/type1.py (the TYPE1_* indices are mirrored there and
  * checked by tests/unit/test_type1.py).
  */
-#include <linux/vfio.h>
+#include <uapi/linux/vfio.h>
+#ifndef KERNEL_LAYOUT_BTF
 #include <linux/sched/signal.h>
+#endif
 
 enum type1_counter {
     TYPE1_MAP_BYTES = 0,
@@ -151,7 +153,7 @@ static __always_inline void type1_map_end(struct dma_inflight *d, int ret)
  * first fields have been node, iova, vaddr, size since the driver's start
  * (73fa0d10d077, v3.6). */
 struct vfio_dma_head {
-    struct rb_node node;
+    char node[KSIZEOF_RB_NODE];  /* struct rb_node */
     dma_addr_t iova;
     unsigned long vaddr;
     size_t size;
@@ -175,12 +177,12 @@ static __always_inline void memlock_refused(u64 request, int err)
     struct signal_struct *sig = NULL;
     struct mm_struct *mm = NULL;
     struct pin_event ev = {.type = EV_MEMLOCK, .ret = err, .size = request};
-    bpf_probe_read_kernel(&sig, sizeof(sig), &task->signal);
-    bpf_probe_read_kernel(&mm, sizeof(mm), &task->mm);
+    bpf_probe_read_kernel(&sig, sizeof(sig), KFIELD(task, TASK_SIGNAL));
+    bpf_probe_read_kernel(&mm, sizeof(mm), KFIELD(task, TASK_MM));
     if (sig)
-        bpf_probe_read_kernel(&ev.limit, sizeof(ev.limit), &sig->rlim[RLIMIT_MEMLOCK].rlim_cur);
+        bpf_probe_read_kernel(&ev.limit, sizeof(ev.limit), KFIELD(sig, SIGNAL_MEMLOCK_CUR));
     if (mm)
-        bpf_probe_read_kernel(&ev.locked, sizeof(ev.locked), &mm->locked_vm);
+        bpf_probe_read_kernel(&ev.locked, sizeof(ev.locked), KFIELD(mm, MM_LOCKED_VM));
     struct proc_acct *a = proc_entry();
     if (a)
         __sync_fetch_and_add(&a->charge_failures, 1);

@@ -48,7 +48,8 @@ static __always_inline int on_new_task__body(struct pt_regs *ctx)
     if (!vfio_openers.lookup(&parent))
         return 0;
     u32 pid = 0, tgid = 0;
-    if (bpf_probe_read_kernel(&pid, sizeof(pid), &p->pid) || bpf_probe_read_kernel(&tgid, sizeof(tgid), &p->tgid)) {
+    if (bpf_probe_read_kernel(&pid, sizeof(pid), KFIELD(p, TASK_PID)) ||
+        bpf_probe_read_kernel(&tgid, sizeof(tgid), KFIELD(p, TASK_TGID))) {
         count_lost(LOSS_VFIO_OPENERS_UNREAD);
         return 0;
     }

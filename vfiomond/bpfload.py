@@ -10,7 +10,7 @@ import os
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from vfiomond import bar_dmabuf, bpfstats, btf, faults, footprint, iommu_faults, iommufd, resets, type1, users
+from vfiomond import bar_dmabuf, bpfstats, btf, faults, footprint, iommu_faults, iommufd, layout, resets, type1, users
 from vfiomond.errors import VfiomondError
 from vfiomond.losses import LOSSES
 from vfiomond.probes import (FEATURES, KPROBE, PROBES, TRAMPOLINE, Selected, attach_method, method_names,
@@ -53,7 +53,7 @@ class ProbeStatus(NamedTuple):
 # Kernel facts the BPF programs read at run time from the kernel_facts array
 # (enum kernel_fact in bpf/common.h): they change when vfio modules load.
 RUNTIME_FACTS = ("VFIO_PCI_MMAP_OPS", "VFIO_PGOFF_IS_PFN", "TYPE1_IOCTL_MAP", "TYPE1_IOCTL_UNMAP", "PIN_MAPS",
-                 "IOMMUFD_PIN_MAPS", "BAR_FAULT_NESTED")
+                 "IOMMUFD_PIN_MAPS", "BAR_FAULT_NESTED", "VDEV_PDEV_AT")
 
 # Kernel features (probes.FEATURES) only choose probes; the BPF programs do not read them.
 _FEATURE_FACTS = {feature.fact for feature in FEATURES.values()}
@@ -458,6 +458,8 @@ def trampoline_source(plan: TrampolinePlan) -> str:
 def _trampoline_slots(bpf, plan: TrampolinePlan) -> Dict[HookKey, _TrampolineSlot]:
     """Each trampoline hook's program, by the name BCC gave it: kfunc__<symbol> up to
     BCC 0.27, kfunc__vmlinux__<symbol> from 0.28 (kretfunc__ likewise)."""
+    if not plan:
+        return {}
     from bcc import lib
 
     names = [lib.bpf_function_name(bpf.module, i) for i in range(lib.bpf_num_functions(bpf.module))]
@@ -485,18 +487,23 @@ def _without_autoload(BPF):
     return Loaded
 
 
-def _compile(BPF, areas: Sequence[str], cflags: List[str], plan: TrampolinePlan
+def _compile(BPF, areas: Sequence[str], cflags: List[str], plan: TrampolinePlan, struct_layout: str
              ) -> Tuple[Dict[str, object], Dict[HookKey, _TrampolineSlot]]:
-    """One BCC program for all areas (one clang run); without fentry/fexit programs
-    if those fail to load; per area if it still fails."""
+    """One BCC program for all areas (one clang run); with the kernel headers if
+    the struct layout from BTF does not compile; without fentry/fexit programs if
+    those fail to load; per area if it still fails."""
     unit_plan = {k: v for k, v in plan.items() if k[0] in areas}
     try:
-        bpf = BPF(text=_source(areas) + trampoline_source(unit_plan), cflags=cflags)
+        bpf = BPF(text=struct_layout + _source(areas) + trampoline_source(unit_plan), cflags=cflags)
         return {a: bpf for a in areas}, _trampoline_slots(bpf, unit_plan)
     except Exception as e:  # BCC raises bare Exception on compile errors
+        if "KERNEL_LAYOUT_BTF" in struct_layout:
+            log.warning("BPF programs with struct offsets from BTF did not compile (%s); with the kernel headers",
+                        _first_line(e))
+            return _compile(BPF, areas, cflags, plan, layout.header_defines())
         if unit_plan:
             log.warning("fentry/fexit programs did not compile (%s); every hook a kprobe", _first_line(e))
-            return _compile(BPF, areas, cflags, {})
+            return _compile(BPF, areas, cflags, {}, struct_layout)
         if len(areas) == 1:
             log.error("BPF program of area %s does not compile on this kernel: %s", areas[0], _first_line(e))
             return {}, {}
@@ -504,7 +511,7 @@ def _compile(BPF, areas: Sequence[str], cflags: List[str], plan: TrampolinePlan
     out: Dict[str, object] = {}
     slots: Dict[HookKey, _TrampolineSlot] = {}
     for area in areas:
-        programs, area_slots = _compile(BPF, [area], cflags, plan)
+        programs, area_slots = _compile(BPF, [area], cflags, plan, struct_layout)
         out.update(programs)
         slots.update(area_slots)
     return out, slots
@@ -547,7 +554,10 @@ def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequen
     areas = list(dict.fromkeys(p.area for p in PROBES))
     compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS and k not in _FEATURE_FACTS}
     plan = plan_trampolines(selections, *_trampoline_support(BPF, selections))
-    programs, slots = _compile(_without_autoload(BPF), areas, _cflags(compiled), plan) if areas else ({}, {})
+    struct_layout, source = layout.choose()
+    log.info("kernel struct offsets from %s", source)
+    programs, slots = (_compile(_without_autoload(BPF), areas, _cflags(compiled), plan, struct_layout)
+                       if areas else ({}, {}))
     program = Program(programs, slots)
     footprint.release_free_heap()
     program.apply(selections, facts, disabled)

@@ -10,7 +10,7 @@ hooks, not the ~100k types of a distribution kernel.
 """
 
 import struct
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 BTF_MAGIC = 0xEB9F
@@ -85,3 +85,177 @@ def _string(data: bytes, strings: int, str_len: int, off: int) -> Optional[bytes
         return None
     start = strings + off
     return data[start:data.index(b"\0", start, strings + str_len)]
+
+
+# Kinds a member's type passes through before it has a size of its own.
+KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM = 1, 2, 3, 4, 5, 6
+KIND_FWD, KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 7, 8, 9, 10, 11
+KIND_TYPE_TAG, KIND_ENUM64 = 18, 19
+_QUALIFIERS = {KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG}
+POINTER_SIZE = struct.calcsize("P")
+
+
+class Types:
+    """The type section of one BTF blob, read on demand: a struct's size, the byte
+    offset and size of a member path (``dev.kobj.name``, ``rlim[8].rlim_cur``), an
+    enumerator's value.  ``base``: the vmlinux Types a module's split BTF
+    (/sys/kernel/btf/<module>, 5.11+, 36e68442d114) continues; its type ids and
+    string offsets follow the base's."""
+
+    def __init__(self, data: bytes, base: Optional["Types"] = None):
+        if len(data) < 24:
+            raise BTFError("BTF too short (%d bytes)" % len(data))
+        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != BTF_MAGIC:
+            raise BTFError("not BTF (magic %#x), or not this machine's byte order" % magic)
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        self.data, self.base = data, base
+        self.strings, self.str_len = hdr_len + str_off, str_len
+        self.first_id = base.first_id + len(base.pos) if base else 1
+        self.str_base = base.str_base + base.str_len if base else 0
+        if hdr_len + type_off + type_len > len(data) or self.strings + str_len > len(data):
+            raise BTFError("BTF sections run past its end")
+        self.pos = []  # type id - first_id -> offset of its header in data
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        while pos < end:
+            info = struct.unpack_from("<I", data, pos + 4)[0]
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            self.pos.append(pos)
+            pos += 12 + _FIXED.get(kind, 0) + _PER_MEMBER.get(kind, 0) * vlen
+        if pos != end:
+            raise BTFError("BTF type section does not parse (unknown kind?)")
+
+    @classmethod
+    def read(cls, path: str, base: Optional["Types"] = None) -> "Types":
+        try:
+            with open(path, "rb") as f:
+                return cls(f.read(), base)
+        except OSError as e:
+            raise BTFError("%s: %s" % (path, e.strerror or e)) from None
+
+    def _header(self, type_id: int) -> Tuple["Types", int, int, int, int, int]:
+        """(blob, header offset, kind, vlen, kind_flag, size_or_type) of a type id."""
+        if type_id < self.first_id:
+            if self.base is None:
+                raise BTFError("BTF type id %d out of range" % type_id)
+            return self.base._header(type_id)
+        pos = self.pos[type_id - self.first_id]
+        _name, info, size_or_type = struct.unpack_from("<III", self.data, pos)
+        return self, pos, (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, size_or_type
+
+    def name(self, off: int) -> str:
+        if off < self.str_base:
+            return self.base.name(off)
+        start = self.strings + off - self.str_base
+        return self.data[start:self.data.index(b"\0", start, self.strings + self.str_len)].decode()
+
+    def _string_offset(self, name: str) -> Optional[int]:
+        """Offset of ``name`` in the string sections (BTF stores each string once)."""
+        key = name.encode() + b"\0"
+        if self.data.startswith(key, self.strings):  # a split BTF's first string has no "" before it
+            return self.str_base
+        own = self.data.find(b"\0" + key, self.strings, self.strings + self.str_len)
+        if own >= 0:
+            return own + 1 - self.strings + self.str_base
+        return self.base._string_offset(name) if self.base else None
+
+    def find(self, name: str, kinds=(KIND_STRUCT, KIND_UNION)) -> Optional[int]:
+        """Type id of the complete struct/union ``name`` in this blob or its base."""
+        off = self._string_offset(name)
+        if off is not None:
+            for i, pos in enumerate(self.pos):
+                name_off, info = struct.unpack_from("<II", self.data, pos)
+                if name_off == off and (info >> 24) & 0x1F in kinds:
+                    return self.first_id + i
+        return self.base.find(name, kinds) if self.base else None
+
+    def resolve(self, type_id: int) -> int:
+        """The type under typedefs and qualifiers."""
+        for _ in range(32):
+            _blob, _pos, kind, _vlen, _flag, next_id = self._header(type_id)
+            if kind not in _QUALIFIERS:
+                return type_id
+            type_id = next_id
+        raise BTFError("BTF type %d: typedef chain too long" % type_id)
+
+    def size(self, type_id: int) -> int:
+        """Bytes of a type (sizeof)."""
+        type_id = self.resolve(type_id)
+        blob, pos, kind, _vlen, _flag, size_or_type = self._header(type_id)
+        if kind == KIND_PTR:
+            return POINTER_SIZE
+        if kind == KIND_ARRAY:
+            elem, _index, count = struct.unpack_from("<III", blob.data, pos + 12)
+            return count * self.size(elem)
+        if kind in (KIND_INT, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_ENUM64):
+            return size_or_type
+        raise BTFError("BTF type %d (kind %d) has no size" % (type_id, kind))
+
+    def _member(self, type_id: int, name: str) -> Optional[Tuple[int, int]]:
+        """(byte offset, type id) of member ``name`` of a struct/union, looking into
+        anonymous members; None if it has none of that name."""
+        blob, pos, kind, vlen, kind_flag, _size = self._header(self.resolve(type_id))
+        if kind not in (KIND_STRUCT, KIND_UNION):
+            raise BTFError("BTF type %d is not a struct or union" % type_id)
+        for i in range(vlen):
+            name_off, member_type, offset = struct.unpack_from("<III", blob.data, pos + 12 + 12 * i)
+            bits = offset & 0xFFFFFF if kind_flag else offset
+            if name_off == 0:
+                inner = self._member(member_type, name) if self._header(self.resolve(member_type))[2] in (
+                    KIND_STRUCT, KIND_UNION) else None
+                if inner:
+                    return bits // 8 + inner[0], inner[1]
+            elif self.name(name_off) == name:
+                if kind_flag and offset >> 24:
+                    raise BTFError("member %s is a bitfield" % name)
+                return bits // 8, member_type
+        return None
+
+    def member(self, struct_name: str, path: str) -> Tuple[int, int]:
+        """(byte offset, size in bytes) of ``path`` in struct ``struct_name``, as
+        __builtin_offsetof(struct s, path) and sizeof(((struct s *)0)->path) give
+        them.  Raises BTFError if the struct or a member is missing."""
+        type_id = self.find(struct_name)
+        if type_id is None:
+            raise BTFError("no struct %s in BTF" % struct_name)
+        offset = 0
+        for part in path.split("."):
+            name, _, index = part.partition("[")
+            found = self._member(type_id, name)
+            if found is None:
+                raise BTFError("struct %s has no member %s" % (struct_name, path))
+            offset += found[0]
+            type_id = found[1]
+            if index:
+                blob, pos, kind, _vlen, _flag, _size = self._header(self.resolve(type_id))
+                if kind != KIND_ARRAY:
+                    raise BTFError("%s.%s is not an array" % (struct_name, name))
+                elem, _index_type, count = struct.unpack_from("<III", blob.data, pos + 12)
+                i = int(index.rstrip("]"))
+                if i >= count:
+                    raise BTFError("%s.%s has %d elements, not %d" % (struct_name, name, count, i + 1))
+                offset += i * self.size(elem)
+                type_id = elem
+        return offset, self.size(type_id)
+
+    def struct_size(self, struct_name: str) -> int:
+        type_id = self.find(struct_name)
+        if type_id is None:
+            raise BTFError("no struct %s in BTF" % struct_name)
+        return self.size(type_id)
+
+    def enumerator(self, name: str) -> int:
+        """Value of enumerator ``name`` (an ENUM's; 32-bit, signed when the enum is)."""
+        off = self._string_offset(name)
+        if off is not None:
+            for pos in self.pos:
+                info = struct.unpack_from("<I", self.data, pos + 4)[0]
+                if (info >> 24) & 0x1F != KIND_ENUM:
+                    continue
+                for i in range(info & 0xFFFF):
+                    name_off, value = struct.unpack_from("<Ii" if info >> 31 else "<II", self.data, pos + 12 + 8 * i)
+                    if name_off == off:
+                        return value
+        if self.base:
+            return self.base.enumerator(name)
+        raise BTFError("no enumerator %s in BTF" % name)

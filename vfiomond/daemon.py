@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from vfiomond import (__version__, advisories, bpfload, bpfstats, devices, footprint, interrupts, iommufd, kernel,
+from vfiomond import (__version__, advisories, bpfload, bpfstats, devices, footprint, interrupts, iommufd, kernel, layout,
                       pagemap, pcie, privileges, processes, resets, type1)
 from vfiomond.alerts import PROBE_LOST, AlertSink
 from vfiomond.bpfload import ProbeStatus
@@ -47,7 +47,9 @@ def read_kernel(extra_symbols=()) -> Tuple[Kallsyms, Dict[str, int]]:
     if syms.lines == 0:
         raise VfiomondError("%s is empty: hidden from this process (systemd's ProtectKernelTunables=yes does that)"
                             % kernel.KALLSYMS)
-    return syms, kernel_facts(syms)
+    facts = kernel_facts(syms)
+    facts.update(layout.module_facts())
+    return syms, facts
 
 
 def probe_kernel(pin_samples: int = Config().pin_samples, extra_symbols=()):

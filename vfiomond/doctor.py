@@ -133,6 +133,17 @@ def attach_methods() -> Check:
     return Check("attach methods", OK, detail)
 
 
+def struct_offsets() -> Check:
+    """Where the BPF programs will find kernel struct members (vfiomond.layout)."""
+    from vfiomond import layout
+
+    source = layout.choose()[1]
+    if source == "BTF":
+        return Check("struct offsets", OK, "from the kernel's BTF: the BPF compile leaves out linux/mm.h, "
+                     "linux/sched.h and linux/pci.h")
+    return Check("struct offsets", OK, "from the %s: a slower BPF compile at start" % source)
+
+
 def bcc() -> Check:
     try:
         import bcc  # noqa: F401
@@ -182,8 +193,8 @@ def advisories_check() -> Check:
 
 
 CHECKS: List[Callable[[], Check]] = [
-    kernel, iommu, interrupt_remapping, vfio_modules, vfio_devices, kprobes, probes, attach_methods, bcc, thp, memlock,
-    advisories_check,
+    kernel, iommu, interrupt_remapping, vfio_modules, vfio_devices, kprobes, probes, attach_methods, struct_offsets, bcc,
+    thp, memlock, advisories_check,
 ]
 
 

@@ -183,6 +183,21 @@ def test_probes_attached_match_the_kernel(run, scrape):
                                                   and attached_as == methods[probe].rsplit(",", 1)[0]), (probe, attached_as)
 
 
+# Where the BPF programs take kernel struct offsets from BTF (vfiomond/layout.py): the
+# kernels with BTF for vmlinux and for modules (5.11+). The iommufd build has no BTF.
+STRUCT_OFFSETS_FROM_BTF = {"bullseye": False, "bookworm": True, "trixie": True, "sid": True, "iommufd": False}
+
+
+def test_struct_offsets_from_btf_where_the_kernel_has_it(run):
+    """The compile leaves the kernel headers out where BTF has every member (the
+    members' values are checked by the other tests: device names, locked_vm)."""
+    log = vfiomond_log(run)
+    if STRUCT_OFFSETS_FROM_BTF[run.suite]:
+        assert "kernel struct offsets from BTF\n" in log and "did not compile" not in log
+    else:
+        assert "kernel struct offsets from kernel headers (" in log
+
+
 def test_page_fault_hook_detached_only_where_it_calls_huge_fault(run, scrape):
     """Where page_fault calls huge_fault, the scenario's faults show it and the daemon
     detaches the page_fault hook (one kprobe pair per fault); where huge_fault is inlined

@@ -8,6 +8,7 @@ import ctypes
 import pathlib
 import re
 
+from vfiomond import bpfload
 from vfiomond.bpfload import RUNTIME_FACTS, Program, _TrampolineSlot, plan_trampolines, trampoline_source
 from vfiomond.kernel import Kallsyms
 from vfiomond.probes import kernel_facts, select, wanted_symbols
@@ -404,3 +405,21 @@ def test_a_refused_fentry_program_falls_back_to_its_kprobe():
     bpf.calls.clear()
     prog.apply(sel, facts, ())  # nothing changes, nothing is tried again
     assert bpf.calls == []
+
+
+def test_a_btf_layout_that_does_not_compile_falls_back_to_the_kernel_headers(caplog):
+    texts = []
+
+    class Compiler:
+        """BCC's BPF as _compile calls it: refuses the source with KERNEL_LAYOUT_BTF."""
+
+        def __init__(self, text, cflags):
+            texts.append(text)
+            if text.startswith("#define KERNEL_LAYOUT_BTF"):
+                raise Exception("<text>:12: error: use of undeclared identifier 'X'")
+            self.module = None
+
+    programs, slots = bpfload._compile(Compiler, ["faults", "type1"], [], {}, "#define KERNEL_LAYOUT_BTF 1\n")
+    assert set(programs) == {"faults", "type1"} and slots == {}
+    assert len(texts) == 2 and texts[1].startswith(bpfload.layout.header_defines())
+    assert "struct offsets from BTF did not compile" in caplog.text

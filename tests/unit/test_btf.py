@@ -67,3 +67,89 @@ def test_the_running_kernel():
     assert "not_a_kernel_function" not in arities
     if "_printk" in arities:  # int _printk(const char *fmt, ...) from 5.15
         assert arities["_printk"] == 1
+
+
+class Strings:
+    """A BTF string section built as names are asked for (offset 0 is "")."""
+
+    def __init__(self, start=0):
+        self.data, self.start = b"\0" if start == 0 else b"", start
+
+    def __call__(self, name):
+        off = self.start + len(self.data)
+        self.data += name.encode() + b"\0"
+        return off
+
+
+def members(*items):
+    return b"".join(struct.pack("<III", name, type_id, bits) for name, type_id, bits in items)
+
+
+def layout_sample():
+    """Types shaped like the kernel's: a struct whose first members sit in an
+    anonymous const struct (struct vm_fault), an array of structs (signal_struct's
+    rlim), a typedef, a pointer, an enum."""
+    s = Strings()
+    types = [
+        type_header(s("unsigned long"), 1, 0, 8) + struct.pack("<I", 64),      # 1
+        type_header(s("int"), 1, 0, 4) + struct.pack("<I", 32),                # 2
+        type_header(s("rlimit"), 4, 2, 16) + members((s("rlim_cur"), 1, 0), (s("rlim_max"), 1, 64)),  # 3
+        type_header(0, 3, 0, 0) + struct.pack("<III", 3, 2, 16),               # 4: struct rlimit[16]
+        type_header(s("signal_struct"), 4, 2, 8 + 256) + members((s("nr_threads"), 2, 0), (s("rlim"), 4, 64)),  # 5
+        type_header(0, 2, 0, 5),                                               # 6: struct signal_struct *
+        type_header(0, 4, 2, 16) + members((s("vma"), 6, 0), (s("address"), 1, 64)),  # 7: anonymous struct
+        type_header(0, 10, 0, 7),                                              # 8: const (7)
+        type_header(s("pgoff_t"), 8, 0, 1),                                    # 9: typedef unsigned long
+        type_header(s("vm_fault"), 4, 2, 24) + members((0, 8, 0), (s("pgoff"), 9, 128)),  # 10
+        type_header(0, 6, 2, 4) + struct.pack("<Ii", s("PCI_STD_RESOURCES"), 0) + struct.pack("<Ii", s("PCI_ROM_RESOURCE"), 6),  # 11
+    ]
+    return blob(types, s.data), s
+
+
+def test_member_offsets_and_sizes():
+    types = btf.Types(layout_sample()[0])
+    assert types.member("vm_fault", "vma") == (0, btf.POINTER_SIZE)  # inside the anonymous const struct
+    assert types.member("vm_fault", "address") == (8, 8)
+    assert types.member("vm_fault", "pgoff") == (16, 8)  # through the typedef
+    assert types.member("signal_struct", "rlim[8].rlim_cur") == (8 + 8 * 16, 8)
+    assert types.member("signal_struct", "rlim") == (8, 256)
+    assert types.struct_size("rlimit") == 16
+    assert types.enumerator("PCI_ROM_RESOURCE") == 6
+
+
+def test_missing_types_and_members_are_errors():
+    types = btf.Types(layout_sample()[0])
+    with pytest.raises(btf.BTFError, match="no struct pci_dev"):
+        types.member("pci_dev", "dev")
+    with pytest.raises(btf.BTFError, match="no member rlim_min"):
+        types.member("rlimit", "rlim_min")
+    with pytest.raises(btf.BTFError, match="16 elements, not 17"):
+        types.member("signal_struct", "rlim[16].rlim_cur")
+    with pytest.raises(btf.BTFError, match="not an array"):
+        types.member("signal_struct", "nr_threads[0]")
+    with pytest.raises(btf.BTFError, match="no enumerator"):
+        types.enumerator("TASK_COMM_LEN")
+
+
+def test_split_btf_of_a_module_continues_the_base():
+    data, base_strings = layout_sample()
+    base = btf.Types(data)
+    s = Strings(start=len(base_strings.data))
+    # struct vfio_pci_core_device { <16 bytes>; struct signal_struct *pdev; }: its
+    # member type (6) and the string "vma" come from the base.
+    vma = base_strings.data.index(b"\0vma\0") + 1
+    module = blob([type_header(s("vfio_pci_core_device"), 4, 2, 24) + members((s("vdev"), 3, 0), (vma, 6, 128))],
+                  s.data)
+    types = btf.Types(module, base)
+    assert types.first_id == 12
+    assert types.member("vfio_pci_core_device", "vma") == (16, btf.POINTER_SIZE)
+    assert types.member("vfio_pci_core_device", "vdev") == (0, 16)
+
+
+@pytest.mark.skipif(not os.access(btf.VMLINUX_BTF, os.R_OK), reason="this kernel exposes no BTF")
+def test_the_running_kernels_struct_members():
+    types = btf.Types.read(btf.VMLINUX_BTF)
+    assert types.member("task_struct", "mm")[1] == btf.POINTER_SIZE
+    assert types.member("task_struct", "pid")[1] == 4
+    assert types.member("vm_fault", "vma") == (0, btf.POINTER_SIZE)  # first since 4.x
+    assert types.struct_size("rb_node") == 3 * btf.POINTER_SIZE

@@ -23,7 +23,7 @@ def test_record_layout_is_the_c_struct():
     source = open(resets.__file__.replace("vfiomond/resets.py", "bpf/resets.c")).read()
     body = re.search(r"struct reset_event \{(.*?)\};", source, re.S).group(1)
     fields = [line.split(";")[0].split()[-1] for line in body.strip().splitlines() if ";" in line]
-    assert fields == ["duration_ns", "ret", "pid", "op", "method", "pad[6]", "device[DEVICE_LEN]", "comm[TASK_COMM_LEN]"]
+    assert fields == ["duration_ns", "ret", "pid", "op", "method", "pad[6]", "device[DEVICE_LEN]", "comm[16]"]
     assert len(record()) == 56
 
 
