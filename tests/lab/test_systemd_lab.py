@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from test_lab import EXPECTED_SYMBOLS, DISTRO_SUITES as SUITES, Scrape, boot, journal_entries
+from test_lab import EXPECTED_SYMBOLS, DISTRO_SUITES as SUITES, STRUCT_OFFSETS_FROM_BTF, Scrape, boot, journal_entries
 
 # The unit's CapabilityBoundingSet: DAC_READ_SEARCH 2, SYS_PTRACE 19, SYS_ADMIN 21, SYSLOG 34, PERFMON 38, BPF 39.
 UNIT_CAPS = sum(1 << c for c in (2, 19, 21, 34, 38, 39))
@@ -123,6 +123,17 @@ def test_no_traceback_in_the_units_log(run):
     with open(os.path.join(run.out, "vfiomond.log")) as f:
         assert "Traceback" not in f.read()
 
+
+
+def test_the_unit_leaves_the_kernels_btf_readable(run):
+    """The unit's sandbox (ProtectKernelTunables, ProtectKernelModules) still lets the
+    daemon read /sys/kernel/btf and /sys/module: struct offsets from BTF, as unconfined."""
+    with open(os.path.join(run.out, "vfiomond.log")) as f:
+        log = f.read()
+    if STRUCT_OFFSETS_FROM_BTF[run.suite]:
+        assert "kernel struct offsets from BTF\n" in log and "did not compile" not in log
+    else:
+        assert "kernel struct offsets from kernel headers (" in log
 
 # ------------------------------------------------- the package (debian/, scripts/build-deb.sh)
 
