@@ -10,7 +10,7 @@ hooks, not the ~100k types of a distribution kernel.
 """
 
 import struct
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 BTF_MAGIC = 0xEB9F
@@ -31,45 +31,58 @@ def function_arities(wanted: Iterable[str], path: str = VMLINUX_BTF) -> Dict[str
     """``{function: number of arguments}`` for those of ``wanted`` that BTF
     lists as functions (a variadic one's ``...`` is not counted).  Raises
     BTFError when ``path`` cannot be read or is not BTF."""
+    return parse_arities(_read(path), set(wanted))
+
+
+def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except OSError as e:
         raise BTFError("%s: %s" % (path, e.strerror or e)) from None
-    return parse_arities(data, set(wanted))
 
 
-def parse_arities(data: bytes, wanted: set) -> Dict[str, int]:
-    """As function_arities, from the bytes of one (base, not split) BTF blob."""
+def _sections(data: bytes) -> Tuple[int, int, int, int]:
+    """(start and end of the type section, start and length of the string section)
+    of a BTF blob, checked against its header."""
     if len(data) < 24:
         raise BTFError("BTF too short (%d bytes)" % len(data))
     magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
     if magic != BTF_MAGIC:
         raise BTFError("not BTF (magic %#x), or not this machine's byte order" % magic)
     type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
-    types = hdr_len + type_off
-    strings = hdr_len + str_off
+    types, strings = hdr_len + type_off, hdr_len + str_off
     if types + type_len > len(data) or strings + str_len > len(data):
         raise BTFError("BTF sections run past its end")
+    return types, types + type_len, strings, str_len
+
+
+def _type_headers(data: bytes, pos: int, end: int) -> Iterator[Tuple[int, int, int]]:
+    """(offset, kind, vlen) of each type in data[pos:end], in type id order."""
+    unpack = struct.Struct("<I").unpack_from
+    while pos < end:
+        info = unpack(data, pos + 4)[0]
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        yield pos, kind, vlen
+        pos += 12 + _FIXED.get(kind, 0) + _PER_MEMBER.get(kind, 0) * vlen
+    if pos != end:
+        raise BTFError("BTF type section does not parse (unknown kind?)")
+
+
+def parse_arities(data: bytes, wanted: set) -> Dict[str, int]:
+    """As function_arities, from the bytes of one (base, not split) BTF blob."""
+    types, end, strings, str_len = _sections(data)
     wanted_names = {name.encode(): name for name in wanted}
     funcs: Dict[str, int] = {}  # name -> FUNC_PROTO type id
     protos: Dict[int, int] = {}  # FUNC_PROTO type id -> argument count
-    pos, end, type_id = types, types + type_len, 1
-    unpack = struct.Struct("<III").unpack_from
-    while pos < end:
-        name_off, info, size_or_type = unpack(data, pos)
-        kind = (info >> 24) & 0x1F
-        vlen = info & 0xFFFF
+    for type_id, (pos, kind, vlen) in enumerate(_type_headers(data, types, end), 1):
         if kind == KIND_FUNC:
+            name_off, _info, proto = struct.unpack_from("<III", data, pos)
             name = _string(data, strings, str_len, name_off)
             if name in wanted_names:
-                funcs[wanted_names[name]] = size_or_type
+                funcs[wanted_names[name]] = proto
         elif kind == KIND_FUNC_PROTO:
             protos[type_id] = _arguments(data, pos + 12, vlen)
-        pos += 12 + _FIXED.get(kind, 0) + _PER_MEMBER.get(kind, 0) * vlen
-        type_id += 1
-    if pos != end:
-        raise BTFError("BTF type section does not parse (unknown kind?)")
     return {name: protos[proto] for name, proto in funcs.items() if proto in protos}
 
 
@@ -103,35 +116,16 @@ class Types:
     string offsets follow the base's."""
 
     def __init__(self, data: bytes, base: Optional["Types"] = None):
-        if len(data) < 24:
-            raise BTFError("BTF too short (%d bytes)" % len(data))
-        magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
-        if magic != BTF_MAGIC:
-            raise BTFError("not BTF (magic %#x), or not this machine's byte order" % magic)
-        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        types, end, self.strings, self.str_len = _sections(data)
         self.data, self.base = data, base
-        self.strings, self.str_len = hdr_len + str_off, str_len
         self.first_id = base.first_id + len(base.pos) if base else 1
         self.str_base = base.str_base + base.str_len if base else 0
-        if hdr_len + type_off + type_len > len(data) or self.strings + str_len > len(data):
-            raise BTFError("BTF sections run past its end")
-        self.pos = []  # type id - first_id -> offset of its header in data
-        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
-        while pos < end:
-            info = struct.unpack_from("<I", data, pos + 4)[0]
-            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-            self.pos.append(pos)
-            pos += 12 + _FIXED.get(kind, 0) + _PER_MEMBER.get(kind, 0) * vlen
-        if pos != end:
-            raise BTFError("BTF type section does not parse (unknown kind?)")
+        # type id - first_id -> offset of its header in data
+        self.pos = [pos for pos, _kind, _vlen in _type_headers(data, types, end)]
 
     @classmethod
     def read(cls, path: str, base: Optional["Types"] = None) -> "Types":
-        try:
-            with open(path, "rb") as f:
-                return cls(f.read(), base)
-        except OSError as e:
-            raise BTFError("%s: %s" % (path, e.strerror or e)) from None
+        return cls(_read(path), base)
 
     def _header(self, type_id: int) -> Tuple["Types", int, int, int, int, int]:
         """(blob, header offset, kind, vlen, kind_flag, size_or_type) of a type id."""
