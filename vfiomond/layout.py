@@ -19,11 +19,14 @@ as the runtime fact VDEV_PDEV_AT (0 before 5.15: struct vfio_pci_device, private
 to vfio-pci, begins with its pdev).
 """
 
+import logging
 import os
 import resource
 from typing import Dict, Optional, Tuple
 
 from vfiomond import btf
+
+log = logging.getLogger("vfiomond")
 
 BTF_DIR = "/sys/kernel/btf"
 VFIO_PCI_CORE = "vfio_pci_core"
@@ -127,5 +130,7 @@ def _member_offset(btf_dir: str, module: str, struct_name: str, member: str) -> 
     try:
         types = btf.Types.read(path, btf.Types.read(os.path.join(btf_dir, "vmlinux")))
         return types.member(struct_name, member)[0]
-    except btf.BTFError:
+    except btf.BTFError as e:
+        # BAR faults then name no device (pdev read at offset 0): said, not silent.
+        log.warning("BTF of module %s unreadable (%s): %s.%s offset unknown", module, e, struct_name, member)
         return None

@@ -85,7 +85,9 @@ def test_choose_headers_without_vmlinux_btf(tmp_path):
     assert source.startswith("kernel headers (") and "vmlinux" in source
 
 
-def test_no_module_fact_without_the_modules_btf(tmp_path):
+def test_no_module_fact_without_the_modules_btf(tmp_path, caplog):
     assert layout.module_facts(str(tmp_path)) == {}
+    assert caplog.text == ""
     (tmp_path / "vfio_pci_core").write_bytes(b"not btf")
     assert layout.module_facts(str(tmp_path)) == {}
+    assert "BTF of module vfio_pci_core unreadable" in caplog.text
