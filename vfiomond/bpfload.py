@@ -7,6 +7,7 @@ turns that into an error.
 
 import logging
 import os
+import platform
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -517,12 +518,13 @@ def _compile(BPF, areas: Sequence[str], cflags: List[str], plan: TrampolinePlan,
     return out, slots
 
 
-def _trampoline_support(BPF, selections: Sequence[Selected]) -> Tuple[Dict[str, int], bool]:
+def _trampoline_support(BPF, selections: Sequence[Selected], kernel_trampolines: bool
+                        ) -> Tuple[Dict[str, int], bool]:
     """(argument counts from the kernel's BTF of the hooked vmlinux functions that could
     be trampolines, whether this kernel and BCC attach fentry/fexit)."""
     wanted = trampoline_candidates(selections)
     try:
-        usable = bool(wanted) and bool(BPF.support_kfunc())
+        usable = bool(wanted) and _bcc_attaches_trampolines(BPF, kernel_trampolines)
     except Exception as e:  # a BCC without kfunc support
         log.info("no fentry/fexit (%s): every hook a kprobe", _first_line(e))
         return {}, False
@@ -537,27 +539,48 @@ def _trampoline_support(BPF, selections: Sequence[Selected]) -> Tuple[Dict[str, 
         return {}, False
 
 
+def _bcc_attaches_trampolines(BPF, kernel_trampolines: bool) -> bool:
+    """BCC's BPF.support_kfunc() without the kallsyms read it does (BCC's symbol
+    cache loads every kernel symbol: 3 s of a start in the lab's guests), from
+    the same facts: x86-64 (the only architecture BCC makes trampolines for), BTF
+    for the kernel (libbcc's bpf_has_kernel_btf), and ``kernel_trampolines``,
+    the kernel's trampoline code in the kallsyms the daemon read
+    (probes.TRAMPOLINE_MARKER).  A libbcc without bpf_has_kernel_btf: its own
+    support_kfunc(), raising AttributeError where BCC has none."""
+    if not kernel_trampolines or platform.machine() != "x86_64":
+        return False
+    try:
+        from bcc.libbcc import lib  # noqa: PLC0415 (optional at import time of the package)
+        has_kernel_btf = lib.bpf_has_kernel_btf
+    except (ImportError, AttributeError):
+        return bool(BPF.support_kfunc())
+    return bool(has_kernel_btf())
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str]) -> Program:
+def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str], kernel_trampolines: bool
+         ) -> Program:
     """Compile every area, whatever this kernel offers now (modules may load
     later) and whatever the configuration disables (a reload may enable it), and
     attach the selected probes.
 
     ``facts``: RUNTIME_FACTS go to the kernel_facts map, the others (ZERO_PFN,
-    PIN_SAMPLES) are compiled in as -D defines.
+    PIN_SAMPLES) are compiled in as -D defines.  ``kernel_trampolines``: kallsyms
+    has the kernel's BPF trampoline code (probes.TRAMPOLINE_MARKER).
     """
     BPF = import_bcc()
     areas = list(dict.fromkeys(p.area for p in PROBES))
     compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS and k not in _FEATURE_FACTS}
-    plan = plan_trampolines(selections, *_trampoline_support(BPF, selections))
+    plan = plan_trampolines(selections, *_trampoline_support(BPF, selections, kernel_trampolines))
     struct_layout, source = layout.choose()
     log.info("kernel struct offsets from %s", source)
     programs, slots = (_compile(_without_autoload(BPF), areas, _cflags(compiled), plan, struct_layout)
                        if areas else ({}, {}))
+    btf.release_vmlinux()  # read for the arities, the layout and the module facts
     program = Program(programs, slots)
     footprint.release_free_heap()
     program.apply(selections, facts, disabled)

@@ -1,15 +1,22 @@
-"""Kernel functions as BTF describes them: which exist, and how many arguments each takes.
+"""The kernel's types as BTF describes them: how many arguments a function takes,
+where a struct member sits.
 
 A fentry/fexit program attaches by BTF id, and its return value sits after the
-arguments in the context (ctx[nargs]): both come from the kernel's BTF
-(/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF, 5.2+; the format is
-include/uapi/linux/btf.h, whose kinds 1..19 run to BTF_KIND_ENUM64, 6.0).
+arguments in the context (ctx[nargs]); the BPF programs read struct members at
+offsets from the same BTF (vfiomond.layout).  Source: the kernel's BTF
+(/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF, 5.2+; module split BTF 5.11+;
+the format is include/uapi/linux/btf.h, whose kinds 1..19 run to
+BTF_KIND_ENUM64, 6.0).
 
-Only BTF_KIND_FUNC names that were asked for are kept, so memory follows the
-hooks, not the ~100k types of a distribution kernel.
+One pass over the ~130k types records where each header sits (4 bytes a type);
+a lookup by name is a byte search for the name's string offset, so nothing else
+is decoded that was not asked for.
 """
 
+import functools
 import struct
+from array import array
+from bisect import bisect_left, bisect_right
 from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
@@ -18,9 +25,12 @@ BTF_MAGIC = 0xEB9F
 KIND_FUNC = 12
 KIND_FUNC_PROTO = 13
 
-# Bytes that follow a type's 12-byte header: a fixed part, and a part per vlen member.
+# Bytes that follow a type's 12-byte header, by kind: a fixed part, and a part per
+# vlen member.
 _FIXED = {1: 4, 3: 12, 14: 4, 17: 4}  # INT, ARRAY, VAR, DECL_TAG
 _PER_MEMBER = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}  # STRUCT, UNION, ENUM, FUNC_PROTO, DATASEC, ENUM64
+_FIXED_BY_KIND = [_FIXED.get(kind, 0) for kind in range(32)]
+_PER_MEMBER_BY_KIND = [_PER_MEMBER.get(kind, 0) for kind in range(32)]
 
 
 class BTFError(Exception):
@@ -31,7 +41,25 @@ def function_arities(wanted: Iterable[str], path: str = VMLINUX_BTF) -> Dict[str
     """``{function: number of arguments}`` for those of ``wanted`` that BTF
     lists as functions (a variadic one's ``...`` is not counted).  Raises
     BTFError when ``path`` cannot be read or is not BTF."""
-    return parse_arities(_read(path), set(wanted))
+    return vmlinux(path).arities(wanted)
+
+
+def parse_arities(data: bytes, wanted: Iterable[str]) -> Dict[str, int]:
+    """As function_arities, from the bytes of one (base, not split) BTF blob."""
+    return Types(data).arities(wanted)
+
+
+@functools.lru_cache(maxsize=1)
+def vmlinux(path: str = VMLINUX_BTF) -> "Types":
+    """The kernel's BTF, read once for everything that asks while the daemon starts
+    or follows a module load (hook arities, struct layout, module facts): a parse
+    costs seconds in a slow guest.  ``release_vmlinux()`` drops it (6 MiB) after.
+    Raises BTFError."""
+    return Types.read(path)
+
+
+def release_vmlinux() -> None:
+    vmlinux.cache_clear()
 
 
 def _read(path: str) -> bytes:
@@ -57,33 +85,21 @@ def _sections(data: bytes) -> Tuple[int, int, int, int]:
     return types, types + type_len, strings, str_len
 
 
-def _type_headers(data: bytes, pos: int, end: int) -> Iterator[Tuple[int, int, int]]:
-    """(offset, kind, vlen) of each type in data[pos:end], in type id order."""
+def _type_offsets(data: bytes, pos: int, end: int) -> "array[int]":
+    """Offset of each type's header in data[pos:end], in type id order: the one
+    pass over every type (~130k in a distribution kernel), so kept tight."""
+    offsets = array("I")
+    add = offsets.append
     unpack = struct.Struct("<I").unpack_from
+    fixed, per_member = _FIXED_BY_KIND, _PER_MEMBER_BY_KIND
     while pos < end:
+        add(pos)
         info = unpack(data, pos + 4)[0]
-        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-        yield pos, kind, vlen
-        pos += 12 + _FIXED.get(kind, 0) + _PER_MEMBER.get(kind, 0) * vlen
+        kind = (info >> 24) & 0x1F
+        pos += 12 + fixed[kind] + per_member[kind] * (info & 0xFFFF)
     if pos != end:
         raise BTFError("BTF type section does not parse (unknown kind?)")
-
-
-def parse_arities(data: bytes, wanted: set) -> Dict[str, int]:
-    """As function_arities, from the bytes of one (base, not split) BTF blob."""
-    types, end, strings, str_len = _sections(data)
-    wanted_names = {name.encode(): name for name in wanted}
-    funcs: Dict[str, int] = {}  # name -> FUNC_PROTO type id
-    protos: Dict[int, int] = {}  # FUNC_PROTO type id -> argument count
-    for type_id, (pos, kind, vlen) in enumerate(_type_headers(data, types, end), 1):
-        if kind == KIND_FUNC:
-            name_off, _info, proto = struct.unpack_from("<III", data, pos)
-            name = _string(data, strings, str_len, name_off)
-            if name in wanted_names:
-                funcs[wanted_names[name]] = proto
-        elif kind == KIND_FUNC_PROTO:
-            protos[type_id] = _arguments(data, pos + 12, vlen)
-    return {name: protos[proto] for name, proto in funcs.items() if proto in protos}
+    return offsets
 
 
 def _arguments(data: bytes, params: int, vlen: int) -> int:
@@ -91,13 +107,6 @@ def _arguments(data: bytes, params: int, vlen: int) -> int:
     if vlen and struct.unpack_from("<II", data, params + 8 * (vlen - 1)) == (0, 0):
         return vlen - 1
     return vlen
-
-
-def _string(data: bytes, strings: int, str_len: int, off: int) -> Optional[bytes]:
-    if off >= str_len:
-        return None
-    start = strings + off
-    return data[start:data.index(b"\0", start, strings + str_len)]
 
 
 # Kinds a member's type passes through before it has a size of its own.
@@ -116,12 +125,12 @@ class Types:
     string offsets follow the base's."""
 
     def __init__(self, data: bytes, base: Optional["Types"] = None):
-        types, end, self.strings, self.str_len = _sections(data)
+        self.types, self.types_end, self.strings, self.str_len = _sections(data)
         self.data, self.base = data, base
         self.first_id = base.first_id + len(base.pos) if base else 1
         self.str_base = base.str_base + base.str_len if base else 0
-        # type id - first_id -> offset of its header in data
-        self.pos = [pos for pos, _kind, _vlen in _type_headers(data, types, end)]
+        # type id - first_id -> offset of its header in data (ascending)
+        self.pos = _type_offsets(data, self.types, self.types_end)
 
     @classmethod
     def read(cls, path: str, base: Optional["Types"] = None) -> "Types":
@@ -153,15 +162,49 @@ class Types:
             return own + 1 - self.strings + self.str_base
         return self.base._string_offset(name) if self.base else None
 
-    def find(self, name: str, kinds=(KIND_STRUCT, KIND_UNION)) -> Optional[int]:
-        """Type id of the complete struct/union ``name`` in this blob or its base."""
+    def _words_at_headers(self, word: int) -> Iterator[int]:
+        """Header offsets of this blob's types whose first word (name offset) is
+        ``word``: a byte search in C, each hit checked against the header table, so
+        a lookup costs no Python pass over every type."""
+        key = struct.pack("<I", word)
+        hit = self.data.find(key, self.types, self.types_end)
+        while hit >= 0:
+            if (hit - self.types) % 4 == 0:
+                i = bisect_left(self.pos, hit)
+                if i < len(self.pos) and self.pos[i] == hit:
+                    yield i
+            hit = self.data.find(key, hit + 1, self.types_end)
+
+    def _find_all(self, name: str, kinds) -> Iterator[int]:
+        """Type ids named ``name`` of one of ``kinds``, this blob's first, then its base's."""
         off = self._string_offset(name)
         if off is not None:
-            for i, pos in enumerate(self.pos):
-                name_off, info = struct.unpack_from("<II", self.data, pos)
-                if name_off == off and (info >> 24) & 0x1F in kinds:
-                    return self.first_id + i
-        return self.base.find(name, kinds) if self.base else None
+            for i in self._words_at_headers(off):
+                info = struct.unpack_from("<I", self.data, self.pos[i] + 4)[0]
+                if (info >> 24) & 0x1F in kinds:
+                    yield self.first_id + i
+        if self.base:
+            yield from self.base._find_all(name, kinds)
+
+    def find(self, name: str, kinds=(KIND_STRUCT, KIND_UNION)) -> Optional[int]:
+        """Type id of the complete struct/union ``name`` in this blob or its base."""
+        return next(self._find_all(name, kinds), None)
+
+    def arities(self, wanted: Iterable[str]) -> Dict[str, int]:
+        """``{function: number of arguments}`` of the BTF_KIND_FUNCs named in
+        ``wanted``; a name whose functions disagree (two static functions of one
+        name) is left out: a hook could not know which one it sits on."""
+        out: Dict[str, int] = {}
+        for name in set(wanted):
+            counts = set()
+            for func in self._find_all(name, (KIND_FUNC,)):
+                proto = self._header(func)[5]
+                blob, pos, kind, vlen, _flag, _ret = self._header(proto)
+                if kind == KIND_FUNC_PROTO:
+                    counts.add(_arguments(blob.data, pos + 12, vlen))
+            if len(counts) == 1:
+                out[name] = counts.pop()
+        return out
 
     def resolve(self, type_id: int) -> int:
         """The type under typedefs and qualifiers."""
@@ -241,15 +284,16 @@ class Types:
     def enumerator(self, name: str) -> int:
         """Value of enumerator ``name`` (an ENUM's; 32-bit, signed when the enum is)."""
         off = self._string_offset(name)
-        if off is not None:
-            for pos in self.pos:
-                info = struct.unpack_from("<I", self.data, pos + 4)[0]
-                if (info >> 24) & 0x1F != KIND_ENUM:
-                    continue
-                for i in range(info & 0xFFFF):
-                    name_off, value = struct.unpack_from("<Ii" if info >> 31 else "<II", self.data, pos + 12 + 8 * i)
-                    if name_off == off:
-                        return value
+        key = struct.pack("<I", off) if off is not None else None
+        hit = self.data.find(key, self.types, self.types_end) if key else -1
+        while hit >= 0:
+            # The enumerators (name offset, value) follow their ENUM's 12-byte header.
+            header = self.pos[bisect_right(self.pos, hit) - 1]
+            info = struct.unpack_from("<I", self.data, header + 4)[0]
+            inside = hit - header - 12
+            if (info >> 24) & 0x1F == KIND_ENUM and inside >= 0 and inside % 8 == 0 and inside // 8 < info & 0xFFFF:
+                return struct.unpack_from("<i" if info >> 31 else "<I", self.data, hit + 4)[0]
+            hit = self.data.find(key, hit + 1, self.types_end)
         if self.base:
             return self.base.enumerator(name)
         raise BTFError("no enumerator %s in BTF" % name)

@@ -9,8 +9,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from vfiomond import (__version__, advisories, bpfload, bpfstats, devices, footprint, interrupts, iommufd, kernel, layout,
-                      pagemap, pcie, privileges, processes, resets, type1)
+from vfiomond import (__version__, advisories, bpfload, bpfstats, btf, devices, footprint, interrupts, iommufd, kernel,
+                      layout, pagemap, pcie, privileges, processes, resets, type1)
 from vfiomond.alerts import PROBE_LOST, AlertSink
 from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
@@ -23,7 +23,7 @@ from vfiomond.losses import LossLog
 from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
 from vfiomond.pintable import PinTable
 from vfiomond.processes import memlock_alert
-from vfiomond.probes import FEATURES, kernel_facts, select, wanted_symbols
+from vfiomond.probes import FEATURES, TRAMPOLINE_MARKER, kernel_facts, select, wanted_symbols
 from vfiomond.service import Notifier
 from vfiomond.workers import Supervisor
 
@@ -63,10 +63,9 @@ def probe_kernel(pin_samples: int = Config().pin_samples, extra_symbols=()):
 def trampoline_arities(selections, syms) -> Tuple[Dict[str, int], bool, str]:
     """For ``vfiomond check`` and the doctor: (argument counts from the kernel's BTF of
     the hooked vmlinux functions that have fentry handlers, whether this kernel has BPF
-    trampolines, why not).  BCC's support_kfunc(), which the daemon asks, tests the same:
-    kallsyms' bpf_trampoline_link_prog and the kernel's BTF."""
-    from vfiomond import btf
-    from vfiomond.probes import TRAMPOLINE_MARKER, trampoline_candidates
+    trampolines, why not): kallsyms' bpf_trampoline_link_prog and the kernel's BTF, as
+    the daemon asks (bpfload._bcc_attaches_trampolines)."""
+    from vfiomond.probes import trampoline_candidates
 
     if not syms.has(TRAMPOLINE_MARKER):
         return {}, False, "no %s in kallsyms" % TRAMPOLINE_MARKER
@@ -249,6 +248,7 @@ class Daemon:
         _log_changes(before, self.program.apply(select(syms, facts), facts, self.config.disable, gone_modules), self.sink,
                      self.config.disable)
         self.advisories.evaluate(syms)
+        btf.release_vmlinux()  # read for the module facts
 
     def drop_redundant_fault_hook(self) -> None:
         """Once vfio_pci_mmap_page_fault was seen calling vfio_pci_mmap_huge_fault,
@@ -338,7 +338,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     facts.update(fixed)
     notifier.status("compiling BPF programs")
     log.info("compiling BPF programs (kernel facts: %s)", ", ".join(sorted(facts)) or "none")
-    program = bpfload.load(select(syms, facts), facts, config.disable)
+    program = bpfload.load(select(syms, facts), facts, config.disable, syms.has(TRAMPOLINE_MARKER))
     _log_features(program.features)
     _log_changes([], program.statuses)
     missing = [s.name for s in program.statuses if not s.attached]

@@ -110,7 +110,7 @@ def choose(btf_dir: str = BTF_DIR, module_dir: str = "/sys/module") -> Tuple[str
     if not core_loaded and not _modules_have_btf(btf_dir):
         return header_defines(), "kernel headers (no module BTF in %s)" % btf_dir
     try:
-        return btf_defines(btf.Types.read(os.path.join(btf_dir, "vmlinux"))), "BTF"
+        return btf_defines(btf.vmlinux(os.path.join(btf_dir, "vmlinux"))), "BTF"
     except btf.BTFError as e:
         return header_defines(), "kernel headers (%s)" % e
 
@@ -128,7 +128,7 @@ def _member_offset(btf_dir: str, module: str, struct_name: str, member: str) -> 
     if not os.path.exists(path):
         return None
     try:
-        types = btf.Types.read(path, btf.Types.read(os.path.join(btf_dir, "vmlinux")))
+        types = btf.Types.read(path, btf.vmlinux(os.path.join(btf_dir, "vmlinux")))
         return types.member(struct_name, member)[0]
     except btf.BTFError as e:
         # BAR faults then name no device (pdev read at offset 0): said, not silent.

@@ -423,3 +423,23 @@ def test_a_btf_layout_that_does_not_compile_falls_back_to_the_kernel_headers(cap
     assert set(programs) == {"faults", "type1"} and slots == {}
     assert len(texts) == 2 and texts[1].startswith(bpfload.layout.header_defines())
     assert "struct offsets from BTF did not compile" in caplog.text
+
+
+class NoKallsymsReadBPF:
+    """A BCC stand-in whose support_kfunc() (a read of all of /proc/kallsyms) must not run."""
+
+    @staticmethod
+    def support_kfunc():
+        raise AssertionError("support_kfunc read kallsyms again")
+
+
+def test_trampolines_need_the_kernels_trampoline_code_in_kallsyms(monkeypatch):
+    monkeypatch.setattr(bpfload.platform, "machine", lambda: "x86_64")
+    assert bpfload._bcc_attaches_trampolines(NoKallsymsReadBPF, False) is False
+    sel, _ = kernel(VMLINUX + VFIO_PCI + TYPE1)
+    assert bpfload._trampoline_support(NoKallsymsReadBPF, sel, False) == ({}, False)
+
+
+def test_bcc_makes_trampolines_on_x86_64_only(monkeypatch):
+    monkeypatch.setattr(bpfload.platform, "machine", lambda: "aarch64")
+    assert bpfload._bcc_attaches_trampolines(NoKallsymsReadBPF, True) is False

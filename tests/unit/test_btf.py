@@ -153,3 +153,44 @@ def test_the_running_kernels_struct_members():
     assert types.member("task_struct", "pid")[1] == 4
     assert types.member("vm_fault", "vma") == (0, btf.POINTER_SIZE)  # first since 4.x
     assert types.struct_size("rb_node") == 3 * btf.POINTER_SIZE
+
+
+def test_a_word_equal_to_a_name_offset_is_not_taken_for_a_type():
+    """Lookups search the bytes for a name's string offset: the same number as a
+    member's bit offset, a size or an enumerator's value is not a type's name."""
+    s = Strings()
+    target, x = s("target"), s("X")
+    data = blob([
+        type_header(s("int"), 1, 0, target) + struct.pack("<I", 32),                 # 1: size == target
+        type_header(s("holder"), 4, 1, 8) + members((s("m"), 1, target)),            # 2: bit offset == target
+        type_header(0, 6, 2, 4) + struct.pack("<Ii", s("A"), x) + struct.pack("<Ii", x, 42),  # 3: A's value == X
+        type_header(target, 4, 0, 8),                                                 # 4: struct target
+    ], s.data)
+    types = btf.Types(data)
+    assert types.find("target") == 4
+    assert types.struct_size("target") == 8
+    assert types.enumerator("X") == 42
+
+
+def test_functions_of_one_name_that_disagree_are_left_out():
+    s = Strings()
+    f, g, x = s("f"), s("g"), s("x")
+    data = blob([
+        type_header(s("int"), 1, 0, 4) + struct.pack("<I", 32),                      # 1: int
+        type_header(0, 13, 2, 1) + struct.pack("<II", x, 1) + struct.pack("<II", x, 1),  # 2: int (int, int)
+        type_header(0, 13, 1, 1) + struct.pack("<II", x, 1),                         # 3: int (int)
+        type_header(f, 12, 0, 2), type_header(f, 12, 0, 3),                          # 4, 5: static f twice
+        type_header(g, 12, 0, 3), type_header(g, 12, 0, 3),                          # 6, 7: g twice, alike
+    ], s.data)
+    assert btf.parse_arities(data, {"f", "g"}) == {"g": 1}
+
+
+def test_the_kernels_btf_is_read_once_until_released(tmp_path):
+    path = tmp_path / "vmlinux"
+    path.write_bytes(sample())
+    first = btf.vmlinux(str(path))
+    assert btf.vmlinux(str(path)) is first
+    assert btf.function_arities({"f"}, str(path)) == {"f": 2}
+    btf.release_vmlinux()
+    assert btf.vmlinux(str(path)) is not first
+    btf.release_vmlinux()
