@@ -49,17 +49,21 @@ def parse_arities(data: bytes, wanted: Iterable[str]) -> Dict[str, int]:
     return Types(data).arities(wanted)
 
 
-@functools.lru_cache(maxsize=1)
 def vmlinux(path: str = VMLINUX_BTF) -> "Types":
     """The kernel's BTF, read once for everything that asks while the daemon starts
     or follows a module load (hook arities, struct layout, module facts): a parse
     costs seconds in a slow guest.  ``release_vmlinux()`` drops it (6 MiB) after.
     Raises BTFError."""
+    return _read_types(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_types(path: str) -> "Types":
     return Types.read(path)
 
 
 def release_vmlinux() -> None:
-    vmlinux.cache_clear()
+    _read_types.cache_clear()
 
 
 def _read(path: str) -> bytes:
