@@ -167,9 +167,9 @@ class Types:
         return self.base._string_offset(name) if self.base else None
 
     def _words_at_headers(self, word: int) -> Iterator[int]:
-        """Header offsets of this blob's types whose first word (name offset) is
-        ``word``: a byte search in C, each hit checked against the header table, so
-        a lookup costs no Python pass over every type."""
+        """Indexes in ``pos`` (type id - first_id) of this blob's types whose first
+        word (the name offset) is ``word``: a byte search in C, each hit checked
+        against the header table, so a lookup costs no Python pass over every type."""
         key = struct.pack("<I", word)
         hit = self.data.find(key, self.types, self.types_end)
         while hit >= 0:
