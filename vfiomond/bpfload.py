@@ -11,7 +11,8 @@ import platform
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from vfiomond import bar_dmabuf, bpfstats, btf, faults, footprint, iommu_faults, iommufd, layout, resets, type1, users
+from vfiomond import (bar_dmabuf, bpfstats, btf, faults, footprint, iommu_faults, iommufd, kernel, layout, resets,
+                      type1, users)
 from vfiomond.errors import VfiomondError
 from vfiomond.losses import LOSSES
 from vfiomond.probes import (FEATURES, KPROBE, PROBES, TRAMPOLINE, Selected, attach_method, method_names,
@@ -93,8 +94,10 @@ class Program:
     it again whenever kernel modules come or go.
     """
 
-    def __init__(self, programs: Dict[str, object], trampolines: Optional[Dict[HookKey, "_TrampolineSlot"]] = None):
+    def __init__(self, programs: Dict[str, object], trampolines: Optional[Dict[HookKey, "_TrampolineSlot"]] = None,
+                 left_out: Optional[Dict[str, str]] = None):
         self._programs = programs  # area -> BPF object
+        self._left_out = left_out or {}  # area -> why it was not compiled (areas_to_compile)
         self._trampolines = trampolines or {}  # hooks compiled as fentry/fexit programs
         self._hooks: Dict[HookKey, _Attached] = {}
         self.statuses: List[ProbeStatus] = []  # replaced by apply; read by the HTTP thread
@@ -165,6 +168,9 @@ class Program:
                 statuses.append(ProbeStatus(name, False, "disabled in the configuration"))
             elif not sel.available:
                 statuses.append(ProbeStatus(name, False, sel.reason))
+            elif sel.probe.area in self._left_out:
+                statuses.append(ProbeStatus(name, False, "BPF program of area %s not compiled at start (%s): restart "
+                                            "vfiomond" % (sel.probe.area, self._left_out[sel.probe.area])))
             elif sel.probe.area not in self._programs:
                 statuses.append(ProbeStatus(name, False, "BPF program of area %s did not compile" % sel.probe.area))
             else:
@@ -539,6 +545,42 @@ def _trampoline_support(BPF, selections: Sequence[Selected], kernel_trampolines:
         return {}, False
 
 
+def areas_to_compile(facts: Dict[str, int], installable: Callable[[], Optional[Set[str]]]
+                     ) -> Tuple[List[str], Dict[str, str]]:
+    """(the probe areas to compile, {area left out: why}).  An area is left out
+    only when none of its probes can ever apply on this kernel: each needs a
+    feature (probes.FEATURES) absent from kallsyms now that no module of this
+    kernel can bring (Feature.modules against ``installable()``, the module names
+    of kernel.installable_modules, asked only then; None: unknown, so compiled).
+    On Debian's kernels, which have no iommufd, that leaves the iommufd area out."""
+    modules: List[Optional[Set[str]]] = []
+
+    def can_come(feature_name: str) -> bool:
+        feature = FEATURES[feature_name]
+        if feature.fact in facts or feature.modules is None:
+            return True
+        if not modules:
+            modules.append(installable())
+        known = modules[0]
+        return known is None or any(m in known for m in feature.modules)
+
+    areas = list(dict.fromkeys(p.area for p in PROBES))
+    left_out: Dict[str, str] = {}
+    for area in areas:
+        needed = {p.feature for p in PROBES if p.area == area}
+        if None in needed or any(can_come(f) for f in needed):
+            continue
+        left_out[area] = "; ".join(_never_there(f) for f in sorted(needed))
+    return [a for a in areas if a not in left_out], left_out
+
+
+def _never_there(feature_name: str) -> str:
+    modules = FEATURES[feature_name].modules
+    if not modules:
+        return "%s not in kallsyms, and only vmlinux has it" % feature_name
+    return "%s not in kallsyms, and this kernel has no module %s" % (feature_name, " or ".join(modules))
+
+
 def _bcc_attaches_trampolines(BPF, kernel_trampolines: bool) -> bool:
     """BCC's BPF.support_kfunc() without the kallsyms read it does (BCC's symbol
     cache loads every kernel symbol: 3 s of a start in the lab's guests), from
@@ -573,7 +615,9 @@ def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequen
     has the kernel's BPF trampoline code (probes.TRAMPOLINE_MARKER).
     """
     BPF = import_bcc()
-    areas = list(dict.fromkeys(p.area for p in PROBES))
+    areas, left_out = areas_to_compile(facts, lambda: kernel.installable_modules(kernel.release()))
+    for area, why in left_out.items():
+        log.info("BPF area %s left out of the compile: %s", area, why)
     compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS and k not in _FEATURE_FACTS}
     plan = plan_trampolines(selections, *_trampoline_support(BPF, selections, kernel_trampolines))
     struct_layout, source = layout.choose()
@@ -581,7 +625,7 @@ def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequen
     programs, slots = (_compile(_without_autoload(BPF), areas, _cflags(compiled), plan, struct_layout)
                        if areas else ({}, {}))
     btf.release_vmlinux()  # read for the arities, the layout and the module facts
-    program = Program(programs, slots)
+    program = Program(programs, slots, left_out)
     footprint.release_free_heap()
     program.apply(selections, facts, disabled)
     return program

@@ -11,6 +11,7 @@ from typing import Dict, Iterable, NamedTuple, Optional, Set
 
 KALLSYMS = "/proc/kallsyms"
 PROC_MODULES = "/proc/modules"
+MODULES_DIR = "/lib/modules"
 
 # <name>.<suffix>.<N>, e.g. vfio_lock_acct.part.0; .cold is never an entry point.
 _VARIANT = re.compile(r"^(?P<base>[^.]+)\.(?:part|isra|constprop|lto_priv)\.\d+(?:\.(?:part|isra|constprop)\.\d+)*$")
@@ -98,6 +99,27 @@ def unloading_modules(path: str = PROC_MODULES) -> Set[str]:
             return {p[0] for p in (line.split() for line in f) if len(p) > 4 and p[4] == "Unloading"}
     except OSError:
         return set()
+
+
+def installable_modules(release_name: str, root: str = MODULES_DIR) -> Optional[Set[str]]:
+    """Names of the modules this kernel can load or has built in, from depmod's
+    files in ``<root>/<release>``: modules.dep (``kernel/drivers/iommu/iommufd/
+    iommufd.ko.xz: <deps>``) and modules.builtin (``kernel/.../name.ko``), "-" read
+    as "_" as the kernel names modules.  None when neither file can be read (no
+    /lib/modules, as in some containers): then no module is known to be absent."""
+    names: Set[str] = set()
+    read = False
+    for listing in ("modules.dep", "modules.builtin"):
+        try:
+            with open(os.path.join(root, release_name, listing), errors="replace") as f:
+                for line in f:
+                    base = os.path.basename(line.split(":", 1)[0].strip())
+                    if ".ko" in base:
+                        names.add(base.split(".ko", 1)[0].replace("-", "_"))
+            read = True
+        except OSError:
+            continue
+    return names if read else None
 
 
 def release() -> str:

@@ -61,11 +61,13 @@ FACT_SYMBOLS = ("vfio_pci_mmap_open", "vfio_pci_mmap_ops", "pcie_reset_flr", "hu
 class Feature(NamedTuple):
     """A kernel feature: present when any of ``markers`` is in kallsyms (then
     kernel_facts sets ``fact``).  ``absent``: why its probes are left out without it,
-    for the log and the coverage table."""
+    for the log and the coverage table.  ``modules``: the modules whose load can
+    bring the markers later; () when only vmlinux has them, None when not known."""
 
     fact: str
     markers: Tuple[str, ...]
     absent: str
+    modules: Optional[Tuple[str, ...]] = None
 
 
 # Kernel features, and kernel shapes on which a probe cannot see VFIO work (its
@@ -84,7 +86,7 @@ class Feature(NamedTuple):
 #   VFIO BAR vmas have not been PAT-tracked since 6.10 (no remap_pfn_range).
 FEATURES = {
     "iommufd": Feature("FEATURE_IOMMUFD", ("iommufd_ioas_map", "iommufd_ioas_unmap"),
-                       "no iommufd in this kernel (not built, or its module not loaded)"),
+                       "no iommufd in this kernel (not built, or its module not loaded)", ("iommufd",)),
     "bar_dmabuf": Feature("FEATURE_BAR_DMABUF", ("vfio_pci_core_feature_dma_buf",),
                           "no BAR dma-buf export in this kernel (6.19+), or vfio-pci not loaded"),
     "vfio_bar_remap": Feature("FEATURE_VFIO_BAR_REMAP", ("vfio_pci_mmap_open",),

@@ -198,6 +198,17 @@ def test_struct_offsets_from_btf_where_the_kernel_has_it(run):
         assert "kernel struct offsets from kernel headers (" in log
 
 
+def test_the_iommufd_area_is_compiled_only_where_the_kernel_can_have_iommufd(run):
+    """Debian's kernels build no iommufd (CONFIG_IOMMUFD unset): the daemon leaves
+    that area out of the compile; the iommufd build has it.  Ground truth: kmod's
+    own `modprobe -n iommufd` in the guest."""
+    log = vfiomond_log(run)
+    with open(os.path.join(run.out, "iommufd-module")) as f:
+        has_iommufd = f.read().strip() == "yes"
+    assert has_iommufd == (run.suite == "iommufd")  # the lab's kernels, as their configs say
+    assert ("BPF area iommufd left out of the compile" in log) == (not has_iommufd), log
+
+
 def test_page_fault_hook_detached_only_where_it_calls_huge_fault(run, scrape):
     """Where page_fault calls huge_fault, the scenario's faults show it and the daemon
     detaches the page_fault hook (one kprobe pair per fault); where huge_fault is inlined

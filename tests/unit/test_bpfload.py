@@ -443,3 +443,30 @@ def test_trampolines_need_the_kernels_trampoline_code_in_kallsyms(monkeypatch):
 def test_bcc_makes_trampolines_on_x86_64_only(monkeypatch):
     monkeypatch.setattr(bpfload.platform, "machine", lambda: "aarch64")
     assert bpfload._bcc_attaches_trampolines(NoKallsymsReadBPF, True) is False
+
+
+def test_an_area_no_module_of_the_kernel_can_bring_is_left_out_of_the_compile():
+    areas, left_out = bpfload.areas_to_compile({}, lambda: {"vfio", "vfio_pci_core", "vfio_iommu_type1"})
+    assert "iommufd" not in areas
+    assert left_out["iommufd"] == "iommufd not in kallsyms, and this kernel has no module iommufd"
+    # Areas with a probe that needs no feature, or a feature a module may bring, stay.
+    assert {"faults", "type1", "users", "bar_dmabuf", "resets", "iommu_faults"} <= set(areas)
+    assert list(left_out) == ["iommufd"]
+
+
+def test_an_area_stays_while_its_feature_is_present_could_load_or_is_unknown():
+    def never_asked():
+        raise AssertionError("the modules were read though the feature is present")
+
+    assert "iommufd" in bpfload.areas_to_compile({"FEATURE_IOMMUFD": 1}, never_asked)[0]
+    assert "iommufd" in bpfload.areas_to_compile({}, lambda: {"iommufd"})[0]
+    assert "iommufd" in bpfload.areas_to_compile({}, lambda: None)[0]
+
+
+def test_a_probe_of_an_area_left_out_says_a_restart_brings_it():
+    from vfiomond.probes import PROBES, Selected
+
+    probe = next(p for p in PROBES if p.name == "iommufd_dma_map")
+    sel = Selected(probe, probe.variants[0], (), "")  # the feature came after the start
+    statuses = Program({}, None, {"iommufd": "no iommufd"}).apply([sel], {}, [])
+    assert not statuses[0].attached and "not compiled at start (no iommufd): restart" in statuses[0].detail

@@ -50,3 +50,25 @@ def test_only_wanted_symbols_are_kept():
     syms = parse({"remap_pfn_range"})
     assert not syms.has("unrelated_function")
     assert not syms.has("vfio_pci_mmap_fault")
+
+
+def test_installable_modules_from_depmods_files(tmp_path):
+    from vfiomond.kernel import installable_modules
+
+    d = tmp_path / "6.1.0-50-amd64"
+    d.mkdir()
+    (d / "modules.dep").write_text(
+        "kernel/drivers/vfio/vfio.ko.xz: kernel/drivers/iommu/iommufd/iommufd.ko.xz\n"
+        "kernel/drivers/iommu/iommufd/iommufd.ko.xz:\n"
+        "kernel/drivers/vfio/pci/vfio-pci-core.ko.zst: kernel/drivers/vfio/vfio.ko.xz\n")
+    (d / "modules.builtin").write_text("kernel/drivers/pci/pcie/aer.ko\n")
+    assert installable_modules("6.1.0-50-amd64", str(tmp_path)) == {"vfio", "iommufd", "vfio_pci_core", "aer"}
+
+
+def test_installable_modules_unknown_without_depmods_files(tmp_path):
+    from vfiomond.kernel import installable_modules
+
+    assert installable_modules("6.1.0-50-amd64", str(tmp_path)) is None
+    (tmp_path / "6.1.0-50-amd64").mkdir()
+    (tmp_path / "6.1.0-50-amd64" / "modules.builtin").write_text("")
+    assert installable_modules("6.1.0-50-amd64", str(tmp_path)) == set()

@@ -83,6 +83,8 @@ fi
 { echo "# $(uname -r)"
   grep -E ' (vfio|iommufd|iopt|iommu_map$|do_update_pinned|__account_locked_vm|mm_lock_acct|remap_pfn_range|untrack_pfn|pfnmap_untrack|do_wp_page$|wake_up_new_task$|huge_zero_pfn$|dma_buf_invalidate_mappings$|dma_buf_move_notify$|(pci_try_reset_function|__pci_reset_function_locked|pci_reset_function|pci_reset_bus|pcie_reset_flr|pcie_flr|pci_af_flr|pci_pm_reset|pci_reset_bus_function|pci_dev_specific_reset|pci_dev_acpi_reset|cxl_reset_bus_function|pci_dev_reset_slot_function|pci_parent_bus_reset|dmar_fault)(\.[a-z]+\.[0-9]+)?$)' /proc/kallsyms \
     | sort -k3; } >"$out/kallsyms.txt"
+# Whether this kernel can have iommufd at all, as kmod sees it (built in or a module).
+modprobe -n iommufd 2>/dev/null && echo yes >"$out/iommufd-module" || echo no >"$out/iommufd-module"
 step "vfiomond check (and doctor) done"
 # A secured endpoint (TLS and basic auth) when the host wrote a web configuration
 # (tests/lab/webtls.py); the scenarios then scrape with its credentials.
