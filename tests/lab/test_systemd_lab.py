@@ -135,6 +135,17 @@ def test_the_unit_leaves_the_kernels_btf_readable(run):
     else:
         assert "kernel struct offsets from kernel headers (" in log
 
+
+def test_the_unit_lets_the_daemon_see_which_modules_the_kernel_has(run):
+    """The sandbox leaves depmod's files readable: Debian's kernels, which have no
+    iommufd module (kmod's `modprobe -n iommufd` in the guest), compile without the
+    iommufd area under the unit as they do unconfined."""
+    with open(os.path.join(run.out, "vfiomond.log")) as f:
+        log = f.read()
+    with open(os.path.join(run.out, "iommufd-module")) as f:
+        has_iommufd = f.read().strip() == "yes"
+    assert ("BPF area iommufd left out of the compile" in log) == (not has_iommufd), log
+
 # ------------------------------------------------- the package (debian/, scripts/build-deb.sh)
 
 def package_step(run, name):

@@ -16,6 +16,8 @@ nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
 [ -n "$nic" ] && ip link set "$nic" up && ip addr add 10.0.2.15/24 dev "$nic" || fail "no network interface"
 udevadm settle --timeout=120 || step "udevadm settle timed out"
 "$src/tests/lab/guest/bind.sh" || fail "binding the lab devices to vfio-pci"
+# Whether this kernel can have iommufd at all, as kmod sees it (built in or a module).
+modprobe -n iommufd 2>/dev/null && echo yes >"$out/iommufd-module" || echo no >"$out/iommufd-module"
 
 # The lab's one change to the shipped unit: a short watchdog, so that the
 # scenario can see it fire; and a short abort timeout for the stopped process.

@@ -239,6 +239,10 @@ def reset_all(bdf, device_fd, group_fd, summary):
     before = reset_view(wait_seen(bdf), bdf)
     method_file = os.path.join(DEVICES, bdf, "reset_method")  # 5.15+: the methods the PCI core will try, in order
     methods = open(method_file).read().split() if os.path.exists(method_file) else []
+    # Before 5.15 (no reset_method): whether Device Capabilities advertise FLR (bit 28),
+    # which the PCI core tries first for a device without a device-specific reset.
+    config = Config(bdf)
+    flr_capable = bool(config.read(config.pcie_cap() + 0x04, 4) & (1 << 28))
     results = {"function": [v.device_reset(device_fd) for _ in range(FUNCTION_RESETS)],
                "bus": [v.hot_reset(device_fd, [group_fd]) for _ in range(HOT_RESETS)]}
     answers = open(os.path.join(DEVICES, bdf, "config"), "rb").read(2) != b"\xff\xff"
@@ -249,7 +253,8 @@ def reset_all(bdf, device_fd, group_fd, summary):
         if sum(after["resets"].values()) - sum(before["resets"].values()) >= want or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    summary["resets"] = {"methods": methods, "results": results, "answers": answers, "before": before, "after": after}
+    summary["resets"] = {"methods": methods, "flr_capable": flr_capable, "results": results, "answers": answers,
+                         "before": before, "after": after}
 
 
 # What the scenario injects: (severity, the kernel's name, QEMU's name of the error in
