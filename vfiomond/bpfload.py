@@ -607,8 +607,9 @@ def _first_line(e: Exception) -> str:
 def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str], kernel_trampolines: bool
          ) -> Program:
     """Compile every area, whatever this kernel offers now (modules may load
-    later) and whatever the configuration disables (a reload may enable it), and
-    attach the selected probes.
+    later) and whatever the configuration disables (a reload may enable it),
+    except one this kernel can never use (areas_to_compile), and attach the
+    selected probes.
 
     ``facts``: RUNTIME_FACTS go to the kernel_facts map, the others (ZERO_PFN,
     PIN_SAMPLES) are compiled in as -D defines.  ``kernel_trampolines``: kallsyms

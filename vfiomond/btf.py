@@ -166,18 +166,24 @@ class Types:
             return own + 1 - self.strings + self.str_base
         return self.base._string_offset(name) if self.base else None
 
-    def _words_at_headers(self, word: int) -> Iterator[int]:
-        """Indexes in ``pos`` (type id - first_id) of this blob's types whose first
-        word (the name offset) is ``word``: a byte search in C, each hit checked
-        against the header table, so a lookup costs no Python pass over every type."""
+    def _word_hits(self, word: int) -> Iterator[int]:
+        """Offsets in this blob's type section where the 4-byte word ``word`` sits,
+        4-aligned as every field there is: a byte search in C, so a lookup costs
+        no Python pass over every type.  Callers check what each hit is."""
         key = struct.pack("<I", word)
         hit = self.data.find(key, self.types, self.types_end)
         while hit >= 0:
             if (hit - self.types) % 4 == 0:
-                i = bisect_left(self.pos, hit)
-                if i < len(self.pos) and self.pos[i] == hit:
-                    yield i
+                yield hit
             hit = self.data.find(key, hit + 1, self.types_end)
+
+    def _words_at_headers(self, word: int) -> Iterator[int]:
+        """Indexes in ``pos`` (type id - first_id) of this blob's types whose first
+        word (the name offset) is ``word``."""
+        for hit in self._word_hits(word):
+            i = bisect_left(self.pos, hit)
+            if i < len(self.pos) and self.pos[i] == hit:
+                yield i
 
     def _find_all(self, name: str, kinds) -> Iterator[int]:
         """Type ids named ``name`` of one of ``kinds``, this blob's first, then its base's."""
@@ -288,16 +294,13 @@ class Types:
     def enumerator(self, name: str) -> int:
         """Value of enumerator ``name`` (an ENUM's; 32-bit, signed when the enum is)."""
         off = self._string_offset(name)
-        key = struct.pack("<I", off) if off is not None else None
-        hit = self.data.find(key, self.types, self.types_end) if key else -1
-        while hit >= 0:
+        for hit in self._word_hits(off) if off is not None else ():
             # The enumerators (name offset, value) follow their ENUM's 12-byte header.
             header = self.pos[bisect_right(self.pos, hit) - 1]
             info = struct.unpack_from("<I", self.data, header + 4)[0]
             inside = hit - header - 12
             if (info >> 24) & 0x1F == KIND_ENUM and inside >= 0 and inside % 8 == 0 and inside // 8 < info & 0xFFFF:
                 return struct.unpack_from("<i" if info >> 31 else "<I", self.data, hit + 4)[0]
-            hit = self.data.find(key, hit + 1, self.types_end)
         if self.base:
             return self.base.enumerator(name)
         raise BTFError("no enumerator %s in BTF" % name)

@@ -198,13 +198,17 @@ def test_struct_offsets_from_btf_where_the_kernel_has_it(run):
         assert "kernel struct offsets from kernel headers (" in log
 
 
+def kernel_has_iommufd(run):
+    """kmod's own answer in the guest (`modprobe -n iommufd`: built in or a module)."""
+    with open(os.path.join(run.out, "iommufd-module")) as f:
+        return f.read().strip() == "yes"
+
+
 def test_the_iommufd_area_is_compiled_only_where_the_kernel_can_have_iommufd(run):
     """Debian's kernels build no iommufd (CONFIG_IOMMUFD unset): the daemon leaves
-    that area out of the compile; the iommufd build has it.  Ground truth: kmod's
-    own `modprobe -n iommufd` in the guest."""
+    that area out of the compile; the iommufd build has it."""
     log = vfiomond_log(run)
-    with open(os.path.join(run.out, "iommufd-module")) as f:
-        has_iommufd = f.read().strip() == "yes"
+    has_iommufd = kernel_has_iommufd(run)
     assert has_iommufd == (run.suite == "iommufd")  # the lab's kernels, as their configs say
     assert ("BPF area iommufd left out of the compile" in log) == (not has_iommufd), log
 

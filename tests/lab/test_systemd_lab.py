@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from test_lab import EXPECTED_SYMBOLS, DISTRO_SUITES as SUITES, STRUCT_OFFSETS_FROM_BTF, Scrape, boot, journal_entries
+from test_lab import (EXPECTED_SYMBOLS, DISTRO_SUITES as SUITES, STRUCT_OFFSETS_FROM_BTF, Scrape, boot,
+                      journal_entries, kernel_has_iommufd)
 
 # The unit's CapabilityBoundingSet: DAC_READ_SEARCH 2, SYS_PTRACE 19, SYS_ADMIN 21, SYSLOG 34, PERFMON 38, BPF 39.
 UNIT_CAPS = sum(1 << c for c in (2, 19, 21, 34, 38, 39))
@@ -142,9 +143,7 @@ def test_the_unit_lets_the_daemon_see_which_modules_the_kernel_has(run):
     iommufd area under the unit as they do unconfined."""
     with open(os.path.join(run.out, "vfiomond.log")) as f:
         log = f.read()
-    with open(os.path.join(run.out, "iommufd-module")) as f:
-        has_iommufd = f.read().strip() == "yes"
-    assert ("BPF area iommufd left out of the compile" in log) == (not has_iommufd), log
+    assert ("BPF area iommufd left out of the compile" in log) == (not kernel_has_iommufd(run)), log
 
 # ------------------------------------------------- the package (debian/, scripts/build-deb.sh)
 
