@@ -43,7 +43,8 @@
  * insert or a ring buffer had no room, "evicted" an LRU entry in use was gone,
  * "missing" a return probe found no entry in flight for its thread (the LRU
  * evicted it, the insert at the entry failed, or the entry probe missed the
- * call: counted once, at the return), "stale" an entry left by a return probe
+ * call: counted once, at the return; iommufd.c iommufd_ctx_owner: a change of
+ * process found no previous owner), "stale" an entry left by a return probe
  * that never ran (found by the thread's next call, or by the daemon once the
  * thread is gone), "split" a buffer needed more address blocks than one call
  * may insert (type1.c pin_spans), "unread" a kernel read failed (what it was
@@ -99,7 +100,11 @@ enum loss {
     LOSS_DMABUF_BY_TID_UNREAD = 47,
     LOSS_DMABUF_EXPORTS_FULL = 48,
     LOSS_DMABUF_MOVES_FULL = 49,
-    LOSSES = 50,
+    LOSS_IOMMUFD_CHANGE_BY_TID_FULL = 50,
+    LOSS_IOMMUFD_CHANGE_BY_TID_MISSING = 51,
+    LOSS_IOMMUFD_CHANGE_BY_TID_STALE = 52,
+    LOSS_IOMMUFD_CTX_OWNER_MISSING = 53,
+    LOSSES = 54,
 };
 
 BPF_ARRAY(lost_events, u64, LOSSES);
@@ -464,6 +469,8 @@ static __always_inline int pin_map_end(struct pin_map_key *k, u64 seq, int ok, s
     m->complete = 1;
     u32 pid = m->pid;
     u64 vaddr = m->vaddr, size = m->size;
+    if (!vaddr)
+        return 0;  /* a file's pages (iommufd.c on_iopt_map_file_pages): no user address */
     pin_spans_insert(k, m);
     /* An unmap on another thread may have ended it since the map dropped its
      * locks: then these spans are nobody's. */
@@ -504,7 +511,7 @@ static __always_inline int pin_map_remove(u64 space, u64 iova, u64 size)
     if (!m)
         return 0;
     int whole = m->size == size;
-    if (m->complete)
+    if (m->complete && m->vaddr)
         pin_spans_delete(m->pid, m->vaddr, m->size, m->seq);
     pin_maps.delete(&k);
     return whole;

@@ -6,9 +6,10 @@
  * every area is compiled into one BCC program.
  */
 #ifndef KERNEL_LAYOUT_BTF
-#include <linux/cred.h>
 #include <linux/sched/user.h>
 #include <linux/interval_tree.h>
+#include <linux/kref.h>
+#include <linux/mutex.h>
 #endif
 
 enum iommufd_counter {
@@ -22,7 +23,9 @@ enum iommufd_counter {
     IOMMUFD_PIN_BASE = 5,
     IOMMUFD_WRITE_FAULTS = 11,  /* write faults seen in processes holding iommufd pins */
     IOMMUFD_WRITE_FAULTS_OUTSIDE = 12,  /* ... outside their DMA mappings (not sent) */
-    IOMMUFD_COUNTERS = 13,
+    IOMMUFD_MAP_FILE_BYTES = 13,  /* of IOMMUFD_MAP_BYTES: IOMMU_IOAS_MAP_FILE's (a memfd or dma-buf) */
+    IOMMUFD_CHANGE_PROCESS = 14,  /* IOMMU_IOAS_CHANGE_PROCESS calls that succeeded */
+    IOMMUFD_COUNTERS = 15,
 };
 
 /* iopt_pages->account_mode (IOPT_PAGES_ACCOUNT_*), told apart by what the
@@ -55,6 +58,7 @@ struct iommufd_inflight {
     u64 seq;       /* map: its pin_maps entry's seq (0: none) */
     u8 op;
     u8 begun;      /* map: the first run reached iommu_map (IOVA read, entry made) */
+    u8 file;       /* map: IOMMU_IOAS_MAP_FILE (uptr 0: no user address to verify) */
 };
 
 /* 1 MiB, as type1's pin_events: rare records only (a map that pinned the zero
@@ -101,14 +105,31 @@ struct iommufd_proc {
 
 BPF_HASH(iommufd_proc_acct, u32, struct iommufd_proc, 4096);
 
-static __always_inline struct iommufd_proc *iommufd_proc_entry(void)
+/* struct iommufd_ctx * -> tgid of the process that last mapped through it, or
+ * took it over (IOMMU_IOAS_CHANGE_PROCESS).  LRU: the contexts of closed iommufds
+ * go first. */
+BPF_TABLE("lru_hash", u64, u32, iommufd_ctx_owner, 4096);
+
+static __always_inline void iommufd_ctx_mapped(u64 ictx)
 {
     u32 pid = bpf_get_current_pid_tgid() >> 32;
+    u32 *owner = iommufd_ctx_owner.lookup(&ictx);
+    if (!owner || *owner != pid)
+        iommufd_ctx_owner.update(&ictx, &pid);
+}
+
+static __always_inline struct iommufd_proc *iommufd_proc_of(u32 pid)
+{
     struct iommufd_proc zero = {};
     struct iommufd_proc *a = iommufd_proc_acct.lookup_or_try_init(&pid, &zero);
     if (!a)
         count_lost(LOSS_IOMMUFD_PROC_ACCT_FULL);
     return a;
+}
+
+static __always_inline struct iommufd_proc *iommufd_proc_entry(void)
+{
+    return iommufd_proc_of(bpf_get_current_pid_tgid() >> 32);
 }
 
 static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
@@ -134,8 +155,22 @@ static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
  *                     unsigned long length, int iommu_prot, unsigned int flags) */
 int on_iopt_map_user_pages(struct pt_regs *ctx)
 {
+    iommufd_ctx_mapped(PT_REGS_PARM1(ctx));
     struct iommufd_inflight d = {.op = IOMMUFD_OP_MAP, .iopt = PT_REGS_PARM2(ctx), .iova_ptr = PT_REGS_PARM3(ctx),
                                  .uptr = PT_REGS_PARM4(ctx), .length = PT_REGS_PARM5(ctx)};
+    return iommufd_dma_enter(&d);
+}
+
+/* iopt_map_file_pages(ictx, iopt, unsigned long *iova, int fd, unsigned long start,
+ *                     unsigned long length, int iommu_prot, unsigned int flags)
+ * (IOMMU_IOAS_MAP_FILE, 6.13+): a memfd's pages pinned through memfd_pin_folios
+ * (pfn_reader_user_pin, pages.c), or from 6.19 a dma-buf's.  No user address:
+ * its pin_maps entry has vaddr 0, which no verification or write fault reads. */
+int on_iopt_map_file_pages(struct pt_regs *ctx)
+{
+    iommufd_ctx_mapped(PT_REGS_PARM1(ctx));
+    struct iommufd_inflight d = {.op = IOMMUFD_OP_MAP, .iopt = PT_REGS_PARM2(ctx), .iova_ptr = PT_REGS_PARM3(ctx),
+                                 .length = PT_REGS_PARM6(ctx), .file = 1};
     return iommufd_dma_enter(&d);
 }
 
@@ -262,6 +297,8 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
             bytes = 0;
         }
         iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_BYTES : IOMMUFD_UNMAP_BYTES, bytes);
+        if (d->file)
+            iommufd_add(IOMMUFD_MAP_FILE_BYTES, bytes);
         if (a)
             __sync_fetch_and_add(&a->mapped_bytes, d->op == IOMMUFD_OP_MAP ? (s64)bytes : -(s64)bytes);
         if (a && d->op == IOMMUFD_OP_MAP)
@@ -286,44 +323,67 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
 
 /* do_update_pinned (6.2 .. 6.12) / iopt_pages_update_pinned (6.13+)
  *     (struct iopt_pages *pages, unsigned long npages, bool inc, user)
- * charges npages to pinned_vm and, by the pages' account mode, to nothing,
- * the user's locked_vm or the mm's locked_vm; it fails (-ENOMEM) over
- * RLIMIT_MEMLOCK.  struct iopt_pages is private to iommufd, so the mode is
- * read from its effect: the locked_vm counters before and after the call.
- * (A charge by another process of the same user between the two reads would
- * make a NONE call look like USER; iommufd charges under the pages' mutex,
- * not the user's, so this can happen, rarely.) */
+ * charges npages to the pages' owner: its mm's pinned_vm and, by the pages'
+ * account mode, nothing, its user's locked_vm or its mm's locked_vm; it fails
+ * (-ENOMEM) over the owner's RLIMIT_MEMLOCK.  The owner is the process that
+ * mapped, until IOMMU_IOAS_CHANGE_PROCESS (6.13+) moves it to the caller: then
+ * the caller charges itself (a struct iopt_pages made on its stack,
+ * charge_current in ioas.c) and uncharges the previous owner, so each call is
+ * the pages' owner's, not the current process's.  The mode is read from the
+ * call's effect on the owner's two locked_vm counters (account_mode lies past
+ * a union whose size changed in 6.13 and 6.19).  (A charge by another process
+ * of the same user between the two reads would make a NONE call look like
+ * USER; iommufd charges under the pages' mutex, not the user's, so this can
+ * happen, rarely.) */
 struct iommufd_acct_inflight {
     u64 npages;
+    u64 user;        /* struct user_struct * of the owner */
+    u64 mm;          /* struct mm_struct * of the owner */
     long user_locked;
     u64 mm_locked;
+    u32 owner;       /* tgid of the owner (its source_task) */
     u8 inc;
     u8 active; /* a call in flight (the entry is reused: THREAD_STATE in common.h) */
 };
 
 BPF_TABLE("lru_hash", u32, struct iommufd_acct_inflight, iommufd_acct_by_tid, THREAD_STATE_ENTRIES);
 
-static __always_inline void iommufd_locked_vm(long *user_locked, u64 *mm_locked)
+/* struct iopt_pages (drivers/iommu/iommufd/io_pagetable.h) is private to
+ * iommufd; it begins with its kref, its mutex, three counts and its owner's
+ * task, mm and user, as read in the sources of 6.12 and 7.2.  The mutex is
+ * long-aligned, so the kref's int is padded to a long. */
+struct iopt_pages_head {
+    char kref[(KSIZEOF_KREF + sizeof(long) - 1) & ~(sizeof(long) - 1)];
+    char mutex[KSIZEOF_MUTEX];
+    u64 npages;
+    u64 npinned;
+    u64 last_npinned;
+    u64 source_task;
+    u64 source_mm;
+    u64 source_user;
+};
+
+static __always_inline void iommufd_locked_vm(struct iommufd_acct_inflight *a)
 {
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-    const struct cred *cred = NULL;
-    struct user_struct *user = NULL;
-    struct mm_struct *mm = NULL;
-    bpf_probe_read_kernel(&cred, sizeof(cred), KFIELD(task, TASK_CRED));
-    if (cred)
-        bpf_probe_read_kernel(&user, sizeof(user), KFIELD(cred, CRED_USER));
-    if (user)
-        bpf_probe_read_kernel(user_locked, sizeof(*user_locked), KFIELD(user, USER_LOCKED_VM));
-    bpf_probe_read_kernel(&mm, sizeof(mm), KFIELD(task, TASK_MM));
-    if (mm)
-        bpf_probe_read_kernel(mm_locked, sizeof(*mm_locked), KFIELD(mm, MM_LOCKED_VM));
+    if (a->user)
+        bpf_probe_read_kernel(&a->user_locked, sizeof(a->user_locked), KFIELD((void *)a->user, USER_LOCKED_VM));
+    if (a->mm)
+        bpf_probe_read_kernel(&a->mm_locked, sizeof(a->mm_locked), KFIELD((void *)a->mm, MM_LOCKED_VM));
 }
 
 int on_iommufd_update_pinned(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct iommufd_acct_inflight fresh = {.npages = PT_REGS_PARM2(ctx), .inc = (u8)PT_REGS_PARM3(ctx), .active = 1};
-    iommufd_locked_vm(&fresh.user_locked, &fresh.mm_locked);
+    struct iopt_pages_head pages = {};
+    u32 owner = 0;
+    if (bpf_probe_read_kernel(&pages, sizeof(pages), (void *)PT_REGS_PARM1(ctx)) == 0 && pages.source_task &&
+        bpf_probe_read_kernel(&owner, sizeof(owner), KFIELD((void *)pages.source_task, TASK_TGID)) == 0) {
+        fresh.owner = owner;
+        fresh.user = pages.source_user;
+        fresh.mm = pages.source_mm;
+        iommufd_locked_vm(&fresh);
+    }  /* else owner 0: counted as missing at the return */
     struct iommufd_acct_inflight *a = iommufd_acct_by_tid.lookup(&tid);
     if (a) {
         if (a->active)
@@ -339,13 +399,15 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct iommufd_acct_inflight *a = iommufd_acct_by_tid.lookup(&tid);
-    if (!a || !a->active) {
-        count_lost(LOSS_IOMMUFD_ACCT_BY_TID_MISSING); /* a charge or uncharge unseen */
+    if (!a || !a->active || !a->owner) {
+        if (a)
+            a->active = 0;
+        count_lost(LOSS_IOMMUFD_ACCT_BY_TID_MISSING); /* a charge or uncharge unseen, or its owner unread */
         return 0;
     }
     a->active = 0;
     int ret = (int)PT_REGS_RC(ctx);
-    struct iommufd_proc *p = iommufd_proc_entry();
+    struct iommufd_proc *p = iommufd_proc_of(a->owner);
     if (ret != 0) {
         if (a->inc) {
             iommufd_add(IOMMUFD_CHARGE_FAILURES, 1);
@@ -354,13 +416,12 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
         }
         return 0;
     }
-    long user_locked = a->user_locked;
-    u64 mm_locked = a->mm_locked;
-    iommufd_locked_vm(&user_locked, &mm_locked);
+    struct iommufd_acct_inflight after = {.user = a->user, .mm = a->mm};
+    iommufd_locked_vm(&after);
     u32 mode = ACCOUNT_NONE;
-    if (user_locked != a->user_locked)
+    if (after.user_locked != a->user_locked)
         mode = ACCOUNT_USER;
-    else if (mm_locked != a->mm_locked)
+    else if (after.mm_locked != a->mm_locked)
         mode = ACCOUNT_MM;
     iommufd_add(IOMMUFD_PIN_BASE + 2 * mode + (a->inc ? 0 : 1), a->npages);
     if (p) {
@@ -372,6 +433,70 @@ int on_iommufd_update_pinned_return(struct pt_regs *ctx)
             __sync_fetch_and_add(&p->charged_pages, n);
         p->account = mode + 1;
     }
+    return 0;
+}
+
+/* iommufd_ioas_change_process(struct iommufd_ucmd *ucmd) (ioas.c, 6.13+):
+ * IOMMU_IOAS_CHANGE_PROCESS gives every IOMMU_IOAS_MAP_FILE mapping of the
+ * context to the calling process (a VMM's live update: exec, or a new process
+ * handed the iommufd).  The pins follow through the accounting hook (each
+ * charge is the pages' owner's); at a successful return the previous owner's
+ * mapped bytes become the caller's.  The previous owner is the context's, kept
+ * by every map (iommufd_ctx_owner): in account mode NONE the kernel charges and
+ * uncharges nothing in this call (need_charge_update), so no accounting call
+ * names it.  struct iommufd_ucmd (iommufd_private.h, private) begins with its
+ * struct iommufd_ctx * (6.2 .. 7.2 as read in 6.12's and 7.2's source). */
+struct iommufd_change {
+    u64 ictx;
+};
+
+BPF_HASH(iommufd_change_by_tid, u32, struct iommufd_change, 1024);
+
+int on_iommufd_change_process(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct iommufd_change fresh = {};
+    if (bpf_probe_read_kernel(&fresh.ictx, sizeof(fresh.ictx), (void *)PT_REGS_PARM1(ctx)) != 0)
+        fresh.ictx = 0;  /* counted at the return, as missing */
+    if (iommufd_change_by_tid.lookup(&tid))
+        count_lost(LOSS_IOMMUFD_CHANGE_BY_TID_STALE);
+    if (iommufd_change_by_tid.update(&tid, &fresh) != 0)
+        count_lost(LOSS_IOMMUFD_CHANGE_BY_TID_FULL);
+    return 0;
+}
+
+int on_iommufd_change_process_return(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct iommufd_change *c = iommufd_change_by_tid.lookup(&tid);
+    if (!c) {
+        count_lost(LOSS_IOMMUFD_CHANGE_BY_TID_MISSING);
+        return 0;
+    }
+    u64 ictx = c->ictx;
+    iommufd_change_by_tid.delete(&tid);
+    if ((int)PT_REGS_RC(ctx) != 0)
+        return 0;
+    iommufd_add(IOMMUFD_CHANGE_PROCESS, 1);
+    u32 me = bpf_get_current_pid_tgid() >> 32;
+    u32 *owner = ictx ? iommufd_ctx_owner.lookup(&ictx) : 0;
+    if (!owner) {
+        count_lost(LOSS_IOMMUFD_CTX_OWNER_MISSING); /* mapped before vfiomond started, or evicted */
+        if (ictx)
+            iommufd_ctx_owner.update(&ictx, &me);
+        return 0;
+    }
+    u32 from = *owner;
+    *owner = me;
+    if (from == me)
+        return 0;  /* the same process after exec */
+    struct iommufd_proc *old = iommufd_proc_acct.lookup(&from);
+    struct iommufd_proc *now = iommufd_proc_entry();
+    if (!old || !now)
+        return 0;
+    s64 bytes = old->mapped_bytes;
+    __sync_fetch_and_add(&old->mapped_bytes, -bytes);
+    __sync_fetch_and_add(&now->mapped_bytes, bytes);
     return 0;
 }
 

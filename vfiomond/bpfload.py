@@ -417,8 +417,15 @@ def thread_state_entries(cpus: int) -> int:
     return THREADS_IN_FLIGHT + LRU_LOCAL_FREE_TARGET * cpus
 
 
+# The kernel builds with -fms-extensions since 6.19, and its headers use it (7.x's
+# include/linux/fs.h: struct filename embeds struct __filename_head by tag); BCC
+# passes it itself from 0.37.0 (iovisor/bcc c3f35ecc), for every kernel.  Without
+# it, older BCCs fail on such headers (a static assertion on struct filename's size).
+MS_EXTENSIONS = ["-fms-extensions", "-Wno-microsoft-anon-tag", "-Wno-unknown-warning-option"]
+
+
 def _cflags(facts: Dict[str, int]) -> List[str]:
-    return ["-D%s=%#x" % (k, v) for k, v in sorted(facts.items())] + ["-Wno-macro-redefined"]
+    return ["-D%s=%#x" % (k, v) for k, v in sorted(facts.items())] + ["-Wno-macro-redefined"] + MS_EXTENSIONS
 
 
 # A hook to attach as fentry/fexit: its handler function (whose body is <fn>__body)

@@ -1,13 +1,18 @@
 """Probe area "iommufd" (bpf/iommufd.c): DMA map/unmap through iommufd and its pin accounting.
 
-All metrics carry backend="iommufd".  Sources (drivers/iommu/iommufd/, 6.2+):
+Its DMA metrics carry backend="iommufd".  Sources (drivers/iommu/iommufd/, 6.2+):
 ``iopt_map_user_pages`` (IOMMU_IOAS_MAP, and MAP_DMA of the VFIO compat container),
+``iopt_map_file_pages`` (IOMMU_IOAS_MAP_FILE, 6.13+: a memfd's pages, pinned with
+memfd_pin_folios; from 6.19 also a dma-buf; no user address, so its pin samples
+are kept but not verified), ``iommufd_ioas_change_process`` (IOMMU_IOAS_CHANGE_PROCESS,
+6.13+: the MAP_FILE mappings' pins and mapped bytes move to the caller),
 ``iopt_unmap_iova`` / ``iopt_unmap_all`` (IOMMU_IOAS_UNMAP), and
 ``iommu_map`` inside ``iopt_map_user_pages`` (the runs handed to the IOMMU, for pin
 verification: the kernel's table of live mappings, vfiomond/pintable.py, until
 ``iopt_area_unfill_domains``),
 ``do_update_pinned`` (6.2 .. 6.12) / ``iopt_pages_update_pinned`` (6.13+), which
-charges every change of pinned pages to pinned_vm and, by the pages' account
+charges every change of pinned pages to the pages' owner (the mapper, or the
+caller of the last IOMMU_IOAS_CHANGE_PROCESS): pinned_vm and, by the pages' account
 mode, to nothing (NONE: the mapper had CAP_IPC_LOCK), the user's locked_vm
 (USER, the default; not VmLck) or the mm's locked_vm (MM: IOMMU_OPTION_RLIMIT_MODE
 1, or the compat container).
@@ -38,8 +43,10 @@ COUNTERS = {
     "IOMMUFD_PIN_BASE": 5,
     "IOMMUFD_WRITE_FAULTS": 11,
     "IOMMUFD_WRITE_FAULTS_OUTSIDE": 12,
+    "IOMMUFD_MAP_FILE_BYTES": 13,
+    "IOMMUFD_CHANGE_PROCESS": 14,
 }
-N_COUNTERS = 13
+N_COUNTERS = 15
 # Account modes in the order of bpf/iommufd.c's ACCOUNT_* (IOPT_PAGES_ACCOUNT_*).
 ACCOUNTS = ("none", "user", "mm")
 OPS = {0: "map", 1: "unmap"}
@@ -53,7 +60,8 @@ class DmaRow(NamedTuple):
 
 
 class IommufdSnapshot(NamedTuple):
-    counters: Dict[str, int]  # "map_bytes", "unmap_bytes", "charge_failures", "write_faults"
+    counters: Dict[str, int]  # "map_bytes", "map_file_bytes", "unmap_bytes", "charge_failures", "write_faults",
+    # "change_process"
     pinned: Dict[str, int]  # account mode -> pages pinned (charged to pinned_vm)
     unpinned: Dict[str, int]  # account mode -> pages unpinned
     latency: Dict[str, Histogram]  # "map" / "unmap"
@@ -87,6 +95,8 @@ def decode(raw: Iterable[int], hist: Iterable[DmaRow], errors: Iterable[DmaRow])
         "unmap_bytes": values[COUNTERS["IOMMUFD_UNMAP_BYTES"]],
         "charge_failures": values[COUNTERS["IOMMUFD_CHARGE_FAILURES"]],
         "write_faults": values[COUNTERS["IOMMUFD_WRITE_FAULTS"]],
+        "map_file_bytes": values[COUNTERS["IOMMUFD_MAP_FILE_BYTES"]],
+        "change_process": values[COUNTERS["IOMMUFD_CHANGE_PROCESS"]],
     }
     return IommufdSnapshot(counters, pinned, unpinned, latency, errs)
 
@@ -123,6 +133,15 @@ def families(snap: IommufdSnapshot, attached: Set[str]) -> Iterator:
     for op in ("map", "unmap"):
         if "iommufd_dma_" + op in attached:
             yield from dma_families(BACKEND, op, snap.latency[op], snap.counters["%s_bytes" % op], snap.errors[op])
+    if "iommufd_dma_map" in attached:
+        yield CounterMetricFamily(
+            "vfiomond_iommufd_map_file_bytes_total",
+            "Bytes mapped by IOMMU_IOAS_MAP_FILE (a memfd, or a dma-buf from 6.19; 6.13+), also counted in "
+            "vfiomond_dma_map_bytes_total.", value=snap.counters["map_file_bytes"])
+        yield CounterMetricFamily(
+            "vfiomond_iommufd_change_process_total",
+            "IOMMU_IOAS_CHANGE_PROCESS calls that moved an iommufd's MAP_FILE mappings (their pins, charges and "
+            "mapped bytes) to the calling process (6.13+).", value=snap.counters["change_process"])
     if "iommufd_pin_write_faults" in attached:
         yield _counter("vfiomond_write_faults_total", snap.counters["write_faults"])
     if "iommufd_pin_accounting" not in attached:

@@ -42,10 +42,8 @@ FIELDS: Tuple[Tuple[str, str, str], ...] = (
     ("TASK_PID", "task_struct", "pid"),
     ("TASK_TGID", "task_struct", "tgid"),
     ("TASK_MM", "task_struct", "mm"),
-    ("TASK_CRED", "task_struct", "cred"),
     ("TASK_SIGNAL", "task_struct", "signal"),
     ("MM_LOCKED_VM", "mm_struct", "locked_vm"),
-    ("CRED_USER", "cred", "user"),
     ("USER_LOCKED_VM", "user_struct", "locked_vm"),
     # RLIMIT_MEMLOCK is 8 on most architectures, not all (asm-generic/resource.h).
     ("SIGNAL_MEMLOCK_CUR", "signal_struct", "rlim[%d].rlim_cur" % resource.RLIMIT_MEMLOCK),
@@ -62,6 +60,9 @@ SIZES: Tuple[Tuple[str, str], ...] = (
     ("RESOURCE", "resource"),
     ("RB_NODE", "rb_node"),
     ("INTERVAL_TREE_NODE", "interval_tree_node"),
+    # struct iopt_pages begins with these two (bpf/iommufd.c iopt_pages_head).
+    ("KREF", "kref"),
+    ("MUTEX", "mutex"),
 )
 
 # Enumerators of the headers the programs use, defined from BTF without them.

@@ -7,7 +7,9 @@ lists the same entries in the same order as (map, reason):
 - ``evicted``: an LRU entry still in use was gone when its return probe looked;
 - ``missing``: a return probe found no entry in flight for its thread (the LRU
   evicted it, the insert at the entry failed, or the entry probe missed the
-  call): one lost call, counted once, at its return;
+  call): one lost call, counted once, at its return; for ``iommufd_ctx_owner``, an
+  IOMMU_IOAS_CHANGE_PROCESS found no process recorded for its iommufd (mapped
+  before vfiomond started, or the entry evicted): the mapped bytes stay where they were;
 - ``stale``: an entry was left behind by a return probe that never ran (a
   kretprobe out of instances): counted by the thread's next call, or by the
   daemon when the thread is gone (``Program.forget_exited_threads``);
@@ -84,12 +86,17 @@ LOSSES: Tuple[Loss, ...] = (
     ("dmabuf_by_tid", "unread"),
     ("dmabuf_exports", "full"),
     ("dmabuf_moves", "full"),
+    ("iommufd_change_by_tid", "full"),
+    ("iommufd_change_by_tid", "missing"),
+    ("iommufd_change_by_tid", "stale"),
+    ("iommufd_ctx_owner", "missing"),
 )
 
 WHAT = {
     "full": "full: events or entries dropped",
     "evicted": "entries evicted while in use: calls not attributed",
-    "missing": "calls whose entry was gone at their return: not measured",
+    "missing": "calls whose entry was gone at their return: not measured (iommufd_ctx_owner: a change of "
+               "process whose previous owner was not known: its mapped bytes not moved)",
     "stale": "entries left by missed kretprobes: calls not measured",
     "split": "DMA buffers in more address blocks than one call inserts: write faults in the rest not attributed",
     "unread": "kernel reads failed: what they were for is left out",

@@ -263,12 +263,14 @@ class PinTracker:
         ``live(mapping)``, asked after the read, says the mapping was still live:
         else the read may be of memory the process mapped after the kernel unpinned
         (the mapping is then gone, or it is compared again at the next pass).
-        ``read`` raises OSError when the process is gone.
+        ``read`` raises OSError when the process is gone.  A mapping of a file's
+        pages (vaddr 0: IOMMU_IOAS_MAP_FILE) has no process page to compare: skipped.
         """
         new = []
         by_pid: Dict[int, List[Mapping]] = {}
         for m in mappings:
-            by_pid.setdefault(m.pid, []).append(m)
+            if m.vaddr:  # 0: a file's pages (IOMMU_IOAS_MAP_FILE), in no process's address space
+                by_pid.setdefault(m.pid, []).append(m)
         for pid, ms in by_pid.items():
             current = read(pid, [m.vaddr + off for m in ms for off in m.pinned])
             for m in ms:

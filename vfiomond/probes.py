@@ -215,10 +215,20 @@ PROBES: Tuple[Probe, ...] = (
         )),
     )),
     # iommufd (drivers/iommu/iommufd/io_pagetable.c, 6.2+): IOMMU_IOAS_MAP/UNMAP and the VFIO
-    # compat MAP_DMA/UNMAP_DMA it serves both end in these io_pagetable calls.
+    # compat MAP_DMA/UNMAP_DMA it serves both end in these io_pagetable calls;
+    # IOMMU_IOAS_MAP_FILE (6.13+: a memfd, from 6.19 a dma-buf) in iopt_map_file_pages.
+    # IOMMU_IOAS_CHANGE_PROCESS (6.13+) hands every MAP_FILE mapping to its caller:
+    # the previous owner, named by the uncharges it makes (the accounting hook),
+    # gives its mapped bytes to the caller at the return.
     Probe("iommufd_dma_map", "iommufd", (
-        Variant("iopt_map_user_pages (IOMMU_IOAS_MAP)", (
+        Variant("iopt_map_user_pages (IOMMU_IOAS_MAP), iopt_map_file_pages (IOMMU_IOAS_MAP_FILE), "
+                "iommufd_ioas_change_process", (
             Hook(("iopt_map_user_pages",), "on_iopt_map_user_pages", "on_iommufd_dma_return"),
+            Hook(("iopt_map_file_pages",), "on_iopt_map_file_pages", "on_iommufd_dma_return", optional=True),
+            Hook(("iommufd_ioas_change_process",), "on_iommufd_change_process", "on_iommufd_change_process_return",
+                 reads_args=False, optional=True),
+            Hook(("iopt_pages_update_pinned", "do_update_pinned"), "on_iommufd_update_pinned",
+                 "on_iommufd_update_pinned_return"),
         )),
     ), feature="iommufd"),
     Probe("iommufd_dma_unmap", "iommufd", (
@@ -235,8 +245,9 @@ PROBES: Tuple[Probe, ...] = (
     # Entries leave pin_maps where each area is unfilled before its unpin; a domain
     # detached makes the IOAS's entries stale (bpf/iommufd.c).
     Probe("iommufd_pin_samples", "iommufd", (
-        Variant("iommu_map inside iopt_map_user_pages, until iopt_area_unfill_domains", (
+        Variant("iommu_map inside iopt_map_user_pages or iopt_map_file_pages, until iopt_area_unfill_domains", (
             Hook(("iopt_map_user_pages",), "on_iopt_map_user_pages", "on_iommufd_dma_return"),
+            Hook(("iopt_map_file_pages",), "on_iopt_map_file_pages", "on_iommufd_dma_return", optional=True),
             Hook(("iommu_map",), "on_iommufd_iommu_map"),
             Hook(("iopt_area_unfill_domains",), "on_iopt_area_unfill"),
             Hook(("iopt_table_remove_domain",), "on_iopt_remove_domain"),

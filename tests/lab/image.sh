@@ -12,9 +12,10 @@
 # the first and reuses its image (tests/lab/images.sh builds ahead of the tests).
 #
 # SUITE iommufd is trixie's user space with a kernel built by kernel.sh from
-# trixie's linux-source-6.12 (no Debian kernel enables CONFIG_IOMMUFD): it
-# shares trixie's debootstrap, whose root file system tree and source tarball
-# the trixie build keeps in its cache directory.
+# trixie-backports' linux-source-7.2 (no Debian kernel enables CONFIG_IOMMUFD;
+# 6.13+ has IOMMU_IOAS_MAP_FILE and IOMMU_IOAS_CHANGE_PROCESS): it shares
+# trixie's debootstrap, whose root file system tree the trixie build keeps in
+# its cache directory.
 #
 # With VFIOMOND_LAB_TIMINGS set, each build appends "image<TAB>SUITE<TAB>seconds"
 # (and the debootstrap's own line) to that file: the summary make test prints.
@@ -37,8 +38,7 @@ clients=qemu-system-x86,dpdk,dpdk-dev
 key_files="$0"
 case "$suite" in
     bookworm) packages="$packages,initramfs-tools,$clients,librte-net-e1000-23" ;;
-    # linux-source-6.12: the iommufd suite's kernel, kept out of trixie's image.
-    trixie) packages="$packages,initramfs-tools,linux-source-6.12,$clients,librte-net-e1000-25" ;;
+    trixie) packages="$packages,initramfs-tools,$clients,librte-net-e1000-25" ;;
     # BCC reads this kernel's headers from the kheaders module (needs xz-utils).
     iommufd) key_files="$0 $here/kernel.sh $here/iommufd.config" ;;
     # sid's kernel packages pull in dracut, which conflicts with initramfs-tools.
@@ -85,7 +85,18 @@ if [ "$suite" = iommufd ]; then
     cp -a "$trixie/rootfs" "$rootfs"
     # Debian's kernel, its headers and initramfs stay (unused: the guest boots
     # the lab's kernel without an initrd, and BCC finds no headers for it).
-    kernel=$("$here/kernel.sh" "$trixie/linux-source-6.12.tar.xz" "$(cat "$trixie/linux-source.version")")
+    # The kernel's source comes through the copy's own apt (signatures checked),
+    # from the backports of trixie's mirror; it does not stay in the image.
+    source=linux-source-7.2
+    mirror=$(awk '$1 == "deb" {print $2; exit}' "$rootfs/etc/apt/sources.list")
+    echo "deb $mirror trixie-backports main" >"$rootfs/etc/apt/sources.list.d/vfiomond-lab-backports.list"
+    chroot "$rootfs" apt-get -qq update
+    chroot "$rootfs" sh -c "cd /tmp && apt-get -qq download $source"
+    deb=$(ls "$rootfs/tmp/${source}"_*.deb)
+    mkdir -p "$dir/source"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir/source" "./usr/src/$source.tar.xz"
+    kernel=$("$here/kernel.sh" "$dir/source/usr/src/$source.tar.xz" "$(dpkg-deb -f "$deb" Version)")
+    rm -rf "$deb" "$dir/source" "$rootfs/etc/apt/sources.list.d/vfiomond-lab-backports.list" "$rootfs"/var/lib/apt/lists/*
     release=$(cat "$kernel/kernel-release")
     mkdir -p "$rootfs/usr/lib/modules"
     cp -a "$kernel/modules/lib/modules/$release" "$rootfs/usr/lib/modules/"
@@ -124,12 +135,6 @@ INIT
     chmod 755 "$rootfs/sbin/vfiomond-lab-init"
     echo vfiomond-lab >"$rootfs/etc/hostname"
 
-    if [ "$suite" = trixie ]; then
-        # The source for the iommufd suite's kernel leaves the image but stays in the cache.
-        dpkg-query --admindir="$rootfs/var/lib/dpkg" -W -f='${Version}' linux-source-6.12 >"$dir/linux-source.version"
-        mv "$rootfs/usr/src/linux-source-6.12.tar.xz" "$dir/"
-        chroot "$rootfs" dpkg --purge linux-source-6.12 >/dev/null
-    fi
     # sid's split kernel packages keep the image in /usr/lib/modules/VERSION/vmlinuz
     # too; /boot is where Debian's postinst puts a copy.
     vmlinuz=$(ls "$rootfs"/boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)

@@ -13,7 +13,7 @@ rc=0
 suites=" $* "
 kernel_pid=
 if [[ $suites == *" iommufd "* ]]; then
-    # iommufd starts from trixie's root file system and source tarball.
+    # iommufd starts from trixie's root file system.
     "$here/image.sh" trixie >/dev/null || rc=1
     "$here/image.sh" iommufd >/dev/null &
     kernel_pid=$!

@@ -1,4 +1,4 @@
-"""iommufd end to end: the iommufd scenario on the lab's own 6.12 build with
+"""iommufd end to end: the iommufd scenario on the lab's own 7.2 build with
 CONFIG_IOMMUFD (SUITE=iommufd, tests/lab/kernel.sh), scraped after it ran, and
 vfiomond's per-process series the scenario scraped itself while mapped.
 
@@ -59,6 +59,15 @@ def test_iommufd_probes_attached(run, scrape):
         EXPECTED_SYMBOLS["iommufd"])
 
 
+def handovers(run):
+    return run.scenario["handovers"]
+
+
+def handed_bytes(run):
+    """Bytes the MAP_FILE handovers mapped (and their receivers unmapped)."""
+    return len(handovers(run)) * BUFFER
+
+
 def churned_pages(run):
     """Pages the churn mapped (its live mappings and each map of the loop), one page each."""
     churn = run.scenario["churn"]
@@ -69,16 +78,21 @@ def test_dma_bytes_and_calls_match_the_scenario(run, scrape):
     iommufd = dict(backend="iommufd")
     churn = run.scenario["churn"]
     assert run.scenario["dma_mapped_bytes"] == 8 * BUFFER
-    assert scrape.one("vfiomond_dma_map_bytes_total", **iommufd) == 8 * BUFFER + churned_pages(run) * PAGE
+    handed = handed_bytes(run)
+    assert [h["receiver"]["unmapped"]["unmapped_bytes"] for h in handovers(run)] == [BUFFER] * len(handovers(run))
+    assert scrape.one("vfiomond_dma_map_bytes_total", **iommufd) == 8 * BUFFER + handed + churned_pages(run) * PAGE
+    assert scrape.one("vfiomond_iommufd_map_file_bytes_total") == handed
     # The churn's live mappings go with its IOAS (iopt_unmap_all reports no bytes).
     assert scrape.one("vfiomond_dma_unmap_bytes_total", **iommufd) == \
-        run.scenario["dma_unmapped_bytes"] + churn["pairs"] * PAGE
+        run.scenario["dma_unmapped_bytes"] + handed + churn["pairs"] * PAGE
     refused = [p for p in run.scenario["passes"] if p.get("refused_under_1mib_limit")]
     assert len(refused) == 2  # USER and MM mode both enforce RLIMIT_MEMLOCK
-    assert scrape.one("vfiomond_dma_map_duration_seconds_count", **iommufd) == 8 + len(refused) + churned_pages(run)
-    # IOMMU_IOAS_UNMAP 8 times and the churn's unmaps: the IOAS teardowns at close
-    # (iopt_unmap_all(iopt, NULL), one per pass and the churn's) are not unmap calls.
-    assert scrape.one("vfiomond_dma_unmap_duration_seconds_count", **iommufd) == 8 + churn["pairs"]
+    maps = 8 + len(handovers(run))
+    assert scrape.one("vfiomond_dma_map_duration_seconds_count", **iommufd) == maps + len(refused) + churned_pages(run)
+    # IOMMU_IOAS_UNMAP 8 times, once per handover and the churn's unmaps: the IOAS
+    # teardowns at close (iopt_unmap_all(iopt, NULL), one per pass and the churn's)
+    # are not unmap calls.
+    assert scrape.one("vfiomond_dma_unmap_duration_seconds_count", **iommufd) == maps + churn["pairs"]
     assert scrape.values("vfiomond_dma_unmap_errors_total", **iommufd) == []
     assert scrape.one("vfiomond_dma_map_errors_total", errno="ENOMEM", **iommufd) == len(refused)
     assert scrape.one("vfiomond_locked_vm_charge_failures_total", **iommufd) == len(refused)
@@ -89,13 +103,18 @@ def test_dma_bytes_and_calls_match_the_scenario(run, scrape):
 def test_pins_by_account_mode(run, scrape):
     pages = 2 * BUFFER // PAGE  # per pass: read-write and read-only buffers
     churned = churned_pages(run)  # as root: account mode NONE
-    for account, n in (("none", 2 * pages + churned), ("user", pages), ("mm", pages)):
+    # A USER or MM handover charges its memfd's pages twice: to the mapper, then to
+    # the process that took them over (which the mapper's uncharge balances); in
+    # NONE mode the kernel moves no charge (need_charge_update, ioas.c).
+    file_pages = BUFFER // PAGE
+    for account, n in (("none", 2 * pages + churned + file_pages), ("user", pages + 2 * file_pages),
+                       ("mm", pages + 2 * file_pages)):
         assert scrape.one("vfiomond_iommufd_pinned_pages_total", account=account) == n, account
         assert scrape.one("vfiomond_iommufd_unpinned_pages_total", account=account) == n, account
     iommufd = dict(backend="iommufd")
-    assert scrape.one("vfiomond_pinned_pages_total", **iommufd) == 4 * pages + churned
-    assert scrape.one("vfiomond_locked_vm_charged_pages_total", **iommufd) == 2 * pages
-    assert scrape.one("vfiomond_locked_vm_uncharged_pages_total", **iommufd) == 2 * pages
+    assert scrape.one("vfiomond_pinned_pages_total", **iommufd) == 4 * pages + churned + 5 * file_pages
+    assert scrape.one("vfiomond_locked_vm_charged_pages_total", **iommufd) == 2 * pages + 4 * file_pages
+    assert scrape.one("vfiomond_locked_vm_uncharged_pages_total", **iommufd) == 2 * pages + 4 * file_pages
 
 
 @pytest.mark.parametrize("account", ["none", "user", "mm"])
@@ -113,6 +132,64 @@ def test_per_process_accounting_matches_proc_and_the_mode(run, account):
         assert seen["charged_bytes"] == [0 if account == "none" else 2 * BUFFER]
         assert seen["uncharged_pinned_bytes"] == [0]
         assert seen["account"] == [account]
+
+
+def test_the_device_reads_and_writes_a_memfd_mapped_with_map_file(run):
+    """IOMMU_IOAS_MAP_FILE pinned the memfd's pages: edu's DMA through the IOVA read
+    the first page and wrote the second, as the process sees them in the file."""
+    for h in handovers(run):
+        assert h["device_read_the_file"] is True, h["account"]
+        assert (h["mapped"]["VmPin_kib"] - h["before"]["VmPin_kib"]) * 1024 == BUFFER
+        seen = h["vfiomond"]
+        assert seen["dma_mapped_bytes"] == [BUFFER] and seen["account"] == [h["account"]]
+        assert seen["charged_bytes"] == [0 if h["account"] == "none" else BUFFER]
+        assert seen["uncharged_pinned_bytes"] == [0]
+
+
+@pytest.mark.parametrize("account", ["user", "mm"])
+def test_change_process_moves_the_pins_and_the_bytes_as_proc_says(run, scrape, account):
+    """IOMMU_IOAS_CHANGE_PROCESS by a process handed the iommufd: /proc's VmPin (and
+    in MM mode VmLck) leaves the mapper and arrives at the new process; vfiomond's
+    per-process series follow, and the new process's unmap empties them."""
+    [h] = [h for h in handovers(run) if h["account"] == account]
+    took, unmapped = h["receiver"]["took"], h["receiver"]["unmapped"]
+    assert h["receiver"]["exit"] == 0
+    locked = BUFFER if account == "mm" else 0
+    # The mapper: back to where it started (its fds still open).
+    assert h["handed_over"] == h["before"]
+    assert h["vfiomond_handed_over"]["dma_mapped_bytes"] == [0]
+    assert h["vfiomond_handed_over"]["charged_bytes"] == [0]
+    # The new process: charged now, by /proc and by vfiomond.
+    assert (took["after"]["VmPin_kib"] - took["before"]["VmPin_kib"]) * 1024 == BUFFER
+    assert (took["after"]["VmLck_kib"] - took["before"]["VmLck_kib"]) * 1024 == locked
+    seen = took["vfiomond"]
+    assert seen["pinned_vm_bytes"] == [took["after"]["VmPin_kib"] * 1024]
+    assert seen["dma_mapped_bytes"] == [BUFFER] and seen["charged_bytes"] == [BUFFER]
+    assert seen["uncharged_pinned_bytes"] == [0] and seen["account"] == [account]
+    # Its unmap: nothing left anywhere.
+    assert unmapped["after"] == took["before"]
+    assert unmapped["vfiomond"]["dma_mapped_bytes"] == [0] and unmapped["vfiomond"]["charged_bytes"] == [0]
+    assert scrape.one("vfiomond_iommufd_change_process_total") == len(handovers(run))
+
+
+def test_change_process_in_none_mode_moves_the_mapped_bytes_but_the_kernel_moves_no_pinned_vm(run):
+    """As root (CAP_IPC_LOCK: account mode NONE) the kernel charges nothing on the
+    change (need_charge_update) but still makes the new process the pages' owner
+    (change_mm, ioas.c): /proc shows the mapper's VmPin kept after the handover and
+    after the unmap, and the new process's pinned_vm taken below zero by the unmap.  vfiomond's mapped bytes
+    follow the context's owner; its pin series follow the kernel's charges."""
+    [h] = [h for h in handovers(run) if h["account"] == "none"]
+    took, unmapped = h["receiver"]["took"], h["receiver"]["unmapped"]
+    assert h["device_read_the_file"] is True and h["receiver"]["exit"] == 0
+    kib = BUFFER // 1024
+    assert h["handed_over"]["VmPin_kib"] - h["before"]["VmPin_kib"] == kib  # kept by the mapper
+    assert h["after"]["VmPin_kib"] - h["before"]["VmPin_kib"] == kib  # ... even after the unmap
+    assert took["after"]["VmPin_kib"] == took["before"]["VmPin_kib"]  # nothing arrived
+    # pinned_vm (pages) below zero, shifted to KiB as an unsigned long: 2^64 - 4096.
+    assert unmapped["after"]["VmPin_kib"] == (took["before"]["VmPin_kib"] - kib) % (1 << 64)
+    assert h["vfiomond_handed_over"]["dma_mapped_bytes"] == [0]
+    assert took["vfiomond"]["dma_mapped_bytes"] == [BUFFER] and took["vfiomond"]["charged_bytes"] == [0]
+    assert unmapped["vfiomond"]["dma_mapped_bytes"] == [0] and unmapped["vfiomond"]["uncharged_pinned_bytes"] == [0]
 
 
 def test_every_device_faulted_on_its_bar(run, scrape):

@@ -43,8 +43,9 @@ OLD_TYPE1 = {"type1-pin-rcu-stall", "vfio-pci-trigger-lock-cycle"}  # fixed late
                      "pci-unlocked-bus-reset"} | OLD_TYPE1),
         ("6.12.60", {"pci-unlocked-bus-reset", "vfio-pci-trigger-lock-cycle"}),
         ("6.12.75", set()),
-        ("6.12.117", set()),  # the lab's trixie and iommufd builds
+        ("6.12.117", set()),  # the lab's trixie
         ("6.15.0", {"iommufd-compat-unmap-empty", "pci-unlocked-bus-reset"} | OLD_TYPE1),
+        ("7.2.12", set()),  # the lab's iommufd build
         ("7.2.13", set()),  # the lab's sid
     ],
 )

@@ -161,6 +161,21 @@ def test_a_page_not_present_is_not_a_mismatch():
     assert t.verifications == 4 and t.mismatches == 0
 
 
+def test_a_files_pages_are_tracked_not_read_from_any_process():
+    """IOMMU_IOAS_MAP_FILE (a memfd's pages) makes an entry with vaddr 0: it is one of
+    the kernel's live mappings, with its pinned PFNs, but no process page is read for
+    it, so nothing is counted as verified or diverged (the process may have a page at
+    the low addresses its offsets would name)."""
+    table = Table()
+    table.put(seq=1, vaddr=0)
+    current = {off: 0x5555 for off in range(0, 16 * PAGE, PAGE)}
+    t, sink, w = watch_of(table, current)
+    w.verify_all()
+    assert [(m.iova, m.vaddr) for m in t.mappings()] == [(IOVA, 0)]
+    assert t.get("type1", SPACE, IOVA).pinned[4 * PAGE] == 0x1004
+    assert t.verifications == 0 and t.mismatches == 0 and sink.alerts == []
+
+
 def test_a_read_that_outlived_its_mapping_proves_nothing():
     """The daemon is slow: the kernel removed the mapping (vfio_remove_dma) and the
     process mapped another buffer at the address before the read.  The entry is gone

@@ -227,13 +227,26 @@ def test_iommufd_probes_are_left_out_without_iommufd():
 def test_iommufd_probes_on_a_kernel_with_iommufd():
     sel, facts = selection(IOMMUFD_6_12)
     assert facts["FEATURE_IOMMUFD"] == 1
-    assert symbols(sel["iommufd_dma_map"]) == "iopt_map_user_pages"
+    # The accounting hook is the map probe's too: it names a change of process's previous owner.
+    assert symbols(sel["iommufd_dma_map"]) == "iopt_map_user_pages,do_update_pinned"
     assert symbols(sel["iommufd_dma_unmap"]) == "iopt_unmap_iova,iopt_unmap_all"
     assert symbols(sel["iommufd_pin_accounting"]) == "do_update_pinned"
     assert symbols(sel["iommufd_pin_samples"]) == \
         "iopt_map_user_pages,iommu_map,iopt_area_unfill_domains,iopt_table_remove_domain"
     sel, _ = selection(IOMMUFD_6_12.replace("t do_update_pinned", "t iopt_pages_update_pinned"))
     assert symbols(sel["iommufd_pin_accounting"]) == "iopt_pages_update_pinned"
+
+
+def test_iommufd_map_file_and_change_process_are_hooked_where_the_kernel_has_them():
+    """6.13+: IOMMU_IOAS_MAP_FILE and IOMMU_IOAS_CHANGE_PROCESS (optional hooks of the map probe)."""
+    kernel_6_13 = IOMMUFD_6_12.replace("t do_update_pinned", "T iopt_pages_update_pinned") + (
+        "ffffffff81100800 T iopt_map_file_pages\n"
+        "ffffffff81100900 T iommufd_ioas_change_process\n")
+    sel, _ = selection(kernel_6_13)
+    assert symbols(sel["iommufd_dma_map"]) == \
+        "iopt_map_user_pages,iopt_map_file_pages,iommufd_ioas_change_process,iopt_pages_update_pinned"
+    assert symbols(sel["iommufd_pin_samples"]) == \
+        "iopt_map_user_pages,iopt_map_file_pages,iommu_map,iopt_area_unfill_domains,iopt_table_remove_domain"
 
 
 def test_iommufd_pin_samples_need_iommu_map():

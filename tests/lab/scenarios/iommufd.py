@@ -20,6 +20,14 @@ page to the buffer's second page (real DMA through the IOMMU), and the process
 reads what the device saw.  The mapping is then held for DIVERGED_HOLD seconds
 so that vfiomond verifies it.
 
+Then the live update of a VMM whose guest RAM is a memfd (6.13+), once per
+account mode USER and MM, in a child without CAP_IPC_LOCK (the previous owner):
+IOMMU_IOAS_MAP_FILE of a 4 MiB memfd at IOVA 0x3000000, which edu's DMA reads
+and writes (the device's proof that the file's pages are mapped); then a new
+process, handed the iommufd and the device's fd, calls IOMMU_IOAS_CHANGE_PROCESS
+(the pinned pages' accounting moves to it), and later unmaps.  Each side records
+VmLck/VmPin and vfiomond's per-process series after each step.
+
 Last, churn through iommufd (edu, as root): 256 live 4 KiB IOAS mappings, and
 for CHURN seconds a 4 KiB IOMMU_IOAS_MAP / IOMMU_IOAS_UNMAP loop as fast as the
 process can, with vfiomond scraped before, after and once the IOAS is closed.
@@ -29,6 +37,7 @@ Prints one JSON line; exit 0 only if all ran.
 import argparse
 import ctypes
 import json
+import mmap
 import os
 import resource
 import subprocess
@@ -49,6 +58,9 @@ LIVE_PAGES, CHURN_PAGES = 256, 64
 LIVE_IOVA, CHURN_IOVA = 0x4000000, 0x8000000
 # (account mode, devices) of the passes run in children without CAP_IPC_LOCK.
 CHILD_PASSES = (("user", "edu"), ("mm", "edu"))
+FILE_IOVA = 0x3000000
+HANDOVERS = ("user", "mm", "none")  # account modes of the MAP_FILE handover (none: as root)
+FILE_PATTERN = 0x5A
 
 
 def log(msg):
@@ -155,6 +167,76 @@ def exercise(dev, account):
     return record
 
 
+def device_reads_the_file(device_fd, dev, mem):
+    """edu copies COPY bytes from the memfd's first page (through its IOVA) to its
+    second: what the process then reads in the file is what the device read."""
+    bar = v.region(device_fd, dev.bar)
+    config = v.region(device_fd, v.VFIO_PCI_CONFIG_REGION_INDEX)
+    v.set_pci_command(device_fd, config, v.pci_command(device_fd, config) | v.PCI_COMMAND_MEMORY | v.PCI_COMMAND_MASTER)
+    addr = v.mmap_device(device_fd, bar.size, bar.offset)
+    try:
+        mem[:COPY] = bytes([FILE_PATTERN]) * COPY
+        v.edu_dma(addr, FILE_IOVA, v.EDU_BUFFER, COPY, to_ram=False)
+        v.edu_dma(addr, v.EDU_BUFFER, FILE_IOVA + v.PAGE, COPY, to_ram=True)
+        return mem[v.PAGE:v.PAGE + COPY] == bytes([FILE_PATTERN]) * COPY
+    finally:
+        v.munmap(addr, bar.size)
+
+
+def file_handover(dev, account):
+    """The previous owner's side of a live update (in a child without CAP_IPC_LOCK)."""
+    record = {"account": account, "pid": os.getpid(), "device": dev.bdf, "before": proc_memory()}
+    iommufd = v.Iommufd(mm_accounting=account == "mm")
+    device_fd = iommufd.bind(dev.bdf)
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * MIB, 64 * MIB))
+    memfd = os.memfd_create("vfiomond-lab-guest-ram")
+    os.ftruncate(memfd, BUFFER)
+    mem = mmap.mmap(memfd, BUFFER)
+    mem[:] = bytes(BUFFER)  # every page allocated, as a running guest's
+    iommufd.map_file(memfd, 0, FILE_IOVA, BUFFER, True)
+    record["mapped"] = proc_memory()
+    record["vfiomond"] = vfiomond_view()
+    record["device_read_the_file"] = device_reads_the_file(device_fd, dev, mem)
+    os.set_inheritable(iommufd.fd, True)
+    os.set_inheritable(device_fd, True)
+    receiver = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--receive", "%d,%d" % (iommufd.fd, iommufd.ioas)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(iommufd.fd, device_fd), universal_newlines=True)
+    try:
+        taken = json.loads(receiver.stdout.readline())
+        record["handed_over"] = proc_memory()
+        record["vfiomond_handed_over"] = vfiomond_view()
+        receiver.stdin.write("unmap\n")
+        receiver.stdin.flush()
+        unmapped = json.loads(receiver.stdout.readline())
+    finally:
+        receiver.stdin.close()
+        receiver.wait(timeout=60)
+    record["receiver"] = {"pid": receiver.pid, "took": taken, "unmapped": unmapped, "exit": receiver.returncode}
+    record["after"] = proc_memory()
+    mem.close()
+    os.close(memfd)
+    os.close(device_fd)
+    iommufd.close()
+    log("%s mode: 4 MiB memfd mapped by %d, handed over to %d, unmapped there" % (account, os.getpid(), receiver.pid))
+    return record
+
+
+def receive(handed):
+    """The new process's side: take the iommufd's pins over, report, unmap on cue."""
+    fd, ioas = (int(x) for x in handed.split(","))
+    iommufd = v.Iommufd(fd=fd, ioas=ioas)
+    out = {"pid": os.getpid(), "before": proc_memory()}
+    iommufd.change_process()
+    out["after"] = proc_memory()
+    out["vfiomond"] = vfiomond_view()
+    print(json.dumps(out), flush=True)
+    sys.stdin.readline()
+    done = {"unmapped_bytes": iommufd.unmap(FILE_IOVA, BUFFER), "after": proc_memory(), "vfiomond": vfiomond_view()}
+    print(json.dumps(done), flush=True)
+    return 0
+
+
 def churn_view(name):
     text = v.scrape(PORT)
     iommufd = {"backend": "iommufd"}
@@ -198,11 +280,13 @@ def churn(dev):
     return out
 
 
-def child_pass(account, device):
-    """Run one pass in a child without CAP_IPC_LOCK (root keeps CAP_SYS_RESOURCE
-    for IOMMU_OPTION and the limit); returns its record."""
-    cmd = ["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock",
-           sys.executable, os.path.abspath(__file__), "--child", account, "--devices", device]
+def child_pass(account, device, role="--child"):
+    """Run one pass (``role`` --child: exercise, --handover: file_handover) in a child
+    without CAP_IPC_LOCK (root keeps CAP_SYS_RESOURCE for IOMMU_OPTION and the
+    limit); returns its record."""
+    cmd = [sys.executable, os.path.abspath(__file__), role, account, "--devices", device]
+    if account != "none":
+        cmd = ["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock"] + cmd
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, universal_newlines=True, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError("the %s-mode child failed (exit %d): %s" % (account, proc.returncode, proc.stdout.strip()[-300:]))
@@ -213,11 +297,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", default="edu,ivshmem", help="comma-separated: edu, ivshmem")
     p.add_argument("--child", metavar="ACCOUNT", help=argparse.SUPPRESS)
+    p.add_argument("--handover", metavar="ACCOUNT", help=argparse.SUPPRESS)
+    p.add_argument("--receive", metavar="FD,IOAS", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.receive:
+        return receive(args.receive)
     wanted = args.devices.split(",")
     devices = [d for d in v.find_devices() if d.name in wanted]
     if args.child:
         print(json.dumps(exercise(devices[0], args.child)))
+        return 0
+    if args.handover:
+        print(json.dumps(file_handover(devices[0], args.handover)))
         return 0
     summary = {"scenario": "iommufd", "pid": os.getpid(), "kernel": os.uname().release, "devices": [], "passes": []}
     try:
@@ -227,6 +318,7 @@ def main():
             summary["passes"].append(exercise(dev, "none"))
         for account, device in CHILD_PASSES:
             summary["passes"].append(child_pass(account, device))
+        summary["handovers"] = [child_pass(account, "edu", "--handover") for account in HANDOVERS]
         summary["churn"] = churn(next(d for d in devices if d.name == "edu"))
         maps = [m for rec in summary["passes"] for m in rec["mappings"]]
         summary["dma_mapped_bytes"] = sum(m["size"] for m in maps)

@@ -387,6 +387,8 @@ IOMMU_IOAS_ALLOC = 0x3B81
 IOMMU_IOAS_MAP = 0x3B85
 IOMMU_IOAS_UNMAP = 0x3B86
 IOMMU_OPTION = 0x3B87
+IOMMU_IOAS_MAP_FILE = 0x3B8F  # 6.13+
+IOMMU_IOAS_CHANGE_PROCESS = 0x3B92  # 6.13+
 VFIO_DEVICE_BIND_IOMMUFD = 0x3B76  # VFIO_BASE + 18
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = 0x3B77  # VFIO_BASE + 19
 IOMMU_IOAS_MAP_FIXED_IOVA, IOMMU_IOAS_MAP_WRITEABLE, IOMMU_IOAS_MAP_READABLE = 1, 2, 4
@@ -395,6 +397,8 @@ IOMMU_OPTION_RLIMIT_MODE, IOMMU_OPTION_OP_SET = 0, 0
 IOAS_ALLOC = struct.Struct("<III")  # size, flags, out_ioas_id
 IOAS_MAP = struct.Struct("<IIIIQQQ")  # size, flags, ioas_id, reserved, user_va, length, iova
 IOAS_UNMAP = struct.Struct("<IIQQ")  # size, ioas_id, iova, length (out: bytes unmapped)
+IOAS_MAP_FILE = struct.Struct("<IIIiQQQ")  # size, flags, ioas_id, fd, start, length, iova
+CHANGE_PROCESS = struct.Struct("<II")  # size, reserved
 OPTION = struct.Struct("<IIHHIQ")  # size, option_id, op, reserved, object_id, val64
 BIND_IOMMUFD = struct.Struct("<IIiI")  # argsz, flags, iommufd, out_devid
 ATTACH_PT = struct.Struct("<III")  # argsz, flags, pt_id
@@ -410,7 +414,10 @@ class Iommufd:
     """/dev/iommu with one IOAS.  ``mm_accounting``: IOMMU_OPTION_RLIMIT_MODE 1 (charge
     the mm's locked_vm, as type1 does; needs CAP_SYS_RESOURCE) instead of the user's."""
 
-    def __init__(self, mm_accounting: bool = False):
+    def __init__(self, mm_accounting: bool = False, fd: int = -1, ioas: int = 0):
+        if fd >= 0:  # an iommufd handed over by another process, and its IOAS
+            self.fd, self.ioas = fd, ioas
+            return
         self.fd = os.open("/dev/iommu", os.O_RDWR)
         if mm_accounting:
             fcntl.ioctl(self.fd, IOMMU_OPTION,
@@ -433,6 +440,17 @@ class Iommufd:
         flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | (IOMMU_IOAS_MAP_WRITEABLE if writable else 0)
         fcntl.ioctl(self.fd, IOMMU_IOAS_MAP, bytearray(IOAS_MAP.pack(IOAS_MAP.size, flags, self.ioas, 0, vaddr, size, iova)),
                     True)
+
+    def map_file(self, fd: int, start: int, iova: int, size: int, writable: bool) -> None:
+        """IOMMU_IOAS_MAP_FILE: ``size`` bytes of file ``fd`` (a memfd) from ``start``."""
+        flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | (IOMMU_IOAS_MAP_WRITEABLE if writable else 0)
+        fcntl.ioctl(self.fd, IOMMU_IOAS_MAP_FILE,
+                    bytearray(IOAS_MAP_FILE.pack(IOAS_MAP_FILE.size, flags, self.ioas, fd, start, size, iova)), True)
+
+    def change_process(self) -> None:
+        """IOMMU_IOAS_CHANGE_PROCESS: this process takes over the pinned-page accounting
+        of every mapping (all must be MAP_FILE's)."""
+        fcntl.ioctl(self.fd, IOMMU_IOAS_CHANGE_PROCESS, bytearray(CHANGE_PROCESS.pack(CHANGE_PROCESS.size, 0)), True)
 
     def unmap(self, iova: int, size: int) -> int:
         """Returns the bytes the kernel reports unmapped."""
