@@ -29,12 +29,20 @@ log = logging.getLogger(__name__)
 
 def parse_status(text: str) -> Dict[str, int]:
     """VmLck and VmPin of /proc/PID/status, in bytes (0 when absent); ValueError for a
-    line without a number."""
+    line without a number.
+
+    The kernel prints the mm's locked_vm and pinned_vm (pages; pinned_vm an
+    atomic64_t) shifted to KiB as unsigned longs (task_mem, fs/proc/task_mmu.c): an
+    accounting bug that takes one below zero prints 2^64 minus a little.  Such a value
+    (2^63 KiB or more, far beyond any memory) is returned as the negative it is, so
+    that the metric shows the underflow instead of 16 ZiB (seen in the lab on 7.2.12:
+    pinned_vm at -4 MiB after IOMMU_IOAS_CHANGE_PROCESS in account mode NONE)."""
     out = {"VmLck": 0, "VmPin": 0}
     for line in text.split("\n"):  # not splitlines(): see has_ipc_lock
         key, _, value = line.partition(":")
         if key in out:
-            out[key] = _number(key, value, 10) * 1024
+            kib = _number(key, value, 10)
+            out[key] = (kib - (1 << 64) if kib >= 1 << 63 else kib) * 1024
     return out
 
 
@@ -417,7 +425,8 @@ def families(infos: Iterable[ProcessInfo], accts: Dict[str, Dict[int, ProcAcct]]
         name: GaugeMetricFamily("vfiomond_process_" + name, doc, labels=labels + extra)
         for name, doc, extra in (
             ("locked_vm_bytes", "locked_vm of the VFIO user (VmLck in /proc/PID/status).", []),
-            ("pinned_vm_bytes", "pinned_vm of the VFIO user (VmPin in /proc/PID/status).", []),
+            ("pinned_vm_bytes", "pinned_vm of the VFIO user (VmPin in /proc/PID/status); negative when an "
+             "accounting bug took it below zero (/proc prints that unsigned).", []),
             ("memlock_limit_bytes", "RLIMIT_MEMLOCK soft limit of the VFIO user as VFIO accounting applies it "
              "(+Inf: unlimited, or the process has CAP_IPC_LOCK).", []),
             ("dma_mapped_bytes", "Bytes the process has DMA-mapped now.", ["backend"]),

@@ -177,7 +177,8 @@ def test_change_process_in_none_mode_moves_the_mapped_bytes_but_the_kernel_moves
     change (need_charge_update) but still makes the new process the pages' owner
     (change_mm, ioas.c): /proc shows the mapper's VmPin kept after the handover and
     after the unmap, and the new process's pinned_vm taken below zero by the unmap.  vfiomond's mapped bytes
-    follow the context's owner; its pin series follow the kernel's charges."""
+    follow the context's owner; its pin series follow the kernel's charges, and its
+    pinned_vm series shows the underflow."""
     [h] = [h for h in handovers(run) if h["account"] == "none"]
     took, unmapped = h["receiver"]["took"], h["receiver"]["unmapped"]
     assert h["device_read_the_file"] is True and h["receiver"]["exit"] == 0
@@ -190,6 +191,8 @@ def test_change_process_in_none_mode_moves_the_mapped_bytes_but_the_kernel_moves
     assert h["vfiomond_handed_over"]["dma_mapped_bytes"] == [0]
     assert took["vfiomond"]["dma_mapped_bytes"] == [BUFFER] and took["vfiomond"]["charged_bytes"] == [0]
     assert unmapped["vfiomond"]["dma_mapped_bytes"] == [0] and unmapped["vfiomond"]["uncharged_pinned_bytes"] == [0]
+    # vfiomond reads that VmPin back as the negative it is (VfiomondPinAccountingBelowZero).
+    assert unmapped["vfiomond"]["pinned_vm_bytes"] == [-BUFFER]
 
 
 def test_every_device_faulted_on_its_bar(run, scrape):

@@ -26,6 +26,14 @@ def test_status_in_bytes():
     assert parse_status("Name:\tx\n") == {"VmLck": 0, "VmPin": 0}  # kernel threads
 
 
+def test_a_counter_taken_below_zero_is_read_as_the_negative_it_is():
+    """What 7.2.12 printed for a process whose pinned_vm an unmap took to -1024 pages
+    (IOMMU_IOAS_CHANGE_PROCESS in account mode NONE, the lab's iommufd scenario)."""
+    assert parse_status("VmLck:\t       0 kB\nVmPin:\t18446744073709547520 kB\n") == \
+        {"VmLck": 0, "VmPin": -4 * 1024 * 1024}
+    assert parse_status("VmPin:\t9223372036854775807 kB\n")["VmPin"] == 9223372036854775807 * 1024
+
+
 def test_cap_ipc_lock_lifts_the_limit_vfio_applies(tmp_path):
     assert has_ipc_lock("CapEff:\t0000000000004000\n") and has_ipc_lock("CapEff:\t000001ffffffffff\n")
     assert not has_ipc_lock("CapEff:\t0000000000000000\n") and not has_ipc_lock("Name:\tx\n")
