@@ -218,17 +218,15 @@ PROBES: Tuple[Probe, ...] = (
     # compat MAP_DMA/UNMAP_DMA it serves both end in these io_pagetable calls;
     # IOMMU_IOAS_MAP_FILE (6.13+: a memfd, from 6.19 a dma-buf) in iopt_map_file_pages.
     # IOMMU_IOAS_CHANGE_PROCESS (6.13+) hands every MAP_FILE mapping to its caller:
-    # the previous owner, named by the uncharges it makes (the accounting hook),
-    # gives its mapped bytes to the caller at the return.
+    # the previous owner (the process that last mapped through that iommufd, kept
+    # by the map hooks) gives its mapped bytes to the caller at the return.
     Probe("iommufd_dma_map", "iommufd", (
         Variant("iopt_map_user_pages (IOMMU_IOAS_MAP), iopt_map_file_pages (IOMMU_IOAS_MAP_FILE), "
                 "iommufd_ioas_change_process", (
             Hook(("iopt_map_user_pages",), "on_iopt_map_user_pages", "on_iommufd_dma_return"),
             Hook(("iopt_map_file_pages",), "on_iopt_map_file_pages", "on_iommufd_dma_return", optional=True),
             Hook(("iommufd_ioas_change_process",), "on_iommufd_change_process", "on_iommufd_change_process_return",
-                 reads_args=False, optional=True),
-            Hook(("iopt_pages_update_pinned", "do_update_pinned"), "on_iommufd_update_pinned",
-                 "on_iommufd_update_pinned_return"),
+                 optional=True),
         )),
     ), feature="iommufd"),
     Probe("iommufd_dma_unmap", "iommufd", (

@@ -227,8 +227,7 @@ def test_iommufd_probes_are_left_out_without_iommufd():
 def test_iommufd_probes_on_a_kernel_with_iommufd():
     sel, facts = selection(IOMMUFD_6_12)
     assert facts["FEATURE_IOMMUFD"] == 1
-    # The accounting hook is the map probe's too: it names a change of process's previous owner.
-    assert symbols(sel["iommufd_dma_map"]) == "iopt_map_user_pages,do_update_pinned"
+    assert symbols(sel["iommufd_dma_map"]) == "iopt_map_user_pages"
     assert symbols(sel["iommufd_dma_unmap"]) == "iopt_unmap_iova,iopt_unmap_all"
     assert symbols(sel["iommufd_pin_accounting"]) == "do_update_pinned"
     assert symbols(sel["iommufd_pin_samples"]) == \
@@ -244,7 +243,7 @@ def test_iommufd_map_file_and_change_process_are_hooked_where_the_kernel_has_the
         "ffffffff81100900 T iommufd_ioas_change_process\n")
     sel, _ = selection(kernel_6_13)
     assert symbols(sel["iommufd_dma_map"]) == \
-        "iopt_map_user_pages,iopt_map_file_pages,iommufd_ioas_change_process,iopt_pages_update_pinned"
+        "iopt_map_user_pages,iopt_map_file_pages,iommufd_ioas_change_process"
     assert symbols(sel["iommufd_pin_samples"]) == \
         "iopt_map_user_pages,iopt_map_file_pages,iommu_map,iopt_area_unfill_domains,iopt_table_remove_domain"
 
