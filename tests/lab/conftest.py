@@ -1,7 +1,7 @@
-"""The lab tests' session: guest images built ahead in the background, the boots
-the collected tests need run ahead, two at a time (tests/lab/boots.py), the tests of
-suites whose image takes longest (iommufd: a kernel build) last, and where the time
-went printed at the end (tests/lab/timings.py)."""
+"""The lab tests' session: guest images built ahead in the background (the unit
+tests run meanwhile), then the boots the collected tests need, run ahead two at a
+time (tests/lab/boots.py), the tests of suites whose image takes longest (iommufd: a
+kernel build) last, and where the time went printed at the end (tests/lab/timings.py)."""
 
 import os
 import signal
@@ -64,7 +64,9 @@ def pytest_collection_modifyitems(session, config, items):
     # Skipped items (a suite not in VFIOMOND_LAB_SUITES) boot nothing.
     wanted = [i for i in _lab_items(items) if not i.get_closest_marker("skip")
               and not any(m.args and m.args[0] for m in i.iter_markers("skipif"))]
-    boots.POOL.start(k for k in map(_boot_key, wanted) if k is not None)
+    # The boots wait for the image builds: from an empty cache the iommufd kernel build
+    # and two boots on two cores made every one slow enough to fail (boots.py).
+    boots.POOL.start((k for k in map(_boot_key, wanted) if k is not None), ready=_builder.wait)
 
 
 def pytest_sessionfinish(session, exitstatus):
