@@ -33,7 +33,7 @@ test:
 	VFIOMOND_LAB_TIMINGS=$(TIMINGS) $(PYTHON) -m pytest -v tests/unit tests/lab
 
 # Also Debian 11 (5.10), sid (the newest kernel the archive has; it moves daily)
-# and iommufd (trixie with a 6.12 built with CONFIG_IOMMUFD: the first run builds
+# and iommufd (trixie with a 7.2 built with CONFIG_IOMMUFD: the first run builds
 # that kernel while the other suites boot, then it is cached).
 test-all: deps
 	VFIOMOND_LAB_SUITES="bookworm trixie bullseye sid iommufd" $(PYTHON) -m pytest -v tests/unit tests/lab
@@ -64,7 +64,7 @@ reliability: deps
 deb: deps
 	scripts/build-deb.sh
 
-# vfiomond on this host from the checkout, as a systemd service (see README, "Install").
+# vfiomond on this host from the checkout, as a systemd service (see docs/operating.md, "The package and the service").
 install:
 	PYTHON=$(PYTHON) scripts/install.sh
 

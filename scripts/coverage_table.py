@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The kernel coverage table of README, computed by vfiomond's own probe selection
+"""The kernel coverage table of docs/lab.md, computed by vfiomond's own probe selection
 (vfiomond/probes.py) from the /proc/kallsyms lines each lab kernel showed
 (tests/unit/data/kallsyms/SUITE.txt, written by the lab guest as kallsyms.txt).
 
     scripts/coverage_table.py            # print the Markdown table
-    scripts/coverage_table.py --check    # exit 1 if README.md's table differs
+    scripts/coverage_table.py --check    # exit 1 if docs/lab.md's table differs
 
 tests/unit/test_coverage.py runs the check, and the lab tests compare each
 kernel's attachments with the same selection, so the table cannot drift.
@@ -106,20 +106,20 @@ def table() -> str:
     return "\n".join([BEGIN] + rows + [END])
 
 
-def readme_table(readme: str) -> str:
-    start, end = readme.find(BEGIN), readme.find(END)
+def documented_table(doc: str) -> str:
+    start, end = doc.find(BEGIN), doc.find(END)
     if start < 0 or end < 0:
         return ""
-    return readme[start:end + len(END)]
+    return doc[start:end + len(END)]
 
 
 def main() -> int:
     generated = table()
     if sys.argv[1:] == ["--check"]:
-        with open(os.path.join(REPO, "README.md")) as f:
-            current = readme_table(f.read())
+        with open(os.path.join(REPO, "docs", "lab.md")) as f:
+            current = documented_table(f.read())
         if current != generated:
-            print("README.md's coverage table differs from scripts/coverage_table.py's; paste:\n" + generated)
+            print("docs/lab.md's coverage table differs from scripts/coverage_table.py's; paste:\n" + generated)
             return 1
         return 0
     print(generated)

@@ -144,7 +144,7 @@ def read(tables) -> FaultSnapshot:
 
 
 def families(snap: FaultSnapshot, attached: Set[str]) -> Iterator:
-    """Metric families of the probes in ``attached``; labels documented in README."""
+    """Metric families of the probes in ``attached``; labels documented in docs/metrics.md."""
     if "bar_fault" in attached:
         h = HistogramMetricFamily(
             "vfiomond_bar_fault_duration_seconds",

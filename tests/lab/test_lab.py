@@ -20,7 +20,7 @@ MIB = 1 << 20
 PAGE = 4096
 
 # What each guest kernel offers: vfiomond's selection on the kallsyms that kernel
-# showed (tests/unit/data/kallsyms/SUITE.txt), the source of README's coverage table.
+# showed (tests/unit/data/kallsyms/SUITE.txt), the source of docs/lab.md's coverage table.
 # Each boot checks that its kernel still has those symbols.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts"))
 import coverage_table  # noqa: E402
@@ -133,7 +133,7 @@ def kallsyms_names(path):
 def test_the_kernel_is_the_one_the_coverage_table_was_made_from(run):
     """A suite's kernel can move (sid daily, the others with point releases).  When
     its symbols changed, this is the test that says so: the kernel moved, not vfiomond;
-    refresh tests/unit/data/kallsyms/SUITE.txt from the boot's kallsyms.txt and README's
+    refresh tests/unit/data/kallsyms/SUITE.txt from the boot's kallsyms.txt and docs/lab.md's
     table (scripts/coverage_table.py)."""
     fixture = os.path.join(coverage_table.KALLSYMS_DIR, run.suite + ".txt")
     booted = os.path.join(run.out, "kallsyms.txt")

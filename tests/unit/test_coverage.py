@@ -1,4 +1,4 @@
-"""README's kernel coverage table is what vfiomond's probe selection makes of the
+"""docs/lab.md's kernel coverage table is what vfiomond's probe selection makes of the
 kallsyms each lab kernel showed (scripts/coverage_table.py)."""
 
 import os
@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import coverage_table  # noqa: E402
 
 
-def test_readme_table_is_the_generated_one():
+def test_documented_table_is_the_generated_one():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "coverage_table.py"), "--check"],
                           stdout=subprocess.PIPE, universal_newlines=True)
     assert proc.returncode == 0, proc.stdout

@@ -22,7 +22,7 @@ DASHBOARD = GRAFANA / "vfiomond.json"
 RULES = GRAFANA / "vfiomond-alerts.yml"
 RULES_TEST = GRAFANA / "vfiomond-alerts_test.yml"
 RUNBOOK = GRAFANA / "RUNBOOK.md"
-README = ROOT / "README.md"
+METRICS_DOC = ROOT / "docs" / "metrics.md"
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RUNBOOK_URL = "https://github.com/vfiomond/vfiomond/blob/main/grafana/RUNBOOK.md#"
@@ -118,15 +118,15 @@ def rule_blocks() -> List[Dict[str, str]]:
 
 
 def documented_metrics() -> Set[str]:
-    """Metric names in the first column of README's Metrics table."""
-    text = README.read_text()
+    """Metric names in the first column of docs/metrics.md's Metrics table."""
+    text = METRICS_DOC.read_text()
     section = text.split("\n## Metrics", 1)[1].split("\n## ", 1)[0]
     names = set()
     for line in section.splitlines():
         if line.startswith("|"):
             first = line.split("|")[1]
             names.update(n for n in re.findall(r"`([^`]+)`", first) if METRIC.fullmatch(n))
-    assert len(names) > 20, "could not read the Metrics table of README.md"
+    assert len(names) > 20, "could not read the Metrics table of docs/metrics.md"
     return names
 
 
@@ -260,7 +260,7 @@ def test_metrics_are_documented():
     for r in rule_blocks():
         used.update(METRIC.findall(r.get("expr", "")))
     unknown = {n for n in used if base_name(n, known) not in known}
-    assert not unknown, "not in README's Metrics table: %s" % sorted(unknown)
+    assert not unknown, "not in docs/metrics.md's Metrics table: %s" % sorted(unknown)
     for n in used:  # histogram suffixes only on histograms
         if n not in known:
             assert base_name(n, known).endswith("_seconds"), n

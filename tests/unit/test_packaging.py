@@ -101,7 +101,7 @@ def test_rpmbuild_builds_the_spec(tmp_path):
     sources = tmp_path / "SOURCES"
     sources.mkdir()
     with tarfile.open(sources / ("vfiomond-%s.tar.gz" % version), "w:gz") as tar:
-        for name in ("pyproject.toml", "README.md", "vfiomond", "bpf", "systemd", "grafana", "debian"):
+        for name in ("pyproject.toml", "README.md", "docs", "vfiomond", "bpf", "systemd", "grafana", "debian"):
             tar.add(os.path.join(ROOT, name), arcname="vfiomond-%s/%s" % (version, name),
                     filter=lambda t: None if "__pycache__" in t.name else t)
     env = dict(os.environ, PATH="/usr/bin:/bin")  # the distribution's python3 (python3-build, -installer)

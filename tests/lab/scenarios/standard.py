@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scenario "standard": the lab's reference VFIO workload (README, "The standard scenario").
+"""Scenario "standard": the lab's reference VFIO workload (docs/lab.md, "The standard scenario").
 
 For each device (edu BAR0, ivshmem BAR2): type1v2 container; MAP_DMA 4 MiB
 read-write (touched) at IOVA 0x1000000 and 4 MiB read-only (never touched) at
