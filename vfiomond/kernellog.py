@@ -335,7 +335,8 @@ class KernelLogWatcher:
         yield c
         yield _counter(
             "vfiomond_iommu_faults", "IOMMU fault lines of the kernel log naming a device that was bound to a VFIO "
-            "driver when the line arrived (Intel DMAR \"Request device\", AMD-Vi IO_PAGE_FAULT); lines the kernel's "
+            "driver when the line arrived (Intel DMAR \"Request device\", AMD-Vi IO_PAGE_FAULT, ARM SMMUv3 \"client:\" "
+            "of 6.14+); lines the kernel's "
             "rate limit dropped are in vfiomond_kernel_log_lines_suppressed_total.", "device", faults)
         yield _counter(
             "vfiomond_kernel_log_lines_suppressed", "Kernel log lines a rate limit dropped, by the function that "

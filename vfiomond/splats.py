@@ -35,7 +35,8 @@ SUPPRESSED = re.compile(r"^(?P<func>[\w.]+): (?P<count>\d+) callbacks suppressed
 _SINGLE = (
     # AMD-Vi's line carries the device's prefix on newer kernels ("vfio-pci 0000:01:00.0:
     # AMD-Vi: Event logged [IO_PAGE_FAULT domain=...]"), a device= field on older ones.
-    ("iommu_fault", re.compile(r"^DMAR: \[DMA (?:Read|Write)|AMD-Vi: Event logged \[IO_PAGE_FAULT|io_page_fault|Unhandled context fault")),
+    ("iommu_fault", re.compile(r"^DMAR: \[DMA (?:Read|Write)|AMD-Vi: Event logged \[IO_PAGE_FAULT|io_page_fault|Unhandled context fault"
+                               r"|^arm-smmu-v3 \S+: event: \S+ client: ")),
     ("memlock", re.compile(r"RLIMIT_MEMLOCK \(\d+\) exceeded")),
     ("vfio", re.compile(r"^vfio-pci \S+: |^vfio: ")),
     # pci_bridge_secondary_bus_reset (drivers/pci/pci.c, 6.10+): a bus reset whose
@@ -45,6 +46,22 @@ _SINGLE = (
     # limit dropped since the last one it let through (dmar_fault's IOMMU faults, say).
     ("suppressed", SUPPRESSED),
 )
+# An ARM SMMUv3 event record (drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c): every kernel
+# prints "event 0xNN received:" and the record's four raw words ("\t0x%016llx"), which
+# name no device (the StreamID is bits 63:32 of the first word, and how StreamIDs map to
+# PCI requester IDs is the firmware's iommu-map).  Newer kernels' arm_smmu_dump_event
+# (d814b70b9b90, 6.14) follows them with a decoded line naming the client device, "event:
+# F_TRANSLATION client: 0000:01:00.0 sid: 0x100 ssid: 0x0 iova: ... ipa: ..." ("(unassigned
+# sid)" where no device owns the StreamID; 6.14 to 7.2.12 print the same), and for
+# faults of the translation class a second one, "unpriv data read s1 \"...\" stag: 0x0".
+# The lines of one record make one iommu_fault report, headed by the decoded line where
+# there is one.
+_SMMU_RAW = re.compile(r"^arm-smmu-v3 \S+: event 0x[0-9a-f]{2} received:")
+# A raw word is "\t0x%016llx": the tab arrives as "\x09" from /dev/kmsg, which escapes
+# control characters (kernel/printk/printk.c).
+_SMMU_WORD = re.compile(r"^arm-smmu-v3 \S+: (?:\s|\\x09)*0x[0-9a-f]{16}\s*$")
+_SMMU_DECODED = re.compile(r"^arm-smmu-v3 \S+: event: \S+ client: ")
+_SMMU_DETAIL = re.compile(r"^arm-smmu-v3 \S+: (?:un)?priv (?:inst|data) (?:read|write) s[12] ")
 # A header that continues a BUG/oops in progress instead of starting one
 # ("Oops: 0000 [#1]" follows "BUG: unable to handle", arm64 prints
 # "Internal error: Oops - BUG" right after "kernel BUG at").
@@ -97,6 +114,7 @@ _FAULT_DEVICE = (
     re.compile(r"Request device \[(?:(?P<seg>[0-9a-f]{4}):)?(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\]"),
     re.compile(r"IO_PAGE_FAULT device=(?:(?P<seg>[0-9a-f]{4}):)?(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])"),
     re.compile(r"^\S+ (?P<seg>[0-9a-f]{4}):(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]): AMD-Vi: "),
+    re.compile(r"^arm-smmu-v3 \S+: event: \S+ client: (?P<seg>[0-9a-f]{4}):(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) "),
 )
 
 
@@ -187,6 +205,8 @@ class Assembler:
         self._header = ""
         self._site = ""
         self._lines: List[str] = []
+        self._smmu: List[str] = []  # an SMMUv3 event record in progress
+        self._smmu_header = ""
 
     def _start(self, line: str) -> Optional[Tuple[str, str]]:
         for kind, pattern in _HEADERS:
@@ -195,12 +215,39 @@ class Assembler:
                 return kind, m.groupdict().get("site") or ""
         return None
 
+    def _smmu_record(self, bare: str, line: str) -> Tuple[bool, List[Splat]]:
+        """Whether ``bare`` is a line of an SMMUv3 record (taken), and the reports it
+        completes: a line of anything else completes the record in progress."""
+        if self._smmu and (_SMMU_WORD.match(bare) or (_SMMU_DECODED.match(bare) and not self._smmu_header)):
+            self._smmu.append(line)
+            if _SMMU_DECODED.match(bare):
+                self._smmu_header = bare
+            return True, []
+        if self._smmu_header and _SMMU_DETAIL.match(bare):
+            self._smmu.append(line)
+            return True, self._smmu_flush()
+        done = self._smmu_flush()
+        if _SMMU_RAW.match(bare):
+            self._smmu = [line]
+            return True, done
+        return False, done
+
+    def _smmu_flush(self) -> List[Splat]:
+        if not self._smmu:
+            return []
+        header = self._smmu_header or self._smmu[0].lstrip()
+        splat = Splat("iommu_fault", header, "", "", (), (), None, tuple(self._smmu))
+        self._smmu, self._smmu_header = [], ""
+        return [splat]
+
     def feed(self, raw: str) -> List[Splat]:
         line = strip_prefix(raw)
         # Headers are matched without leading blanks: reports quoted in mail or commit
         # messages are indented.  The lines are kept as printed.
         bare = line.lstrip()
-        out: List[Splat] = []
+        taken, out = self._smmu_record(bare, line)
+        if taken:
+            return out
         for kind, pattern in _SINGLE:
             m = pattern.search(bare)
             if m:
@@ -225,11 +272,12 @@ class Assembler:
         return out
 
     def flush(self) -> List[Splat]:
+        out = self._smmu_flush()
         if self._kind is None:
-            return []
+            return out
         splat = _finish(self._kind, self._header, self._site, self._lines)
         self._kind, self._lines = None, []
-        return [splat]
+        return out + [splat]
 
 
 def scan(lines: Iterable[str]) -> Iterator[Splat]:

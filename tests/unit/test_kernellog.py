@@ -128,16 +128,23 @@ def test_iommu_faults_of_a_vfio_device_are_counted_per_device():
         "is not set",
         "vfio-pci 0000:00:02.0: AMD-Vi: Event logged [IO_PAGE_FAULT domain=0x000e address=0xfee00000 flags=0x0020]",
         "AMD-Vi: Event logged [IO_PAGE_FAULT device=00:02.0 domain=0x0000 address=0x1000 flags=0x0000]",
+        # ARM SMMUv3, 6.14+: the record's decoded line names the client
+        "arm-smmu-v3 arm-smmu-v3.0.auto: event 0x10 received:",
+        "arm-smmu-v3 arm-smmu-v3.0.auto: \\x090x0000001000000010",
+        "arm-smmu-v3 arm-smmu-v3.0.auto: event: F_TRANSLATION client: 0000:00:02.0 sid: 0x10 ssid: 0x0 iova: 0x1000 "
+        "ipa: 0x0",
+        "arm-smmu-v3 arm-smmu-v3.0.auto: unpriv data write s1 \"Input address caused fault\" stag: 0x0",
     ])
     metrics = {f.name: f for f in watcher.families()}
     assert [(s.labels, s.value) for s in metrics["vfiomond_iommu_faults"].samples] == [
-        ({"device": "0000:00:02.0"}, 3)]
-    assert [a[2].get("DEVICE") for a in sink.alerts] == ["0000:00:02.0", None, "0000:00:02.0", "0000:00:02.0"]
-    assert [a[2]["VFIO"] for a in sink.alerts] == [1, 0, 1, 1]
+        ({"device": "0000:00:02.0"}, 4)]
+    assert [a[2].get("DEVICE") for a in sink.alerts] == ["0000:00:02.0", None, "0000:00:02.0", "0000:00:02.0",
+                                                          "0000:00:02.0"]
+    assert [a[2]["VFIO"] for a in sink.alerts] == [1, 0, 1, 1, 1]
     # the processes that held the device when the line arrived (whose DMA failed)
     assert [(a[2].get("PIDS"), a[2].get("COMMS")) for a in sink.alerts] == [
         ("17,4242", "helper,qemu-system-x86"), (None, None), ("17,4242", "helper,qemu-system-x86"),
-        ("17,4242", "helper,qemu-system-x86")]
+        ("17,4242", "helper,qemu-system-x86"), ("17,4242", "helper,qemu-system-x86")]
 
 
 def test_fault_device_names():

@@ -49,6 +49,11 @@ EXPECTED = {
 EVENTS = {
     "x86_64-vfio-igd-dmar-fault-callbacks-suppressed.txt": {"iommu_fault": 4, "vfio": 5, "suppressed": 1},
     "x86_64-vfio-unlocked-secondary-bus-reset.txt": {"unlocked_reset": 1},
+    # One SMMUv3 event record, raw words and decoded lines, is one report.
+    "arm64-smmuv3-raw-event-rk3588.txt": {"iommu_fault": 1},
+    "arm64-smmuv3-decoded-event-rk3588.txt": {"iommu_fault": 1},
+    "arm64-smmuv3-unassigned-sid-qemu.txt": {"iommu_fault": 1},
+    "arm64-smmu-context-fault-lx2.txt": {"iommu_fault": 2, "suppressed": 1},
 }
 
 
@@ -204,3 +209,33 @@ def test_scan_log_names_the_faulting_device_and_the_dropped_lines():
         [sys.executable, "-m", "vfiomond", "scan-log", "--json", path], capture_output=True, text=True,
         check=True).stdout.splitlines()]
     assert {r.get("device") for r in records if r["kind"] == "iommu_fault"} == {"0000:00:02.0"}
+
+
+def test_an_smmuv3_record_names_its_client_where_the_kernel_decodes_it():
+    """6.14+ (d814b70b9b90): the decoded line heads the report and names the PCI device;
+    before, the raw record names none; "(unassigned sid)" is no device."""
+    (decoded,) = splats.scan(load("arm64-smmuv3-decoded-event-rk3588.txt"))
+    assert decoded.header.startswith("arm-smmu-v3 fc900000.iommu: event: F_TRANSLATION client: 0000:01:00.0 ")
+    assert len(decoded.lines) == 7 and splats.fault_device(decoded.header) == "0000:01:00.0"
+    (raw,) = splats.scan(load("arm64-smmuv3-raw-event-rk3588.txt"))
+    assert raw.header == "arm-smmu-v3 fc900000.iommu: event 0x10 received:" and len(raw.lines) == 5
+    assert splats.fault_device(raw.header) is None
+    (unassigned,) = splats.scan(load("arm64-smmuv3-unassigned-sid-qemu.txt"))
+    assert "C_BAD_STREAMID" in unassigned.header and splats.fault_device(unassigned.header) is None
+
+
+def test_an_smmuv3_record_from_kmsg_and_among_other_reports():
+    """/dev/kmsg escapes the raw words' tab as "\\x09"; a record ends at the first line
+    that is not its own, which is then read as usual."""
+    words = ["arm-smmu-v3 arm-smmu-v3.0.auto: \\x090x%016x" % w for w in (0x80000000010, 0x20000000000, 0x1000, 0)]
+    lines = (["arm-smmu-v3 arm-smmu-v3.0.auto: event 0x10 received:"] + words
+             + ["arm-smmu-v3 arm-smmu-v3.0.auto: event: F_TRANSLATION client: 0000:08:00.0 sid: 0x800 ssid: 0x0 "
+                "iova: 0x1000 ipa: 0x0",
+                "arm-smmu-v3 arm-smmu-v3.0.auto: event 0x10 received:"] + words
+             + ["vfio_pin_pages_remote: RLIMIT_MEMLOCK (16777216) exceeded"])
+    found = list(splats.scan(lines))
+    assert [(s.kind, len(s.lines), splats.fault_device(s.header)) for s in found] == [
+        ("iommu_fault", 6, "0000:08:00.0"), ("iommu_fault", 5, None), ("memlock", 1, None)]
+    # A decoded line alone (the raw words filtered out by a log's level) is a report too.
+    (alone,) = splats.scan(lines[5:6])
+    assert alone.kind == "iommu_fault" and splats.fault_device(alone.header) == "0000:08:00.0"
