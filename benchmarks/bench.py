@@ -65,6 +65,34 @@ def write_fault_lines(s):
     return lines
 
 
+def small_dma_lines(s):
+    """MAP_DMA + UNMAP_DMA of 2 MiB, many times in a row: the per-ioctl cost with each
+    tracer's code hot, as BPF ns per map + unmap pair next to funclatency's on the ioctl."""
+    ph = s["phases"]
+    if "small_dma" not in ph["none"]:
+        return []
+    none = ph["none"]["small_dma"]
+    ref = ph["funclatency"].get("small_dma", {})
+    per_pair = lambda d: d["bpf_run_time_ns"] / d["repeat"]  # noqa: E731
+    lines = ["", "MAP_DMA + UNMAP_DMA of 2 MiB (one pinned run), %d times in a row:" % none["repeat"],
+             "%-12s %10s %8s %10s %8s %18s %16s" % ("tracer", "map us", "x none", "unmap us", "x none",
+                                                     "BPF ns/(map+unmap)", "x funclatency")]
+    for name in ("none",) + TRACERS:
+        d = ph[name].get("small_dma")
+        if not d:
+            continue
+        traced = "bpf_run_time_ns" in d
+        lines.append("%-12s %10.1f %8s %10.1f %8s %18s %16s" % (
+            name, d["map_us"], ratio(d["map_us"], none["map_us"]), d["unmap_us"], ratio(d["unmap_us"], none["unmap_us"]),
+            "%.0f" % per_pair(d) if traced else "-",
+            ratio(per_pair(d), per_pair(ref)) if traced and "bpf_run_time_ns" in ref else "-"))
+    lines += ["", "BPF programs during the 2 MiB runs (calls x ns per call), costliest first:"]
+    for name in TRACERS:
+        progs = ph[name].get("small_dma", {}).get("bpf_programs", [])
+        lines.append("%-12s %s" % (name, "; ".join("%s %d x %.0f" % (prog, n, ns / n) for prog, n, ns in progs[:8])))
+    return lines
+
+
 def report(s):
     ph = s["phases"]
     none = ph["none"]
@@ -107,6 +135,7 @@ def report(s):
     if pin:
         lines += ["", "BPF ns per call of %s (once per physically contiguous run of a MAP_DMA): %s" % (
             s["functions"].get("pin", "the pin function"), "; ".join("%s %.0f (%d calls)" % row for row in pin))]
+    lines += small_dma_lines(s)
     lines += write_fault_lines(s)
     lines += ["", "vfiomond's work per MAP_DMA by size (type1, touched anonymous memory):",
               "%10s %12s %14s %16s %18s" % ("MiB", "BPF calls", "BPF us", "pages pinned", "pin samples held")]

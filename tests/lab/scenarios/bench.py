@@ -9,6 +9,9 @@ Workloads (the same in every phase), on edu through its type1 container:
   the fault remaps the whole VMA);
 - dma: a touched anonymous buffer of DMA_MIB MiB (MADV_HUGEPAGE) MAP_DMA'ed and
   UNMAP_DMA'ed REPEAT times;
+- small_dma: 2 MiB of it (one huge page: one pinned run) MAP_DMA'ed and UNMAP_DMA'ed
+  SMALL_REPEAT times in a row: the per-ioctl cost with the tracers' code hot (under
+  TCG a program run a few times per second costs mostly its translation);
 - steady: fault passes for STEADY_SECONDS, for the tracer's CPU at a sustained
   fault rate;
 - scale: MAP_DMA of SCALE_MIB sizes once each with vfiomond, to show its
@@ -49,6 +52,7 @@ MIB = 1 << 20
 FAULT_PASSES = 15
 DMA_MIB = int(os.environ.get("BENCH_DMA_MIB", "1024"))
 REPEAT = 5
+SMALL_REPEAT = 1000
 STEADY_SECONDS = 20
 WARM_UP_SECONDS = 3
 SCALE_MIB = (256, 1024)
@@ -254,6 +258,11 @@ class Rig:
         return {"size_mib": DMA_MIB, "map_ms": statistics.median(maps) / 1e6, "unmap_ms": statistics.median(unmaps) / 1e6,
                 "repeat": REPEAT, "seconds": (sum(maps) + sum(unmaps)) / 1e9}
 
+    def small_dma(self):
+        maps, unmaps = zip(*(self.map_unmap(2 * MIB) for _ in range(SMALL_REPEAT)))
+        return {"size_mib": 2, "map_us": statistics.median(maps) / 1e3, "unmap_us": statistics.median(unmaps) / 1e3,
+                "repeat": SMALL_REPEAT, "seconds": (sum(maps) + sum(unmaps)) / 1e9}
+
 
 def measured(pid, fn):
     """Run workload ``fn``; with a tracer ``pid``, add its CPU and BPF time spent meanwhile."""
@@ -332,6 +341,7 @@ def main():
         rig.faults()
         time.sleep(WARM_UP_SECONDS)
         phases["vfiomond"] = {"faults": measured(daemon, rig.faults), "dma": measured(daemon, rig.dma),
+                              "small_dma": measured(daemon, rig.small_dma),
                               "steady": measured(daemon, lambda: rig.steady(STEADY_SECONDS)),
                               "write_faults": measured(daemon, rig.write_faults),
                               "write_faults_pinned": measured(daemon, lambda: rig.write_faults(holding_pins=True)),
@@ -342,12 +352,14 @@ def main():
         stop(daemon)
 
         log("phase none")
-        phases["none"] = {"faults": rig.faults(), "dma": rig.dma(), "steady": rig.steady(STEADY_SECONDS),
+        phases["none"] = {"faults": rig.faults(), "dma": rig.dma(), "small_dma": rig.small_dma(),
+                          "steady": rig.steady(STEADY_SECONDS),
                           "write_faults": rig.write_faults(), "write_faults_pinned": rig.write_faults(holding_pins=True)}
 
         log("phase funclatency")
         phases["funclatency"] = {}
-        for what, fn, workload in (("faults", fault_fn, rig.faults), ("dma", map_fn, rig.dma), ("pin", pin_fn, rig.dma),
+        for what, fn, workload in (("faults", fault_fn, rig.faults), ("dma", map_fn, rig.dma),
+                                   ("small_dma", map_fn, rig.small_dma), ("pin", pin_fn, rig.dma),
                                    ("write_faults", "do_wp_page", rig.write_faults)):
             proc, ready = start_and_wait(["funclatency-bpfcc", fn], r"^Tracing", "%s/funclatency-%s.log" % (OUT, what))
             phases["funclatency"][what] = measured(proc.pid, workload)
@@ -361,6 +373,7 @@ def main():
         phases["minimal_bcc"] = {"start_seconds": ready, "rss_kib_after_start": rss_kib(proc.pid),
                                  "anon_kib_after_start": anon_kib(proc.pid),
                                  "faults": measured(proc.pid, rig.faults), "dma": measured(proc.pid, rig.dma),
+                                 "small_dma": measured(proc.pid, rig.small_dma),
                                  "steady": measured(proc.pid, lambda: rig.steady(STEADY_SECONDS))}
         phases["minimal_bcc"]["rss_kib"], phases["minimal_bcc"]["anon_kib"] = rss_kib(proc.pid), anon_kib(proc.pid)
         stop(proc)
