@@ -86,10 +86,15 @@ def small_dma_lines(s):
             name, d["map_us"], ratio(d["map_us"], none["map_us"]), d["unmap_us"], ratio(d["unmap_us"], none["unmap_us"]),
             "%.0f" % per_pair(d) if traced else "-",
             ratio(per_pair(d), per_pair(ref)) if traced and "bpf_run_time_ns" in ref else "-"))
-    lines += ["", "BPF programs during the 2 MiB runs (calls x ns per call), costliest first:"]
+    return lines + program_lines(ph, "small_dma", "the 2 MiB runs", 8)
+
+
+def program_lines(ph, phase, what, top):
+    """Each tracer's ``top`` costliest BPF programs during ``phase``."""
+    lines = ["", "BPF programs during %s (calls x ns per call), costliest first:" % what]
     for name in TRACERS:
-        progs = ph[name].get("small_dma", {}).get("bpf_programs", [])
-        lines.append("%-12s %s" % (name, "; ".join("%s %d x %.0f" % (prog, n, ns / n) for prog, n, ns in progs[:8])))
+        progs = ph[name].get(phase, {}).get("bpf_programs", [])
+        lines.append("%-12s %s" % (name, "; ".join("%s %d x %.0f" % (prog, n, ns / n) for prog, n, ns in progs[:top])))
     return lines
 
 
@@ -127,10 +132,7 @@ def report(s):
             p.get("rss_kib_after_start", "-"), p.get("anon_kib_after_start", "-"), p["rss_kib"], p.get("anon_kib", "-"),
             start))
     for phase, what in (("faults", "the fault passes"), ("dma", "the MAP_DMA/UNMAP_DMA runs")):
-        lines += ["", "BPF programs during %s (calls x ns per call), costliest first:" % what]
-        for name in TRACERS:
-            progs = ph[name][phase].get("bpf_programs", [])
-            lines.append("%-12s %s" % (name, "; ".join("%s %d x %.0f" % (prog, n, ns / n) for prog, n, ns in progs[:6])))
+        lines += program_lines(ph, phase, what, 6)
     pin = pin_call_cost(s)
     if pin:
         lines += ["", "BPF ns per call of %s (once per physically contiguous run of a MAP_DMA): %s" % (

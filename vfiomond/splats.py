@@ -30,22 +30,6 @@ _HEADERS = (
     ("bug", re.compile(r"^BUG: ")),
     ("rcu_stall", re.compile(r"^rcu: INFO: rcu_\w+ (?:self-)?detected stall")),
 )
-SUPPRESSED = re.compile(r"^(?P<func>[\w.]+): (?P<count>\d+) callbacks suppressed$")
-# One-line events.
-_SINGLE = (
-    # AMD-Vi's line carries the device's prefix on newer kernels ("vfio-pci 0000:01:00.0:
-    # AMD-Vi: Event logged [IO_PAGE_FAULT domain=...]"), a device= field on older ones.
-    ("iommu_fault", re.compile(r"^DMAR: \[DMA (?:Read|Write)|AMD-Vi: Event logged \[IO_PAGE_FAULT|io_page_fault|Unhandled context fault"
-                               r"|^arm-smmu-v3 \S+: event: \S+ client: ")),
-    ("memlock", re.compile(r"RLIMIT_MEMLOCK \(\d+\) exceeded")),
-    ("vfio", re.compile(r"^vfio-pci \S+: |^vfio: ")),
-    # pci_bridge_secondary_bus_reset (drivers/pci/pci.c, 6.10+): a bus reset whose
-    # upstream bridge is not locked, "%pS" naming the caller (a mail may wrap it).
-    ("unlocked_reset", re.compile(r"unlocked secondary bus reset via:(?: (?P<func>[A-Za-z_][\w.]*)\+0x)?")),
-    # lib/ratelimit.c ___ratelimit: "FUNC: N callbacks suppressed", the lines a rate
-    # limit dropped since the last one it let through (dmar_fault's IOMMU faults, say).
-    ("suppressed", SUPPRESSED),
-)
 # An ARM SMMUv3 event record (drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c): every kernel
 # prints "event 0xNN received:" and the record's four raw words ("\t0x%016llx"), which
 # name no device (the StreamID is bits 63:32 of the first word, and how StreamIDs map to
@@ -62,6 +46,23 @@ _SMMU_RAW = re.compile(r"^arm-smmu-v3 \S+: event 0x[0-9a-f]{2} received:")
 _SMMU_WORD = re.compile(r"^arm-smmu-v3 \S+: (?:\s|\\x09)*0x[0-9a-f]{16}\s*$")
 _SMMU_DECODED = re.compile(r"^arm-smmu-v3 \S+: event: \S+ client: ")
 _SMMU_DETAIL = re.compile(r"^arm-smmu-v3 \S+: (?:un)?priv (?:inst|data) (?:read|write) s[12] ")
+SUPPRESSED = re.compile(r"^(?P<func>[\w.]+): (?P<count>\d+) callbacks suppressed$")
+# One-line events.
+_SINGLE = (
+    # AMD-Vi's line carries the device's prefix on newer kernels ("vfio-pci 0000:01:00.0:
+    # AMD-Vi: Event logged [IO_PAGE_FAULT domain=...]"), a device= field on older ones.
+    # An SMMUv3 decoded line outside a record (its raw words filtered out) is one too.
+    ("iommu_fault", re.compile(r"^DMAR: \[DMA (?:Read|Write)|AMD-Vi: Event logged \[IO_PAGE_FAULT|io_page_fault|Unhandled context fault"
+                               r"|" + _SMMU_DECODED.pattern)),
+    ("memlock", re.compile(r"RLIMIT_MEMLOCK \(\d+\) exceeded")),
+    ("vfio", re.compile(r"^vfio-pci \S+: |^vfio: ")),
+    # pci_bridge_secondary_bus_reset (drivers/pci/pci.c, 6.10+): a bus reset whose
+    # upstream bridge is not locked, "%pS" naming the caller (a mail may wrap it).
+    ("unlocked_reset", re.compile(r"unlocked secondary bus reset via:(?: (?P<func>[A-Za-z_][\w.]*)\+0x)?")),
+    # lib/ratelimit.c ___ratelimit: "FUNC: N callbacks suppressed", the lines a rate
+    # limit dropped since the last one it let through (dmar_fault's IOMMU faults, say).
+    ("suppressed", SUPPRESSED),
+)
 # A header that continues a BUG/oops in progress instead of starting one
 # ("Oops: 0000 [#1]" follows "BUG: unable to handle", arm64 prints
 # "Internal error: Oops - BUG" right after "kernel BUG at").
@@ -114,7 +115,7 @@ _FAULT_DEVICE = (
     re.compile(r"Request device \[(?:(?P<seg>[0-9a-f]{4}):)?(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\]"),
     re.compile(r"IO_PAGE_FAULT device=(?:(?P<seg>[0-9a-f]{4}):)?(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])"),
     re.compile(r"^\S+ (?P<seg>[0-9a-f]{4}):(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]): AMD-Vi: "),
-    re.compile(r"^arm-smmu-v3 \S+: event: \S+ client: (?P<seg>[0-9a-f]{4}):(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) "),
+    re.compile(_SMMU_DECODED.pattern + r"(?P<seg>[0-9a-f]{4}):(?P<bdf>[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) "),
 )
 
 
@@ -218,10 +219,12 @@ class Assembler:
     def _smmu_record(self, bare: str, line: str) -> Tuple[bool, List[Splat]]:
         """Whether ``bare`` is a line of an SMMUv3 record (taken), and the reports it
         completes: a line of anything else completes the record in progress."""
-        if self._smmu and (_SMMU_WORD.match(bare) or (_SMMU_DECODED.match(bare) and not self._smmu_header)):
+        if self._smmu and _SMMU_WORD.match(bare):
             self._smmu.append(line)
-            if _SMMU_DECODED.match(bare):
-                self._smmu_header = bare
+            return True, []
+        if self._smmu and not self._smmu_header and _SMMU_DECODED.match(bare):
+            self._smmu.append(line)
+            self._smmu_header = bare
             return True, []
         if self._smmu_header and _SMMU_DETAIL.match(bare):
             self._smmu.append(line)

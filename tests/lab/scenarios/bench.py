@@ -253,15 +253,19 @@ class Rig:
         return {"pass_ns_per_fault": statistics.median(per_fault), "faults_per_pass": statistics.median(counts),
                 "passes": WP_PASSES, "faults": sum(counts), "seconds": total_ns / 1e9, "holding_pins": holding_pins}
 
+    def dma_runs(self, mib, repeat, unit, per_ns):
+        """MAP_DMA + UNMAP_DMA of ``mib`` MiB ``repeat`` times: median map and unmap
+        time in ``unit`` (``per_ns`` ns each)."""
+        maps, unmaps = zip(*(self.map_unmap(mib * MIB) for _ in range(repeat)))
+        return {"size_mib": mib, "map_" + unit: statistics.median(maps) / per_ns,
+                "unmap_" + unit: statistics.median(unmaps) / per_ns, "repeat": repeat,
+                "seconds": (sum(maps) + sum(unmaps)) / 1e9}
+
     def dma(self):
-        maps, unmaps = zip(*(self.map_unmap(DMA_MIB * MIB) for _ in range(REPEAT)))
-        return {"size_mib": DMA_MIB, "map_ms": statistics.median(maps) / 1e6, "unmap_ms": statistics.median(unmaps) / 1e6,
-                "repeat": REPEAT, "seconds": (sum(maps) + sum(unmaps)) / 1e9}
+        return self.dma_runs(DMA_MIB, REPEAT, "ms", 1e6)
 
     def small_dma(self):
-        maps, unmaps = zip(*(self.map_unmap(2 * MIB) for _ in range(SMALL_REPEAT)))
-        return {"size_mib": 2, "map_us": statistics.median(maps) / 1e3, "unmap_us": statistics.median(unmaps) / 1e3,
-                "repeat": SMALL_REPEAT, "seconds": (sum(maps) + sum(unmaps)) / 1e9}
+        return self.dma_runs(2, SMALL_REPEAT, "us", 1e3)
 
 
 def measured(pid, fn):
