@@ -43,6 +43,7 @@ from vfiomond import devices, iommufd, processes, type1  # noqa: E402
 from vfiomond.bpfload import ProbeStatus  # noqa: E402
 from vfiomond.collector import VfiomondCollector  # noqa: E402
 from vfiomond.exposition import SharedCollection  # noqa: E402
+from vfiomond.metricsutil import DMA_SLOTS  # noqa: E402
 from vfiomond.probes import PROBES  # noqa: E402
 
 
@@ -83,8 +84,8 @@ def acct_rows(pids, fields):
 
 
 def dma_tables(prefix, pids):
-    hist = Rows((NS(op=op, slot=s, err=0), NS(value=100)) for op in (0, 1) for s in range(10, 30))
-    return {prefix + "dma_hist": hist, prefix + "dma_errors": Rows([(NS(op=0, slot=0, err=12), NS(value=1))])}
+    hist = Array(100 if 10 <= cell % DMA_SLOTS < 30 else 0 for cell in range(2 * DMA_SLOTS))
+    return {prefix + "dma_hist": hist, prefix + "dma_errors": Rows([(NS(op=0, err=12), NS(value=1))])}
 
 
 def tables(n_devices, pids):

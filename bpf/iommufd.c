@@ -59,6 +59,7 @@ struct iommufd_inflight {
     u8 op;
     u8 begun;      /* map: the first run reached iommu_map (IOVA read, entry made) */
     u8 file;       /* map: IOMMU_IOAS_MAP_FILE (uptr 0: no user address to verify) */
+    u8 active;     /* a call in flight (the thread's entry is kept between calls) */
 };
 
 /* 1 MiB, as type1's pin_events: rare records only (a map that pinned the zero
@@ -74,11 +75,11 @@ static __always_inline void iommufd_emit(struct pin_event *ev)
 
 struct iommufd_dma_key {
     u8 op;
-    u8 slot;
-    u8 pad[2];
-    s32 err;  /* errno (positive) in iommufd_dma_errors, 0 in iommufd_dma_hist */
+    u8 pad[3];
+    s32 err;  /* errno (positive) */
 };
 
+/* Kept per thread between calls, as type1.c's dma_by_tid (and for its reasons). */
 BPF_HASH(iommufd_dma_by_tid, u32, struct iommufd_inflight, 4096);
 /* IOMMU_IOAS_MAP calls in flight on any thread, so that iommu_map's other callers
  * (the DMA API on translated default domains: every streaming DMA mapping of the
@@ -87,7 +88,7 @@ BPF_HASH(iommufd_dma_by_tid, u32, struct iommufd_inflight, 4096);
  * as stale, forgotten with its exited thread) leaves the count high: more lookups,
  * never a map missed. */
 BPF_ARRAY(iommufd_maps_in_flight, s64, 1);
-BPF_HASH(iommufd_dma_hist, struct iommufd_dma_key, u64, 256);
+BPF_ARRAY(iommufd_dma_hist, u64, 2 * DMA_SLOTS);  /* op * DMA_SLOTS + slot (common.h) */
 BPF_HASH(iommufd_dma_errors, struct iommufd_dma_key, u64, 128);
 
 /* Per process (tgid), deleted by the daemon when the process is gone. */
@@ -136,9 +137,13 @@ static __always_inline int iommufd_dma_enter(struct iommufd_inflight *d)
 {
     u32 tid = current_tid();
     d->ts = bpf_ktime_get_ns();
-    if (iommufd_dma_by_tid.lookup(&tid))
-        count_lost(LOSS_IOMMUFD_DMA_BY_TID_STALE); /* left by a return probe that never ran */
-    if (iommufd_dma_by_tid.update(&tid, d) != 0) {
+    d->active = 1;
+    struct iommufd_inflight *kept = iommufd_dma_by_tid.lookup(&tid);
+    if (kept) {
+        if (kept->active)
+            count_lost(LOSS_IOMMUFD_DMA_BY_TID_STALE); /* left by a return probe that never ran */
+        *kept = *d;
+    } else if (iommufd_dma_by_tid.update(&tid, d) != 0) {
         count_lost(LOSS_IOMMUFD_DMA_BY_TID_FULL);
         return 0;
     }
@@ -214,7 +219,7 @@ int on_iommufd_iommu_map(struct pt_regs *ctx)
         return 0;
     u32 tid = current_tid();
     struct iommufd_inflight *d = iommufd_dma_by_tid.lookup(&tid);
-    if (!d || d->op != IOMMUFD_OP_MAP)
+    if (!d || !d->active || d->op != IOMMUFD_OP_MAP)
         return 0;
     if (!d->begun) {
         d->begun = 1;
@@ -276,11 +281,10 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
     u64 zero = 0;
     u32 tid = current_tid();
     struct iommufd_inflight *d = iommufd_dma_by_tid.lookup(&tid);
-    if (!d)
+    if (!d || !d->active)
         return 0;
     u64 delta = bpf_ktime_get_ns() - d->ts;
     int ret = (int)PT_REGS_RC(ctx);
-    struct iommufd_dma_key key = {.op = d->op};
     if (d->op == IOMMUFD_OP_MAP) {
         struct pin_map_key k = {.space = d->iopt, .iova = d->iova};
         struct pin_event ev = {};
@@ -304,20 +308,21 @@ int on_iommufd_dma_return(struct pt_regs *ctx)
         if (a && d->op == IOMMUFD_OP_MAP)
             __sync_fetch_and_add(&a->map_bytes, bytes);
     } else {
-        key.err = -ret;
+        struct iommufd_dma_key key = {.op = d->op, .err = -ret};
         add_or_lost(iommufd_dma_errors.lookup_or_try_init(&key, &zero), 1, LOSS_IOMMUFD_DMA_ERRORS_FULL);
-        key.err = 0;
     }
     iommufd_add(d->op == IOMMUFD_OP_MAP ? IOMMUFD_MAP_SUM_NS : IOMMUFD_UNMAP_SUM_NS, delta);
-    key.slot = bpf_log2l(delta);
-    add_or_lost(iommufd_dma_hist.lookup_or_try_init(&key, &zero), 1, LOSS_IOMMUFD_DMA_HIST_FULL);
+    int cell = dma_hist_cell(d->op, delta);
+    u64 *n = iommufd_dma_hist.lookup(&cell);
+    if (n)
+        __sync_fetch_and_add(n, 1);
     if (d->op == IOMMUFD_OP_MAP) {
         u32 first = 0;
         s64 *maps = iommufd_maps_in_flight.lookup(&first);
         if (maps)
             __sync_fetch_and_add(maps, -1);
     }
-    iommufd_dma_by_tid.delete(&tid);
+    d->active = 0;
     return 0;
 }
 

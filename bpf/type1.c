@@ -46,6 +46,7 @@ struct dma_inflight {
     u32 flags;  /* map: VFIO_DMA_MAP_FLAG_* */
     u8 op;
     u8 user;    /* unmap points to user memory (ioctl fallback) */
+    u8 active;  /* a call in flight (the thread's entry is kept between calls) */
 };
 
 /* 1 MiB: about 9,000 events.  Only rare events use it (a MAP_DMA that pinned
@@ -62,13 +63,20 @@ static __always_inline void emit(struct pin_event *ev)
 
 struct dma_key {
     u8 op;
-    u8 slot;
-    u8 pad[2];
-    s32 err;  /* errno (positive) in dma_errors, 0 in dma_hist */
+    u8 pad[3];
+    s32 err;  /* errno (positive) */
 };
 
+/* A thread's entry stays between its calls and is rewritten in place behind
+ * `active` (as THREAD_STATE in common.h, but a plain hash: a thread may sleep
+ * in MAP_DMA as long as it likes, so no entry in flight may be evicted).  A hash
+ * insert and delete per call cost more than the lookups that replace them
+ * (benchmarks/RESULTS.md, 2026-12-02, "MAP_DMA with the programs hot").  The
+ * daemon deletes the entries of threads that are gone (counting those still in
+ * flight as stale); a full table is counted at the insert. */
 BPF_HASH(dma_by_tid, u32, struct dma_inflight, 4096);
-BPF_HASH(dma_hist, struct dma_key, u64, 256);
+
+BPF_ARRAY(dma_hist, u64, 2 * DMA_SLOTS);  /* op * DMA_SLOTS + slot (common.h) */
 BPF_HASH(dma_errors, struct dma_key, u64, 128);
 
 /* Per process (tgid): what the VFIO user has mapped, pinned and had charged.
@@ -206,12 +214,17 @@ static __always_inline int dma_enter(u64 space, u8 op, struct vfio_iommu_type1_d
         d.flags = map->flags;
         d.seq = type1_map_begin(space, &d);
     }
-    /* An entry still there was left by a return probe that never ran (kretprobe
-     * maxactive exhausted: many threads asleep in MAP_DMA on one container's lock). */
-    if (dma_by_tid.lookup(&tid))
-        count_lost(LOSS_DMA_BY_TID_STALE);
-    if (dma_by_tid.update(&tid, &d) != 0)
+    d.active = 1;
+    struct dma_inflight *kept = dma_by_tid.lookup(&tid);
+    if (kept) {
+        /* Still in flight: left by a return probe that never ran (kretprobe
+         * maxactive exhausted: many threads asleep in MAP_DMA on one container's lock). */
+        if (kept->active)
+            count_lost(LOSS_DMA_BY_TID_STALE);
+        *kept = d;
+    } else if (dma_by_tid.update(&tid, &d) != 0) {
         count_lost(LOSS_DMA_BY_TID_FULL);
+    }
     return 0;
 }
 
@@ -220,12 +233,10 @@ static __always_inline int dma_return(struct pt_regs *ctx)
     u64 zero = 0;
     u32 tid = current_tid();
     struct dma_inflight *d = dma_by_tid.lookup(&tid);
-    if (!d)
-        return 0;
+    if (!d || !d->active)
+        return 0;  /* not a call this area measures (another type1 ioctl) */
     u64 delta = bpf_ktime_get_ns() - d->ts;
     int ret = (int)PT_REGS_RC(ctx);
-    struct dma_key key = {};
-    key.op = d->op;
     u64 size = d->size;
     if (d->op == OP_UNMAP) {
         struct vfio_iommu_type1_dma_unmap u = {};
@@ -251,14 +262,15 @@ static __always_inline int dma_return(struct pt_regs *ctx)
         if (a && d->op == OP_MAP)
             __sync_fetch_and_add(&a->map_bytes, size);
     } else {
-        key.err = -ret;
+        struct dma_key key = {.op = d->op, .err = -ret};
         add_or_lost(dma_errors.lookup_or_try_init(&key, &zero), 1, LOSS_DMA_ERRORS_FULL);
-        key.err = 0;
     }
     type1_add(d->op == OP_MAP ? TYPE1_MAP_SUM_NS : TYPE1_UNMAP_SUM_NS, delta);
-    key.slot = bpf_log2l(delta);
-    add_or_lost(dma_hist.lookup_or_try_init(&key, &zero), 1, LOSS_DMA_HIST_FULL);
-    dma_by_tid.delete(&tid);
+    int cell = dma_hist_cell(d->op, delta);
+    u64 *n = dma_hist.lookup(&cell);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    d->active = 0;
     return 0;
 }
 
@@ -341,6 +353,8 @@ int on_pin_pages_return(struct pt_regs *ctx)
     p->active = 0;
     long pinned = (long)PT_REGS_RC(ctx);
     struct dma_inflight *d = dma_by_tid.lookup(&tid);
+    if (d && !d->active)
+        d = NULL;  /* not inside a MAP_DMA (vfio_iommu_replay: a new IOMMU domain pins what is mapped) */
     if (pinned <= 0) {
         /* Type1 checks RLIMIT_MEMLOCK itself before charging (and says
          * "RLIMIT_MEMLOCK ... exceeded" in the kernel log): -ENOMEM. */

@@ -313,24 +313,32 @@ class Program:
     def forget_exited(self, area: str, table: str) -> int:
         """Delete the entries of a pid- or tid-keyed table whose process or thread is
         gone (/proc/ID names any live thread too); returns how many were deleted."""
-        t = self._programs[area][table]
-        deleted = 0
-        for k in [k for k in list(t.keys()) if not os.path.exists("/proc/%d" % k.value)]:
-            try:
-                del t[k]
-                deleted += 1
-            except KeyError:  # deleted meanwhile (an id reused, its new call ended)
-                continue
-        return deleted
+        return len(self._delete_exited(self._programs[area][table]))
 
     def forget_exited_threads(self, area: str, table: str) -> int:
-        """forget_exited for a thread-keyed table of calls in flight (dma_by_tid,
-        iommufd_dma_by_tid): each entry of a gone thread was left by a return probe
-        that never ran, and counts as a stale loss of that table."""
-        n = self.forget_exited(area, table)
+        """forget_exited for a thread-keyed table of calls (dma_by_tid,
+        iommufd_dma_by_tid, dmabuf_by_tid): the entry of a gone thread that was still
+        in flight was left by a return probe that never ran, and counts as a stale
+        loss of that table (an entry with an ``active`` field, kept by its thread
+        between calls, was in flight only while it is set); returns that count."""
+        stale = sum(1 for v in self._delete_exited(self._programs[area][table]) if getattr(v, "active", 1))
         loss = (table, "stale")
-        self._daemon_losses[loss] = self._daemon_losses.get(loss, 0) + n
-        return n
+        self._daemon_losses[loss] = self._daemon_losses.get(loss, 0) + stale
+        return stale
+
+    @staticmethod
+    def _delete_exited(t) -> list:
+        """Delete the entries of ``t`` whose id (pid or tid) is gone; their values."""
+        deleted = []
+        for k, v in list(t.items()):
+            if os.path.exists("/proc/%d" % k.value):
+                continue
+            try:
+                del t[k]
+            except KeyError:  # deleted meanwhile (an id reused, its new call ended)
+                continue
+            deleted.append(v)
+        return deleted
 
     def vfio_user_candidates(self) -> Set[int]:
         """PIDs that opened a VFIO or iommufd device (area users) or hold DMA mappings

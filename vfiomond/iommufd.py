@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from vfiomond.faults import errno_name
 from vfiomond.histogram import Histogram
-from vfiomond.metricsutil import backend_counter, dma_families
+from vfiomond.metricsutil import backend_counter, dma_families, dma_hist_cells
 from vfiomond.processes import ProcAcct
 
 SOURCE = "iommufd.c"
@@ -110,13 +110,14 @@ def read(tables) -> IommufdSnapshot:
     """Read the area's maps. ``tables(name)`` returns a BCC table."""
     array = tables("iommufd_counters")
     raw = [array[ctypes.c_int(i)].value for i in range(N_COUNTERS)]
-    rows = lambda name: [DmaRow(k.op, k.slot, k.err, v.value) for k, v in tables(name).items()]  # noqa: E731
+    hist = [DmaRow(op, slot, 0, calls) for op, slot, calls in dma_hist_cells(tables("iommufd_dma_hist"))]
+    errors = [DmaRow(k.op, 0, k.err, v.value) for k, v in tables("iommufd_dma_errors").items()]
     acct = {
         k.value: ProcAcct(v.mapped_bytes, v.pinned_pages, v.charged_pages, v.charge_failures, v.exempt_pages,
                           account_name(v.account), v.map_ns / 1e9, v.map_bytes)
         for k, v in tables("iommufd_proc_acct").items()
     }
-    return decode(raw, rows("iommufd_dma_hist"), rows("iommufd_dma_errors"))._replace(acct=acct)
+    return decode(raw, hist, errors)._replace(acct=acct)
 
 
 def process_acct(snap: IommufdSnapshot, attached: Set[str]) -> Optional[Dict[int, ProcAcct]]:

@@ -1,6 +1,7 @@
 """Small helpers shared by the areas' metric families."""
 
-from typing import Iterator, List, Mapping
+import ctypes
+from typing import Iterator, List, Mapping, Tuple
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
@@ -10,6 +11,23 @@ from vfiomond.histogram import NS_PER_SECOND, Histogram, cumulative_buckets
 def cstr(raw: bytes) -> str:
     """A NUL-terminated C string of a BPF record or map key (a PCI address, a comm)."""
     return bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+# Log2 buckets per op of a DMA latency array (bpf/common.h DMA_SLOTS: bpf_log2l() is 0 .. 64).
+DMA_SLOTS = 65
+DMA_OPS = 2  # map, unmap
+
+
+def dma_hist_cells(array) -> List[Tuple[int, int, int]]:
+    """(op, log2 slot, calls) of a DMA latency array (bpf/type1.c dma_hist,
+    bpf/iommufd.c iommufd_dma_hist: cell op * DMA_SLOTS + slot), empty cells left
+    out.  ``array``: the BCC table, indexed by ctypes.c_int."""
+    out = []
+    for cell in range(DMA_OPS * DMA_SLOTS):
+        calls = array[ctypes.c_int(cell)].value
+        if calls:
+            out.append((cell // DMA_SLOTS, cell % DMA_SLOTS, calls))
+    return out
 
 
 def ascii_digits(text: str) -> bool:

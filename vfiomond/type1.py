@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from vfiomond.faults import errno_name
 from vfiomond.histogram import Histogram
-from vfiomond.metricsutil import backend_counter, dma_families
+from vfiomond.metricsutil import backend_counter, dma_families, dma_hist_cells
 from vfiomond.processes import ProcAcct
 
 SOURCE = "type1.c"
@@ -86,7 +86,8 @@ def read(tables) -> Type1Snapshot:
     """Read the area's maps. ``tables(name)`` returns a BCC table."""
     array = tables("type1_counters")
     counters = {name: array[ctypes.c_int(i)].value for name, i in COUNTERS.items()}
-    rows = lambda name: [DmaRow(k.op, k.slot, k.err, v.value) for k, v in tables(name).items()]  # noqa: E731
+    hist = [DmaRow(op, slot, 0, calls) for op, slot, calls in dma_hist_cells(tables("dma_hist"))]
+    errors = [DmaRow(k.op, 0, k.err, v.value) for k, v in tables("dma_errors").items()]
     acct = {
         k.value: ProcAcct(v.mapped_bytes, v.pinned_pages, v.charged_pages, v.charge_failures,
                           exempt_pages=exempt_pages(v.pinned_pages, v.charged_pages, v.zero_pages),
@@ -94,7 +95,7 @@ def read(tables) -> Type1Snapshot:
                           map_seconds=v.map_ns / 1e9, map_bytes=v.map_bytes)
         for k, v in tables("proc_acct").items()
     }
-    return decode(counters, rows("dma_hist"), rows("dma_errors"))._replace(acct=acct)
+    return decode(counters, hist, errors)._replace(acct=acct)
 
 
 def process_acct(snap: Type1Snapshot, attached: Set[str]) -> Optional[Dict[int, ProcAcct]]:

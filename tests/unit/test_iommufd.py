@@ -10,6 +10,7 @@ from vfiomond.bpfload import ProbeStatus
 from vfiomond.collector import VfiomondCollector
 from vfiomond.histogram import Histogram
 from vfiomond.iommufd import DmaRow, account_name, decode
+from vfiomond.metricsutil import DMA_SLOTS
 
 from test_faults import exposition, key
 
@@ -84,6 +85,8 @@ class _Tables:
         if name in ("type1_counters", "iommufd_counters"):
             n = len(type1.COUNTERS) if name.startswith("type1") else iommufd.N_COUNTERS
             return _Array([7] * n)
+        if name.endswith("dma_hist"):
+            return _Array([0] * (2 * DMA_SLOTS))
         return {}
 
 

@@ -1,13 +1,23 @@
+import ctypes
 import pathlib
 import re
 
 from vfiomond import type1
 from vfiomond.histogram import Histogram
+from vfiomond.metricsutil import DMA_SLOTS, dma_hist_cells
 from vfiomond.type1 import DmaRow, decode
 
 from test_faults import exposition
 
 BPF = pathlib.Path(__file__).resolve().parents[2] / "bpf" / "type1.c"
+COMMON = BPF.parent / "common.h"
+
+
+class Array(list):
+    """A BPF_ARRAY's values as BCC serves them: indexed by ctypes.c_int, values with .value."""
+
+    def __getitem__(self, index):
+        return ctypes.c_uint64(list.__getitem__(self, index.value if isinstance(index, ctypes.c_int) else index))
 
 
 def test_counter_indices_match_the_bpf_enum():
@@ -42,3 +52,16 @@ def test_reserved_pfns_other_than_the_zero_page_are_exempt():
     assert exempt_pages(16384 + 65536 + 32, 16384, 32) == 65536
     assert exempt_pages(100, 100, 0) == 0
     assert exempt_pages(10, 12, 0) == 0  # a charge seen before its pin: never negative
+
+
+def test_dma_slots_match_bpf():
+    assert re.search(r"#define DMA_SLOTS (\d+)", COMMON.read_text()).group(1) == str(DMA_SLOTS)
+
+
+def test_dma_hist_cells_reads_op_and_slot_from_the_array_cell():
+    # bpf/common.h dma_hist_cell: op * DMA_SLOTS + bpf_log2l(ns); empty cells are left out.
+    array = Array([0] * (2 * DMA_SLOTS))
+    array[15] = 3            # map, slot 15
+    array[DMA_SLOTS + 12] = 2  # unmap, slot 12
+    array[2 * DMA_SLOTS - 1] = 1  # unmap, slot 64: bpf_log2l's largest
+    assert dma_hist_cells(array) == [(0, 15, 3), (1, 12, 2), (1, 64, 1)]
