@@ -407,8 +407,8 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
         udev.stop()
         program.close()
         raise VfiomondError("cannot listen on %s: %s" % (config.listen, e.strerror)) from None
-    log.info("serving /metrics on %s (%s)", config.listen, _summary(program))
     footprint.release_free_heap()  # what the start freed, now rather than at the first housekeeping
+    log.info("serving /metrics on %s (%s)", config.listen, _summary(program))
     notifier.ready(_status(program, daemon))
 
     signals = _Signals()
