@@ -432,16 +432,8 @@ def thread_state_entries(cpus: int) -> int:
 MS_EXTENSIONS = ["-fms-extensions", "-Wno-microsoft-anon-tag", "-Wno-unknown-warning-option"]
 
 
-# Loops compiled as loops (the kernels vfiomond supports, 5.10+, verify bounded
-# loops since 5.3; a `#pragma unroll` loop is still unrolled): the compile and the
-# programs' loads took 4.6-5.3 s less of a 25.5-29.6 s start in the lab's Debian 13
-# guest, every probe attached (benchmarks/RESULTS.md, 2026-12-02).
-NO_UNROLL = ["-fno-unroll-loops"]
-
-
 def _cflags(facts: Dict[str, int]) -> List[str]:
-    return (["-D%s=%#x" % (k, v) for k, v in sorted(facts.items())] + ["-Wno-macro-redefined"] + MS_EXTENSIONS
-            + NO_UNROLL)
+    return ["-D%s=%#x" % (k, v) for k, v in sorted(facts.items())] + ["-Wno-macro-redefined"] + MS_EXTENSIONS
 
 
 # A hook to attach as fentry/fexit: its handler function (whose body is <fn>__body)
