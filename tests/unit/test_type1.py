@@ -1,4 +1,3 @@
-import ctypes
 import pathlib
 import re
 
@@ -8,16 +7,10 @@ from vfiomond.metricsutil import DMA_SLOTS, dma_hist_cells
 from vfiomond.type1 import DmaRow, decode
 
 from test_faults import exposition
+from test_iommufd import _Array
 
 BPF = pathlib.Path(__file__).resolve().parents[2] / "bpf" / "type1.c"
 COMMON = BPF.parent / "common.h"
-
-
-class Array(list):
-    """A BPF_ARRAY's values as BCC serves them: indexed by ctypes.c_int, values with .value."""
-
-    def __getitem__(self, index):
-        return ctypes.c_uint64(list.__getitem__(self, index.value if isinstance(index, ctypes.c_int) else index))
 
 
 def test_counter_indices_match_the_bpf_enum():
@@ -60,7 +53,7 @@ def test_dma_slots_match_bpf():
 
 def test_dma_hist_cells_reads_op_and_slot_from_the_array_cell():
     # bpf/common.h dma_hist_cell: op * DMA_SLOTS + bpf_log2l(ns); empty cells are left out.
-    array = Array([0] * (2 * DMA_SLOTS))
+    array = _Array([0] * (2 * DMA_SLOTS))
     array[15] = 3            # map, slot 15
     array[DMA_SLOTS + 12] = 2  # unmap, slot 12
     array[2 * DMA_SLOTS - 1] = 1  # unmap, slot 64: bpf_log2l's largest
