@@ -298,6 +298,11 @@ static __always_inline void pin_space_stale_now(u64 space)
  * before the daemon reads the fault is still named. */
 #define PIN_SPAN_BITS 96  /* pid, 32 bits, and the address, 64 */
 #define PIN_SPAN_BLOCKS 64
+/* SPAN_LOOP: the block loops stay loops (bounded loops verify on 5.3+, ahead of
+ * the 5.10 vfiomond needs).  clang would unroll them 64 times at each of their
+ * inlined sites: more to compile and to verify at every start (benchmarks/
+ * RESULTS.md, 2026-12-03), for a loop that runs once per block of a mapping's buffer
+ * (one block for an aligned 1 GiB buffer) on MAP_DMA and UNMAP_DMA only. */
 #define PIN_SPANS_MAX 262144
 
 struct pin_span_key {
@@ -346,6 +351,7 @@ static __always_inline void pin_spans_insert(struct pin_map_key *key, struct pin
     struct pin_span span = {.space = key->space, .iova = key->iova, .vaddr = m->vaddr, .size = m->size,
                             .seq = m->seq, .backend = m->backend};
     u64 v = m->vaddr, end = m->vaddr + m->size;
+#pragma clang loop unroll(disable)  /* see SPAN_LOOP above */
     for (int i = 0; i < PIN_SPAN_BLOCKS && v < end; i++) {
         u64 block = span_block(v, end);
         k.prefixlen = PIN_SPAN_BITS - log2_pow2(block);
@@ -364,6 +370,7 @@ static __always_inline void pin_spans_delete(u32 pid, u64 vaddr, u64 size, u64 s
 {
     struct pin_span_key k = {.pid = pid};
     u64 v = vaddr, end = vaddr + size;
+#pragma clang loop unroll(disable)  /* see SPAN_LOOP above */
     for (int i = 0; i < PIN_SPAN_BLOCKS && v < end; i++) {
         u64 block = span_block(v, end);
         k.prefixlen = PIN_SPAN_BITS - log2_pow2(block);

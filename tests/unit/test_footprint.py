@@ -47,3 +47,69 @@ def test_release_free_heap_gives_freed_memory_back():
                  "print(before, anon())")
     before, after = map(int, out.split())
     assert before - after > 100 * 1024  # KiB
+
+
+SMAPS_SAMPLE = """\
+7f0000000000-7f0000400000 r--p 00000000 fe:01 1001                       /usr/lib/x86_64-linux-gnu/libLLVM.so.19.1
+Size:               4096 kB
+Rss:                3000 kB
+Anonymous:             0 kB
+Locked:                0 kB
+VmFlags: rd mr mw me sd
+7f0000400000-7f0004000000 r-xp 00400000 fe:01 1001                       /usr/lib/x86_64-linux-gnu/libLLVM.so.19.1
+Rss:               50880 kB
+Anonymous:             0 kB
+Locked:                0 kB
+7f0004000000-7f0004100000 r--p 03c00000 fe:01 1001                       /usr/lib/x86_64-linux-gnu/libLLVM.so.19.1
+Rss:                1024 kB
+Anonymous:          1024 kB
+Locked:                0 kB
+7f0004100000-7f0004200000 rw-p 03d00000 fe:01 1001                       /usr/lib/x86_64-linux-gnu/libLLVM.so.19.1
+Rss:                 512 kB
+Anonymous:           512 kB
+7f0005000000-7f0006000000 r-xp 00000000 fe:01 1002                       /usr/lib/x86_64-linux-gnu/libclang-cpp.so.19.1
+Rss:               28508 kB
+Anonymous:             0 kB
+Locked:               64 kB
+7f0006000000-7f0006100000 r-xp 00000000 fe:01 1003                       /usr/lib/x86_64-linux-gnu/libLLVM-14.so.1
+Rss:                 100 kB
+Anonymous:             0 kB
+7f0007000000-7f0007100000 r-xp 00000000 fe:01 1004                       /usr/lib/x86_64-linux-gnu/libbcc.so.0.31.0
+Rss:                1480 kB
+Anonymous:             0 kB
+7f0008000000-7f0008100000 rw-p 00000000 00:00 0
+Rss:                 900 kB
+"""
+
+
+def test_compiler_code_is_the_compilers_clean_read_only_mappings():
+    from vfiomond import footprint
+
+    chosen = footprint.compiler_code(footprint.smaps_mappings(SMAPS_SAMPLE.splitlines(True)))
+    assert [(hex(m.start), m.perms, m.fields["Rss"]) for m in chosen] == [
+        ("0x7f0000000000", "r--p", 3000), ("0x7f0000400000", "r-xp", 50880), ("0x7f0006000000", "r-xp", 100)]
+    # Left mapped: relocated read-only data (private copies), writable data, an mlock'ed
+    # range, BCC's own library (used at every map read) and anonymous memory.
+
+
+def test_release_compiler_code_unmaps_the_pages_and_they_read_back(tmp_path):
+    """A real file mapping named as the compiler's library: its resident pages leave
+    this process's smaps and the same bytes read back from the page cache."""
+    lib = tmp_path / "libLLVM-99.so.1"
+    lib.write_bytes(bytes(range(256)) * (4 * 4096))  # 4 MiB
+    out = _child("import mmap\n"
+                 "from vfiomond import footprint\n"
+                 "def rss(path):\n"
+                 "    ms = footprint.smaps_mappings(open('/proc/self/smaps'))\n"
+                 "    return sum(m.fields.get('Rss', 0) for m in ms if m.path == path)\n"
+                 "path = %r\n"
+                 "f = open(path, 'rb')\n"
+                 "m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
+                 "digest = sum(m[i] for i in range(0, len(m), 4096))\n"
+                 "before = rss(path)\n"
+                 "released = footprint.release_compiler_code()\n"
+                 "after = rss(path)\n"
+                 "print(before, released, after, digest == sum(m[i] for i in range(0, len(m), 4096)))" % str(lib))
+    before, released, after, same = out.split()
+    assert int(before) == 4096 and int(released) >= 4096
+    assert int(after) == 0 and same == "True"  # read again: the bytes are the file's
