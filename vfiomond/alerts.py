@@ -80,23 +80,31 @@ class AlertSink:
             if not self._allow(kind):
                 self.suppressed[kind.name] += 1
                 return False
-            self.sent[kind.name] += 1
             send = self._send
         entry = {k: str(v) for k, v in fields.items()}
-        if send is not None:
-            try:
-                send(message, MESSAGE_ID=kind.message_id, PRIORITY=str(kind.priority),
-                     SYSLOG_IDENTIFIER="vfiomond", VFIOMOND_ALERT=kind.name, **entry)
-                if self.journal_failing:
-                    self.journal_failing = False
-                    log.info("journal available again; alerts go to the journal")
-                return True
-            except OSError as e:  # no journal socket (journald stopped or restarting): try again next time
-                if not self.journal_failing:
-                    self.journal_failing = True
-                    log.warning("journal unavailable (%s); alerts go to stderr until it is back", e)
-                with self._lock:
-                    self.unsent[kind.name] += 1
-        details = " ".join("%s=%s" % kv for kv in sorted(entry.items()))
-        print("vfiomond alert %s: %s %s" % (kind.name, message, details), file=sys.stderr, flush=True)
+        journaled = send is not None and self._to_journal(send, kind, message, entry)
+        # Counted once the send is done, both counters at once: a scrape never sees an
+        # alert whose refusal by the journal is still to be counted.
+        with self._lock:
+            self.sent[kind.name] += 1
+            if send is not None and not journaled:
+                self.unsent[kind.name] += 1
+        if not journaled:
+            details = " ".join("%s=%s" % kv for kv in sorted(entry.items()))
+            print("vfiomond alert %s: %s %s" % (kind.name, message, details), file=sys.stderr, flush=True)
+        return True
+
+    def _to_journal(self, send: Callable, kind: AlertKind, message: str, entry: Dict[str, str]) -> bool:
+        """Send one entry to the journal; False (logged once per outage) when it refuses."""
+        try:
+            send(message, MESSAGE_ID=kind.message_id, PRIORITY=str(kind.priority),
+                 SYSLOG_IDENTIFIER="vfiomond", VFIOMOND_ALERT=kind.name, **entry)
+        except OSError as e:  # no journal socket (journald stopped or restarting): try again next time
+            if not self.journal_failing:
+                self.journal_failing = True
+                log.warning("journal unavailable (%s); alerts go to stderr until it is back", e)
+            return False
+        if self.journal_failing:
+            self.journal_failing = False
+            log.info("journal available again; alerts go to the journal")
         return True

@@ -76,9 +76,9 @@ def compiler_code(mappings: Iterable[Mapping]) -> List[Mapping]:
 def release_compiler_code(smaps: str = SMAPS) -> int:
     """madvise(MADV_DONTNEED) over the compiler's code and read-only data
     (``compiler_code``) once a compile is done; returns the KiB of VmRSS given up.
-    The pages stay in the page cache, shared with any other BCC tool, and, mapped by
-    no process, the kernel reclaims them first when memory is short; a next compile
-    (a reload) maps them again.  0, logged, where smaps cannot be read or madvise fails."""
+    The pages stay in the page cache, shared with any other BCC tool; where no other
+    process maps them, the kernel reclaims them as unmapped page cache, before mapped
+    pages; a next compile (a reload) maps them again.  0, logged, where smaps cannot be read or madvise fails."""
     try:
         with open(smaps, errors="replace") as f:
             targets = compiler_code(smaps_mappings(f))

@@ -42,6 +42,21 @@ def test_no_journal_falls_back_to_stderr(capsys):
     assert "vfiomond alert pin_mismatch: lost? PID=1" in err and "second PID=2" in err
 
 
+def test_a_scrape_during_the_send_sees_the_alert_and_its_refusal_together(capsys):
+    """The counts a scrape reads (counts()) change once the journal answered: never an
+    alert counted as sent whose refusal is not counted yet (a lab scrape saw that)."""
+    seen = []
+
+    def refused(msg, **fields):
+        seen.append(sink.counts()["pin_mismatch"])  # what a scrape during the send reads
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    sink = AlertSink(send=refused, clock=Clock())
+    assert sink.alert(PIN_MISMATCH, "refused", PID=1)
+    assert seen == [(0, 0, 0)] and sink.counts()["pin_mismatch"] == (1, 0, 1)
+    assert "vfiomond alert pin_mismatch: refused PID=1" in capsys.readouterr().err
+
+
 def test_every_alert_kind_has_a_catalog_entry():
     import pathlib
 

@@ -113,3 +113,9 @@ def test_release_compiler_code_unmaps_the_pages_and_they_read_back(tmp_path):
     before, released, after, same = out.split()
     assert int(before) == 4096 and int(released) >= 4096
     assert int(after) == 0 and same == "True"  # read again: the bytes are the file's
+
+
+def test_release_compiler_code_without_smaps_releases_nothing(tmp_path):
+    from vfiomond import footprint
+
+    assert footprint.release_compiler_code(str(tmp_path / "no-smaps")) == 0

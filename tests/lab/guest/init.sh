@@ -105,10 +105,12 @@ until grep -q "serving /metrics" "$out/vfiomond.log"; do
     sleep 0.5
 done
 step "vfiomond ready"
-# Resident KiB of the compiler's libraries in the daemon (vfiomond/footprint.py unmaps
-# them after the compile), as the kernel counts them.
-awk '/^[0-9a-f]+-[0-9a-f]+ /{path=$6} /^Rss:/{if (path ~ /\/lib(LLVM|clang)[-.]/) kib+=$2} END{print kib+0}' \
-    "/proc/$daemon/smaps" >"$out/compiler-rss-kib"
+# The compiler's libraries' mappings in the daemon as the kernel counts them
+# (vfiomond/footprint.py unmaps their clean pages after the compile): one line per
+# mapping, "perms Rss-KiB Anonymous-KiB path".
+awk '/^[0-9a-f]+-[0-9a-f]+ /{perms=$2; path=$6}
+     /^Rss:/{rss=$2} /^Anonymous:/{if (path ~ /\/lib(LLVM|clang)[-.]/) print perms, rss, $2, path}' \
+    "/proc/$daemon/smaps" >"$out/compiler-smaps"
 # BPF run time and run counts (vfiomond_bpf_program_*), as an operator turns them on;
 # not for the benchmark, whose figures would carry the cost of counting.
 case "+$scenario+" in *+bench+*) ;; *) sysctl -q -w kernel.bpf_stats_enabled=1 || step "no kernel.bpf_stats_enabled" ;; esac
