@@ -447,14 +447,28 @@ static __always_inline u64 zero_pages_in_run(u64 pfn, u64 npage, u64 huge)
     return 0;
 }
 
-/* A run of `npage` pages from PFN `pfn` pinned at offset `off` of the mapping
- * being made: the sample slots it holds get their PFN. */
-static __always_inline void pin_map_fill(struct pin_map_key *k, u64 seq, u64 off, u64 npage, u64 pfn)
+/* Whether the pages [off, end) of a mapping of `size` bytes hold one of its
+ * sample points (sample_stride).  A mapping of 1 GiB pins in hundreds of runs
+ * where its memory is not physically contiguous, and at most PIN_SLOTS of them
+ * hold a sample: the others end here, without a lookup of the mapping's entry. */
+static __always_inline int run_holds_sample(u64 size, u64 off, u64 end)
 {
-    struct pin_map *m = pin_maps.lookup(k);
-    if (!m || m->seq != seq)
+    u64 stride = sample_stride(size);
+    u64 first = (off + stride - 1) / stride;  /* the first slot at or after off */
+    u64 last = size - PAGE_SIZE;
+    return (first < PIN_SAMPLES && first * stride < end && first * stride < size) || (last >= off && last < end);
+}
+
+/* A run of `npage` pages from PFN `pfn` pinned at offset `off` of the mapping
+ * of `size` bytes being made: the sample slots it holds get their PFN. */
+static __always_inline void pin_map_fill(struct pin_map_key *k, u64 seq, u64 size, u64 off, u64 npage, u64 pfn)
+{
+    u64 end = off + (npage << PAGE_SHIFT);
+    if (!run_holds_sample(size, off, end))
         return;
-    u64 size = m->size, end = off + (npage << PAGE_SHIFT);
+    struct pin_map *m = pin_maps.lookup(k);
+    if (!m || m->seq != seq || m->size != size)
+        return;
     u64 stride = sample_stride(size);
     u64 first = (off + stride - 1) / stride;
     for (u32 i = 0; i < PIN_SAMPLES; i++) {

@@ -233,7 +233,7 @@ int on_iommufd_iommu_map(struct pt_regs *ctx)
     if (!d->seq || iova < d->iova)
         return 0;
     struct pin_map_key k = {.space = d->iopt, .iova = d->iova};
-    pin_map_fill(&k, d->seq, iova - d->iova, (PT_REGS_PARM4(ctx) + PAGE_SIZE - 1) >> PAGE_SHIFT,
+    pin_map_fill(&k, d->seq, d->length, iova - d->iova, (PT_REGS_PARM4(ctx) + PAGE_SIZE - 1) >> PAGE_SHIFT,
                  PT_REGS_PARM3(ctx) >> PAGE_SHIFT);
     return 0;
 }

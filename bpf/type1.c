@@ -383,7 +383,7 @@ int on_pin_pages_return(struct pt_regs *ctx)
 #endif
     if (d && d->op == OP_MAP && d->seq && p->vaddr >= d->vaddr) {
         struct pin_map_key k = {.space = d->space, .iova = d->iova};
-        pin_map_fill(&k, d->seq, p->vaddr - d->vaddr, (u64)pinned, pfn);
+        pin_map_fill(&k, d->seq, d->size, p->vaddr - d->vaddr, (u64)pinned, pfn);
     }
     return 0;
 }

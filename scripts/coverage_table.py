@@ -77,8 +77,8 @@ def methods(s: Selected, suite: str) -> str:
     plan = plan_trampolines(sels, arities, suite not in NO_BTF)
     out: Dict[str, str] = {}
     for hook, sym in s.hooks:
-        key = (s.probe.area, "k" if hook.entry else "r", sym.name)
-        out.setdefault(sym.name, method_names(hook, TRAMPOLINE if key in plan else KPROBE))
+        planned = any((s.probe.area, kind, sym.name) in plan for kind in "kr")
+        out.setdefault(sym.name, method_names(hook, TRAMPOLINE if planned else KPROBE))
     return ",".join(out.values())
 
 

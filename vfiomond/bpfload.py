@@ -205,18 +205,24 @@ class Program:
                 table[ctypes.c_int(i)] = ctypes.c_ulonglong(values.get(name, 0))
 
     def _hook_keys(self, sel: Selected) -> Iterator[Tuple[HookKey, _Attached]]:
+        """The attachments of a selection.  A fused hook's return comes first: while
+        it is a trampoline, its fexit program does the entry's work too and no entry
+        is attached; once the kernel refused that program (_trampoline_attached,
+        during _attach's walk of this generator), the entry is a kprobe again."""
         for hook, sym in sel.hooks:
-            for kind, fn in (("k", hook.entry), ("r", hook.ret)):
-                if fn:
-                    key = (sel.probe.area, kind, sym.name)
-                    method = TRAMPOLINE if key in self._trampolines else KPROBE
-                    yield key, _Attached(fn, sym.module, sym.address, method)
+            kinds = (("r", hook.ret), ("k", hook.entry)) if hook.fused else (("k", hook.entry), ("r", hook.ret))
+            for kind, fn in kinds:
+                key = (sel.probe.area, kind, sym.name)
+                if not fn or (kind == "k" and hook.fused and (sel.probe.area, "r", sym.name) in self._trampolines):
+                    continue
+                method = TRAMPOLINE if key in self._trampolines else KPROBE
+                yield key, _Attached(fn, sym.module, sym.address, method)
 
     def _attached_status(self, sel: Selected) -> ProbeStatus:
         """After _attach: each symbol with the method its hooks got (self._hooks)."""
         methods: Dict[str, str] = {}
         for hook, sym in sel.hooks:
-            key = (sel.probe.area, "k" if hook.entry else "r", sym.name)
+            key = next(k for k in ((sel.probe.area, kind, sym.name) for kind in "kr") if k in self._hooks)
             methods.setdefault(sym.name, method_names(hook, self._hooks[key].method))
         return ProbeStatus(sel.probe.name, True, ",".join(methods), ",".join(methods.values()))
 
@@ -436,25 +442,36 @@ def _cflags(facts: Dict[str, int]) -> List[str]:
     return ["-D%s=%#x" % (k, v) for k, v in sorted(facts.items())] + ["-Wno-macro-redefined"] + MS_EXTENSIONS
 
 
-# A hook to attach as fentry/fexit: its handler function (whose body is <fn>__body)
-# and the number of arguments of the kernel function (BTF).
-TrampolinePlan = Dict[HookKey, Tuple[str, int]]
+class Trampoline(NamedTuple):
+    """A hook's fentry or fexit program: its handler (whose body is ``<fn>__body``),
+    the number of arguments of the kernel function (BTF), and for a fused hook's
+    fexit (probes.Hook.fused) the entry handler whose body runs first."""
+
+    fn: str
+    nargs: int
+    first: str = ""
+
+
+TrampolinePlan = Dict[HookKey, Trampoline]
 
 
 def plan_trampolines(selections: Sequence[Selected], arities: Dict[str, int], usable: bool) -> TrampolinePlan:
     """The hooks of ``selections`` that attach as fentry/fexit (probes.attach_method).
     BCC names a fentry program after its function, so a compile unit has one per
-    function and kind: a second area's hook on the same function stays a kprobe."""
+    function and kind: a second area's hook on the same function stays a kprobe.
+    A fused hook is one fexit program: its entry is not planned."""
     plan: TrampolinePlan = {}
     taken = set()
     for sel in selections:
         for hook, sym in sel.hooks:
             if attach_method(hook, sym, arities, usable)[0] != TRAMPOLINE:
                 continue
-            for kind, fn in (("k", hook.entry), ("r", hook.ret)):
+            programs = [("r", Trampoline(hook.ret, arities[sym.name], hook.entry))] if hook.fused else \
+                [(kind, Trampoline(fn, arities[sym.name])) for kind, fn in (("k", hook.entry), ("r", hook.ret)) if fn]
+            for kind, program in programs:
                 key = (sel.probe.area, kind, sym.name)
-                if fn and (key in plan or (kind, sym.name) not in taken):
-                    plan[key] = (fn, arities[sym.name])
+                if key in plan or (kind, sym.name) not in taken:
+                    plan[key] = program
                     taken.add((kind, sym.name))
     return plan
 
@@ -462,18 +479,21 @@ def plan_trampolines(selections: Sequence[Selected], arities: Dict[str, int], us
 def trampoline_source(plan: TrampolinePlan) -> str:
     """C text of the fentry/fexit programs for ``plan``: each puts the call's arguments
     (and return value) where PT_REGS_PARMn (PT_REGS_RC) read them, in a pt_regs on its
-    stack, and runs the handler's body (bpf/common.h).  Empty without a plan."""
+    stack, and runs the handler's body (bpf/common.h), after the entry handler's body
+    for a fused hook.  Empty without a plan."""
     out = []
-    for (area, kind, symbol), (fn, nargs) in sorted(plan.items()):
+    for (area, kind, symbol), program in sorted(plan.items()):
         ret = kind == "r"
         # Every argument declared: BCC 0.18's KFUNC_PROBE does not compile without one.
-        params = ["u64 arg%d" % i for i in range(nargs)] + (["u64 ret"] if ret else [])
+        params = ["u64 arg%d" % i for i in range(program.nargs)] + (["u64 ret"] if ret else [])
         out += ["%s(%s, %s)" % ("KRETFUNC_PROBE" if ret else "KFUNC_PROBE", symbol, ", ".join(params)),
                 "{", "    struct pt_regs regs = {};"]
-        out += ["    PT_REGS_PARM%d(&regs) = arg%d;" % (i + 1, i) for i in range(nargs)]
+        out += ["    PT_REGS_PARM%d(&regs) = arg%d;" % (i + 1, i) for i in range(program.nargs)]
         if ret:
             out.append("    PT_REGS_RC(&regs) = ret;")
-        out += ["    return %s__body(&regs);" % fn, "}"]
+        if program.first:
+            out.append("    %s__body(&regs);" % program.first)
+        out += ["    return %s__body(&regs);" % program.fn, "}"]
     return "\n".join(out) + "\n" if out else ""
 
 

@@ -20,6 +20,10 @@ class Hook(NamedTuple):
 
     ``trampoline``: the handlers also exist as ``<name>__body`` (bpf/*.c), so the
     hook can be a fentry/fexit pair where the kernel allows it (attach_method).
+
+    ``fused``: the entry handler reads only the call's arguments (no time, nothing
+    from before the call), so as a trampoline one fexit program runs the entry's
+    body and then the return's, and no fentry program runs (bpfload.plan_trampolines).
     """
 
     symbols: Tuple[str, ...]
@@ -29,6 +33,7 @@ class Hook(NamedTuple):
     optional: bool = False
     unless: Optional[str] = None  # a kernel fact that makes this hook redundant: left out when known
     trampoline: bool = False
+    fused: bool = False
 
 
 class Variant(NamedTuple):
@@ -211,7 +216,8 @@ PROBES: Tuple[Probe, ...] = (
         # the .part.0 copy left sees only uncharges.  Older kernels: vfio_lock_acct.
         Variant("__account_locked_vm inside mm_lock_acct or vfio_lock_acct", (
             Hook(("mm_lock_acct", "vfio_lock_acct"), "on_lock_acct", "on_lock_acct_return", reads_args=False),
-            Hook(("__account_locked_vm",), "on_account_locked_vm", "on_account_locked_vm_return", trampoline=True),
+            Hook(("__account_locked_vm",), "on_account_locked_vm", "on_account_locked_vm_return", trampoline=True,
+                 fused=True),
         )),
     )),
     # iommufd (drivers/iommu/iommufd/io_pagetable.c, 6.2+): IOMMU_IOAS_MAP/UNMAP and the VFIO
@@ -478,6 +484,9 @@ def trampoline_candidates(selections: Sequence[Selected]) -> Set[str]:
 
 
 def method_names(hook: Hook, method: str) -> str:
-    """What a hook is attached as, for logs and vfiomond_probe_info: "fentry+fexit", "kprobe"..."""
+    """What a hook is attached as, for logs and vfiomond_probe_info: "fentry+fexit", "kprobe"...
+    A fused hook as a trampoline is its fexit program alone (Hook.fused)."""
+    if method == TRAMPOLINE and hook.fused:
+        return "fexit"
     entry, ret = ("fentry", "fexit") if method == TRAMPOLINE else ("kprobe", "kretprobe")
     return "+".join(name for name, fn in ((entry, hook.entry), (ret, hook.ret)) if fn)

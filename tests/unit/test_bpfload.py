@@ -319,14 +319,16 @@ def test_vmlinux_hooks_with_fentry_handlers_attach_as_trampolines_module_hooks_a
     bpf = RecordingBPF()
     prog = trampoline_program(bpf, sel)
     statuses = {s.name: s for s in prog.apply(sel, facts, ())}
-    # __account_locked_vm (vmlinux) as fentry+fexit, its marker in type1 as a kprobe pair.
+    # __account_locked_vm (vmlinux) as one fexit program (a fused hook), its marker in
+    # type1 as a kprobe pair.
     assert statuses["locked_vm_charge"].detail == "vfio_lock_acct.part.0,__account_locked_vm"
-    assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe,fentry+fexit"
+    assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe,fexit"
     assert statuses["pin_write_faults"].methods == "fentry"
     assert statuses["pin_pages"].methods == "kprobe+kretprobe"  # a module function
     assert statuses["iommufd_pin_write_faults"].methods == "kprobe,kprobe+kretprobe"  # no fentry handler
-    assert ("attach", "fentry", b"kfunc____account_locked_vm") in bpf.calls
+    assert ("attach", "fentry", b"kfunc____account_locked_vm") not in bpf.calls
     assert ("attach", "fexit", b"kretfunc____account_locked_vm") in bpf.calls
+    assert not [a for a in bpf.attached if a[1] == "__account_locked_vm"]  # no kprobe either
     assert ("attach", "fentry", b"kfunc__do_wp_page") in bpf.calls
     assert ("k", "do_wp_page", "on_iommufd_write_fault") in bpf.attached
     assert not [c for c in bpf.calls if c[0] == "attach" and c[2] == "__account_locked_vm"]
@@ -352,9 +354,34 @@ def test_trampoline_programs_pass_every_argument_and_the_return_value():
     assert fexit.startswith("KRETFUNC_PROBE(__account_locked_vm, u64 arg0, u64 arg1, u64 arg2, u64 arg3, u64 arg4, u64 ret)")
     assert "PT_REGS_PARM5(&regs) = arg4;" in fexit and "PT_REGS_PARM6" not in fexit
     assert "PT_REGS_RC(&regs) = ret;" in fexit
-    assert "return on_account_locked_vm_return__body(&regs);" in fexit
+    # A fused hook: the entry's body, then the return's, in the one fexit program.
+    assert fexit.endswith("    on_account_locked_vm__body(&regs);\n    return on_account_locked_vm_return__body(&regs);")
+    assert "KFUNC_PROBE(__account_locked_vm," not in text
     assert text.count("KFUNC_PROBE(do_wp_page, u64 arg0)") == 1
     assert trampoline_source({}) == ""
+
+
+def test_a_refused_fused_fexit_program_falls_back_to_the_kprobe_pair():
+    """Without its fexit program, a fused hook's entry runs again as a kprobe."""
+    sel, facts = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
+    bpf = RecordingBPF()
+
+    def refuse(fn_name):
+        raise Exception("Failed to load BPF program b'kretfunc____account_locked_vm': Permission denied")
+
+    bpf.attach_kretfunc = lambda fn_name: refuse(fn_name) if fn_name == b"kretfunc____account_locked_vm" else \
+        RecordingBPF.attach_kretfunc(bpf, fn_name)
+    prog = trampoline_program(bpf, sel)
+    statuses = {s.name: s for s in prog.apply(sel, facts, ())}
+    assert statuses["locked_vm_charge"].attached
+    assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe,kprobe+kretprobe"
+    assert ("k", "__account_locked_vm", "on_account_locked_vm") in bpf.attached
+    assert ("r", "__account_locked_vm", "on_account_locked_vm_return") in bpf.attached
+    bpf.calls.clear()
+    prog.apply(sel, facts, ())  # nothing changes, nothing is tried again
+    assert bpf.calls == []
+    prog.apply(sel, facts, ("locked_vm_charge",))  # disabled: both kprobes go
+    assert not [a for a in bpf.attached if a[1] == "__account_locked_vm"]
 
 
 def test_one_trampoline_per_function_and_kind():
@@ -401,7 +428,7 @@ def test_a_refused_fentry_program_falls_back_to_its_kprobe():
     statuses = {s.name: s for s in prog.apply(sel, facts, ())}
     assert statuses["pin_write_faults"].attached and statuses["pin_write_faults"].methods == "kprobe"
     assert ("k", "do_wp_page", "on_type1_write_fault") in bpf.attached
-    assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe,fentry+fexit"
+    assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe,fexit"
     bpf.calls.clear()
     prog.apply(sel, facts, ())  # nothing changes, nothing is tried again
     assert bpf.calls == []
