@@ -20,7 +20,7 @@ demo: deps
 	$(PYTHON) tests/lab/lab.py --suite $(SUITE) --scenario standard+vmm --demo --prometheus
 
 lab: deps
-	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid|iommufd METRICS_OUT=FILE [SCENARIO=standard|vmm|dpdk|iommufd|pin-mismatch|losses|faults|soak|memlock|interrupts|iommu-faults|bar-dmabuf|device-health|kernel-log|idle|hotplug|systemd|bench] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
+	@test -n "$(METRICS_OUT)" || { echo "usage: make lab SUITE=bookworm|trixie|bullseye|sid|iommufd METRICS_OUT=FILE [SCENARIO=standard|vmm|dpdk|iommufd|pin-mismatch|losses|faults|soak|memlock|interrupts|iommu-faults|bar-dmabuf|device-health|module-fexit|kernel-log|idle|hotplug|systemd|bench] [EXTRA=DIR] [PROMETHEUS=1]"; exit 2; }
 	$(LAB) --metrics-out $(METRICS_OUT)
 
 # Unit tests, then the lab tests on Debian 12 (6.1), Debian 13 (6.12) and the iommufd build.

@@ -20,7 +20,13 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "lab"))
 import lab  # noqa: E402
 
-TRACERS = ("vfiomond", "funclatency", "minimal_bcc")
+# vfiomond_mod: vfiomond with probes.module_trampolines (fentry/fexit on the vfio
+# modules' functions too), in runs since 2026-12-03.
+TRACERS = ("vfiomond", "vfiomond_mod", "funclatency", "minimal_bcc")
+
+
+def tracers(ph):
+    return [name for name in TRACERS if name in ph]
 
 
 def ratio(a, b):
@@ -28,13 +34,19 @@ def ratio(a, b):
 
 
 def pin_call_cost(s):
-    """[(tracer, BPF ns per call, calls)] on the pin function: vfiomond's programs
-    named on_pin_pages* in its DMA phase, funclatency's in its own run on it."""
+    """[(tracer, BPF ns per call, calls)] on the pin function: vfiomond's programs on
+    it in its DMA phase (the kprobes on_pin_pages and on_pin_pages_return, or the one
+    fexit program kretfunc__vfio_iommu_type1__vfio_pin_pages_remote), funclatency's
+    in its own run on it."""
     rows = []
-    progs = [r for r in s["phases"]["vfiomond"]["dma"].get("bpf_programs", []) if r[0].startswith("on_pin_pages")]
-    entry = [n for name, n, _ in progs if name == "on_pin_pages"]
-    if entry:
-        rows.append(("vfiomond", sum(ns for _, _, ns in progs) / entry[0], entry[0]))
+    for name in ("vfiomond", "vfiomond_mod"):
+        if name not in s["phases"]:
+            continue
+        progs = [r for r in s["phases"][name]["dma"].get("bpf_programs", [])
+                 if r[0].startswith("on_pin_pages") or r[0].endswith("__vfio_pin_pages_remote")]
+        calls = [n for prog, n, _ in progs if prog in ("on_pin_pages", "kretfunc__vfio_iommu_type1__vfio_pin_pages_remote")]
+        if calls:
+            rows.append((name, sum(ns for _, _, ns in progs) / calls[0], calls[0]))
     run = s["phases"]["funclatency"].get("pin")
     if run and run.get("bpf_programs"):
         calls = min(n for _, n, _ in run["bpf_programs"])
@@ -77,7 +89,7 @@ def small_dma_lines(s):
     lines = ["", "MAP_DMA + UNMAP_DMA of 2 MiB (one pinned run), %d times in a row:" % none["repeat"],
              "%-12s %10s %8s %10s %8s %18s %16s" % ("tracer", "map us", "x none", "unmap us", "x none",
                                                      "BPF ns/(map+unmap)", "x funclatency")]
-    for name in ("none",) + TRACERS:
+    for name in ["none"] + tracers(ph):
         d = ph[name].get("small_dma")
         if not d:
             continue
@@ -92,7 +104,7 @@ def small_dma_lines(s):
 def program_lines(ph, phase, what, top):
     """Each tracer's ``top`` costliest BPF programs during ``phase``."""
     lines = ["", "BPF programs during %s (calls x ns per call), costliest first:" % what]
-    for name in TRACERS:
+    for name in tracers(ph):
         progs = ph[name].get(phase, {}).get("bpf_programs", [])
         lines.append("%-12s %s" % (name, "; ".join("%s %d x %.0f" % (prog, n, ns / n) for prog, n, ns in progs[:top])))
     return lines
@@ -110,7 +122,7 @@ def report(s):
              "%-12s %12s %8s %12s %8s %12s %8s %14s %14s" % (
                  "tracer", "ns/fault", "x none", "map ms", "x none", "unmap ms", "x none", "BPF ns/fault",
                  "BPF ns/(un)map")]
-    for name in ("none",) + TRACERS:
+    for name in ["none"] + tracers(ph):
         p = ph[name]
         f, d = p["faults"], p["dma"]
         faults = f["faults"]
@@ -122,7 +134,7 @@ def report(s):
             "%.0f" % (d["bpf_run_time_ns"] / (2 * d["repeat"])) if "bpf_run_time_ns" in d else "-"))
     lines += ["", "%-12s %16s %13s %16s %14s %14s %14s %11s" % (
         "tracer", "steady faults/s", "tracer CPU %", "RSS after start", "anon", "RSS steady", "anon", "start-up s")]
-    for name in TRACERS:
+    for name in tracers(ph):
         p = ph[name]
         st = p.get("steady")
         start = p.get("start_seconds", p.get("faults_start_seconds"))

@@ -196,14 +196,24 @@ static __always_inline int bar_fault_enter(struct vm_fault *vmf, u8 order)
     return 0;
 }
 
-int on_bar_fault(struct pt_regs *ctx)
+static __always_inline int on_bar_fault__body(struct pt_regs *ctx)
 {
     return bar_fault_enter((struct vm_fault *)PT_REGS_PARM1(ctx), 0);
 }
 
-int on_bar_huge_fault(struct pt_regs *ctx)
+int on_bar_fault(struct pt_regs *ctx)
+{
+    return on_bar_fault__body(ctx);
+}
+
+static __always_inline int on_bar_huge_fault__body(struct pt_regs *ctx)
 {
     return bar_fault_enter((struct vm_fault *)PT_REGS_PARM1(ctx), (u8)PT_REGS_PARM2(ctx));
+}
+
+int on_bar_huge_fault(struct pt_regs *ctx)
+{
+    return on_bar_huge_fault__body(ctx);
 }
 
 static __always_inline int bar_fault_exit(struct pt_regs *ctx, int count_missing)
@@ -239,18 +249,28 @@ static __always_inline int bar_fault_exit(struct pt_regs *ctx, int count_missing
     return 0;
 }
 
-int on_bar_fault_return(struct pt_regs *ctx)
+static __always_inline int on_bar_fault_return__body(struct pt_regs *ctx)
 {
     return bar_fault_exit(ctx, 1);
+}
+
+int on_bar_fault_return(struct pt_regs *ctx)
+{
+    return on_bar_fault_return__body(ctx);
 }
 
 /* vfio_pci_mmap_page_fault's return (6.12+).  Once it is known to call
  * vfio_pci_mmap_huge_fault (FACT_BAR_FAULT_NESTED), the huge_fault hooks
  * measure every fault and count what they miss, and this hook is detached,
  * entry first: a return without its entry in that window is no loss. */
-int on_bar_page_fault_return(struct pt_regs *ctx)
+static __always_inline int on_bar_page_fault_return__body(struct pt_regs *ctx)
 {
     return bar_fault_exit(ctx, !kernel_fact(FACT_BAR_FAULT_NESTED));
+}
+
+int on_bar_page_fault_return(struct pt_regs *ctx)
+{
+    return on_bar_page_fault_return__body(ctx);
 }
 
 /* remap_pfn_range(vma, addr, pfn, size, prot), split by whether the thread

@@ -327,7 +327,7 @@ struct pin_inflight {
 
 BPF_TABLE("lru_hash", u32, struct pin_inflight, pin_by_tid, THREAD_STATE_ENTRIES);
 
-int on_pin_pages(struct pt_regs *ctx)
+static __always_inline int on_pin_pages__body(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct pin_inflight fresh = {.vaddr = PT_REGS_PARM2(ctx), .pfn_base = PT_REGS_PARM4(ctx), .active = 1};
@@ -342,16 +342,15 @@ int on_pin_pages(struct pt_regs *ctx)
     return 0;
 }
 
-int on_pin_pages_return(struct pt_regs *ctx)
+int on_pin_pages(struct pt_regs *ctx)
 {
-    u32 tid = current_tid();
-    struct pin_inflight *p = pin_by_tid.lookup(&tid);
-    if (!p || !p->active) {
-        count_lost(LOSS_PIN_BY_TID_MISSING); /* a run pinned, unseen: the accounting misses it */
-        return 0;
-    }
-    p->active = 0;
-    long pinned = (long)PT_REGS_RC(ctx);
+    return on_pin_pages__body(ctx);
+}
+
+/* One pinned run of ``pinned`` pages from user address ``vaddr``, its first PFN at
+ * *pfn_base (a kernel pointer), by thread ``tid``. */
+static __always_inline int pin_run_done(u32 tid, u64 vaddr, u64 pfn_base, long pinned)
+{
     struct dma_inflight *d = dma_by_tid.lookup(&tid);
     if (d && !d->active)
         d = NULL;  /* not inside a MAP_DMA (vfio_iommu_replay: a new IOMMU domain pins what is mapped) */
@@ -367,7 +366,7 @@ int on_pin_pages_return(struct pt_regs *ctx)
     if (a)
         proc_add(&a->pinned_pages, pinned);
     u64 pfn = 0;
-    if (bpf_probe_read_kernel(&pfn, sizeof(pfn), (void *)p->pfn_base) != 0) {
+    if (bpf_probe_read_kernel(&pfn, sizeof(pfn), (void *)pfn_base) != 0) {
         /* PFN unknown: neither a zero-page pin nor a sample (PFN 0 would look diverged). */
         count_lost(LOSS_PIN_BY_TID_UNREAD);
         return 0;
@@ -381,16 +380,40 @@ int on_pin_pages_return(struct pt_regs *ctx)
     if (a && pfn == ZERO_PFN)
         proc_add(&a->zero_pages, pinned);
 #endif
-    if (d && d->op == OP_MAP && d->seq && p->vaddr >= d->vaddr) {
+    if (d && d->op == OP_MAP && d->seq && vaddr >= d->vaddr) {
         struct pin_map_key k = {.space = d->space, .iova = d->iova};
-        pin_map_fill(&k, d->seq, d->size, p->vaddr - d->vaddr, (u64)pinned, pfn);
+        pin_map_fill(&k, d->seq, d->size, vaddr - d->vaddr, (u64)pinned, pfn);
     }
     return 0;
 }
 
+static __always_inline int on_pin_pages_return__body(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct pin_inflight *p = pin_by_tid.lookup(&tid);
+    if (!p || !p->active) {
+        count_lost(LOSS_PIN_BY_TID_MISSING); /* a run pinned, unseen: the accounting misses it */
+        return 0;
+    }
+    p->active = 0;
+    return pin_run_done(tid, p->vaddr, p->pfn_base, (long)PT_REGS_RC(ctx));
+}
+
+/* As a fexit program (probes.Hook.fexit) the arguments come with the return
+ * value: no entry program, no per-thread entry to keep or lose. */
+static __always_inline int on_pin_pages_fexit__body(struct pt_regs *ctx)
+{
+    return pin_run_done(current_tid(), PT_REGS_PARM2(ctx), PT_REGS_PARM4(ctx), (long)PT_REGS_RC(ctx));
+}
+
+int on_pin_pages_return(struct pt_regs *ctx)
+{
+    return on_pin_pages_return__body(ctx);
+}
+
 /* vfio_unpin_pages_remote(dma, iova, pfn, long npage, bool do_accounting): one
  * physically contiguous run, so zero-page pins come one page a call. */
-int on_unpin_pages(struct pt_regs *ctx)
+static __always_inline int on_unpin_pages__body(struct pt_regs *ctx)
 {
     long npage = (long)PT_REGS_PARM4(ctx);
     if (npage > 0) {
@@ -406,6 +429,11 @@ int on_unpin_pages(struct pt_regs *ctx)
     return 0;
 }
 
+int on_unpin_pages(struct pt_regs *ctx)
+{
+    return on_unpin_pages__body(ctx);
+}
+
 /* locked_vm: __account_locked_vm(mm, pages, inc, task, bypass_rlim) called
  * while the thread is inside the marker (mm_lock_acct, else vfio_lock_acct;
  * vfiomond/probes.py) is a type1 charge. */
@@ -418,7 +446,7 @@ struct acct_inflight {
 
 BPF_TABLE("lru_hash", u32, struct acct_inflight, acct_by_tid, THREAD_STATE_ENTRIES);
 
-int on_lock_acct(struct pt_regs *ctx)
+static __always_inline int on_lock_acct__body(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct acct_inflight fresh = {.in_lock_acct = 1};
@@ -433,7 +461,12 @@ int on_lock_acct(struct pt_regs *ctx)
     return 0;
 }
 
-int on_lock_acct_return(struct pt_regs *ctx)
+int on_lock_acct(struct pt_regs *ctx)
+{
+    return on_lock_acct__body(ctx);
+}
+
+static __always_inline int on_lock_acct_return__body(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct acct_inflight *a = acct_by_tid.lookup(&tid);
@@ -442,6 +475,11 @@ int on_lock_acct_return(struct pt_regs *ctx)
     else
         count_lost(LOSS_ACCT_BY_TID_MISSING); /* a charge inside it may have gone unseen */
     return 0;
+}
+
+int on_lock_acct_return(struct pt_regs *ctx)
+{
+    return on_lock_acct_return__body(ctx);
 }
 
 static __always_inline int on_account_locked_vm__body(struct pt_regs *ctx)
@@ -461,26 +499,42 @@ int on_account_locked_vm(struct pt_regs *ctx)
     return on_account_locked_vm__body(ctx);
 }
 
+/* A charge (``inc``) or uncharge of ``pages`` that returned ``ret``. */
+static __always_inline void account_done(u64 pages, u8 inc, int ret)
+{
+    struct proc_acct *p = proc_entry();
+    if (ret != 0) {
+        memlock_refused(pages * PAGE_SIZE, ret);
+    } else if (inc) {
+        type1_add(TYPE1_CHARGED_PAGES, pages);
+        if (p)
+            proc_add(&p->charged_pages, pages);
+    } else {
+        type1_add(TYPE1_UNCHARGED_PAGES, pages);
+        if (p)
+            proc_add(&p->charged_pages, -(s64)pages);
+    }
+}
+
 static __always_inline int on_account_locked_vm_return__body(struct pt_regs *ctx)
 {
     u32 tid = current_tid();
     struct acct_inflight *a = acct_by_tid.lookup(&tid);
     if (!a || !a->armed)
         return 0;
-    int ret = (int)PT_REGS_RC(ctx);
-    struct proc_acct *p = proc_entry();
-    if (ret != 0) {
-        memlock_refused(a->pages * PAGE_SIZE, ret);
-    } else if (a->inc) {
-        type1_add(TYPE1_CHARGED_PAGES, a->pages);
-        if (p)
-            proc_add(&p->charged_pages, a->pages);
-    } else {
-        type1_add(TYPE1_UNCHARGED_PAGES, a->pages);
-        if (p)
-            proc_add(&p->charged_pages, -(s64)a->pages);
-    }
+    account_done(a->pages, a->inc, (int)PT_REGS_RC(ctx));
     a->armed = 0;
+    return 0;
+}
+
+/* As a fexit program (probes.Hook.fexit): __account_locked_vm(mm, pages, inc, task,
+ * bypass_rlim) and its result at once, inside the marker. */
+static __always_inline int on_account_locked_vm_fexit__body(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct acct_inflight *a = acct_by_tid.lookup(&tid);
+    if (a && a->in_lock_acct)
+        account_done(PT_REGS_PARM2(ctx), (u8)PT_REGS_PARM3(ctx), (int)PT_REGS_RC(ctx));
     return 0;
 }
 

@@ -8,6 +8,7 @@ turns that into an error.
 import logging
 import os
 import platform
+import re
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -205,15 +206,16 @@ class Program:
                 table[ctypes.c_int(i)] = ctypes.c_ulonglong(values.get(name, 0))
 
     def _hook_keys(self, sel: Selected) -> Iterator[Tuple[HookKey, _Attached]]:
-        """The attachments of a selection.  A fused hook's return comes first: while
-        it is a trampoline, its fexit program does the entry's work too and no entry
-        is attached; once the kernel refused that program (_trampoline_attached,
-        during _attach's walk of this generator), the entry is a kprobe again."""
+        """The attachments of a selection.  A hook with a fexit handler (Hook.fexit) has
+        its return first: while it is a trampoline, that fexit program does the entry's
+        work too and no entry is attached; once the kernel refused that program
+        (_trampoline_attached, during _attach's walk of this generator), the hook is a
+        kprobe pair again."""
         for hook, sym in sel.hooks:
-            kinds = (("r", hook.ret), ("k", hook.entry)) if hook.fused else (("k", hook.entry), ("r", hook.ret))
+            kinds = (("r", hook.ret), ("k", hook.entry)) if hook.fexit else (("k", hook.entry), ("r", hook.ret))
             for kind, fn in kinds:
                 key = (sel.probe.area, kind, sym.name)
-                if not fn or (kind == "k" and hook.fused and (sel.probe.area, "r", sym.name) in self._trampolines):
+                if not fn or (kind == "k" and hook.fexit and (sel.probe.area, "r", sym.name) in self._trampolines):
                     continue
                 method = TRAMPOLINE if key in self._trampolines else KPROBE
                 yield key, _Attached(fn, sym.module, sym.address, method)
@@ -444,30 +446,33 @@ def _cflags(facts: Dict[str, int]) -> List[str]:
 
 class Trampoline(NamedTuple):
     """A hook's fentry or fexit program: its handler (whose body is ``<fn>__body``),
-    the number of arguments of the kernel function (BTF), and for a fused hook's
-    fexit (probes.Hook.fused) the entry handler whose body runs first."""
+    the number of arguments of the kernel function (BTF), and the function's module."""
 
     fn: str
     nargs: int
-    first: str = ""
+    module: str = ""  # the function's module ("" for vmlinux): a module's BTF id
 
 
 TrampolinePlan = Dict[HookKey, Trampoline]
 
 
-def plan_trampolines(selections: Sequence[Selected], arities: Dict[str, int], usable: bool) -> TrampolinePlan:
-    """The hooks of ``selections`` that attach as fentry/fexit (probes.attach_method).
+def plan_trampolines(selections: Sequence[Selected], arities: Dict[str, int], usable: bool,
+                     module_trampolines: bool = False) -> TrampolinePlan:
+    """The hooks of ``selections`` that attach as fentry/fexit (probes.attach_method;
+    module functions only with ``module_trampolines``).
     BCC names a fentry program after its function, so a compile unit has one per
     function and kind: a second area's hook on the same function stays a kprobe.
-    A fused hook is one fexit program: its entry is not planned."""
+    A hook with a fexit handler (probes.Hook.fexit) is that one program."""
     plan: TrampolinePlan = {}
     taken = set()
     for sel in selections:
         for hook, sym in sel.hooks:
-            if attach_method(hook, sym, arities, usable)[0] != TRAMPOLINE:
+            if attach_method(hook, sym, arities, usable, module_trampolines)[0] != TRAMPOLINE:
                 continue
-            programs = [("r", Trampoline(hook.ret, arities[sym.name], hook.entry))] if hook.fused else \
-                [(kind, Trampoline(fn, arities[sym.name])) for kind, fn in (("k", hook.entry), ("r", hook.ret)) if fn]
+            nargs = arities[sym.name]
+            programs = [("r", Trampoline(hook.fexit, nargs, sym.module))] if hook.fexit else \
+                [(kind, Trampoline(fn, nargs, module=sym.module)) for kind, fn in (("k", hook.entry), ("r", hook.ret))
+                 if fn]
             for kind, program in programs:
                 key = (sel.probe.area, kind, sym.name)
                 if key in plan or (kind, sym.name) not in taken:
@@ -479,27 +484,28 @@ def plan_trampolines(selections: Sequence[Selected], arities: Dict[str, int], us
 def trampoline_source(plan: TrampolinePlan) -> str:
     """C text of the fentry/fexit programs for ``plan``: each puts the call's arguments
     (and return value) where PT_REGS_PARMn (PT_REGS_RC) read them, in a pt_regs on its
-    stack, and runs the handler's body (bpf/common.h), after the entry handler's body
-    for a fused hook.  Empty without a plan."""
+    stack, and runs the handler's body (bpf/common.h).  Empty without a plan."""
     out = []
     for (area, kind, symbol), program in sorted(plan.items()):
         ret = kind == "r"
         # Every argument declared: BCC 0.18's KFUNC_PROBE does not compile without one.
         params = ["u64 arg%d" % i for i in range(program.nargs)] + (["u64 ret"] if ret else [])
-        out += ["%s(%s, %s)" % ("KRETFUNC_PROBE" if ret else "KFUNC_PROBE", symbol, ", ".join(params)),
-                "{", "    struct pt_regs regs = {};"]
+        macro = "KRETFUNC_PROBE" if ret else "KFUNC_PROBE"
+        where = symbol
+        if program.module:  # BCC 0.28+ (80fcfc99): the module's BTF id
+            macro, where = "MODULE_" + macro, "%s, %s" % (program.module, symbol)
+        out += ["%s(%s, %s)" % (macro, where, ", ".join(params)), "{", "    struct pt_regs regs = {};"]
         out += ["    PT_REGS_PARM%d(&regs) = arg%d;" % (i + 1, i) for i in range(program.nargs)]
         if ret:
             out.append("    PT_REGS_RC(&regs) = ret;")
-        if program.first:
-            out.append("    %s__body(&regs);" % program.first)
         out += ["    return %s__body(&regs);" % program.fn, "}"]
     return "\n".join(out) + "\n" if out else ""
 
 
 def _trampoline_slots(bpf, plan: TrampolinePlan) -> Dict[HookKey, _TrampolineSlot]:
     """Each trampoline hook's program, by the name BCC gave it: kfunc__<symbol> up to
-    BCC 0.27, kfunc__vmlinux__<symbol> from 0.28 (kretfunc__ likewise)."""
+    BCC 0.27, kfunc__vmlinux__<symbol> from 0.28, kfunc__<module>__<symbol> for a
+    module's function (kretfunc__ likewise)."""
     if not plan:
         return {}
     from bcc import lib
@@ -509,7 +515,8 @@ def _trampoline_slots(bpf, plan: TrampolinePlan) -> Dict[HookKey, _TrampolineSlo
     for key in plan:
         prefix = b"kretfunc__" if key[1] == "r" else b"kfunc__"
         symbol = key[2].encode()
-        prog = next((n for n in (prefix + b"vmlinux__" + symbol, prefix + symbol) if n in names), None)
+        module = plan[key].module.encode() or b"vmlinux"
+        prog = next((n for n in (prefix + module + b"__" + symbol, prefix + symbol) if n in names), None)
         if prog is None:
             raise VfiomondError("BCC did not compile the %s program of %s" % (prefix[:-2].decode(), key[2]))
         slots[key] = _TrampolineSlot(bpf, prog, key[1] == "r")
@@ -543,6 +550,11 @@ def _compile(BPF, areas: Sequence[str], cflags: List[str], plan: TrampolinePlan,
             log.warning("BPF programs with struct offsets from BTF did not compile (%s); with the kernel headers",
                         _first_line(e))
             return _compile(BPF, areas, cflags, plan, layout.header_defines())
+        vmlinux_plan = {k: v for k, v in unit_plan.items() if not v.module}
+        if len(vmlinux_plan) < len(unit_plan):
+            log.warning("fentry/fexit programs on module functions did not compile (%s; BCC 0.28+ has "
+                        "MODULE_KFUNC_PROBE); kprobes on module functions", _first_line(e))
+            return _compile(BPF, areas, cflags, vmlinux_plan, struct_layout)
         if unit_plan:
             log.warning("fentry/fexit programs did not compile (%s); every hook a kprobe", _first_line(e))
             return _compile(BPF, areas, cflags, {}, struct_layout)
@@ -559,11 +571,16 @@ def _compile(BPF, areas: Sequence[str], cflags: List[str], plan: TrampolinePlan,
     return out, slots
 
 
-def _trampoline_support(BPF, selections: Sequence[Selected], kernel_trampolines: bool
+def _trampoline_support(BPF, selections: Sequence[Selected], kernel_trampolines: bool, module_trampolines: bool = False
                         ) -> Tuple[Dict[str, int], bool]:
-    """(argument counts from the kernel's BTF of the hooked vmlinux functions that could
-    be trampolines, whether this kernel and BCC attach fentry/fexit)."""
-    wanted = trampoline_candidates(selections)
+    """(argument counts from the kernel's BTF of the hooked functions that could be
+    trampolines, vmlinux's and with ``module_trampolines`` the modules', whether this
+    kernel and BCC attach fentry/fexit)."""
+    if module_trampolines and not _bcc_has_module_trampolines():
+        log.warning("probes.module_trampolines: this BCC has no fentry/fexit on module functions "
+                    "(MODULE_KFUNC_PROBE, BCC 0.28+): kprobes on module functions")
+        module_trampolines = False
+    wanted = trampoline_candidates(selections, module_trampolines)
     try:
         usable = bool(wanted) and _bcc_attaches_trampolines(BPF, kernel_trampolines)
     except Exception as e:  # a BCC without kfunc support
@@ -574,7 +591,7 @@ def _trampoline_support(BPF, selections: Sequence[Selected], kernel_trampolines:
             log.info("no fentry/fexit on this kernel (BCC: no BPF trampolines or no kernel BTF): every hook a kprobe")
         return {}, False
     try:
-        return btf.function_arities(wanted), True
+        return btf.module_arities(wanted), True
     except btf.BTFError as e:
         log.warning("kernel BTF unreadable, every hook a kprobe: %s", e)
         return {}, False
@@ -634,13 +651,25 @@ def _bcc_attaches_trampolines(BPF, kernel_trampolines: bool) -> bool:
     return bool(has_kernel_btf())
 
 
+def _bcc_has_module_trampolines() -> bool:
+    """BCC 0.28+ (80fcfc99, MODULE_KFUNC_PROBE) by its version, e.g. "0.31.0+ds";
+    an unreadable version: True (a compile that fails falls back, _compile)."""
+    try:
+        import bcc  # noqa: PLC0415
+
+        version = tuple(int(part) for part in re.findall(r"\d+", str(bcc.__version__))[:2])
+    except Exception:  # no BCC, or no version to read
+        return True
+    return len(version) < 2 or version >= (0, 28)
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str], kernel_trampolines: bool
-         ) -> Program:
+def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequence[str], kernel_trampolines: bool,
+         module_trampolines: bool = False) -> Program:
     """Compile every area, whatever this kernel offers now (modules may load
     later) and whatever the configuration disables (a reload may enable it),
     except one this kernel can never use (areas_to_compile), and attach the
@@ -649,13 +678,16 @@ def load(selections: Sequence[Selected], facts: Dict[str, int], disabled: Sequen
     ``facts``: RUNTIME_FACTS go to the kernel_facts map, the others (ZERO_PFN,
     PIN_SAMPLES) are compiled in as -D defines.  ``kernel_trampolines``: kallsyms
     has the kernel's BPF trampoline code (probes.TRAMPOLINE_MARKER).
+    ``module_trampolines``: fentry/fexit on module functions too, for the modules
+    loaded now (probes.attach_method: they cannot be unloaded while the daemon runs).
     """
     BPF = import_bcc()
     areas, left_out = areas_to_compile(facts, lambda: kernel.installable_modules(kernel.release()))
     for area, why in left_out.items():
         log.info("BPF area %s left out of the compile: %s", area, why)
     compiled = {k: v for k, v in facts.items() if k not in RUNTIME_FACTS and k not in _FEATURE_FACTS}
-    plan = plan_trampolines(selections, *_trampoline_support(BPF, selections, kernel_trampolines))
+    plan = plan_trampolines(selections, *_trampoline_support(BPF, selections, kernel_trampolines, module_trampolines),
+                            module_trampolines=module_trampolines)
     struct_layout, source = layout.choose()
     log.info("kernel struct offsets from %s", source)
     programs, slots = (_compile(_without_autoload(BPF), areas, _cflags(compiled), plan, struct_layout)

@@ -14,12 +14,14 @@ is decoded that was not asked for.
 """
 
 import functools
+import os
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
 from typing import Dict, Iterable, Iterator, Optional, Tuple
 
-VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+BTF_DIR = "/sys/kernel/btf"
+VMLINUX_BTF = BTF_DIR + "/vmlinux"
 BTF_MAGIC = 0xEB9F
 
 KIND_FUNC = 12
@@ -42,6 +44,25 @@ def function_arities(wanted: Iterable[str], path: str = VMLINUX_BTF) -> Dict[str
     lists as functions (a variadic one's ``...`` is not counted).  Raises
     BTFError when ``path`` cannot be read or is not BTF."""
     return vmlinux(path).arities(wanted)
+
+
+def module_arities(wanted: Dict[str, Iterable[str]], btf_dir: str = BTF_DIR) -> Dict[str, int]:
+    """As function_arities, for functions by where they live: ``{"": vmlinux
+    functions, module: its functions}``, a module's read from its split BTF
+    (<btf_dir>/<module>, 5.11+) over vmlinux's.  A module without BTF (built
+    without it, or gone) lends none of its functions.  Raises BTFError when
+    vmlinux's BTF cannot be read."""
+    out: Dict[str, int] = {}
+    base = vmlinux(os.path.join(btf_dir, "vmlinux"))
+    for module, names in wanted.items():
+        if not module:
+            out.update(base.arities(names))
+            continue
+        try:
+            out.update(Types.read(os.path.join(btf_dir, module), base).arities(names))
+        except BTFError:
+            continue
+    return out
 
 
 def parse_arities(data: bytes, wanted: Iterable[str]) -> Dict[str, int]:

@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="exporter-toolkit web configuration (YAML): TLS, basic auth, response headers")
     check = sub.add_parser("check", help="show which probes this kernel offers (reads /proc/kallsyms; attaches nothing)")
     check.add_argument("--json", action="store_true", help="print JSON")
+    check.add_argument("--config", metavar="FILE",
+                       help="TOML configuration file whose probes.module_trampolines the methods follow")
     scan = sub.add_parser("scan-log", help="find and attribute kernel splats in a saved kernel log")
     scan.add_argument("file", metavar="FILE", help="dmesg or journalctl -k output; - for standard input")
     scan.add_argument("--json", action="store_true", help="one JSON object per splat")
@@ -82,19 +84,21 @@ def _scan_log(path: str, as_json: bool, kernel: Optional[str]) -> int:
     return 0
 
 
-def _check(as_json: bool) -> int:
+def _check(as_json: bool, config_path: Optional[str] = None) -> int:
     from vfiomond.daemon import probe_kernel, trampoline_arities
     from vfiomond.probes import attach_method, method_names
 
+    modules = configmod.load(config_path).module_trampolines if config_path else False
     selections, facts, syms = probe_kernel()
-    arities, usable, _ = trampoline_arities(selections, syms)
+    arities, usable, _ = trampoline_arities(selections, syms, modules)
     rows = [
         {
             "probe": s.probe.name,
             "available": s.available,
             "variant": s.variant.label if s.variant else None,
             "symbols": [sym.name for _, sym in s.hooks],
-            "methods": [method_names(hook, attach_method(hook, sym, arities, usable)[0]) for hook, sym in s.hooks],
+            "methods": [method_names(hook, attach_method(hook, sym, arities, usable, modules)[0])
+                        for hook, sym in s.hooks],
             "reason": s.reason,
         }
         for s in selections
@@ -116,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         if args.command == "check":
-            return _check(args.json)
+            return _check(args.json, args.config)
         if args.command == "doctor":
             return _doctor(args.json)
         if args.command == "scan-log":

@@ -25,6 +25,9 @@ class Config(NamedTuple):
     watch_kernel_log: bool = True  # splats from the journal or /dev/kmsg
     strict: bool = False  # exit if any probe cannot be attached
     disable: Tuple[str, ...] = ()  # probe names not to attach
+    # fentry/fexit on the vfio modules' functions too (probes.attach_method): cheaper
+    # per BAR fault and per pinned run, but vfio-pci and type1 stay loaded while it runs
+    module_trampolines: bool = False
     pin_verify: bool = True  # verify pinned pages against the process mapping
     pin_verify_interval: float = 30.0  # seconds between verification passes
     pin_samples: int = 16  # sampled pages per DMA mapping (plus its last page)
@@ -37,12 +40,13 @@ class Config(NamedTuple):
 # pin_maps, up to 65,536 mappings): 64 keeps an entry under 600 bytes.
 MAX_PIN_SAMPLES = 64
 
-RESTART_ONLY = ("listen", "strict", "watch_kernel_log", "pin_verify", "pin_samples", "web_config_file")
+RESTART_ONLY = ("listen", "strict", "watch_kernel_log", "pin_verify", "pin_samples", "web_config_file",
+                "module_trampolines")
 
 # section -> key -> type
 _SCHEMA = {
     "daemon": {"listen": str, "log_level": str, "watch_kernel_log": bool, "web_config_file": str},
-    "probes": {"strict": bool, "disable": list},
+    "probes": {"strict": bool, "disable": list, "module_trampolines": bool},
     "pins": {"verify": bool, "verify_interval": (int, float), "samples": int},
 }
 # TOML key -> Config field, where they differ

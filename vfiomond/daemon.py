@@ -60,18 +60,21 @@ def probe_kernel(pin_samples: int = Config().pin_samples, extra_symbols=()):
     return select(syms, facts), facts, syms
 
 
-def trampoline_arities(selections, syms) -> Tuple[Dict[str, int], bool, str]:
+def trampoline_arities(selections, syms, module_trampolines: bool = False) -> Tuple[Dict[str, int], bool, str]:
     """For ``vfiomond check`` and the doctor: (argument counts from the kernel's BTF of
-    the hooked vmlinux functions that have fentry handlers, whether this kernel has BPF
-    trampolines, why not): kallsyms' bpf_trampoline_link_prog and the kernel's BTF, as
-    the daemon asks (bpfload._bcc_attaches_trampolines)."""
+    the hooked functions that have fentry handlers, vmlinux's and with
+    ``module_trampolines`` the modules', whether this kernel has BPF trampolines, why
+    not): kallsyms' bpf_trampoline_link_prog and the kernel's BTF, as the daemon asks
+    (bpfload._bcc_attaches_trampolines), and for module functions BCC's version
+    (bpfload._bcc_has_module_trampolines)."""
     from vfiomond.probes import trampoline_candidates
 
     if not syms.has(TRAMPOLINE_MARKER):
         return {}, False, "no %s in kallsyms" % TRAMPOLINE_MARKER
-    wanted = trampoline_candidates(selections)
+    modules = module_trampolines and bpfload._bcc_has_module_trampolines()
+    wanted = trampoline_candidates(selections, modules)
     try:
-        return (btf.function_arities(wanted) if wanted else {}), True, ""
+        return (btf.module_arities(wanted) if wanted else {}), True, ""
     except btf.BTFError as e:
         return {}, False, str(e)
 
@@ -338,7 +341,8 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     facts.update(fixed)
     notifier.status("compiling BPF programs")
     log.info("compiling BPF programs (kernel facts: %s)", ", ".join(sorted(facts)) or "none")
-    program = bpfload.load(select(syms, facts), facts, config.disable, syms.has(TRAMPOLINE_MARKER))
+    program = bpfload.load(select(syms, facts), facts, config.disable, syms.has(TRAMPOLINE_MARKER),
+                           config.module_trampolines)
     _log_features(program.features)
     _log_changes([], program.statuses)
     missing = [s.name for s in program.statuses if not s.attached]

@@ -21,9 +21,10 @@ class Hook(NamedTuple):
     ``trampoline``: the handlers also exist as ``<name>__body`` (bpf/*.c), so the
     hook can be a fentry/fexit pair where the kernel allows it (attach_method).
 
-    ``fused``: the entry handler reads only the call's arguments (no time, nothing
-    from before the call), so as a trampoline one fexit program runs the entry's
-    body and then the return's, and no fentry program runs (bpfload.plan_trampolines).
+    ``fexit``: a handler that does the entry's and the return's work from the
+    call's arguments and return value alone (the entry needs no time and nothing
+    from before the call): as a trampoline the hook is that one fexit program, and
+    no fentry program runs (bpfload.plan_trampolines); as kprobes, the pair.
     """
 
     symbols: Tuple[str, ...]
@@ -33,7 +34,7 @@ class Hook(NamedTuple):
     optional: bool = False
     unless: Optional[str] = None  # a kernel fact that makes this hook redundant: left out when known
     trampoline: bool = False
-    fused: bool = False
+    fexit: Optional[str] = None
 
 
 class Variant(NamedTuple):
@@ -120,6 +121,10 @@ def kernel_facts(syms: Kallsyms) -> Dict[str, int]:
 
 
 _FAULT_RET = "on_bar_fault_return"
+# One pinned run: the pin, zero-page and huge-zero-page probes share the hook (and,
+# as a trampoline, its one fexit program, which sees vaddr and pfn_base itself).
+_PIN_HOOK = Hook(("vfio_pin_pages_remote",), "on_pin_pages", "on_pin_pages_return", trampoline=True,
+                 fexit="on_pin_pages_fexit")
 
 PROBES: Tuple[Probe, ...] = (
     Probe("bar_fault", "faults", (
@@ -129,12 +134,12 @@ PROBES: Tuple[Probe, ...] = (
         # BAR_FAULT_NESTED (learned at run time): page_fault was seen calling
         # huge_fault, so the huge_fault hook alone sees every fault.
         Variant("vfio_pci_mmap_huge_fault (6.12+)", (
-            Hook(("vfio_pci_mmap_huge_fault",), "on_bar_huge_fault", _FAULT_RET),
+            Hook(("vfio_pci_mmap_huge_fault",), "on_bar_huge_fault", _FAULT_RET, trampoline=True),
             Hook(("vfio_pci_mmap_page_fault",), "on_bar_fault", "on_bar_page_fault_return", optional=True,
-                 unless="BAR_FAULT_NESTED"),
+                 unless="BAR_FAULT_NESTED", trampoline=True),
         )),
         Variant("vfio_pci_mmap_fault (up to 6.11)", (
-            Hook(("vfio_pci_mmap_fault",), "on_bar_fault", _FAULT_RET),
+            Hook(("vfio_pci_mmap_fault",), "on_bar_fault", _FAULT_RET, trampoline=True),
         )),
     )),
     Probe("remap_pfn_range", "faults", (
@@ -176,14 +181,14 @@ PROBES: Tuple[Probe, ...] = (
     )),
     Probe("pin_pages", "type1", (
         Variant("vfio_pin_pages_remote return value and *pfn_base", (
-            Hook(("vfio_pin_pages_remote",), "on_pin_pages", "on_pin_pages_return"),
+            _PIN_HOOK,
         )),
     )),
     # The zero page's PFN is learned at start (vfiomond/pagemap.py, needs
     # CAP_SYS_ADMIN); pins of it are counted in the kernel.
     Probe("zero_page_pins", "type1", (
         Variant("vfio_pin_pages_remote *pfn_base == zero page PFN", (
-            Hook(("vfio_pin_pages_remote",), "on_pin_pages", "on_pin_pages_return"),
+            _PIN_HOOK,
         ), requires=("ZERO_PFN",)),
     )),
     # THP's huge zero page, read-only pinned like the 4 KiB one before 6.2: its PFN
@@ -191,12 +196,12 @@ PROBES: Tuple[Probe, ...] = (
     # shrinker frees it); HPAGE_PMD_NR is its page count (sysfs hpage_pmd_size).
     Probe("huge_zero_page_pins", "type1", (
         Variant("vfio_pin_pages_remote *pfn_base in the huge zero page (huge_zero_pfn)", (
-            Hook(("vfio_pin_pages_remote",), "on_pin_pages", "on_pin_pages_return"),
+            _PIN_HOOK,
         ), requires=("ZERO_PFN", "HUGE_ZERO_PFN_ADDR", "HPAGE_PMD_NR")),
     )),
     Probe("unpin_pages", "type1", (
         Variant("vfio_unpin_pages_remote npage", (
-            Hook(("vfio_unpin_pages_remote",), "on_unpin_pages"),
+            Hook(("vfio_unpin_pages_remote",), "on_unpin_pages", trampoline=True),
         )),
     )),
     # Divergence where it happens (bpf/common.h write_fault_in): do_wp_page, the
@@ -215,9 +220,10 @@ PROBES: Tuple[Probe, ...] = (
         # (Debian sid's 7.2) inlines vfio_lock_acct into vfio_pin_pages_remote, so
         # the .part.0 copy left sees only uncharges.  Older kernels: vfio_lock_acct.
         Variant("__account_locked_vm inside mm_lock_acct or vfio_lock_acct", (
-            Hook(("mm_lock_acct", "vfio_lock_acct"), "on_lock_acct", "on_lock_acct_return", reads_args=False),
+            Hook(("mm_lock_acct", "vfio_lock_acct"), "on_lock_acct", "on_lock_acct_return", reads_args=False,
+                 trampoline=True),
             Hook(("__account_locked_vm",), "on_account_locked_vm", "on_account_locked_vm_return", trampoline=True,
-                 fused=True),
+                 fexit="on_account_locked_vm_fexit"),
         )),
     )),
     # iommufd (drivers/iommu/iommufd/io_pagetable.c, 6.2+): IOMMU_IOAS_MAP/UNMAP and the VFIO
@@ -453,40 +459,49 @@ TRAMPOLINE_MAX_ARGS = 6
 KPROBE, TRAMPOLINE = "kprobe", "fentry"
 
 
-def attach_method(hook: Hook, sym: Symbol, arities: Dict[str, int], trampolines: bool) -> Tuple[str, str]:
+def attach_method(hook: Hook, sym: Symbol, arities: Dict[str, int], trampolines: bool,
+                  module_trampolines: bool = False) -> Tuple[str, str]:
     """``(KPROBE or TRAMPOLINE, why not a trampoline)`` for one resolved hook.
 
-    ``arities``: argument counts of the kernel's BTF functions (vfiomond.btf);
-    ``trampolines``: this kernel and BCC attach fentry/fexit programs.  Module
-    functions stay kprobes: a trampoline on one holds a reference on its module
-    for as long as it is attached (bpf_check_attach_target takes it with
-    btf_try_get_module), so vfio-pci or type1 could not be unloaded while the
-    daemon runs.
+    ``arities``: argument counts of the kernel's BTF functions (vfiomond.btf),
+    with a module's own BTF for its functions; ``trampolines``: this kernel and
+    BCC attach fentry/fexit programs.  Module functions stay kprobes unless
+    ``module_trampolines`` (the configuration's probes.module_trampolines): a
+    trampoline on one holds a reference on its module for as long as its program
+    is loaded (bpf_check_attach_target takes it with btf_try_get_module, 5.11+),
+    so vfio-pci or type1 cannot be unloaded while the daemon runs.
     """
     if not hook.trampoline:
         return KPROBE, "no fentry handler"
     if not trampolines:
         return KPROBE, "no BPF trampolines on this kernel (%s, kernel BTF)" % TRAMPOLINE_MARKER
-    if sym.module:
-        return KPROBE, "module function (a trampoline would keep %s loaded)" % sym.module
+    if sym.module and not module_trampolines:
+        return KPROBE, "module function (a trampoline would keep %s loaded; probes.module_trampolines)" % sym.module
     nargs = arities.get(sym.name)
     if nargs is None:
-        return KPROBE, "not a function in the kernel's BTF"
+        return KPROBE, "not a function in the %s BTF" % ("module's" if sym.module else "kernel's")
     if not 1 <= nargs <= TRAMPOLINE_MAX_ARGS:
         return KPROBE, "%d arguments" % nargs
     return TRAMPOLINE, ""
 
 
-def trampoline_candidates(selections: Sequence[Selected]) -> Set[str]:
-    """The vmlinux functions of ``selections`` hooked with fentry handlers: those whose
-    argument counts BTF is asked for (attach_method)."""
-    return {sym.name for sel in selections for hook, sym in sel.hooks if hook.trampoline and not sym.module}
+def trampoline_candidates(selections: Sequence[Selected], module_trampolines: bool = False) -> Dict[str, Set[str]]:
+    """The hooked functions of ``selections`` that have fentry handlers, by where
+    their BTF is ("" for vmlinux, else the module's name): those whose argument
+    counts BTF is asked for (attach_method).  Module functions only with
+    ``module_trampolines``."""
+    out: Dict[str, Set[str]] = {}
+    for sel in selections:
+        for hook, sym in sel.hooks:
+            if hook.trampoline and (module_trampolines or not sym.module):
+                out.setdefault(sym.module or "", set()).add(sym.name)
+    return out
 
 
 def method_names(hook: Hook, method: str) -> str:
     """What a hook is attached as, for logs and vfiomond_probe_info: "fentry+fexit", "kprobe"...
-    A fused hook as a trampoline is its fexit program alone (Hook.fused)."""
-    if method == TRAMPOLINE and hook.fused:
+    A hook with a fexit handler is, as a trampoline, that fexit program alone (Hook.fexit)."""
+    if method == TRAMPOLINE and hook.fexit:
         return "fexit"
     entry, ret = ("fentry", "fexit") if method == TRAMPOLINE else ("kprobe", "kretprobe")
     return "+".join(name for name, fn in ((entry, hook.entry), (ret, hook.ret)) if fn)

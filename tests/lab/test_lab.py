@@ -104,7 +104,7 @@ def journal_entries(run, message_id):
 # for the scenario only), and last the memlock holder, which keeps its mappings (and edu's group)
 # until the host has scraped.  Their tests read their own scenario's summary (LabRun.part) and
 # filter the shared scrape and journal by process, IOVA or kind.
-SHARED_BOOT = "kernel-log+pin-mismatch+losses+interrupts+iommu-faults+bar-dmabuf+device-health+memlock"
+SHARED_BOOT = "kernel-log+pin-mismatch+losses+interrupts+iommu-faults+bar-dmabuf+device-health+module-fexit+memlock"
 
 LAB_BOOT = ("standard", True)  # (scenario, Prometheus): what tests/lab/conftest.py schedules
 

@@ -7,6 +7,7 @@ real ones, made by probes.select from kallsyms texts.
 import ctypes
 import pathlib
 import re
+import sys
 
 from vfiomond import bpfload
 from vfiomond.bpfload import RUNTIME_FACTS, Program, _TrampolineSlot, plan_trampolines, trampoline_source
@@ -319,7 +320,7 @@ def test_vmlinux_hooks_with_fentry_handlers_attach_as_trampolines_module_hooks_a
     bpf = RecordingBPF()
     prog = trampoline_program(bpf, sel)
     statuses = {s.name: s for s in prog.apply(sel, facts, ())}
-    # __account_locked_vm (vmlinux) as one fexit program (a fused hook), its marker in
+    # __account_locked_vm (vmlinux) as one fexit program (Hook.fexit), its marker in
     # type1 as a kprobe pair.
     assert statuses["locked_vm_charge"].detail == "vfio_lock_acct.part.0,__account_locked_vm"
     assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe,fexit"
@@ -354,15 +355,15 @@ def test_trampoline_programs_pass_every_argument_and_the_return_value():
     assert fexit.startswith("KRETFUNC_PROBE(__account_locked_vm, u64 arg0, u64 arg1, u64 arg2, u64 arg3, u64 arg4, u64 ret)")
     assert "PT_REGS_PARM5(&regs) = arg4;" in fexit and "PT_REGS_PARM6" not in fexit
     assert "PT_REGS_RC(&regs) = ret;" in fexit
-    # A fused hook: the entry's body, then the return's, in the one fexit program.
-    assert fexit.endswith("    on_account_locked_vm__body(&regs);\n    return on_account_locked_vm_return__body(&regs);")
+    # A hook with a fexit handler: that handler's body alone, in the one fexit program.
+    assert fexit.endswith("    PT_REGS_RC(&regs) = ret;\n    return on_account_locked_vm_fexit__body(&regs);")
     assert "KFUNC_PROBE(__account_locked_vm," not in text
     assert text.count("KFUNC_PROBE(do_wp_page, u64 arg0)") == 1
     assert trampoline_source({}) == ""
 
 
-def test_a_refused_fused_fexit_program_falls_back_to_the_kprobe_pair():
-    """Without its fexit program, a fused hook's entry runs again as a kprobe."""
+def test_a_refused_fexit_handler_falls_back_to_the_kprobe_pair():
+    """Without its fexit program, a hook with a fexit handler is its kprobe pair again."""
     sel, facts = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
     bpf = RecordingBPF()
 
@@ -382,6 +383,71 @@ def test_a_refused_fused_fexit_program_falls_back_to_the_kprobe_pair():
     assert bpf.calls == []
     prog.apply(sel, facts, ("locked_vm_charge",))  # disabled: both kprobes go
     assert not [a for a in bpf.attached if a[1] == "__account_locked_vm"]
+
+
+MODULE_ARITIES = dict(ARITIES, vfio_pci_mmap_fault=1, vfio_pin_pages_remote=6, vfio_unpin_pages_remote=5)
+
+
+def test_module_functions_are_trampolines_only_when_configured():
+    """probes.module_trampolines: the vfio modules' hooks as fentry/fexit too; a GCC
+    copy BTF does not list (vfio_lock_acct.part.0) stays a kprobe."""
+    sel, facts = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
+    assert not [k for k, t in plan_trampolines(sel, MODULE_ARITIES, True).items() if t.module]
+    plan = plan_trampolines(sel, MODULE_ARITIES, True, module_trampolines=True)
+    assert plan[("type1", "r", "vfio_pin_pages_remote")] == bpfload.Trampoline(
+        "on_pin_pages_fexit", 6, "vfio_iommu_type1")
+    assert ("type1", "k", "vfio_pin_pages_remote") not in plan  # its fexit handler does the entry's work
+    assert plan[("type1", "k", "vfio_unpin_pages_remote")].module == "vfio_iommu_type1"
+    assert plan[("faults", "k", "vfio_pci_mmap_fault")].module == "vfio_pci_core"
+    assert plan[("faults", "r", "vfio_pci_mmap_fault")].fn == "on_bar_fault_return"
+    assert not [k for k in plan if k[2].startswith("vfio_lock_acct")]
+
+    bpf = RecordingBPF()
+    slots = {key: _TrampolineSlot(bpf, ("kretfunc__" if key[1] == "r" else "kfunc__").encode() + key[2].encode(),
+                                  key[1] == "r") for key in plan}
+    statuses = {s.name: s for s in Program({"faults": bpf, "type1": bpf, "iommufd": bpf}, slots).apply(sel, facts, ())}
+    assert statuses["bar_fault"].methods == "fentry+fexit"
+    assert statuses["pin_pages"].methods == "fexit"
+    assert statuses["unpin_pages"].methods == "fentry"
+    assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe,fexit"
+    assert not [a for a in bpf.attached if a[1] in ("vfio_pin_pages_remote", "vfio_pci_mmap_fault")]
+
+    text = trampoline_source(plan)
+    assert "MODULE_KRETFUNC_PROBE(vfio_iommu_type1, vfio_pin_pages_remote, u64 arg0, u64 arg1, u64 arg2, " \
+           "u64 arg3, u64 arg4, u64 arg5, u64 ret)" in text
+    assert "MODULE_KFUNC_PROBE(vfio_pci_core, vfio_pci_mmap_fault, u64 arg0)" in text
+    assert "KRETFUNC_PROBE(__account_locked_vm, " in text
+
+
+def test_module_trampolines_a_bcc_cannot_compile_leave_the_vmlinux_ones(caplog):
+    """BCC before 0.28 has no MODULE_KFUNC_PROBE: the compile is tried again with the
+    module functions' programs left out, not every trampoline."""
+    sel, _ = kernel(VMLINUX + VFIO_PCI + TYPE1 + IOMMUFD)
+    plan = plan_trampolines(sel, MODULE_ARITIES, True, module_trampolines=True)
+    texts = []
+
+    class Compiler:
+        def __init__(self, text, cflags):
+            texts.append(text)
+            if "MODULE_K" in text:
+                raise Exception("<text>:900: error: expected ')'")
+            self.module = None
+
+    names = [b"kretfunc____account_locked_vm", b"kfunc__do_wp_page", b"kfunc__remap_pfn_range",
+             b"kretfunc__remap_pfn_range", b"kfunc__untrack_pfn"]
+    lib = type("lib", (), {"bpf_num_functions": staticmethod(lambda module: len(names)),
+                           "bpf_function_name": staticmethod(lambda module, i: names[i])})
+    bcc = type(sys)("bcc")
+    bcc.lib = lib
+    sys.modules["bcc"] = bcc
+    try:
+        programs, slots = bpfload._compile(Compiler, ["faults", "type1"], [], plan, "")
+    finally:
+        del sys.modules["bcc"]
+    assert len(texts) == 2 and "MODULE_K" not in texts[1]
+    assert set(programs) == {"faults", "type1"}
+    assert ("type1", "r", "__account_locked_vm") in slots and not [k for k in slots if plan[k].module]
+    assert "kprobes on module functions" in caplog.text and "every hook a kprobe" not in caplog.text
 
 
 def test_one_trampoline_per_function_and_kind():
@@ -410,7 +476,7 @@ def test_every_trampoline_handler_has_a_body():
     for probe in PROBES:
         for variant in probe.variants:
             for hook in variant.hooks:
-                for fn in (hook.entry, hook.ret):
+                for fn in (hook.entry, hook.ret, hook.fexit):
                     if hook.trampoline and fn:
                         assert "static __always_inline int %s__body(struct pt_regs *ctx)" % fn in sources, fn
 
@@ -497,3 +563,14 @@ def test_a_probe_of_an_area_left_out_says_a_restart_brings_it():
     sel = Selected(probe, probe.variants[0], (), "")  # the feature came after the start
     statuses = Program({}, None, {"iommufd": "no iommufd"}).apply([sel], {}, [])
     assert not statuses[0].attached and "not compiled at start (no iommufd): restart" in statuses[0].detail
+
+
+def test_module_trampolines_need_bcc_0_28(monkeypatch):
+    bcc = type(sys)("bcc")
+    monkeypatch.setitem(sys.modules, "bcc", bcc)
+    for version, has in (("0.26.0+ds", False), ("0.18.0", False), ("0.28.0", True), ("0.31.0+ds", True),
+                         ("0.37.0-1", True), ("1.0", True)):
+        bcc.__version__ = version
+        assert bpfload._bcc_has_module_trampolines() is has, version
+    del bcc.__version__
+    assert bpfload._bcc_has_module_trampolines() is True  # unknown: tried, and the compile falls back

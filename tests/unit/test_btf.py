@@ -194,3 +194,23 @@ def test_the_kernels_btf_is_read_once_until_released(tmp_path):
     btf.release_vmlinux()
     assert btf.vmlinux(str(path)) is not first
     btf.release_vmlinux()
+
+
+def test_module_functions_are_counted_from_the_modules_split_btf(tmp_path):
+    """btf.module_arities: vmlinux's functions from vmlinux, a module's from
+    <dir>/<module> (its types and strings continuing vmlinux's); a module without
+    BTF lends none."""
+    (tmp_path / "vmlinux").write_bytes(sample())
+    s = Strings(start=len(STRINGS))
+    # static long pin(int x, struct s y, int x): a prototype of its own whose
+    # parameter types and one name come from vmlinux.
+    module = blob([
+        type_header(0, 13, 3, 1) + struct.pack("<II", X, 1) + struct.pack("<II", Y, 2) + struct.pack("<II", X, 1),  # 7
+        type_header(s("pin"), 12, 0, 7),  # 8
+    ], s.data)
+    (tmp_path / "vfio_iommu_type1").write_bytes(module)
+    try:
+        wanted = {"": {"f", "g"}, "vfio_iommu_type1": {"pin", "unpin"}, "vfio_pci_core": {"fault"}}
+        assert btf.module_arities(wanted, str(tmp_path)) == {"f": 2, "g": 1, "pin": 3}
+    finally:
+        btf.release_vmlinux()

@@ -11,8 +11,10 @@ def test_defaults_without_a_file():
 
 def test_full_file(tmp_path):
     path = tmp_path / "vfiomond.toml"
-    path.write_text('[daemon]\nlisten = "127.0.0.1:9999"\nlog_level = "debug"\n[probes]\nstrict = true\ndisable = ["pat_untrack"]\n')
-    assert load(str(path)) == Config(listen="127.0.0.1:9999", log_level="debug", strict=True, disable=("pat_untrack",))
+    path.write_text('[daemon]\nlisten = "127.0.0.1:9999"\nlog_level = "debug"\n[probes]\nstrict = true\ndisable = ["pat_untrack"]\n'
+                    'module_trampolines = true\n')
+    assert load(str(path)) == Config(listen="127.0.0.1:9999", log_level="debug", strict=True, disable=("pat_untrack",),
+                                     module_trampolines=True)
 
 
 @pytest.mark.parametrize(
@@ -21,6 +23,7 @@ def test_full_file(tmp_path):
         ({"daemon": {"listn": ":1"}}, "unknown key daemon.listn"),
         ({"deamon": {}}, "unknown section [deamon]"),
         ({"probes": {"strict": "yes"}}, "probes.strict must be a bool"),
+        ({"probes": {"module_trampolines": 1}}, "probes.module_trampolines must be a bool"),
         ({"daemon": {"listen": True}}, "daemon.listen must be a str"),
         ({"daemon": {"log_level": "loud"}}, "daemon.log_level must be one of"),
         ({"probes": {"disable": ["no_such_probe"]}}, "unknown probe 'no_such_probe'"),
