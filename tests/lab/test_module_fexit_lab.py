@@ -79,13 +79,18 @@ def test_it_counts_every_bar_fault_the_child_took(part, scrapes):
     mapping), each read faulting once per page from 6.12 (huge_fault), once for the
     whole vma before (the fault handler remaps all of it).  The kernel's
     page_fault_user tracepoint, filtered to the child and the BAR's addresses, is
-    the count the daemon's must equal."""
+    the count the daemon's must equal.  A PMD-sized try that the handler answers
+    VM_FAULT_FALLBACK (result="fallback", seen twice in one trixie boot) is a call of
+    the handler within the same fault, counted apart: the PTE-sized call follows."""
     child = part.scenario["child"]
     assert child["bar_reads"] <= child["bar_faults"] <= child["bar_reads"] * child["bar_pages"]
     device = part.scenario["device"]
-    counted = (scrapes["after"].total("vfiomond_bar_fault_duration_seconds_count", device=device)
-               - scrapes["before"].total("vfiomond_bar_fault_duration_seconds_count", device=device))
-    assert counted == child["bar_faults"]
+
+    def handled(scrape):
+        name = "vfiomond_bar_fault_duration_seconds_count"
+        return scrape.total(name, device=device) - scrape.total(name, device=device, result="fallback")
+
+    assert handled(scrapes["after"]) - handled(scrapes["before"]) == child["bar_faults"]
 
 
 def test_nothing_lost_and_a_clean_exit(part, scrapes):
