@@ -543,6 +543,63 @@ int on_account_locked_vm_return(struct pt_regs *ctx)
     return on_account_locked_vm_return__body(ctx);
 }
 
+/* locked_vm where type1 has mm_lock_acct(task, mm, lock_cap, npage) (6.2; 6.1.20 and
+ * 5.15.100 stable; its only caller of __account_locked_vm): it takes mmap_lock and
+ * calls __account_locked_vm(mm, abs(npage), npage > 0, task, lock_cap), returning
+ * that call's 0 or -ENOMEM, or mmap_write_lock_killable's -EINTR when no charge ran.
+ * Its npage and result are the charge: no marker, no hook on __account_locked_vm. */
+static __always_inline void mm_lock_acct_done(long npage, int ret)
+{
+    if (ret != 0 && ret != -ENOMEM)
+        return; /* killed while waiting for mmap_lock: nothing charged or refused */
+    account_done(npage < 0 ? -npage : npage, npage > 0, ret);
+}
+
+static __always_inline int on_mm_lock_acct__body(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct acct_inflight fresh = {.pages = PT_REGS_PARM4(ctx), .in_lock_acct = 1};
+    struct acct_inflight *a = acct_by_tid.lookup(&tid);
+    if (a) {
+        if (a->in_lock_acct)
+            count_lost(LOSS_ACCT_BY_TID_STALE); /* the previous call's return probe never ran */
+        *a = fresh;
+    } else {
+        acct_by_tid.update(&tid, &fresh); /* a failure is counted, as missing, by the return probe */
+    }
+    return 0;
+}
+
+int on_mm_lock_acct(struct pt_regs *ctx)
+{
+    return on_mm_lock_acct__body(ctx);
+}
+
+static __always_inline int on_mm_lock_acct_return__body(struct pt_regs *ctx)
+{
+    u32 tid = current_tid();
+    struct acct_inflight *a = acct_by_tid.lookup(&tid);
+    if (!a || !a->in_lock_acct) {
+        count_lost(LOSS_ACCT_BY_TID_MISSING); /* a charge went unseen */
+        return 0;
+    }
+    a->in_lock_acct = 0;
+    mm_lock_acct_done((long)a->pages, (int)PT_REGS_RC(ctx));
+    return 0;
+}
+
+int on_mm_lock_acct_return(struct pt_regs *ctx)
+{
+    return on_mm_lock_acct_return__body(ctx);
+}
+
+/* As a fexit program (probes.Hook.fexit): the arguments and the result at once. */
+static __always_inline int on_mm_lock_acct_fexit__body(struct pt_regs *ctx)
+{
+    mm_lock_acct_done((long)PT_REGS_PARM4(ctx), (int)PT_REGS_RC(ctx));
+    return 0;
+}
+
 /* A write fault in a process holding type1 pins (write_fault_in, common.h),
  * sent only when it falls inside one of the process's DMA mappings (pin_spans,
  * one lookup); the others are counted here. */

@@ -214,11 +214,17 @@ PROBES: Tuple[Probe, ...] = (
         )),
     )),
     Probe("locked_vm_charge", "type1", (
-        # A marker function sets a per-thread flag; __account_locked_vm under it is
-        # a type1 charge.  mm_lock_acct (6.2 / 6.1.20+) is type1's only caller of
-        # __account_locked_vm, and vfio_change_dma_owner calls it directly; GCC 16
-        # (Debian sid's 7.2) inlines vfio_lock_acct into vfio_pin_pages_remote, so
-        # the .part.0 copy left sees only uncharges.  Older kernels: vfio_lock_acct.
+        # mm_lock_acct(task, mm, lock_cap, npage) (6.2 / 6.1.20 / 5.15.100 stable,
+        # commit 046eca5018f8) is type1's only caller of __account_locked_vm (its
+        # callers: vfio_lock_acct, vfio_change_dma_owner); its npage and result are
+        # the charge.  GCC 16 (Debian sid's 7.2) inlines vfio_lock_acct into
+        # vfio_pin_pages_remote, so its .part.0 copy sees only uncharges.
+        Variant("mm_lock_acct(npage) and its result", (
+            Hook(("mm_lock_acct",), "on_mm_lock_acct", "on_mm_lock_acct_return", trampoline=True,
+                 fexit="on_mm_lock_acct_fexit"),
+        )),
+        # Older kernels (or a mm_lock_acct whose arguments GCC changed): the marker
+        # sets a per-thread flag; __account_locked_vm under it is a type1 charge.
         Variant("__account_locked_vm inside mm_lock_acct or vfio_lock_acct", (
             Hook(("mm_lock_acct", "vfio_lock_acct"), "on_lock_acct", "on_lock_acct_return", reads_args=False,
                  trampoline=True),

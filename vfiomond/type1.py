@@ -2,8 +2,9 @@
 
 All metrics carry backend="type1" (iommufd gets its own area).  Sources:
 ``vfio_dma_do_map`` / ``vfio_dma_do_unmap`` (5.10 .. 6.18), ``vfio_pin_pages_remote``
-return value, ``vfio_unpin_pages_remote`` npage, ``__account_locked_vm`` inside
-``vfio_lock_acct`` / ``mm_lock_acct`` (drivers/vfio/vfio_iommu_type1.c).
+return value, ``vfio_unpin_pages_remote`` npage, ``mm_lock_acct`` npage and result
+(6.2, 6.1.20; 046eca5018f8) or ``__account_locked_vm`` inside ``vfio_lock_acct``
+before it (drivers/vfio/vfio_iommu_type1.c).
 """
 
 import ctypes

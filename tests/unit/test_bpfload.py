@@ -419,6 +419,33 @@ def test_module_functions_are_trampolines_only_when_configured():
     assert "KRETFUNC_PROBE(__account_locked_vm, " in text
 
 
+def test_mm_lock_acct_is_one_fexit_program_with_module_trampolines():
+    """Where type1 has mm_lock_acct(task, mm, lock_cap, npage), a charge is its npage
+    and result: one fexit program as a trampoline, a kprobe pair otherwise, and
+    nothing on __account_locked_vm either way."""
+    sel, facts = kernel(VMLINUX + VFIO_PCI + TYPE1 + "ffffffffc0b05000 t mm_lock_acct\t[vfio_iommu_type1]\n")
+    arities = dict(MODULE_ARITIES, mm_lock_acct=4)
+    assert not [k for k in plan_trampolines(sel, arities, True) if k[2] == "mm_lock_acct"]
+    plan = plan_trampolines(sel, arities, True, module_trampolines=True)
+    assert [(k, t) for k, t in plan.items() if k[2] in ("mm_lock_acct", "__account_locked_vm")] == [
+        (("type1", "r", "mm_lock_acct"), bpfload.Trampoline("on_mm_lock_acct_fexit", 4, "vfio_iommu_type1"))]
+    assert "MODULE_KRETFUNC_PROBE(vfio_iommu_type1, mm_lock_acct, u64 arg0, u64 arg1, u64 arg2, u64 arg3, u64 ret)" \
+        in trampoline_source(plan)
+
+    bpf = RecordingBPF()
+    slots = {key: _TrampolineSlot(bpf, ("kretfunc__" if key[1] == "r" else "kfunc__").encode() + key[2].encode(),
+                                  key[1] == "r") for key in plan}
+    statuses = {s.name: s for s in Program({"faults": bpf, "type1": bpf}, slots).apply(sel, facts, ())}
+    assert (statuses["locked_vm_charge"].detail, statuses["locked_vm_charge"].methods) == ("mm_lock_acct", "fexit")
+    assert not [a for a in bpf.attached if a[1] in ("mm_lock_acct", "__account_locked_vm")]
+
+    bpf = RecordingBPF()
+    statuses = {s.name: s for s in Program({"faults": bpf, "type1": bpf}).apply(sel, facts, ())}
+    assert statuses["locked_vm_charge"].methods == "kprobe+kretprobe"
+    assert {a for a in bpf.attached if a[1] == "mm_lock_acct"} == {
+        ("k", "mm_lock_acct", "on_mm_lock_acct"), ("r", "mm_lock_acct", "on_mm_lock_acct_return")}
+
+
 def test_module_trampolines_a_bcc_cannot_compile_leave_the_vmlinux_ones(caplog):
     """BCC before 0.28 has no MODULE_KFUNC_PROBE: the compile is tried again with the
     module functions' programs left out, not every trampoline."""
