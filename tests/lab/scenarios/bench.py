@@ -58,7 +58,6 @@ REPEAT = 5
 SMALL_REPEAT = 1000
 WARM_REPEAT = 50
 STEADY_SECONDS = 20
-WARM_UP_SECONDS = 3
 SCALE_MIB = (256, 1024)
 WP_PAGES, WP_PASSES = 4096, 9
 WP_IOVA = 0x200000000
@@ -202,6 +201,22 @@ def start_and_wait(cmd, ready, log_path, timeout=600):
             raise RuntimeError("%s exited %s before ready; see %s" % (cmd[0], proc.returncode, log_path))
         if time.monotonic() - start > timeout:
             raise RuntimeError("%s not ready after %d s" % (cmd[0], timeout))
+        time.sleep(0.2)
+
+
+def wait_for_one_fault_hook(log_path, timeout=120):
+    """Wait until the daemon's last "probe bar_fault attached" line (``log_path``) no
+    longer lists vfio_pci_mmap_page_fault: on 6.12+ it attaches both fault hooks and
+    drops that one once faults show it calls huge_fault (Daemon.drop_redundant_fault_hook),
+    which took longer than a fixed warm-up in one slow run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(log_path) as f:
+            attached = re.findall(r"probe bar_fault attached: (\S+)", f.read())
+        if attached and "vfio_pci_mmap_page_fault" not in attached[-1]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the page_fault hook still attached after %d s; see %s" % (timeout, log_path))
         time.sleep(0.2)
 
 
@@ -395,8 +410,8 @@ def module_trampolines_phase(rig):
     try:
         phase = {"start_seconds": ready, "rss_kib_after_start": rss_kib(proc.pid),
                  "anon_kib_after_start": anon_kib(proc.pid)}
-        rig.faults()
-        time.sleep(WARM_UP_SECONDS)  # as for vfiomond: the page_fault hook dropped on 6.12+
+        rig.faults()  # as for vfiomond: the page_fault hook dropped on 6.12+
+        wait_for_one_fault_hook(OUT + "/vfiomond-module-trampolines.log")
         phase.update(faults=measured(proc.pid, rig.faults), dma=measured(proc.pid, rig.dma, rig.warm_dma),
                      small_dma=measured(proc.pid, rig.small_dma), rss_kib=rss_kib(proc.pid), anon_kib=anon_kib(proc.pid))
         return phase
@@ -422,7 +437,7 @@ def main():
         # Warm-up: on 6.12+ the first faults show vfiomond that vfio_pci_mmap_page_fault
         # calls huge_fault, and it drops the page_fault hook (its main loop, 0.5 s).
         rig.faults()
-        time.sleep(WARM_UP_SECONDS)
+        wait_for_one_fault_hook(OUT + "/vfiomond.log")
         phases["vfiomond"] = {"faults": measured(daemon, rig.faults), "dma": measured(daemon, rig.dma, rig.warm_dma),
                               "small_dma": measured(daemon, rig.small_dma),
                               "steady": measured(daemon, lambda: rig.steady(STEADY_SECONDS)),
