@@ -446,10 +446,11 @@ struct acct_inflight {
 
 BPF_TABLE("lru_hash", u32, struct acct_inflight, acct_by_tid, THREAD_STATE_ENTRIES);
 
-static __always_inline int on_lock_acct__body(struct pt_regs *ctx)
+/* The thread enters the marker or mm_lock_acct (``pages``: its npage). */
+static __always_inline int acct_enter(u64 pages)
 {
     u32 tid = current_tid();
-    struct acct_inflight fresh = {.in_lock_acct = 1};
+    struct acct_inflight fresh = {.pages = pages, .in_lock_acct = 1};
     struct acct_inflight *a = acct_by_tid.lookup(&tid);
     if (a) {
         if (a->in_lock_acct)
@@ -459,6 +460,11 @@ static __always_inline int on_lock_acct__body(struct pt_regs *ctx)
         acct_by_tid.update(&tid, &fresh); /* a failure is counted, as missing, by the return probe */
     }
     return 0;
+}
+
+static __always_inline int on_lock_acct__body(struct pt_regs *ctx)
+{
+    return acct_enter(0);
 }
 
 int on_lock_acct(struct pt_regs *ctx)
@@ -557,17 +563,7 @@ static __always_inline void mm_lock_acct_done(long npage, int ret)
 
 static __always_inline int on_mm_lock_acct__body(struct pt_regs *ctx)
 {
-    u32 tid = current_tid();
-    struct acct_inflight fresh = {.pages = PT_REGS_PARM4(ctx), .in_lock_acct = 1};
-    struct acct_inflight *a = acct_by_tid.lookup(&tid);
-    if (a) {
-        if (a->in_lock_acct)
-            count_lost(LOSS_ACCT_BY_TID_STALE); /* the previous call's return probe never ran */
-        *a = fresh;
-    } else {
-        acct_by_tid.update(&tid, &fresh); /* a failure is counted, as missing, by the return probe */
-    }
-    return 0;
+    return acct_enter(PT_REGS_PARM4(ctx));
 }
 
 int on_mm_lock_acct(struct pt_regs *ctx)

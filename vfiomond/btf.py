@@ -39,19 +39,13 @@ class BTFError(Exception):
     """BTF that cannot be read or parsed (a one-line reason)."""
 
 
-def function_arities(wanted: Iterable[str], path: str = VMLINUX_BTF) -> Dict[str, int]:
-    """``{function: number of arguments}`` for those of ``wanted`` that BTF
-    lists as functions (a variadic one's ``...`` is not counted).  Raises
-    BTFError when ``path`` cannot be read or is not BTF."""
-    return vmlinux(path).arities(wanted)
-
-
 def module_arities(wanted: Dict[str, Iterable[str]], btf_dir: str = BTF_DIR) -> Dict[str, int]:
-    """As function_arities, for functions by where they live: ``{"": vmlinux
-    functions, module: its functions}``, a module's read from its split BTF
-    (<btf_dir>/<module>, 5.11+) over vmlinux's.  A module without BTF (built
-    without it, or gone) lends none of its functions.  Raises BTFError when
-    vmlinux's BTF cannot be read."""
+    """``{function: number of arguments}`` for those of ``wanted`` that BTF lists
+    as functions (a variadic one's ``...`` is not counted), by where they live:
+    ``{"": vmlinux functions, module: its functions}``, a module's read from its
+    split BTF (<btf_dir>/<module>, 5.11+) over vmlinux's.  A module without BTF
+    (built without it, or gone) lends none of its functions.  Raises BTFError when
+    vmlinux's BTF (<btf_dir>/vmlinux) cannot be read or is not BTF."""
     out: Dict[str, int] = {}
     base = vmlinux(os.path.join(btf_dir, "vmlinux"))
     for module, names in wanted.items():
@@ -66,7 +60,7 @@ def module_arities(wanted: Dict[str, Iterable[str]], btf_dir: str = BTF_DIR) -> 
 
 
 def parse_arities(data: bytes, wanted: Iterable[str]) -> Dict[str, int]:
-    """As function_arities, from the bytes of one (base, not split) BTF blob."""
+    """As module_arities for vmlinux, from the bytes of one (base, not split) BTF blob."""
     return Types(data).arities(wanted)
 
 

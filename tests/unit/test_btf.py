@@ -57,12 +57,12 @@ def test_truncated_btf_is_an_error():
 
 def test_unreadable_file_is_an_error(tmp_path):
     with pytest.raises(btf.BTFError, match="nope"):
-        btf.function_arities({"f"}, str(tmp_path / "nope"))
+        btf.module_arities({"": {"f"}}, str(tmp_path / "nope"))
 
 
 @pytest.mark.skipif(not os.access(btf.VMLINUX_BTF, os.R_OK), reason="this kernel exposes no BTF")
 def test_the_running_kernel():
-    arities = btf.function_arities({"do_wp_page", "wake_up_new_task", "_printk", "not_a_kernel_function"})
+    arities = btf.module_arities({"": {"do_wp_page", "wake_up_new_task", "_printk", "not_a_kernel_function"}})
     assert arities.get("do_wp_page") == 1 and arities.get("wake_up_new_task") == 1
     assert "not_a_kernel_function" not in arities
     if "_printk" in arities:  # int _printk(const char *fmt, ...) from 5.15
@@ -190,7 +190,7 @@ def test_the_kernels_btf_is_read_once_until_released(tmp_path):
     path.write_bytes(sample())
     first = btf.vmlinux(str(path))
     assert btf.vmlinux(str(path)) is first
-    assert btf.function_arities({"f"}, str(path)) == {"f": 2}
+    assert btf.module_arities({"": {"f"}}, str(tmp_path)) == {"f": 2}
     btf.release_vmlinux()
     assert btf.vmlinux(str(path)) is not first
     btf.release_vmlinux()
