@@ -33,25 +33,73 @@ def ratio(a, b):
     return "%.2f" % (a / b) if b else "-"
 
 
+PIN_PROGRAMS = ("on_pin_pages", "kretfunc__vfio_iommu_type1__vfio_pin_pages_remote")
+
+
+def pin_program_cost(programs):
+    """BPF ns per call of the pin function from vfiomond's per-program rows
+    [(name, calls, ns)]: the kprobes on_pin_pages and on_pin_pages_return, or the one
+    fexit program kretfunc__vfio_iommu_type1__vfio_pin_pages_remote; (ns, calls), or
+    None where none ran."""
+    progs = [r for r in programs if r[0].startswith("on_pin_pages") or r[0].endswith("__vfio_pin_pages_remote")]
+    calls = [n for prog, n, _ in progs if prog in PIN_PROGRAMS]
+    if not calls:
+        return None
+    return sum(ns for _, _, ns in progs) / calls[0], calls[0]
+
+
+def reference_cost(run):
+    """funclatency's BPF ns per traced call in a run (its entry and return programs
+    each run once per call); (ns, calls), or None where it saw no call."""
+    if not run or not run.get("bpf_programs"):
+        return None
+    calls = min(n for _, n, _ in run["bpf_programs"])
+    return run["bpf_run_time_ns"] / calls, calls
+
+
 def pin_call_cost(s):
     """[(tracer, BPF ns per call, calls)] on the pin function: vfiomond's programs on
-    it in its DMA phase (the kprobes on_pin_pages and on_pin_pages_return, or the one
-    fexit program kretfunc__vfio_iommu_type1__vfio_pin_pages_remote), funclatency's
-    in its own run on it."""
+    it in its DMA phase, funclatency's in its own run on it."""
     rows = []
     for name in ("vfiomond", "vfiomond_mod"):
-        if name not in s["phases"]:
-            continue
-        progs = [r for r in s["phases"][name]["dma"].get("bpf_programs", [])
-                 if r[0].startswith("on_pin_pages") or r[0].endswith("__vfio_pin_pages_remote")]
-        calls = [n for prog, n, _ in progs if prog in ("on_pin_pages", "kretfunc__vfio_iommu_type1__vfio_pin_pages_remote")]
-        if calls:
-            rows.append((name, sum(ns for _, _, ns in progs) / calls[0], calls[0]))
-    run = s["phases"]["funclatency"].get("pin")
-    if run and run.get("bpf_programs"):
-        calls = min(n for _, n, _ in run["bpf_programs"])
-        rows.append(("funclatency", run["bpf_run_time_ns"] / calls, calls))
+        if name in s["phases"]:
+            cost = pin_program_cost(s["phases"][name]["dma"].get("bpf_programs", []))
+            if cost:
+                rows.append((name,) + cost)
+    cost = reference_cost(s["phases"]["funclatency"].get("pin"))
+    if cost:
+        rows.append(("funclatency",) + cost)
     return rows
+
+
+def side_by_side_lines(s):
+    """The side_by_side phase: per vfiomond, its BPF ns next to funclatency's in the very
+    same faults and ioctls (both attached at once), and the ratio."""
+    side = s.get("side_by_side")
+    if not side:
+        return []
+    fn = s["functions"]
+    lines = ["", "Side by side: funclatency on %s, %s and %s attached together with each vfiomond, the same "
+             "faults and ioctls; BPF ns per fault, per %d MiB MAP_DMA or UNMAP_DMA, per pin call, per 2 MiB "
+             "MAP_DMA+UNMAP_DMA pair:" % (fn["fault"], fn["map"], fn["pin"], s["phases"]["none"]["dma"]["size_mib"]),
+             "%-26s %10s %6s %12s %6s %10s %6s %10s %6s" % ("tracer", "fault", "x", "(un)map", "x", "pin call", "x",
+                                                           "2 MiB pair", "x")]
+    for name, ph in side.items():
+        faults, dma, small = ph["faults"], ph["dma"], ph["small_dma"]
+        ours = (faults["tracers"][name]["bpf_run_time_ns"] / faults["faults"],
+                dma["tracers"][name]["bpf_run_time_ns"] / (2 * dma["repeat"]),
+                (pin_program_cost(dma["tracers"][name]["bpf_programs"]) or (0, 0))[0],
+                small["tracers"][name]["bpf_run_time_ns"] / small["repeat"])
+        theirs = (faults["tracers"]["funclatency_fault"]["bpf_run_time_ns"] / faults["faults"],
+                  dma["tracers"]["funclatency_map"]["bpf_run_time_ns"] / (2 * dma["repeat"]),
+                  (reference_cost(dma["tracers"]["funclatency_pin"]) or (0, 0))[0],
+                  small["tracers"]["funclatency_map"]["bpf_run_time_ns"] / small["repeat"])
+        for label, row in ((name, ours), ("  funclatency beside it", theirs)):
+            cells = []
+            for value, ref in zip(row, theirs):
+                cells += ["%.0f" % value, ratio(value, ref)]
+            lines.append("%-26s %10s %6s %12s %6s %10s %6s %10s %6s" % ((label,) + tuple(cells)))
+    return lines
 
 
 def write_fault_lines(s):
@@ -150,6 +198,7 @@ def report(s):
         lines += ["", "BPF ns per call of %s (once per physically contiguous run of a MAP_DMA): %s" % (
             s["functions"].get("pin", "the pin function"), "; ".join("%s %.0f (%d calls)" % row for row in pin))]
     lines += small_dma_lines(s)
+    lines += side_by_side_lines(s)
     lines += write_fault_lines(s)
     lines += ["", "vfiomond's work per MAP_DMA by size (type1, touched anonymous memory):",
               "%10s %12s %14s %16s %18s" % ("MiB", "BPF calls", "BPF us", "pages pinned", "pin samples held")]

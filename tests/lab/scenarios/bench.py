@@ -29,10 +29,13 @@ Phases: "vfiomond" (the daemon the lab started), "none" (vfiomond stopped),
 "funclatency" (BCC's funclatency-bpfcc on the fault function, then on the map
 function: the reference for kprobe + histogram cost), "minimal_bcc"
 (benchmarks/minimal_bcc.py on every symbol vfiomond hooks: the footprint
-reference), and vfiomond started again (start-up time, memory), which the host
-scrapes as usual.  In-kernel cost comes from kernel.bpf_stats_enabled:
-run_time_ns / run_cnt of the tracer's BPF programs (/proc/PID/fdinfo).
-Prints one JSON line.
+reference), "vfiomond_mod" (vfiomond with probes.module_trampolines), "side_by_side"
+(funclatency on the fault, map and pin functions with each vfiomond attached at the
+same time: BPF time in the very same faults and ioctls), and vfiomond started again
+(start-up time, memory), which the host scrapes as usual.  A vfiomond's "RSS steady"
+is read after its phase's work and one housekeeping more (HOUSEKEEPING_SECONDS).
+In-kernel cost comes from kernel.bpf_stats_enabled: run_time_ns / run_cnt of the
+tracer's BPF programs (/proc/PID/fdinfo).  Prints one JSON line.
 """
 
 import ctypes
@@ -58,6 +61,9 @@ REPEAT = 5
 SMALL_REPEAT = 1000
 WARM_REPEAT = 50
 STEADY_SECONDS = 20
+# vfiomond.daemon.HOUSEKEEPING_INTERVAL: each housekeeping gives the heap freed since
+# back to the kernel (footprint.release_free_heap); "RSS steady" is read after one.
+HOUSEKEEPING_SECONDS = 30
 SCALE_MIB = (256, 1024)
 WP_PAGES, WP_PASSES = 4096, 9
 WP_IOVA = 0x200000000
@@ -356,6 +362,30 @@ def measured(pid, fn, warm=None):
     return result
 
 
+def measured_together(pids, fn, warm=None):
+    """Run workload ``fn`` once (after ``warm``, not counted) with several tracers attached
+    at the same time (``pids``: name -> pid): per tracer, its BPF calls, time and programs
+    in that one run, under "tracers"."""
+    if warm:
+        warm()
+    before = {name: bpf_stats(pid) for name, pid in pids.items()}
+    result = fn()
+    result["tracers"] = {}
+    for name, pid in pids.items():
+        after = bpf_stats(pid)
+        result["tracers"][name] = {"bpf_run_cnt": after["run_cnt"] - before[name]["run_cnt"],
+                                   "bpf_run_time_ns": after["run_time_ns"] - before[name]["run_time_ns"],
+                                   "bpf_programs": per_program(before[name], after)}
+    return result
+
+
+def settled_memory(pid):
+    """VmRSS and RssAnon (KiB) of a vfiomond after its next housekeeping, which returns
+    the heap its work freed: phases of different lengths read alike."""
+    time.sleep(HOUSEKEEPING_SECONDS + 2)
+    return rss_kib(pid), anon_kib(pid)
+
+
 def scrape_value(name, **labels):
     return sum(v.sample(v.scrape(PORT), name, **labels))
 
@@ -397,26 +427,74 @@ def traced_fault_function(symbols, programs):
     return ([s for s in symbols if s not in huge] or symbols)[0]
 
 
-def module_trampolines_phase(rig):
-    """vfiomond with probes.module_trampolines (the vfio modules' hooks as fentry/fexit
-    where BCC and the kernel's BTF allow): start-up, memory, faults and DMA, as above."""
+def module_trampolines_config():
+    """The lab's vfiomond configuration plus probes.module_trampolines (the vfio modules'
+    hooks as fentry/fexit where BCC and the kernel's BTF allow); returns its path."""
     config = OUT + "/vfiomond-module-trampolines.toml"
     with open(SRC + "/tests/lab/guest/vfiomond.toml") as f:
         text = f.read()
     with open(config, "w") as f:
         f.write(text + "\n[probes]\nmodule_trampolines = true\n")
+    return config
+
+
+def start_vfiomond(config, log_path):
+    """A vfiomond on the bench's port, started and waited for until it serves /metrics:
+    (process, seconds to that, (VmRSS, RssAnon) in KiB then)."""
     proc, ready = start_and_wait([sys.executable, "-m", "vfiomond", "run", "--config", config, "--listen", ":" + PORT],
-                                 r"serving /metrics", OUT + "/vfiomond-module-trampolines.log")
+                                 r"serving /metrics", log_path)
+    memory = rss_kib(proc.pid), anon_kib(proc.pid)
+    return proc, ready, memory
+
+
+def module_trampolines_phase(rig):
+    """vfiomond with probes.module_trampolines: start-up, memory, faults, DMA and the
+    steady fault rate, as for vfiomond."""
+    log_path = OUT + "/vfiomond-module-trampolines.log"
+    proc, ready, (rss, anon) = start_vfiomond(module_trampolines_config(), log_path)
     try:
-        phase = {"start_seconds": ready, "rss_kib_after_start": rss_kib(proc.pid),
-                 "anon_kib_after_start": anon_kib(proc.pid)}
-        rig.faults()  # as for vfiomond: the page_fault hook dropped on 6.12+
-        wait_for_one_fault_hook(OUT + "/vfiomond-module-trampolines.log")
+        phase = {"start_seconds": ready, "rss_kib_after_start": rss, "anon_kib_after_start": anon}
+        rig.faults()
+        wait_for_one_fault_hook(log_path)
         phase.update(faults=measured(proc.pid, rig.faults), dma=measured(proc.pid, rig.dma, rig.warm_dma),
-                     small_dma=measured(proc.pid, rig.small_dma), rss_kib=rss_kib(proc.pid), anon_kib=anon_kib(proc.pid))
+                     small_dma=measured(proc.pid, rig.small_dma),
+                     steady=measured(proc.pid, lambda: rig.steady(STEADY_SECONDS)))
+        phase["rss_kib"], phase["anon_kib"] = settled_memory(proc.pid)
         return phase
     finally:
         stop(proc)
+
+
+def side_by_side_phase(rig, functions):
+    """funclatency on the fault, map and pin functions and vfiomond (the lab's
+    configuration, then with module trampolines), all attached at once: each tracer's
+    BPF time in the same faults and ioctls.  Separate phases run minutes apart, and a
+    TCG host's speed drifts between them (benchmarks/RESULTS.md, runs 9 and 10); here
+    it cannot move one tracer's cost against the other's.  No user-visible times: every
+    tracer adds to them."""
+    references = {}
+    try:
+        for what in ("fault", "map", "pin"):
+            references["funclatency_" + what], _ = start_and_wait(
+                ["funclatency-bpfcc", functions[what]], r"^Tracing", "%s/side-funclatency-%s.log" % (OUT, what))
+        out = {}
+        for name, config in (("vfiomond", SRC + "/tests/lab/guest/vfiomond.toml"),
+                             ("vfiomond_mod", module_trampolines_config())):
+            log_path = "%s/side-%s.log" % (OUT, name)
+            proc, _, _ = start_vfiomond(config, log_path)
+            try:
+                rig.faults()
+                wait_for_one_fault_hook(log_path)
+                pids = dict({name: proc.pid}, **{ref: p.pid for ref, p in references.items()})
+                out[name] = {"faults": measured_together(pids, rig.faults),
+                             "dma": measured_together(pids, rig.dma, rig.warm_dma),
+                             "small_dma": measured_together(pids, rig.small_dma)}
+            finally:
+                stop(proc)
+        return out
+    finally:
+        for proc in references.values():
+            stop(proc)
 
 
 def main():
@@ -442,8 +520,8 @@ def main():
                               "small_dma": measured(daemon, rig.small_dma),
                               "steady": measured(daemon, lambda: rig.steady(STEADY_SECONDS)),
                               "write_faults": measured(daemon, rig.write_faults),
-                              "write_faults_pinned": measured(daemon, lambda: rig.write_faults(holding_pins=True)),
-                              "rss_kib": rss_kib(daemon), "anon_kib": anon_kib(daemon)}
+                              "write_faults_pinned": measured(daemon, lambda: rig.write_faults(holding_pins=True))}
+        phases["vfiomond"]["rss_kib"], phases["vfiomond"]["anon_kib"] = settled_memory(daemon)
         summary["scale"] = scale(rig, daemon)
         fault_fn = traced_fault_function(probes["bar_fault"], phases["vfiomond"]["faults"]["bpf_programs"])
         summary["functions"] = {"fault": fault_fn, "map": map_fn, "pin": pin_fn, "vfiomond_symbols": symbols}
@@ -479,14 +557,15 @@ def main():
         log("phase vfiomond_mod")
         phases["vfiomond_mod"] = module_trampolines_phase(rig)
 
+        log("side by side")
+        summary["side_by_side"] = side_by_side_phase(rig, summary["functions"])
+
         # Started last and left running: the lab scrapes it after the scenario.
         log("vfiomond again")
-        proc, ready = start_and_wait(
-            [sys.executable, "-m", "vfiomond", "run", "--config", SRC + "/tests/lab/guest/vfiomond.toml",
-             "--listen", ":" + PORT], r"serving /metrics", OUT + "/vfiomond-bench.log")
+        proc, ready, (rss, anon) = start_vfiomond(SRC + "/tests/lab/guest/vfiomond.toml", OUT + "/vfiomond-bench.log")
         phases["vfiomond"]["start_seconds"] = ready
-        phases["vfiomond"]["rss_kib_after_start"] = rss_kib(proc.pid)
-        phases["vfiomond"]["anon_kib_after_start"] = anon_kib(proc.pid)
+        phases["vfiomond"]["rss_kib_after_start"] = rss
+        phases["vfiomond"]["anon_kib_after_start"] = anon
         summary["vfiomond_again_pid"] = proc.pid
         summary["ok"] = True
     except Exception as e:
