@@ -7,7 +7,9 @@ BCC program, measured in the lab guest (real kprobes; tests/lab/scenarios/bench.
 Boots the suite's lab guest once (QEMU TCG: absolute times are an emulated CPU's;
 compare within one run), then prints, as ratios to the run without tracing:
 per-fault time of BAR faults and MAP_DMA/UNMAP_DMA time of a large mapping under
-each tracer; the in-kernel BPF time per traced call (kernel.bpf_stats_enabled);
+each tracer, with the spread of the repetitions behind each median; the in-kernel
+BPF time per traced call (kernel.bpf_stats_enabled), per tracer alone and with
+vfiomond and funclatency attached at once (the same calls, "side by side");
 the tracers' CPU per fault, resident memory and start-up time; and the scale of
 vfiomond's in-kernel work and user-space events with the mapping size.
 """
@@ -125,6 +127,25 @@ def write_fault_lines(s):
     return lines
 
 
+def spread_lines(s):
+    """Per tracer, the interquartile range of the repetitions behind each user-visible
+    median (fault passes, 1 GiB maps and unmaps, 2 MiB maps and unmaps) in percent of
+    it: a difference from "none" smaller than both spreads is within the noise."""
+    ph = s["phases"]
+    if "spread_pct" not in ph["none"]["faults"]:
+        return []
+    cell = lambda d, key: "%.1f" % d[key] if d and key in d else "-"  # noqa: E731
+    lines = ["", "Spread of those medians (interquartile range, % of the median):",
+             "%-12s %10s %10s %10s %14s %14s" % ("tracer", "faults", "map", "unmap", "2 MiB map", "2 MiB unmap")]
+    for name in ["none"] + tracers(ph):
+        p = ph[name]
+        lines.append("%-12s %10s %10s %10s %14s %14s" % (
+            name, cell(p.get("faults"), "spread_pct"), cell(p.get("dma"), "map_spread_pct"),
+            cell(p.get("dma"), "unmap_spread_pct"), cell(p.get("small_dma"), "map_spread_pct"),
+            cell(p.get("small_dma"), "unmap_spread_pct")))
+    return lines
+
+
 def small_dma_lines(s):
     """MAP_DMA + UNMAP_DMA of 2 MiB, many times in a row: the per-ioctl cost with each
     tracer's code hot, as BPF ns per map + unmap pair next to funclatency's on the ioctl."""
@@ -180,6 +201,7 @@ def report(s):
             d["unmap_ms"], ratio(d["unmap_ms"], none["dma"]["unmap_ms"]),
             "%.0f" % (f["bpf_run_time_ns"] / faults) if "bpf_run_time_ns" in f else "-",
             "%.0f" % (d["bpf_run_time_ns"] / (2 * d["repeat"])) if "bpf_run_time_ns" in d else "-"))
+    lines += spread_lines(s)
     lines += ["", "%-12s %16s %13s %16s %14s %14s %14s %11s" % (
         "tracer", "steady faults/s", "tracer CPU %", "RSS after start", "anon", "RSS steady", "anon", "start-up s")]
     for name in tracers(ph):

@@ -236,6 +236,13 @@ def stop(proc_or_pid):
         proc_or_pid.wait(timeout=120)
 
 
+def spread_pct(values):
+    """The interquartile range of ``values`` in percent of their median: how far one
+    median of these repetitions can be trusted (a tracer's cost under it is noise)."""
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return 100 * (q3 - q1) / median if median else 0.0
+
+
 # --- the workloads --------------------------------------------------------
 
 class Rig:
@@ -274,9 +281,9 @@ class Rig:
             counts.append(n)
             per_fault.append(elapsed / max(n, 1))
             rates.append(n / (elapsed / 1e9))
-        return {"pass_ns_per_fault": statistics.median(per_fault), "faults_per_pass": statistics.median(counts),
-                "faults_per_second": statistics.median(rates), "passes": FAULT_PASSES, "faults": sum(counts),
-                "seconds": total_ns / 1e9}
+        return {"pass_ns_per_fault": statistics.median(per_fault), "spread_pct": spread_pct(per_fault),
+                "faults_per_pass": statistics.median(counts), "faults_per_second": statistics.median(rates),
+                "passes": FAULT_PASSES, "faults": sum(counts), "seconds": total_ns / 1e9}
 
     def steady(self, seconds):
         """Fault passes for ``seconds``: the daemon's CPU at a sustained fault rate."""
@@ -330,6 +337,7 @@ class Rig:
         maps, unmaps = zip(*(self.map_unmap(mib * MIB) for _ in range(repeat)))
         return {"size_mib": mib, "map_" + unit: statistics.median(maps) / per_ns,
                 "unmap_" + unit: statistics.median(unmaps) / per_ns, "repeat": repeat,
+                "map_spread_pct": spread_pct(maps), "unmap_spread_pct": spread_pct(unmaps),
                 "seconds": (sum(maps) + sum(unmaps)) / 1e9}
 
     def dma(self):
