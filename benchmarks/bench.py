@@ -74,6 +74,16 @@ def pin_call_cost(s):
     return rows
 
 
+def side_costs(ph, fault_tracer, map_tracer, pin_cost):
+    """One side-by-side row: BPF ns per fault (``fault_tracer``'s programs), per large
+    MAP_DMA or UNMAP_DMA and per 2 MiB pair (``map_tracer``'s), per pin call
+    (``pin_cost``, as pin_program_cost or reference_cost give it)."""
+    faults, dma, small = ph["faults"], ph["dma"], ph["small_dma"]
+    ns = lambda run, tracer, calls: run["tracers"][tracer]["bpf_run_time_ns"] / calls  # noqa: E731
+    return (ns(faults, fault_tracer, faults["faults"]), ns(dma, map_tracer, 2 * dma["repeat"]),
+            (pin_cost or (0, 0))[0], ns(small, map_tracer, small["repeat"]))
+
+
 def side_by_side_lines(s):
     """The side_by_side phase: per vfiomond, its BPF ns next to funclatency's in the very
     same faults and ioctls (both attached at once), and the ratio."""
@@ -87,15 +97,9 @@ def side_by_side_lines(s):
              "%-26s %10s %6s %12s %6s %10s %6s %10s %6s" % ("tracer", "fault", "x", "(un)map", "x", "pin call", "x",
                                                            "2 MiB pair", "x")]
     for name, ph in side.items():
-        faults, dma, small = ph["faults"], ph["dma"], ph["small_dma"]
-        ours = (faults["tracers"][name]["bpf_run_time_ns"] / faults["faults"],
-                dma["tracers"][name]["bpf_run_time_ns"] / (2 * dma["repeat"]),
-                (pin_program_cost(dma["tracers"][name]["bpf_programs"]) or (0, 0))[0],
-                small["tracers"][name]["bpf_run_time_ns"] / small["repeat"])
-        theirs = (faults["tracers"]["funclatency_fault"]["bpf_run_time_ns"] / faults["faults"],
-                  dma["tracers"]["funclatency_map"]["bpf_run_time_ns"] / (2 * dma["repeat"]),
-                  (reference_cost(dma["tracers"]["funclatency_pin"]) or (0, 0))[0],
-                  small["tracers"]["funclatency_map"]["bpf_run_time_ns"] / small["repeat"])
+        tracers_in_dma = ph["dma"]["tracers"]
+        ours = side_costs(ph, name, name, pin_program_cost(tracers_in_dma[name]["bpf_programs"]))
+        theirs = side_costs(ph, "funclatency_fault", "funclatency_map", reference_cost(tracers_in_dma["funclatency_pin"]))
         for label, row in ((name, ours), ("  funclatency beside it", theirs)):
             cells = []
             for value, ref in zip(row, theirs):

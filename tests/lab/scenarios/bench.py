@@ -33,7 +33,7 @@ reference), "vfiomond_mod" (vfiomond with probes.module_trampolines), "side_by_s
 (funclatency on the fault, map and pin functions with each vfiomond attached at the
 same time: BPF time in the very same faults and ioctls), and vfiomond started again
 (start-up time, memory), which the host scrapes as usual.  A vfiomond's "RSS steady"
-is read after its phase's work and one housekeeping more (HOUSEKEEPING_SECONDS).
+is read after its phase's work and one housekeeping more (HOUSEKEEPING_INTERVAL).
 In-kernel cost comes from kernel.bpf_stats_enabled: run_time_ns / run_cnt of the
 tracer's BPF programs (/proc/PID/fdinfo).  Prints one JSON line.
 """
@@ -54,6 +54,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vfiolib as v  # noqa: E402
 
 SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, SRC)
+# Each housekeeping gives the heap freed since back to the kernel
+# (footprint.release_free_heap); "RSS steady" is read after one.
+from vfiomond.daemon import HOUSEKEEPING_INTERVAL  # noqa: E402
 MIB = 1 << 20
 FAULT_PASSES = 15
 DMA_MIB = int(os.environ.get("BENCH_DMA_MIB", "1024"))
@@ -61,9 +65,6 @@ REPEAT = 5
 SMALL_REPEAT = 1000
 WARM_REPEAT = 50
 STEADY_SECONDS = 20
-# vfiomond.daemon.HOUSEKEEPING_INTERVAL: each housekeeping gives the heap freed since
-# back to the kernel (footprint.release_free_heap); "RSS steady" is read after one.
-HOUSEKEEPING_SECONDS = 30
 SCALE_MIB = (256, 1024)
 WP_PAGES, WP_PASSES = 4096, 9
 WP_IOVA = 0x200000000
@@ -175,6 +176,13 @@ def per_program(before, after):
         if cnt > cnt0:
             out.append((tag, cnt - cnt0, ns - ns0))
     return sorted(out, key=lambda row: -row[2])
+
+
+def bpf_spent(before, after):
+    """A tracer's BPF calls, time (ns) and programs between two bpf_stats."""
+    return {"bpf_run_cnt": after["run_cnt"] - before["run_cnt"],
+            "bpf_run_time_ns": after["run_time_ns"] - before["run_time_ns"],
+            "bpf_programs": per_program(before, after)}
 
 
 def cpu_seconds(pid):
@@ -360,11 +368,8 @@ def measured(pid, fn, warm=None):
         return fn()
     cpu, stats = cpu_seconds(pid), bpf_stats(pid)
     result = fn()
-    after = bpf_stats(pid)
+    result.update(bpf_spent(stats, bpf_stats(pid)))
     result["tracer_cpu_seconds"] = cpu_seconds(pid) - cpu
-    result["bpf_run_cnt"] = after["run_cnt"] - stats["run_cnt"]
-    result["bpf_run_time_ns"] = after["run_time_ns"] - stats["run_time_ns"]
-    result["bpf_programs"] = per_program(stats, after)
     result["tracer_rss_kib"] = rss_kib(pid)
     result["tracer_anon_kib"] = anon_kib(pid)
     return result
@@ -378,19 +383,14 @@ def measured_together(pids, fn, warm=None):
         warm()
     before = {name: bpf_stats(pid) for name, pid in pids.items()}
     result = fn()
-    result["tracers"] = {}
-    for name, pid in pids.items():
-        after = bpf_stats(pid)
-        result["tracers"][name] = {"bpf_run_cnt": after["run_cnt"] - before[name]["run_cnt"],
-                                   "bpf_run_time_ns": after["run_time_ns"] - before[name]["run_time_ns"],
-                                   "bpf_programs": per_program(before[name], after)}
+    result["tracers"] = {name: bpf_spent(before[name], bpf_stats(pid)) for name, pid in pids.items()}
     return result
 
 
 def settled_memory(pid):
     """VmRSS and RssAnon (KiB) of a vfiomond after its next housekeeping, which returns
     the heap its work freed: phases of different lengths read alike."""
-    time.sleep(HOUSEKEEPING_SECONDS + 2)
+    time.sleep(HOUSEKEEPING_INTERVAL + 2)
     return rss_kib(pid), anon_kib(pid)
 
 
