@@ -9,7 +9,8 @@ compare within one run), then prints, as ratios to the run without tracing:
 per-fault time of BAR faults and MAP_DMA/UNMAP_DMA time of a large mapping under
 each tracer, with the spread of the repetitions behind each median; the in-kernel
 BPF time per traced call (kernel.bpf_stats_enabled), per tracer alone and with
-vfiomond and funclatency attached at once (the same calls, "side by side");
+vfiomond, funclatency and an empty program on each of vfiomond's attach points (the
+floor of any tool hooking them) attached at once (the same calls, "side by side");
 the tracers' CPU per fault, resident memory and start-up time; and the scale of
 vfiomond's in-kernel work and user-space events with the mapping size.
 """
@@ -74,6 +75,17 @@ def pin_call_cost(s):
     return rows
 
 
+def floor_pin_cost(floor_args, pin_fn, programs):
+    """The floor's BPF ns per call of the pin function: minimal_bcc's programs
+    enter_I and leave_I, I the pin function's place in its arguments; (ns, calls), or
+    None where it did not run there."""
+    index = [arg.partition(":")[0] for arg in floor_args].index(pin_fn)
+    progs = [r for r in programs if r[0] in ("enter_%d" % index, "leave_%d" % index)]
+    if not progs:
+        return None
+    return sum(ns for _, _, ns in progs) / max(n for _, n, _ in progs), max(n for _, n, _ in progs)
+
+
 def side_costs(ph, fault_tracer, map_tracer, pin_cost):
     """One side-by-side row: BPF ns per fault (``fault_tracer``'s programs), per large
     MAP_DMA or UNMAP_DMA and per 2 MiB pair (``map_tracer``'s), per pin call
@@ -86,7 +98,8 @@ def side_costs(ph, fault_tracer, map_tracer, pin_cost):
 
 def side_by_side_lines(s):
     """The side_by_side phase: per vfiomond, its BPF ns next to funclatency's in the very
-    same faults and ioctls (both attached at once), and the ratio."""
+    same faults and ioctls (both attached at once), and the ratio; and the floor: an
+    empty program on each of vfiomond's (default) attach points, in the same calls."""
     side = s.get("side_by_side")
     if not side:
         return []
@@ -100,7 +113,11 @@ def side_by_side_lines(s):
         tracers_in_dma = ph["dma"]["tracers"]
         ours = side_costs(ph, name, name, pin_program_cost(tracers_in_dma[name]["bpf_programs"]))
         theirs = side_costs(ph, "funclatency_fault", "funclatency_map", reference_cost(tracers_in_dma["funclatency_pin"]))
-        for label, row in ((name, ours), ("  funclatency beside it", theirs)):
+        rows = [(name, ours), ("  funclatency beside it", theirs)]
+        if name == "vfiomond" and "floor" in tracers_in_dma:  # runs since 2026-12-04
+            floor_pin = floor_pin_cost(fn["floor"], fn["pin"], tracers_in_dma["floor"]["bpf_programs"])
+            rows.append(("  empty kprobes, its hooks", side_costs(ph, "floor", "floor", floor_pin)))
+        for label, row in rows:
             cells = []
             for value, ref in zip(row, theirs):
                 cells += ["%.0f" % value, ratio(value, ref)]

@@ -30,8 +30,9 @@ Phases: "vfiomond" (the daemon the lab started), "none" (vfiomond stopped),
 function: the reference for kprobe + histogram cost), "minimal_bcc"
 (benchmarks/minimal_bcc.py on every symbol vfiomond hooks: the footprint
 reference), "vfiomond_mod" (vfiomond with probes.module_trampolines), "side_by_side"
-(funclatency on the fault, map and pin functions with each vfiomond attached at the
-same time: BPF time in the very same faults and ioctls), and vfiomond started again
+(funclatency on the fault, map and pin functions, and minimal_bcc on vfiomond's own
+attach points as the floor of any tool hooking them, with each vfiomond attached at
+the same time: BPF time in the very same faults and ioctls), and vfiomond started again
 (start-up time, memory), which the host scrapes as usual.  A vfiomond's "RSS steady"
 is read after its phase's work and one housekeeping more (HOUSEKEEPING_INTERVAL).
 In-kernel cost comes from kernel.bpf_stats_enabled: run_time_ns / run_cnt of the
@@ -416,12 +417,33 @@ def scale(rig, pid):
 
 
 def hooked_symbols():
-    """The symbols vfiomond attaches on this kernel (vfiomond check --json)."""
+    """The symbols vfiomond attaches on this kernel (vfiomond check --json): (probe ->
+    its symbols, every symbol sorted, symbol -> the kinds of program vfiomond runs on
+    it: "entry" for a kprobe or fentry, "return" for a kretprobe or fexit)."""
     out = subprocess.run([sys.executable, "-m", "vfiomond", "check", "--json"], stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout
-    rows = json.loads(out)["probes"]
-    symbols = {r["probe"]: r["symbols"] for r in rows if r["available"]}
-    return symbols, sorted({s for syms in symbols.values() for s in syms})
+    rows = [r for r in json.loads(out)["probes"] if r["available"]]
+    kinds = {}
+    for r in rows:
+        for symbol, methods in zip(r["symbols"], r["methods"]):
+            for method in methods.split("+"):
+                kinds.setdefault(symbol, set()).add("return" if method in ("kretprobe", "fexit") else "entry")
+    symbols = {r["probe"]: r["symbols"] for r in rows}
+    return symbols, sorted(kinds), kinds
+
+
+def floor_arguments(kinds, fault_symbols, fault_fn):
+    """minimal_bcc.py's arguments for vfiomond's own attach points: SYMBOL where it runs
+    an entry and a return program, SYMBOL:entry or SYMBOL:return where only one.  Of the
+    fault handlers, only the one vfiomond keeps (6.12+ drops the page_fault hook once it
+    sees huge_fault nested in it)."""
+    args = []
+    for symbol in sorted(kinds):
+        if symbol in fault_symbols and symbol != fault_fn:
+            continue
+        both = kinds[symbol] == {"entry", "return"}
+        args.append(symbol if both else "%s:%s" % (symbol, next(iter(kinds[symbol]))))
+    return args
 
 
 def traced_fault_function(symbols, programs):
@@ -474,9 +496,10 @@ def module_trampolines_phase(rig):
 
 
 def side_by_side_phase(rig, functions):
-    """funclatency on the fault, map and pin functions and vfiomond (the lab's
-    configuration, then with module trampolines), all attached at once: each tracer's
-    BPF time in the same faults and ioctls.  Separate phases run minutes apart, and a
+    """funclatency on the fault, map and pin functions, minimal_bcc on vfiomond's attach
+    points (functions["floor"]: an empty program where vfiomond runs one) and vfiomond
+    (the lab's configuration, then with module trampolines), all attached at once: each
+    tracer's BPF time in the same faults and ioctls.  Separate phases run minutes apart, and a
     TCG host's speed drifts between them (benchmarks/RESULTS.md, runs 9 and 10); here
     it cannot move one tracer's cost against the other's.  No user-visible times: every
     tracer adds to them."""
@@ -485,6 +508,8 @@ def side_by_side_phase(rig, functions):
         for what in ("fault", "map", "pin"):
             references["funclatency_" + what], _ = start_and_wait(
                 ["funclatency-bpfcc", functions[what]], r"^Tracing", "%s/side-funclatency-%s.log" % (OUT, what))
+        references["floor"], _ = start_and_wait([sys.executable, SRC + "/benchmarks/minimal_bcc.py"] + functions["floor"],
+                                                r"^attached", OUT + "/side-floor.log")
         out = {}
         for name, config in (("vfiomond", SRC + "/tests/lab/guest/vfiomond.toml"),
                              ("vfiomond_mod", module_trampolines_config())):
@@ -511,7 +536,7 @@ def main():
     try:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write("1")
-        probes, symbols = hooked_symbols()
+        probes, symbols, kinds = hooked_symbols()
         map_fn, pin_fn = probes["dma_map"][0], probes["pin_pages"][0]
         rig = Rig()
         summary["region_size"] = rig.bar.size
@@ -532,7 +557,8 @@ def main():
         phases["vfiomond"]["rss_kib"], phases["vfiomond"]["anon_kib"] = settled_memory(daemon)
         summary["scale"] = scale(rig, daemon)
         fault_fn = traced_fault_function(probes["bar_fault"], phases["vfiomond"]["faults"]["bpf_programs"])
-        summary["functions"] = {"fault": fault_fn, "map": map_fn, "pin": pin_fn, "vfiomond_symbols": symbols}
+        summary["functions"] = {"fault": fault_fn, "map": map_fn, "pin": pin_fn, "vfiomond_symbols": symbols,
+                                "floor": floor_arguments(kinds, probes["bar_fault"], fault_fn)}
         stop(daemon)
 
         log("phase none")
