@@ -23,7 +23,7 @@ from vfiomond.losses import LossLog
 from vfiomond.pins import EV_MEMLOCK, PinTracker, PinWatch, parse_event
 from vfiomond.pintable import PinTable
 from vfiomond.processes import memlock_alert
-from vfiomond.probes import FEATURES, TRAMPOLINE_MARKER, kernel_facts, select, wanted_symbols
+from vfiomond.probes import FEATURES, TRAMPOLINE_MARKER, Selected, kernel_facts, select, wanted_symbols
 from vfiomond.service import Notifier
 from vfiomond.workers import Supervisor
 
@@ -155,6 +155,25 @@ def _pin_tables(program: bpfload.Program, config: Config) -> Dict[str, PinTable]
     return out
 
 
+def pins_verified(config: Config, facts: Dict[str, int]) -> bool:
+    """Whether pin verification runs (as _pin_watch decides): on in the configuration,
+    and the PFNs of /proc/PID/pagemap readable (ZERO_PFN learned)."""
+    return config.pin_verify and "ZERO_PFN" in facts
+
+
+def select_probes(syms: Kallsyms, facts: Dict[str, int], config: Config) -> List[Selected]:
+    """probes.select, less what only pin verification reads when it does not run: each
+    backend's keeper of the kernel's table of live mappings (PIN_TABLE_KEEPER), whose
+    entry, sample slots and span every MAP_DMA pays for and every unmap deletes.  Left
+    out as a probe of an absent kernel feature is: no series, no alert; without it the
+    programs make no entries (the PIN_MAPS and IOMMUFD_PIN_MAPS facts stay unset)."""
+    chosen = select(syms, facts)
+    if pins_verified(config, facts):
+        return chosen
+    keepers = {keeper for keeper, _, _ in PIN_TABLE_KEEPER.values()}
+    return [s for s in chosen if s.probe.name not in keepers]
+
+
 def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], sink: Optional[AlertSink] = None,
                  disabled: Sequence[str] = ()) -> None:
     """One log line per probe whose state changed; a probe_lost alert for each one
@@ -248,8 +267,8 @@ class Daemon:
         syms, facts = read_kernel(advisories.symbol_names(self.advisories.issues))
         facts.update(self.fixed_facts)
         before = self.program.statuses
-        _log_changes(before, self.program.apply(select(syms, facts), facts, self.config.disable, gone_modules), self.sink,
-                     self.config.disable)
+        _log_changes(before, self.program.apply(select_probes(syms, facts, self.config), facts, self.config.disable,
+                                                gone_modules), self.sink, self.config.disable)
         self.advisories.evaluate(syms)
         btf.release_vmlinux()  # read for the module facts
 
@@ -341,7 +360,10 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     facts.update(fixed)
     notifier.status("compiling BPF programs")
     log.info("compiling BPF programs (kernel facts: %s)", ", ".join(sorted(facts)) or "none")
-    program = bpfload.load(select(syms, facts), facts, config.disable, syms.has(TRAMPOLINE_MARKER),
+    if not pins_verified(config, facts):
+        log.info("pin verification off: the kernel's table of live mappings is not kept (probes %s left out)",
+                 ", ".join(keeper for keeper, _, _ in PIN_TABLE_KEEPER.values()))
+    program = bpfload.load(select_probes(syms, facts, config), facts, config.disable, syms.has(TRAMPOLINE_MARKER),
                            config.module_trampolines)
     _log_features(program.features)
     _log_changes([], program.statuses)

@@ -273,3 +273,19 @@ def test_page_fault_hook_left_out_once_it_is_seen_calling_huge_fault():
     assert symbols(sel["bar_fault"]) == "vfio_pci_mmap_huge_fault"
     assert symbols(sel["bar_fault"]) == symbols(selection(DEBIAN_6_12.replace(
         "ffffffffc0000210 t vfio_pci_mmap_page_fault\t[vfio_pci_core]\n", ""))[0]["bar_fault"])
+
+
+def test_table_keepers_left_out_where_pin_verification_does_not_run():
+    from vfiomond.config import Config
+    from vfiomond.daemon import select_probes
+
+    syms = Kallsyms.parse(DEBIAN_6_12.splitlines(), wanted_symbols())
+    facts = dict(kernel_facts(syms), ZERO_PFN=0x1234)
+    verified = {s.probe.name for s in select_probes(syms, facts, Config())}
+    assert "pin_samples" in verified
+    for config, known in ((Config(pin_verify=False), facts),
+                          (Config(), {k: v for k, v in facts.items() if k != "ZERO_PFN"})):
+        names = {s.probe.name for s in select_probes(syms, known, config)}
+        # Only the keepers go: the pins, charges and write faults are counted as before.
+        assert verified - names == {"pin_samples"}
+        assert {"pin_pages", "locked_vm_charge", "pin_write_faults"} <= names

@@ -457,15 +457,24 @@ def traced_fault_function(symbols, programs):
     return ([s for s in symbols if s not in huge] or symbols)[0]
 
 
+def lab_config_plus(name, section, setting):
+    """The lab's vfiomond configuration with one more setting in ``section`` (under
+    its header where the file has one); returns its path."""
+    config = "%s/vfiomond-%s.toml" % (OUT, name)
+    with open(SRC + "/tests/lab/guest/vfiomond.toml") as f:
+        text = f.read()
+    header = "[%s]\n" % section
+    text = text.replace(header, header + setting + "\n", 1) if header in text else \
+        text + "\n" + header + setting + "\n"
+    with open(config, "w") as f:
+        f.write(text)
+    return config
+
+
 def module_trampolines_config():
     """The lab's vfiomond configuration plus probes.module_trampolines (the vfio modules'
     hooks as fentry/fexit where BCC and the kernel's BTF allow); returns its path."""
-    config = OUT + "/vfiomond-module-trampolines.toml"
-    with open(SRC + "/tests/lab/guest/vfiomond.toml") as f:
-        text = f.read()
-    with open(config, "w") as f:
-        f.write(text + "\n[probes]\nmodule_trampolines = true\n")
-    return config
+    return lab_config_plus("module-trampolines", "probes", "module_trampolines = true")
 
 
 def start_vfiomond(config, log_path):
@@ -498,7 +507,8 @@ def module_trampolines_phase(rig):
 def side_by_side_phase(rig, functions):
     """funclatency on the fault, map and pin functions, minimal_bcc on vfiomond's attach
     points (functions["floor"]: an empty program where vfiomond runs one) and vfiomond
-    (the lab's configuration, then with module trampolines), all attached at once: each
+    (the lab's configuration, then with module trampolines, then with pins.verify = false:
+    no kernel table of live mappings), all attached at once: each
     tracer's BPF time in the same faults and ioctls.  Separate phases run minutes apart, and a
     TCG host's speed drifts between them (benchmarks/RESULTS.md, runs 9 and 10); here
     it cannot move one tracer's cost against the other's.  No user-visible times: every
@@ -512,7 +522,8 @@ def side_by_side_phase(rig, functions):
                                                 r"^attached", OUT + "/side-floor.log")
         out = {}
         for name, config in (("vfiomond", SRC + "/tests/lab/guest/vfiomond.toml"),
-                             ("vfiomond_mod", module_trampolines_config())):
+                             ("vfiomond_mod", module_trampolines_config()),
+                             ("vfiomond_noverify", lab_config_plus("no-verify", "pins", "verify = false"))):
             log_path = "%s/side-%s.log" % (OUT, name)
             proc, _, _ = start_vfiomond(config, log_path)
             try:
