@@ -2,7 +2,8 @@
 vfiomond with the vfio modules' hooks as fentry/fexit programs (where the kernel has
 module BTF and BCC is 0.28+; kprobes elsewhere, said in its log), and a child maps 8 MiB
 through type1 and reads edu's BAR0 page by page.  The second daemon's numbers must be
-the kernel's: the child's VmLck, the bytes it mapped, the faults it took."""
+the kernel's: the child's VmLck, the bytes it mapped, the faults it took.  It runs with
+pins.verify = false, which leaves the kernel's table of live mappings out."""
 
 import os
 
@@ -91,6 +92,17 @@ def test_it_counts_every_bar_fault_the_child_took(part, scrapes):
         return scrape.total(name, device=device) - scrape.total(name, device=device, result="fallback")
 
     assert handled(scrapes["after"]) - handled(scrapes["before"]) == child["bar_faults"]
+
+
+def test_without_verification_the_table_of_live_mappings_is_left_out(part, scrapes):
+    """The second daemon runs with pins.verify = false: the keeper of the kernel's table
+    of live mappings is left out (no series, so no VfiomondProbeNotAttached), and the
+    accounting above is still the kernel's."""
+    after = scrapes["after"]
+    probes = {s.labels["probe"] for s in after.samples if s.name == "vfiomond_probe_attached"}
+    assert "pin_pages" in probes and "pin_samples" not in probes
+    with open(os.path.join(part.out, "module-fexit-vfiomond.log")) as f:
+        assert "the kernel's table of live mappings is not kept" in f.read()
 
 
 def test_nothing_lost_and_a_clean_exit(part, scrapes):

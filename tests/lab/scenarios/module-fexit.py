@@ -2,8 +2,9 @@
 """Scenario "module-fexit": vfiomond with probes.module_trampolines, checked against the kernel.
 
 A second daemon starts beside the lab's (port VFIOMOND_PORT + 1, the lab's
-configuration plus ``[probes] module_trampolines = true``, the kernel log left
-to the lab's daemon): where the kernel has
+configuration plus ``[probes] module_trampolines = true`` and ``[pins] verify =
+false``, the kernel log left to the lab's daemon, which verifies the pins): where
+the kernel has
 module BTF and BCC is 0.28+, the vfio modules' hooks (BAR fault, pin, unpin, the
 charge marker) are fentry/fexit programs instead of kprobes.  A child process
 then opens edu's type1 container, maps 8 MiB of touched memory read-write and
@@ -44,6 +45,7 @@ watch_kernel_log = false
 module_trampolines = true
 
 [pins]
+verify = false
 verify_interval = 1.0
 samples = 16
 """
