@@ -83,7 +83,8 @@ def floor_pin_cost(floor_args, pin_fn, programs):
     progs = [r for r in programs if r[0] in ("enter_%d" % index, "leave_%d" % index)]
     if not progs:
         return None
-    return sum(ns for _, _, ns in progs) / max(n for _, n, _ in progs), max(n for _, n, _ in progs)
+    calls = max(n for _, n, _ in progs)
+    return sum(ns for _, _, ns in progs) / calls, calls
 
 
 def side_costs(ph, fault_tracer, map_tracer, pin_cost):

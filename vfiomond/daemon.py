@@ -138,6 +138,7 @@ def _pin_watch(config: Config, facts, sink, kernel=None) -> Optional[PinWatch]:
 PIN_TABLE_KEEPER = {"type1": ("pin_samples", "type1_counters", type1.COUNTERS["TYPE1_WRITE_FAULTS_OUTSIDE"]),
                     "iommufd": ("iommufd_pin_samples", "iommufd_counters",
                                 iommufd.COUNTERS["IOMMUFD_WRITE_FAULTS_OUTSIDE"])}
+TABLE_KEEPERS = tuple(keeper for keeper, _, _ in PIN_TABLE_KEEPER.values())
 
 
 def _pin_tables(program: bpfload.Program, config: Config) -> Dict[str, PinTable]:
@@ -163,15 +164,14 @@ def pins_verified(config: Config, facts: Dict[str, int]) -> bool:
 
 def select_probes(syms: Kallsyms, facts: Dict[str, int], config: Config) -> List[Selected]:
     """probes.select, less what only pin verification reads when it does not run: each
-    backend's keeper of the kernel's table of live mappings (PIN_TABLE_KEEPER), whose
+    backend's keeper of the kernel's table of live mappings (TABLE_KEEPERS), whose
     entry, sample slots and span every MAP_DMA pays for and every unmap deletes.  Left
     out as a probe of an absent kernel feature is: no series, no alert; without it the
     programs make no entries (the PIN_MAPS and IOMMUFD_PIN_MAPS facts stay unset)."""
     chosen = select(syms, facts)
     if pins_verified(config, facts):
         return chosen
-    keepers = {keeper for keeper, _, _ in PIN_TABLE_KEEPER.values()}
-    return [s for s in chosen if s.probe.name not in keepers]
+    return [s for s in chosen if s.probe.name not in TABLE_KEEPERS]
 
 
 def _log_changes(before: Sequence[ProbeStatus], after: Sequence[ProbeStatus], sink: Optional[AlertSink] = None,
@@ -362,7 +362,7 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     log.info("compiling BPF programs (kernel facts: %s)", ", ".join(sorted(facts)) or "none")
     if not pins_verified(config, facts):
         log.info("pin verification off: the kernel's table of live mappings is not kept (probes %s left out)",
-                 ", ".join(keeper for keeper, _, _ in PIN_TABLE_KEEPER.values()))
+                 ", ".join(TABLE_KEEPERS))
     program = bpfload.load(select_probes(syms, facts, config), facts, config.disable, syms.has(TRAMPOLINE_MARKER),
                            config.module_trampolines)
     _log_features(program.features)
