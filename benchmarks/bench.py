@@ -76,11 +76,12 @@ def pin_call_cost(s):
 
 
 def floor_pin_cost(floor_args, pin_fn, programs):
-    """The floor's BPF ns per call of the pin function: minimal_bcc's programs
-    enter_I and leave_I, I the pin function's place in its arguments; (ns, calls), or
-    None where it did not run there."""
+    """The floor's BPF ns per call of the pin function: minimal_bcc's programs on it,
+    enter_I and leave_I (kprobes; I the pin function's place in its arguments) or
+    k[ret]func__[MODULE__]PIN_FN (fentry, fexit); (ns, calls), or None where none ran there."""
     index = [arg.partition(":")[0] for arg in floor_args].index(pin_fn)
-    progs = [r for r in programs if r[0] in ("enter_%d" % index, "leave_%d" % index)]
+    progs = [r for r in programs if r[0] in ("enter_%d" % index, "leave_%d" % index) or
+             (r[0].startswith(("kfunc__", "kretfunc__")) and r[0].endswith("_" + pin_fn))]
     if not progs:
         return None
     calls = max(n for _, n, _ in progs)
@@ -100,7 +101,8 @@ def side_costs(ph, fault_tracer, map_tracer, pin_cost):
 def side_by_side_lines(s):
     """The side_by_side phase: per vfiomond, its BPF ns next to funclatency's in the very
     same faults and ioctls (both attached at once), and the ratio; and the floor: an
-    empty program on each of vfiomond's (default) attach points, in the same calls."""
+    empty program on each of vfiomond's attach points, attached as vfiomond (and, since
+    run 17, as vfiomond_mod) attaches them, in the same calls."""
     side = s.get("side_by_side")
     if not side:
         return []
@@ -115,9 +117,11 @@ def side_by_side_lines(s):
         ours = side_costs(ph, name, name, pin_program_cost(tracers_in_dma[name]["bpf_programs"]))
         theirs = side_costs(ph, "funclatency_fault", "funclatency_map", reference_cost(tracers_in_dma["funclatency_pin"]))
         rows = [(name, ours), ("  funclatency beside it", theirs)]
-        if name == "vfiomond" and "floor" in tracers_in_dma:  # runs since 2026-12-04
-            floor_pin = floor_pin_cost(fn["floor"], fn["pin"], tracers_in_dma["floor"]["bpf_programs"])
-            rows.append(("  empty kprobes, its hooks", side_costs(ph, "floor", "floor", floor_pin)))
+        # the floor: since 2026-12-04 beside vfiomond; as vfiomond_mod attaches since run 17
+        floor = {"vfiomond": "floor", "vfiomond_mod": "floor_mod"}.get(name)
+        if floor in tracers_in_dma:
+            floor_pin = floor_pin_cost(fn[floor], fn["pin"], tracers_in_dma[floor]["bpf_programs"])
+            rows.append(("  empty programs, its hooks", side_costs(ph, floor, floor, floor_pin)))
         for label, row in rows:
             cells = []
             for value, ref in zip(row, theirs):

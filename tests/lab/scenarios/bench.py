@@ -416,34 +416,29 @@ def scale(rig, pid):
     return out
 
 
-def hooked_symbols():
-    """The symbols vfiomond attaches on this kernel (vfiomond check --json): (probe ->
-    its symbols, every symbol sorted, symbol -> the kinds of program vfiomond runs on
-    it: "entry" for a kprobe or fentry, "return" for a kretprobe or fexit)."""
-    out = subprocess.run([sys.executable, "-m", "vfiomond", "check", "--json"], stdout=subprocess.PIPE,
-                         universal_newlines=True, check=True).stdout
+def hooked_symbols(config=None):
+    """The symbols vfiomond attaches on this kernel (vfiomond check --json, following
+    ``config``'s probes.module_trampolines): (probe -> its symbols, every symbol sorted,
+    symbol -> the methods of the programs vfiomond runs on it: kprobe, kretprobe,
+    fentry, fexit)."""
+    command = [sys.executable, "-m", "vfiomond", "check", "--json"] + (["--config", config] if config else [])
+    out = subprocess.run(command, stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
     rows = [r for r in json.loads(out)["probes"] if r["available"]]
-    kinds = {}
+    methods = {}
     for r in rows:
-        for symbol, methods in zip(r["symbols"], r["methods"]):
-            for method in methods.split("+"):
-                kinds.setdefault(symbol, set()).add("return" if method in ("kretprobe", "fexit") else "entry")
+        for symbol, names in zip(r["symbols"], r["methods"]):
+            methods.setdefault(symbol, set()).update(names.split("+"))
     symbols = {r["probe"]: r["symbols"] for r in rows}
-    return symbols, sorted(kinds), kinds
+    return symbols, sorted(methods), methods
 
 
-def floor_arguments(kinds, fault_symbols, fault_fn):
-    """minimal_bcc.py's arguments for vfiomond's own attach points: SYMBOL where it runs
-    an entry and a return program, SYMBOL:entry or SYMBOL:return where only one.  Of the
+def floor_arguments(methods, fault_symbols, fault_fn):
+    """minimal_bcc.py's arguments for vfiomond's own attach points, SYMBOL:METHODS: an
+    empty program wherever vfiomond runs one, attached as vfiomond attaches it.  Of the
     fault handlers, only the one vfiomond keeps (6.12+ drops the page_fault hook once it
     sees huge_fault nested in it)."""
-    args = []
-    for symbol in sorted(kinds):
-        if symbol in fault_symbols and symbol != fault_fn:
-            continue
-        both = kinds[symbol] == {"entry", "return"}
-        args.append(symbol if both else "%s:%s" % (symbol, next(iter(kinds[symbol]))))
-    return args
+    return ["%s:%s" % (symbol, "+".join(sorted(methods[symbol]))) for symbol in sorted(methods)
+            if symbol not in fault_symbols or symbol == fault_fn]
 
 
 def traced_fault_function(symbols, programs):
@@ -506,7 +501,8 @@ def module_trampolines_phase(rig):
 
 def side_by_side_phase(rig, functions):
     """funclatency on the fault, map and pin functions, minimal_bcc on vfiomond's attach
-    points (functions["floor"]: an empty program where vfiomond runs one) and vfiomond
+    points (functions["floor"]: an empty program where vfiomond runs one, attached as it
+    attaches; functions["floor_mod"]: likewise as vfiomond_mod attaches) and vfiomond
     (the lab's configuration, then with module trampolines, then with pins.verify = false:
     no kernel table of live mappings), all attached at once: each
     tracer's BPF time in the same faults and ioctls.  Separate phases run minutes apart, and a
@@ -518,8 +514,10 @@ def side_by_side_phase(rig, functions):
         for what in ("fault", "map", "pin"):
             references["funclatency_" + what], _ = start_and_wait(
                 ["funclatency-bpfcc", functions[what]], r"^Tracing", "%s/side-funclatency-%s.log" % (OUT, what))
-        references["floor"], _ = start_and_wait([sys.executable, SRC + "/benchmarks/minimal_bcc.py"] + functions["floor"],
-                                                r"^attached", OUT + "/side-floor.log")
+        for floor in ("floor", "floor_mod"):  # floor_mod: as vfiomond_mod attaches, where it has trampolines
+            if floor in functions:
+                references[floor], _ = start_and_wait([sys.executable, SRC + "/benchmarks/minimal_bcc.py"] +
+                                                      functions[floor], r"^attached", "%s/side-%s.log" % (OUT, floor))
         out = {}
         for name, config in (("vfiomond", SRC + "/tests/lab/guest/vfiomond.toml"),
                              ("vfiomond_mod", module_trampolines_config()),
@@ -547,7 +545,7 @@ def main():
     try:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write("1")
-        probes, symbols, kinds = hooked_symbols()
+        probes, symbols, methods = hooked_symbols()
         map_fn, pin_fn = probes["dma_map"][0], probes["pin_pages"][0]
         rig = Rig()
         summary["region_size"] = rig.bar.size
@@ -569,7 +567,10 @@ def main():
         summary["scale"] = scale(rig, daemon)
         fault_fn = traced_fault_function(probes["bar_fault"], phases["vfiomond"]["faults"]["bpf_programs"])
         summary["functions"] = {"fault": fault_fn, "map": map_fn, "pin": pin_fn, "vfiomond_symbols": symbols,
-                                "floor": floor_arguments(kinds, probes["bar_fault"], fault_fn)}
+                                "floor": floor_arguments(methods, probes["bar_fault"], fault_fn)}
+        _, _, mod_methods = hooked_symbols(module_trampolines_config())
+        if any(m & {"fentry", "fexit"} for m in mod_methods.values()):
+            summary["functions"]["floor_mod"] = floor_arguments(mod_methods, probes["bar_fault"], fault_fn)
         stop(daemon)
 
         log("phase none")
