@@ -162,14 +162,15 @@ def pins_verified(config: Config, facts: Dict[str, int]) -> bool:
     return config.pin_verify and "ZERO_PFN" in facts
 
 
-def select_probes(syms: Kallsyms, facts: Dict[str, int], config: Config) -> List[Selected]:
-    """probes.select, less what only pin verification reads when it does not run: each
-    backend's keeper of the kernel's table of live mappings (TABLE_KEEPERS), whose
-    entry, sample slots and span every MAP_DMA pays for and every unmap deletes.  Left
-    out as a probe of an absent kernel feature is: no series, no alert; without it the
-    programs make no entries (the PIN_MAPS and IOMMUFD_PIN_MAPS facts stay unset)."""
+def select_probes(syms: Kallsyms, facts: Dict[str, int], verified: bool) -> List[Selected]:
+    """probes.select, less what only pin verification reads when it does not run
+    (``verified``: whether the daemon started a pin watch; pins.verify is read at start
+    only): each backend's keeper of the kernel's table of live mappings (TABLE_KEEPERS),
+    whose entry, sample slots and span every MAP_DMA pays for and every unmap deletes.
+    Left out as a probe of an absent kernel feature is: no series, no alert; without it
+    the programs make no entries (the PIN_MAPS and IOMMUFD_PIN_MAPS facts stay unset)."""
     chosen = select(syms, facts)
-    if pins_verified(config, facts):
+    if verified:
         return chosen
     return [s for s in chosen if s.probe.name not in TABLE_KEEPERS]
 
@@ -267,8 +268,11 @@ class Daemon:
         syms, facts = read_kernel(advisories.symbol_names(self.advisories.issues))
         facts.update(self.fixed_facts)
         before = self.program.statuses
-        _log_changes(before, self.program.apply(select_probes(syms, facts, self.config), facts, self.config.disable,
-                                                gone_modules), self.sink, self.config.disable)
+        # The table's keepers follow the pin watch started with the daemon, not a reloaded
+        # pins.verify (restart-only): a reload must not take the table from a running watch.
+        chosen = select_probes(syms, facts, verified=self.pin_watch is not None)
+        _log_changes(before, self.program.apply(chosen, facts, self.config.disable, gone_modules), self.sink,
+                     self.config.disable)
         self.advisories.evaluate(syms)
         btf.release_vmlinux()  # read for the module facts
 
@@ -360,10 +364,11 @@ def run(config: Config, load_config: Optional[Callable[[], Config]] = None, noti
     facts.update(fixed)
     notifier.status("compiling BPF programs")
     log.info("compiling BPF programs (kernel facts: %s)", ", ".join(sorted(facts)) or "none")
-    if not pins_verified(config, facts):
+    verified = pins_verified(config, facts)
+    if not verified:
         log.info("pin verification off: the kernel's table of live mappings is not kept (probes %s left out)",
                  ", ".join(TABLE_KEEPERS))
-    program = bpfload.load(select_probes(syms, facts, config), facts, config.disable, syms.has(TRAMPOLINE_MARKER),
+    program = bpfload.load(select_probes(syms, facts, verified), facts, config.disable, syms.has(TRAMPOLINE_MARKER),
                            config.module_trampolines)
     _log_features(program.features)
     _log_changes([], program.statuses)

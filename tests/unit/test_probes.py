@@ -277,15 +277,43 @@ def test_page_fault_hook_left_out_once_it_is_seen_calling_huge_fault():
 
 def test_table_keepers_left_out_where_pin_verification_does_not_run():
     from vfiomond.config import Config
-    from vfiomond.daemon import select_probes
+    from vfiomond.daemon import pins_verified, select_probes
 
     syms = Kallsyms.parse(DEBIAN_6_12.splitlines(), wanted_symbols())
     facts = dict(kernel_facts(syms), ZERO_PFN=0x1234)
-    verified = {s.probe.name for s in select_probes(syms, facts, Config())}
+    assert pins_verified(Config(), facts)
+    verified = {s.probe.name for s in select_probes(syms, facts, pins_verified(Config(), facts))}
     assert "pin_samples" in verified
     for config, known in ((Config(pin_verify=False), facts),
                           (Config(), {k: v for k, v in facts.items() if k != "ZERO_PFN"})):
-        names = {s.probe.name for s in select_probes(syms, known, config)}
+        assert not pins_verified(config, known)
+        names = {s.probe.name for s in select_probes(syms, known, pins_verified(config, known))}
         # Only the keepers go: the pins, charges and write faults are counted as before.
         assert verified - names == {"pin_samples"}
         assert {"pin_pages", "locked_vm_charge", "pin_write_faults"} <= names
+
+
+def test_a_reload_of_pins_verify_leaves_the_table_keepers_to_the_running_watch(monkeypatch):
+    """pins.verify is read at start only: a module event after a reload that turned it
+    off (or on) selects the keepers as the pin watch started with the daemon needs."""
+    from types import SimpleNamespace
+
+    from vfiomond import daemon as daemonmod
+    from vfiomond.config import Config
+
+    syms = Kallsyms.parse(DEBIAN_6_12.splitlines(), wanted_symbols())
+    monkeypatch.setattr(daemonmod, "read_kernel", lambda extra=(): (syms, dict(kernel_facts(syms))))
+    chosen = []
+
+    def apply(selections, facts, disable, gone):
+        chosen.append({s.probe.name for s in selections})
+        return []
+
+    program = SimpleNamespace(statuses=[], apply=apply)
+    watch_advisories = SimpleNamespace(issues=[], evaluate=lambda syms: None)
+    for pin_watch, reloaded in ((object(), Config(pin_verify=False)), (None, Config())):
+        d = daemonmod.Daemon(Config(pin_verify=pin_watch is not None), program, {"ZERO_PFN": 0x1234},
+                             watch_advisories, sink=None, pin_watch=pin_watch)
+        d.config = reloaded  # as Daemon.reload leaves it
+        d.reprobe(set())
+        assert ("pin_samples" in chosen[-1]) == (pin_watch is not None)
