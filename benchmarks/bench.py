@@ -81,7 +81,7 @@ def floor_pin_cost(floor_args, pin_fn, programs):
     k[ret]func__[MODULE__]PIN_FN (fentry, fexit); (ns, calls), or None where none ran there."""
     index = [arg.partition(":")[0] for arg in floor_args].index(pin_fn)
     progs = [r for r in programs if r[0] in ("enter_%d" % index, "leave_%d" % index) or
-             (r[0].startswith(("kfunc__", "kretfunc__")) and r[0].endswith("_" + pin_fn))]
+             (r[0].startswith(("kfunc__", "kretfunc__")) and r[0].endswith("__" + pin_fn))]
     if not progs:
         return None
     calls = max(n for _, n, _ in progs)

@@ -50,7 +50,10 @@ def parse(args):
     for arg in args:
         symbol, _, methods = arg.partition(":")
         wanted = set(ALIASES.get(methods, methods).split("+"))
-        (bad.append(arg) if not symbol or not wanted <= METHODS else hooks.append((symbol, wanted)))
+        if symbol and wanted <= METHODS:
+            hooks.append((symbol, wanted))
+        else:
+            bad.append(arg)
     if bad:
         raise ValueError("not SYMBOL[:METHODS] (kprobe, kretprobe, fentry, fexit joined by +): %s" % " ".join(bad))
     return hooks
@@ -73,7 +76,8 @@ def source(hooks):
     text = [TEXT]
     module_of = modules({s for s, m in hooks if m & {"fentry", "fexit"}})
     for i, (symbol, methods) in enumerate(hooks):
-        text.append(KPROBES % {"i": i})
+        if methods & {"kprobe", "kretprobe"}:
+            text.append(KPROBES % {"i": i})
         for method, macro, slot in (("fentry", "KFUNC_PROBE", 2 * i), ("fexit", "KRETFUNC_PROBE", 2 * i + 1)):
             if method not in methods:
                 continue
